@@ -1,0 +1,97 @@
+"""Evaluating a model on a task: batched greedy decoding and exact match.
+
+Greedy decoding advances every prompt of a batch together with the key-value
+cache (prompts left-padded, positions derived from the attention mask by the
+bridge). Hooks active around these calls (e.g. an ablation) apply to the prompt
+and to every generated token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tasklens.tasks.task import Task
+from tasklens.tasks.tokenize import TokenizedTask
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "b p"], Int[Tensor, "b p"]]:
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        tokens[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return tokens, mask
+
+
+@torch.no_grad()
+def greedy_generate(
+    model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 64
+) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids in, new token ids out).
+
+    Args:
+        model: a TransformerLens bridge.
+        prompt_ids: per prompt, its token ids (BOS included if wanted).
+        max_new_tokens: tokens to generate per prompt.
+        batch_size: prompts decoded together.
+
+    Returns:
+        Per prompt, exactly ``max_new_tokens`` generated token ids.
+    """
+    pad_id = model.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    out: list[list[int]] = []
+    device = model.cfg.device
+    for start in range(0, len(prompt_ids), batch_size):
+        tokens, mask = _left_pad(prompt_ids[start : start + batch_size], pad_id)
+        tokens, mask = tokens.to(device), mask.to(device)
+        logits, cache = model(tokens, attention_mask=mask, return_type="logits_and_cache")
+        new = [logits[:, -1].argmax(-1)]
+        for _ in range(max_new_tokens - 1):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits, cache = model(
+                new[-1][:, None], attention_mask=mask, past_key_values=cache,
+                return_type="logits_and_cache",
+            )
+            new.append(logits[:, -1].argmax(-1))
+        out.extend(torch.stack(new, dim=1).tolist())
+    return out
+
+
+def normalize(text: str) -> str:
+    """The papers' answer normalisation: strip and lower-case."""
+    return text.strip().lower()
+
+
+def exact_match(model, task: Task, batch_size: int = 64) -> Tensor:
+    """Greedy exact match per prompt.
+
+    For each prompt, generate as many tokens as its answer has, decode them, and
+    compare with the answer after stripping and lower-casing (prefix match of the
+    first k generated tokens, as in the papers).
+
+    Returns:
+        ``[n_prompts]`` bool tensor.
+    """
+    tok = TokenizedTask.for_model(task, model)
+    correct = torch.zeros(len(tok), dtype=torch.bool)
+    # group prompts by answer length so each batch generates only what it needs
+    by_len: dict[int, list[int]] = {}
+    for i, ans in enumerate(tok.answer_ids):
+        by_len.setdefault(len(ans), []).append(i)
+    for n_new, idx in sorted(by_len.items()):
+        generated = greedy_generate(model, [tok.prompt_ids[i] for i in idx], n_new, batch_size)
+        for i, ids in zip(idx, generated, strict=True):
+            text = model.tokenizer.decode(ids, skip_special_tokens=True)
+            correct[i] = normalize(text) == normalize(task.answers[i])
+    return correct
+
+
+def accuracy(model, task: Task, batch_size: int = 64) -> float:
+    """Fraction of prompts answered exactly (greedy exact match)."""
+    return float(exact_match(model, task, batch_size).float().mean())

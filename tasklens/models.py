@@ -1,0 +1,197 @@
+"""Loading models as TransformerLens bridges, and the facts every module needs about them.
+
+`load_model` is the one way in: ``"organism"`` (the embedded default), a local
+Hugging Face folder, or any name TransformerLens / Hugging Face accepts.
+`ModelInfo` answers the shape questions (layers, MLP width, gated or not, neuron
+units) and is the only place that spells TransformerLens hook names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from tasklens.errors import TasklensError
+
+ORGANISM = "organism"
+ORGANISM_DIR = Path(__file__).parent / "organism" / "checkpoint"
+
+#: Neuron units: the per-neuron MLP tensors tasklens can score and intervene on.
+#: ``hook_post`` is the activation multiplied into W_out (default everywhere);
+#: ``hook_pre`` the (gate) pre-activation; ``hook_pre_linear`` the up projection
+#: of gated (SwiGLU) MLPs.
+UNITS = ("hook_post", "hook_pre", "hook_pre_linear")
+DEFAULT_UNIT = "hook_post"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Plain description of a model's MLP neurons.
+
+    Attributes:
+        name: the spec the model was loaded from (``"organism"``, a folder, a hub name).
+        n_layers: number of transformer blocks L.
+        d_mlp: MLP hidden width F (neurons per layer).
+        gated: whether the MLP is gated (SwiGLU: gate, up and down projections).
+        n_ctx: context length in tokens.
+        device: torch device string.
+        dtype: torch dtype name.
+    """
+
+    name: str
+    n_layers: int
+    d_mlp: int
+    gated: bool
+    n_ctx: int
+    device: str
+    dtype: str
+
+    @classmethod
+    def of(cls, model: TransformerBridge) -> ModelInfo:
+        cfg = model.cfg
+        return cls(
+            name=str(getattr(cfg, "model_name", "") or "unknown"),
+            n_layers=int(cfg.n_layers),
+            d_mlp=int(cfg.d_mlp),
+            gated=bool(getattr(cfg, "gated_mlp", False)),
+            n_ctx=int(cfg.n_ctx),
+            device=str(cfg.device),
+            dtype=str(cfg.dtype).removeprefix("torch."),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_layers, d_mlp)``: the shape of every per-neuron tensor in tasklens."""
+        return (self.n_layers, self.d_mlp)
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_layers * self.d_mlp
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """The neuron units this model has (``hook_pre_linear`` only when gated)."""
+        return UNITS if self.gated else ("hook_post", "hook_pre")
+
+    def check_unit(self, unit: str) -> str:
+        if unit not in UNITS:
+            raise TasklensError(f"Unknown neuron unit {unit!r}; choose one of {list(UNITS)}")
+        if unit not in self.units:
+            raise TasklensError(
+                f"Neuron unit {unit!r} exists only in gated (SwiGLU) MLPs and {self.name!r} "
+                f"is not gated; use one of {list(self.units)}"
+            )
+        return unit
+
+    def hook_name(self, layer: int, unit: str = DEFAULT_UNIT) -> str:
+        """TransformerLens name of a neuron unit, e.g. ``blocks.1.mlp.hook_post``."""
+        self.check_unit(unit)
+        if not 0 <= layer < self.n_layers:
+            raise TasklensError(f"Layer {layer} out of range for {self.name!r} (0..{self.n_layers - 1})")
+        return f"blocks.{layer}.mlp.{unit}"
+
+    def hook_names(self, unit: str = DEFAULT_UNIT) -> list[str]:
+        return [self.hook_name(layer, unit) for layer in range(self.n_layers)]
+
+    def mlp_input_name(self, layer: int) -> str:
+        """Hook holding the normalised input of layer ``layer``'s MLP."""
+        return f"blocks.{layer}.ln2.hook_normalized"
+
+
+def _check_folder(folder: Path) -> None:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise TasklensError(
+            f"Model folder {str(folder)!r} has no config.json; a model folder needs "
+            "config.json, *.safetensors weights and tokenizer files (save_pretrained writes them)"
+        )
+    try:
+        json.loads(config.read_text())
+    except ValueError as error:
+        raise TasklensError(f"Model folder {str(folder)!r}: config.json is not valid JSON ({error})") from error
+    if not any(folder.glob("*.safetensors")):
+        raise TasklensError(
+            f"Model folder {str(folder)!r} has no *.safetensors weights; save the model with "
+            "save_pretrained(folder) (tasklens never unpickles .bin checkpoints)"
+        )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all (one TCP connect, no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _is_cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id is simply not cached
+        return False
+
+
+def _hub_error(spec: str, detail: str) -> TasklensError:
+    return TasklensError(
+        f"Could not load {spec!r}: it is not a local folder and the model hub could not provide "
+        f"it ({detail}). Offline, use the embedded model with spec='organism', or pass the path "
+        "of a local Hugging Face folder (config.json + safetensors + tokenizer files)."
+    )
+
+
+def load_model(spec: str = ORGANISM, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TransformerBridge:
+    """Load a model as a TransformerLens `TransformerBridge`.
+
+    Args:
+        spec: ``"organism"`` (the embedded default), a path to a local Hugging Face
+            folder (config.json + safetensors + tokenizer), or a model name that
+            TransformerLens / Hugging Face can load (needs the hub or a local cache).
+        device: torch device.
+        dtype: parameter dtype.
+
+    Returns:
+        The bridge in eval mode with Hugging Face numerics (weights not folded),
+        ``cfg.model_name`` set to ``spec``.
+    """
+    folder = ORGANISM_DIR if spec == ORGANISM else Path(spec).expanduser()
+    is_local = spec == ORGANISM or folder.is_dir()
+    if is_local:
+        _check_folder(folder)
+        source = str(folder)
+    elif os.sep in spec and spec.startswith((".", "/", "~")):
+        raise TasklensError(f"Model folder {spec!r} does not exist; check the path")
+    else:
+        source = spec
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        if not _is_cached(spec) and not offline and not _hub_reachable():
+            raise _hub_error(spec, "the hub is unreachable from this machine and the model is not cached")
+    try:
+        model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+    except OSError as error:
+        if is_local:
+            raise TasklensError(f"Could not load the model folder {source!r}: {error}") from error
+        raise _hub_error(spec, f"not cached, and: {error}") from error
+    except Exception as error:  # corrupt weights or configs surface as many types
+        if not is_local:
+            raise
+        raise TasklensError(
+            f"The model folder {source!r} is corrupt or incomplete ({type(error).__name__}: "
+            f"{error}); re-create it with save_pretrained, or use spec='organism'"
+        ) from error
+    model.eval()
+    model.cfg.model_name = spec
+    return model

@@ -1,0 +1,97 @@
+"""Activation statistics: mean activation, mean |activation|, firing probability.
+
+Accumulates per-neuron sum(a), sum(a^2), sum(|a|) and count(fires) batch by
+batch over the chosen positions. "Fires" means the (gate) pre-activation is
+positive, ``hook_pre > 0``: for SwiGLU that is act(gate) > 0, for GELU/ReLU MLPs
+it is ``hook_post > 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tasklens.errors import TasklensError
+from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.neurons import NeuronScores
+from tasklens.scoring.base import make_scores, stream_activations
+from tasklens.tasks.task import Task
+from tasklens.tasks.tokenize import POSITIONS, Positions
+
+STATISTICS = ("mean", "mean_abs", "std", "firing_rate")
+
+
+@dataclass
+class ActivationSums:
+    """Running sums over token positions, ``[n_layers, d_mlp]`` each."""
+
+    sum: Float[Tensor, "layer neuron"]
+    sum_sq: Float[Tensor, "layer neuron"]
+    sum_abs: Float[Tensor, "layer neuron"]
+    fires: Float[Tensor, "layer neuron"]
+    n_tokens: int = 0
+    n_prompts: int = 0
+
+    def statistic(self, statistic: str) -> Float[Tensor, "layer neuron"]:
+        n = max(self.n_tokens, 1)
+        if statistic == "mean":
+            return self.sum / n
+        if statistic == "mean_abs":
+            return self.sum_abs / n
+        if statistic == "std":
+            return (self.sum_sq / n - (self.sum / n) ** 2).clamp_min(0).sqrt()
+        if statistic == "firing_rate":
+            return self.fires / n
+        raise TasklensError(f"Unknown statistic {statistic!r}; choose one of {list(STATISTICS)}")
+
+
+@dataclass
+class ActivationStats:
+    """Score neurons by an activation statistic over a task's tokens.
+
+    Args:
+        statistic: ``"mean"`` (default), ``"mean_abs"``, ``"std"`` or ``"firing_rate"``.
+        positions: which tokens: ``"prompt"`` (all prompt tokens, BOS included;
+            default), ``"last_prompt"``, ``"answer"`` or ``"all"``.
+    """
+
+    statistic: str = "mean"
+    positions: Positions = "prompt"
+    name: ClassVar[str] = "activation_stats"
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise TasklensError(f"Unknown statistic {self.statistic!r}; choose one of {list(STATISTICS)}")
+        if self.positions not in POSITIONS:
+            raise TasklensError(f"Unknown positions {self.positions!r}; choose one of {list(POSITIONS)}")
+
+    def accumulate(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> ActivationSums:
+        """All running sums for ``task`` (every statistic can be read from them)."""
+        info = ModelInfo.of(model)
+        acts = info.hook_names(unit)
+        gates = info.hook_names("hook_pre")
+        zeros = torch.zeros(info.shape, dtype=torch.float64)
+        sums = ActivationSums(zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone())
+        with_answers = self.positions in ("answer", "all")
+        for batch, store in stream_activations(model, task, sorted(set(acts + gates)), batch_size, with_answers):
+            mask = batch.position_mask(self.positions).to(store[acts[0]].device)
+            weight = mask[..., None].double()
+            for layer, (a_name, g_name) in enumerate(zip(acts, gates, strict=True)):
+                a = store[a_name].double() * weight
+                sums.sum[layer] += a.sum((0, 1)).cpu()
+                sums.sum_sq[layer] += (a * a).sum((0, 1)).cpu()
+                sums.sum_abs[layer] += a.abs().sum((0, 1)).cpu()
+                sums.fires[layer] += ((store[g_name] > 0).double() * weight).sum((0, 1)).cpu()
+            sums.n_tokens += int(mask.sum())
+            sums.n_prompts += batch.size
+        return sums
+
+    def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        sums = self.accumulate(model, task, unit=unit, batch_size=batch_size)
+        return make_scores(
+            self, model, task, sums.statistic(self.statistic), unit, sums.n_prompts, sums.n_tokens
+        )

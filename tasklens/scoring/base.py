@@ -1,0 +1,73 @@
+"""The scorer protocol every method implements, and the machinery they share.
+
+A scorer is configured at construction (its method's parameters) and has one
+entry point, ``attribute(model, task, unit=..., batch_size=...)``, returning
+`NeuronScores`; scorers are swappable in one line, as in captum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.neurons import NeuronScores
+from tasklens.tasks.task import Task
+from tasklens.tasks.tokenize import Batch, TokenizedTask
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What every tasklens scorer provides."""
+
+    name: ClassVar[str]
+
+    def attribute(
+        self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32
+    ) -> NeuronScores:
+        """Score every MLP neuron of ``model`` for ``task``: ``[n_layers, d_mlp]``."""
+        ...
+
+
+def scorer_params(scorer: Any) -> dict[str, Any]:
+    """A scorer's parameters as plain data (for provenance)."""
+    return asdict(scorer) if is_dataclass(scorer) else dict(vars(scorer))
+
+
+def make_scores(
+    scorer: Any, model, task: Task, values: Tensor, unit: str, n_prompts: int, n_tokens: int
+) -> NeuronScores:
+    """Wrap a score tensor with its provenance."""
+    return NeuronScores(
+        values=values.detach().float().cpu(), model=ModelInfo.of(model).name, task=task.name,
+        task_hash=task.data_hash(), method=scorer.name, params=scorer_params(scorer), unit=unit,
+        n_prompts=n_prompts, n_tokens=n_tokens,
+    )
+
+
+def stream_activations(
+    model, task: Task, names: Sequence[str], batch_size: int, with_answers: bool = True
+) -> Iterator[tuple[Batch, dict[str, Float[Tensor, "batch pos neuron"]]]]:
+    """Forward passes over ``task`` in batches, yielding the named activations.
+
+    Memory is one batch's activations, whatever the number of prompts.
+    """
+    tokenized = TokenizedTask.for_model(task, model)
+    store: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(act: Tensor, hook) -> None:
+            store[name] = act.detach()
+
+        return hook
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, keep(n)) for n in names]):
+        for batch in tokenized.batches(batch_size, with_answers=with_answers):
+            store.clear()
+            model(batch.tokens.to(model.cfg.device), return_type=None)
+            yield batch, dict(store)

@@ -1,0 +1,89 @@
+"""Selecting a `NeuronSet` from `NeuronScores`: the single-task selection rules."""
+
+from __future__ import annotations
+
+import torch
+
+from tasklens.errors import TasklensError
+from tasklens.neurons import NeuronScores, NeuronSet
+
+
+def _from_flat(scores: NeuronScores, idx: torch.Tensor, rule: dict) -> NeuronSet:
+    mask = torch.zeros(scores.values.numel(), dtype=torch.bool)
+    mask[idx] = True
+    meta = {"rule": rule, "task": scores.task, "method": scores.method, "model": scores.model,
+            "unit": scores.unit, "task_hash": scores.task_hash}
+    return NeuronSet(mask.view_as(scores.values), name=scores.task, meta=meta)
+
+
+def top_k(scores: NeuronScores, k: int) -> NeuronSet:
+    """The ``k`` highest-scoring neurons over all layers (ties broken by index)."""
+    total = scores.values.numel()
+    if not 0 < k <= total:
+        raise TasklensError(f"Cannot select {k} neurons: the model has {total}; choose 1..{total}")
+    return _from_flat(scores, scores.values.flatten().topk(k).indices, {"rule": "top_k", "k": k})
+
+
+def top_percent(scores: NeuronScores, percent: float) -> NeuronSet:
+    """The top ``percent`` % of all neurons (at least one)."""
+    if not 0 < percent <= 100:
+        raise TasklensError(f"percent must be in (0, 100], got {percent}")
+    k = max(1, round(scores.values.numel() * percent / 100))
+    selected = top_k(scores, k)
+    selected.meta["rule"] = {"rule": "top_percent", "percent": percent, "k": k}
+    return selected
+
+
+def per_layer_top_k(scores: NeuronScores, k: int) -> NeuronSet:
+    """The ``k`` highest-scoring neurons of every layer."""
+    n_layers, width = scores.shape
+    if not 0 < k <= width:
+        raise TasklensError(f"Cannot select {k} neurons per layer: layers have {width}; choose 1..{width}")
+    idx = scores.values.topk(k, dim=1).indices + torch.arange(n_layers)[:, None] * width
+    return _from_flat(scores, idx.flatten(), {"rule": "per_layer_top_k", "k": k})
+
+
+def threshold(scores: NeuronScores, value: float) -> NeuronSet:
+    """Every neuron whose score is at least ``value``."""
+    idx = (scores.values.flatten() >= value).nonzero().flatten()
+    return _from_flat(scores, idx, {"rule": "threshold", "value": value})
+
+
+def fraction_of_max(scores: NeuronScores, fraction: float) -> NeuronSet:
+    """Every neuron scoring at least ``fraction`` x the maximum score (knowledge-neuron rule)."""
+    if not 0 < fraction <= 1:
+        raise TasklensError(f"fraction must be in (0, 1], got {fraction}")
+    selected = threshold(scores, fraction * float(scores.values.max()))
+    selected.meta["rule"] = {"rule": "fraction_of_max", "fraction": fraction}
+    return selected
+
+
+def random_like(neurons: NeuronSet, seed: int) -> NeuronSet:
+    """A random set with the same number of neurons in every layer (the papers' control)."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros_like(neurons.mask)
+    for layer, count in enumerate(neurons.counts_per_layer()):
+        mask[layer, torch.randperm(mask.shape[1], generator=generator)[:count]] = True
+    return NeuronSet(mask, f"random({neurons.name}, seed={seed})", {"control_for": neurons.name, "seed": seed})
+
+
+def contrast(scores: dict[str, NeuronScores]) -> dict[str, NeuronScores]:
+    """Task-specific scores: each task's score minus the mean of the other tasks' scores.
+
+    With activation statistics this ranks neurons by how much more they respond
+    to a task than to the others, rather than by how active they are overall.
+    """
+    if len(scores) < 2:
+        raise TasklensError("contrast needs scores for at least two tasks")
+    shapes = {s.shape for s in scores.values()}
+    if len(shapes) != 1:
+        raise TasklensError(f"contrast needs scores of one model; got shapes {sorted(shapes)}")
+    out = {}
+    for name, own in scores.items():
+        others = torch.stack([s.values for n, s in scores.items() if n != name]).mean(0)
+        out[name] = NeuronScores(
+            values=own.values - others, model=own.model, task=own.task, method=f"{own.method}-contrast",
+            task_hash=own.task_hash, params={**own.params, "contrast_with": sorted(set(scores) - {name})},
+            unit=own.unit, n_prompts=own.n_prompts, n_tokens=own.n_tokens,
+        )
+    return out

@@ -1,0 +1,192 @@
+"""`Task`: the plain-data description of one task (prompts, answers, extras)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tasklens.errors import TasklensError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: prompts and the answers a model should continue them with.
+
+    Attributes:
+        name: short identifier, e.g. ``"capital_of"``.
+        prompts: the prompts, one string each.
+        answers: the expected continuation of each prompt (any number of tokens).
+            Answers are appended to the prompt as-is, so include a leading space
+            where the tokenizer expects one (``" Paris"``).
+        corrupted_prompts: optional counterfactual prompts, one per prompt, for
+            patching methods; ideally the same length in tokens as the clean one.
+        markers: prompt-format marker strings (e.g. ``"[INST]"``, ``"Q:"``) whose
+            tokens CGVST scores.
+        language: ISO 639-1 code of the prompts' language.
+        split: which part of the data this is (``"detection"``, ``"evaluation"``...).
+        subjects: optional subject of each prompt (the entity asked about), used to
+            keep splits free of shared subjects.
+        templates: optional id of the template each prompt was made from.
+        meta: free-form task-level information (source package, relation, ...).
+    """
+
+    name: str
+    prompts: tuple[str, ...]
+    answers: tuple[str, ...]
+    corrupted_prompts: tuple[str, ...] | None = None
+    markers: tuple[str, ...] = ()
+    language: str = "en"
+    split: str = "all"
+    subjects: tuple[str, ...] | None = None
+    templates: tuple[int, ...] | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "answers", "corrupted_prompts", "markers", "subjects", "templates"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                if isinstance(value, str):
+                    raise TasklensError(
+                        f"Task {self.name!r}: {name} must be a sequence of strings, not one "
+                        f"string; wrap it in a list: [{value!r}]"
+                    )
+                object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise TasklensError("A Task needs a non-empty string name, e.g. Task('capital_of', ...)")
+        n = len(self.prompts)
+        if n == 0:
+            raise TasklensError(f"Task {self.name!r} has no prompts; give at least one prompt and its answer")
+        if len(self.answers) != n:
+            raise TasklensError(
+                f"Task {self.name!r} has {n} prompts but {len(self.answers)} answers; "
+                "give exactly one answer per prompt"
+            )
+        for kind, values in (("prompt", self.prompts), ("answer", self.answers)):
+            for i, value in enumerate(values):
+                if not isinstance(value, str):
+                    raise TasklensError(
+                        f"Task {self.name!r}: {kind} {i} is {type(value).__name__}, not a string"
+                    )
+                if not value.strip():
+                    raise TasklensError(
+                        f"Task {self.name!r}: {kind} {i} is empty; every {kind} needs text "
+                        f"(prompt {i}: {self.prompts[i]!r})"
+                    )
+        for name in ("corrupted_prompts", "subjects", "templates"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise TasklensError(
+                    f"Task {self.name!r} has {n} prompts but {len(values)} {name}; give one per prompt"
+                )
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    # --- construction -----------------------------------------------------------
+    @classmethod
+    def from_lists(cls, name: str, prompts: Sequence[str], answers: Sequence[str], **extras: Any) -> Task:
+        """Build a task from Python lists of prompts and answers (extras as keywords)."""
+        return cls(name=name, prompts=tuple(prompts), answers=tuple(answers), **extras)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        name: str,
+        prompt_column: str = "prompt",
+        answer_column: str = "answer",
+        corrupted_column: str | None = None,
+        subject_column: str | None = None,
+        **extras: Any,
+    ) -> Task:
+        """Build a task from a Hugging Face ``datasets.Dataset``, naming its columns."""
+        columns = list(dataset.column_names)
+        wanted = {"prompt_column": prompt_column, "answer_column": answer_column}
+        if corrupted_column:
+            wanted["corrupted_column"] = corrupted_column
+        if subject_column:
+            wanted["subject_column"] = subject_column
+        for arg, column in wanted.items():
+            if column not in columns:
+                raise TasklensError(
+                    f"Dataset for task {name!r} has no column {column!r} (columns: {columns}); "
+                    f"pass {arg}= with the right column name"
+                )
+        return cls(
+            name=name,
+            prompts=tuple(str(p) for p in dataset[prompt_column]),
+            answers=tuple(str(a) for a in dataset[answer_column]),
+            corrupted_prompts=tuple(dataset[corrupted_column]) if corrupted_column else None,
+            subjects=tuple(dataset[subject_column]) if subject_column else None,
+            **extras,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str | None = None, **columns: Any) -> Task:
+        """Build a task from a local JSONL or CSV file (read through ``datasets``).
+
+        The file needs a ``prompt`` and an ``answer`` column (rename with
+        ``prompt_column=`` / ``answer_column=``). The task is named after the file
+        unless ``name`` is given.
+        """
+        import datasets
+
+        path = Path(path)
+        if not path.is_file():
+            raise TasklensError(f"Task file {str(path)!r} does not exist; check the path")
+        loaders = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+        loader = loaders.get(path.suffix.lower())
+        if loader is None:
+            raise TasklensError(
+                f"Task file {str(path)!r} has suffix {path.suffix!r}; use .jsonl or .csv"
+            )
+        datasets.disable_progress_bars()
+        try:
+            dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
+        except Exception as error:  # datasets raises many types for malformed files
+            raise TasklensError(
+                f"Could not read task file {str(path)!r} as {loader.upper()}: {error}"
+            ) from error
+        return cls.from_dataset(dataset, name=name or path.stem, **columns)
+
+    # --- derived ------------------------------------------------------------------
+    def data_hash(self) -> str:
+        """SHA-256 of the prompts, answers and corrupted prompts: the provenance key."""
+        payload = json.dumps(
+            [self.prompts, self.answers, self.corrupted_prompts], ensure_ascii=False
+        ).encode()
+        return hashlib.sha256(payload).hexdigest()
+
+    def subset(self, indices: Iterable[int], split: str | None = None) -> Task:
+        """The task restricted to the given prompt indices."""
+        idx = list(indices)
+
+        def pick(values: tuple | None) -> tuple | None:
+            return None if values is None else tuple(values[i] for i in idx)
+
+        return replace(
+            self,
+            prompts=pick(self.prompts),
+            answers=pick(self.answers),
+            corrupted_prompts=pick(self.corrupted_prompts),
+            subjects=pick(self.subjects),
+            templates=pick(self.templates),
+            split=split or self.split,
+        )
+
+    def head(self, n: int) -> Task:
+        """The first ``n`` prompts (all of them when ``n`` is larger)."""
+        return self.subset(range(min(n, len(self))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        data = asdict(self)
+        data["meta"] = dict(self.meta)
+        return data

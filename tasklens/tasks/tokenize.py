@@ -1,0 +1,169 @@
+"""Tokenising a task once, correctly: BOS, padding, prompt and answer positions.
+
+Prompts and answers are tokenised separately and concatenated, so the answer's
+tokens are exactly what a model must produce after the prompt. Sequences are
+right-padded (a causal model's real positions are then unaffected by padding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from tasklens.errors import TasklensError
+from tasklens.tasks.task import Task
+
+#: Which token positions a statistic is taken over.
+Positions = Literal["last_prompt", "prompt", "answer", "all"]
+POSITIONS: tuple[str, ...] = ("last_prompt", "prompt", "answer", "all")
+
+
+def _bos_id(tokenizer, prepend_bos: bool) -> list[int]:
+    if not prepend_bos or tokenizer.bos_token_id is None:
+        return []
+    return [int(tokenizer.bos_token_id)]
+
+
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added."""
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+@dataclass
+class TokenizedTask:
+    """A task's prompts (and answers) as token id lists, checked against the context.
+
+    Attributes:
+        task: the task.
+        prompt_ids: per prompt, BOS (if the model uses one) + prompt token ids.
+        answer_ids: per prompt, the answer token ids.
+        pad_id: id used for padding.
+    """
+
+    task: Task
+    prompt_ids: list[list[int]]
+    answer_ids: list[list[int]]
+    pad_id: int
+
+    @classmethod
+    def build(cls, task: Task, tokenizer, n_ctx: int, prepend_bos: bool = True) -> TokenizedTask:
+        bos = _bos_id(tokenizer, prepend_bos)
+        prompts = [bos + ids for ids in encode(tokenizer, task.prompts)]
+        answers = encode(tokenizer, task.answers)
+        for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+            if not a:
+                raise TasklensError(
+                    f"Task {task.name!r}: answer {i} ({task.answers[i]!r}) is empty after "
+                    "tokenisation; give answers the tokenizer turns into at least one token"
+                )
+            if len(p) + len(a) > n_ctx:
+                raise TasklensError(
+                    f"Task {task.name!r}: prompt {i} and its answer take {len(p) + len(a)} tokens, "
+                    f"more than the model's context of {n_ctx}; shorten the prompt "
+                    f"({task.prompts[i][:60]!r}...) or use a model with a longer context"
+                )
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        return cls(task=task, prompt_ids=prompts, answer_ids=answers, pad_id=int(pad))
+
+    @classmethod
+    def for_model(cls, task: Task, model) -> TokenizedTask:
+        """Tokenise for a TransformerLens model (its tokenizer, context and BOS rule)."""
+        return cls.build(
+            task,
+            model.tokenizer,
+            n_ctx=int(model.cfg.n_ctx),
+            prepend_bos=bool(getattr(model.cfg, "default_prepend_bos", True)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def batches(self, batch_size: int, with_answers: bool = True) -> Iterator[Batch]:
+        """Right-padded batches in task order."""
+        if batch_size < 1:
+            raise TasklensError(f"batch_size must be at least 1, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            idx = list(range(start, min(start + batch_size, len(self))))
+            yield Batch.make(
+                [self.prompt_ids[i] for i in idx],
+                [self.answer_ids[i] if with_answers else [] for i in idx],
+                self.pad_id,
+                idx,
+            )
+
+
+@dataclass
+class Batch:
+    """One right-padded batch of prompt (+ answer) token sequences.
+
+    Attributes:
+        tokens: ``[batch, pos]`` BOS + prompt + answer token ids, right-padded.
+        prompt_lengths: ``[batch]`` number of prompt tokens (BOS included).
+        lengths: ``[batch]`` number of real tokens.
+        indices: the prompts' indices in their task.
+    """
+
+    tokens: Int[Tensor, "batch pos"]
+    prompt_lengths: Int[Tensor, " batch"]
+    lengths: Int[Tensor, " batch"]
+    indices: list[int]
+
+    @classmethod
+    def make(cls, prompts: list[list[int]], answers: list[list[int]], pad_id: int, indices: list[int]) -> Batch:
+        seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
+        width = max(len(s) for s in seqs)
+        tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return cls(
+            tokens=tokens,
+            prompt_lengths=torch.tensor([len(p) for p in prompts]),
+            lengths=torch.tensor([len(s) for s in seqs]),
+            indices=indices,
+        )
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[0]
+
+    def _pos(self) -> Int[Tensor, "batch pos"]:
+        return torch.arange(self.tokens.shape[1]).expand_as(self.tokens)
+
+    @property
+    def attention_mask(self) -> Int[Tensor, "batch pos"]:
+        return (self._pos() < self.lengths[:, None]).long()
+
+    @property
+    def last_prompt(self) -> Int[Tensor, " batch"]:
+        """Position of each prompt's last token (where the answer's first token is predicted)."""
+        return self.prompt_lengths - 1
+
+    def position_mask(self, positions: Positions) -> Bool[Tensor, "batch pos"]:
+        """Mask of the positions a statistic is taken over.
+
+        ``"last_prompt"``: the last prompt token; ``"prompt"``: every prompt token
+        (BOS included); ``"answer"``: the answer tokens; ``"all"``: every real token.
+        """
+        pos = self._pos()
+        start = self.prompt_lengths[:, None]
+        if positions == "last_prompt":
+            return pos == start - 1
+        if positions == "prompt":
+            return pos < start
+        if positions == "answer":
+            return (pos >= start) & (pos < self.lengths[:, None])
+        if positions == "all":
+            return pos < self.lengths[:, None]
+        raise TasklensError(f"Unknown positions {positions!r}; choose one of {list(POSITIONS)}")
+
+    def target_mask(self) -> Bool[Tensor, "batch pos"]:
+        """Positions whose *next* token is an answer token (where answer loss is read)."""
+        pos = self._pos()
+        return (pos >= self.prompt_lengths[:, None] - 1) & (pos < self.lengths[:, None] - 1)

@@ -1,0 +1,33 @@
+"""The first end-to-end run: activation statistics + zero ablation on the organism."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasklens.demo import DEMO_TASKS, run_demo
+
+
+@pytest.fixture(scope="module")
+def demo(organism):
+    return run_demo(model=organism, n_controls=3, progress=False)
+
+
+def test_sets_are_top_one_percent(demo):
+    assert [s.name for s in demo.sets] == list(DEMO_TASKS)
+    assert all(len(s) == round(0.01 * 2048) for s in demo.sets)
+
+
+def test_ablating_a_task_set_hurts_that_task_more_than_random(demo):
+    table = demo.table()
+    change = demo.frame.pivot(index="neurons", columns="task", values="change")
+    for task in DEMO_TASKS:
+        own = change.loc[task, task]
+        control = change.loc[f"random({task})", task]
+        # a real drop, and clearly more than the same number of random neurons
+        assert own < -0.2, f"{task}: ablating its neurons changed accuracy by {own:.3f}\n{table}"
+        assert own < control - 0.15, f"{task}: own {own:.3f} vs random {control:.3f}\n{table}"
+
+
+def test_unablated_row_is_the_baseline(demo):
+    table = demo.table()
+    assert all(table.loc["none", task] >= 0.9 for task in DEMO_TASKS)

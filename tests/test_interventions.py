@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasklens.errors import TasklensError
+from tasklens.evaluate import greedy_generate
+from tasklens.interventions import ablate, amplify
+from tasklens.neurons import NeuronSet
+from tasklens.tasks import Task
+from tasklens.tasks.tokenize import TokenizedTask
+
+PROMPT = "Q: What is the capital of France? A:"
+
+
+def post(model, layer: int) -> torch.Tensor:
+    _, cache = model.run_with_cache(PROMPT, names_filter=f"blocks.{layer}.mlp.hook_post")
+    return cache[f"blocks.{layer}.mlp.hook_post"]
+
+
+def test_zero_ablation_zeroes_exactly_the_set_and_is_removed(organism):
+    neurons = NeuronSet.from_pairs([(1, 3), (1, 200), (3, 7)], (4, 512), "s")
+    clean = post(organism, 1)
+    with ablate(organism, neurons):
+        ablated = post(organism, 1)
+    assert torch.all(ablated[..., [3, 200]] == 0)
+    keep = torch.ones(512, dtype=torch.bool)
+    keep[[3, 200]] = False
+    torch.testing.assert_close(ablated[..., keep], clean[..., keep], atol=0, rtol=0)
+    torch.testing.assert_close(post(organism, 1), clean, atol=0, rtol=0)
+
+
+def test_hooks_removed_after_an_exception(organism):
+    neurons = NeuronSet.from_pairs([(0, 1)], (4, 512))
+    tokens = organism.to_tokens(PROMPT)
+    clean = organism(tokens)
+    with pytest.raises(RuntimeError, match="boom"), ablate(organism, neurons):
+        raise RuntimeError("boom")
+    torch.testing.assert_close(organism(tokens), clean, atol=0, rtol=0)
+
+
+def test_nested_interventions_compose(organism):
+    a = NeuronSet.from_pairs([(2, 5)], (4, 512))
+    clean = post(organism, 2)[..., 5]
+    with amplify(organism, a, 2.0), amplify(organism, a, 3.0):
+        torch.testing.assert_close(post(organism, 2)[..., 5], 6 * clean)
+
+
+def test_generation_under_ablation_matches_a_reference_loop(organism):
+    neurons = NeuronSet.from_pairs([(layer, i) for layer in range(4) for i in range(0, 512, 9)], (4, 512))
+    task = Task.from_lists("t", [PROMPT, "What is 12 plus 30? Answer:", "reverse: a b c ->"], [" x"] * 3)
+    prompts = TokenizedTask.for_model(task, organism).prompt_ids
+    with ablate(organism, neurons):
+        batched = greedy_generate(organism, prompts, max_new_tokens=4)
+        reference = []
+        for ids in prompts:
+            seq = torch.tensor([ids])
+            for _ in range(4):
+                seq = torch.cat([seq, organism(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            reference.append(seq[0, len(ids):].tolist())
+    assert batched == reference
+    assert batched != greedy_generate(organism, prompts, max_new_tokens=4)
+
+
+def test_bad_intervention_inputs(organism):
+    with pytest.raises(TasklensError, match="another model"):
+        with ablate(organism, NeuronSet.from_pairs([(0, 0)], (12, 3072))):
+            pass
+    with pytest.raises(TasklensError, match="empty"):
+        with ablate(organism, NeuronSet(torch.zeros(4, 512, dtype=torch.bool))):
+            pass
+    with pytest.raises(TasklensError, match="finite"):
+        with amplify(organism, NeuronSet.from_pairs([(0, 0)], (4, 512)), float("inf")):
+            pass

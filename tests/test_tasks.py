@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from tasklens.errors import TasklensError
+from tasklens.tasks import Task
+from tasklens.tasks.builtin import load_builtin
+from tasklens.tasks.tokenize import TokenizedTask
+
+PROMPTS = ["The capital of France is", "The capital of Peru is"]
+ANSWERS = [" Paris", " Lima"]
+
+
+def test_from_lists_keeps_data_and_hash_is_stable():
+    task = Task.from_lists("capitals", PROMPTS, ANSWERS)
+    assert task.prompts == tuple(PROMPTS) and task.answers == tuple(ANSWERS)
+    assert len(task) == 2
+    assert task.data_hash() == Task.from_lists("other_name", PROMPTS, ANSWERS).data_hash()
+    assert task.data_hash() != Task.from_lists("capitals", PROMPTS, [" Paris", " Cusco"]).data_hash()
+
+
+def test_from_dataset_with_column_mapping():
+    ds = datasets.Dataset.from_dict({"q": PROMPTS, "a": ANSWERS, "bad": ["x", "y"]})
+    task = Task.from_dataset(ds, "capitals", prompt_column="q", answer_column="a", corrupted_column="bad")
+    assert task.prompts == tuple(PROMPTS) and task.corrupted_prompts == ("x", "y")
+    with pytest.raises(TasklensError, match="no column 'prompt'"):
+        Task.from_dataset(ds, "capitals")
+
+
+def test_from_jsonl_and_csv(tmp_path):
+    jsonl = tmp_path / "caps.jsonl"
+    jsonl.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(PROMPTS, ANSWERS)))
+    csv = tmp_path / "caps.csv"
+    csv.write_text("prompt,answer\n" + "".join(f"{p},{a}\n" for p, a in zip(PROMPTS, ANSWERS)))
+    from_jsonl = Task.from_file(jsonl)
+    from_csv = Task.from_file(csv, name="caps_csv")
+    assert from_jsonl.name == "caps" and from_csv.name == "caps_csv"
+    assert from_jsonl.prompts == from_csv.prompts == tuple(PROMPTS)
+    assert from_jsonl.answers == tuple(ANSWERS)
+    # csv readers keep the leading space of the answer
+    assert from_csv.answers == tuple(ANSWERS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": [], "answers": []}, "no prompts"),
+        ({"prompts": PROMPTS, "answers": ANSWERS[:1]}, "2 prompts but 1 answers"),
+        ({"prompts": PROMPTS, "answers": [" Paris", "  "]}, "answer 1 is empty"),
+        ({"prompts": "one prompt", "answers": [" x"]}, "not one string"),
+        ({"prompts": PROMPTS, "answers": ANSWERS, "subjects": ["FR"]}, "2 prompts but 1 subjects"),
+    ],
+)
+def test_bad_tasks_give_clear_errors(kwargs, message):
+    with pytest.raises(TasklensError, match=message):
+        Task(name="bad", **kwargs)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(TasklensError, match="does not exist"):
+        Task.from_file(tmp_path / "missing.jsonl")
+    bad = tmp_path / "data.txt"
+    bad.write_text("x")
+    with pytest.raises(TasklensError, match="use .jsonl or .csv"):
+        Task.from_file(bad)
+
+
+def test_unknown_builtin_suggests_the_right_name():
+    with pytest.raises(TasklensError, match="capital_of"):
+        load_builtin("capitol_of")
+
+
+def test_tokenisation_positions(organism):
+    task = Task.from_lists("caps", PROMPTS, ANSWERS)
+    tok = TokenizedTask.for_model(task, organism)
+    bos = organism.tokenizer.bos_token_id
+    assert all(ids[0] == bos for ids in tok.prompt_ids)
+    batch = next(tok.batches(8))
+    for row in range(2):
+        p, a = tok.prompt_ids[row], tok.answer_ids[row]
+        assert batch.tokens[row, : len(p) + len(a)].tolist() == p + a
+        assert int(batch.last_prompt[row]) == len(p) - 1
+        assert batch.position_mask("answer")[row].nonzero().flatten().tolist() == list(
+            range(len(p), len(p) + len(a))
+        )
+        assert int(batch.position_mask("prompt")[row].sum()) == len(p)
+        assert int(batch.position_mask("last_prompt")[row].sum()) == 1
+        # the answer is decoded back exactly
+        assert organism.tokenizer.decode(a) == ANSWERS[row]
+    # the target positions predict exactly the answer tokens
+    targets = batch.tokens[:, 1:][batch.target_mask()[:, :-1]]
+    assert targets.tolist() == tok.answer_ids[0] + tok.answer_ids[1]
+
+
+def test_prompt_longer_than_context_is_a_clear_error(organism):
+    long = Task.from_lists("long", ["word " * 500], [" x"])
+    with pytest.raises(TasklensError, match="more than the model's context of 64"):
+        TokenizedTask.for_model(long, organism)
