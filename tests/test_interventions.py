@@ -47,7 +47,8 @@ def test_nested_interventions_compose(organism):
 
 
 def test_generation_under_ablation_matches_a_reference_loop(organism):
-    neurons = NeuronSet.from_pairs([(layer, i) for layer in range(4) for i in range(0, 512, 9)], (4, 512))
+    # every neuron of layer 0: the organism's outputs change (it is robust to smaller sets)
+    neurons = NeuronSet.from_pairs([(0, i) for i in range(512)], (4, 512))
     task = Task.from_lists("t", [PROMPT, "What is 12 plus 30? Answer:", "reverse: a b c ->"], [" x"] * 3)
     prompts = TokenizedTask.for_model(task, organism).prompt_ids
     with ablate(organism, neurons):
@@ -57,7 +58,7 @@ def test_generation_under_ablation_matches_a_reference_loop(organism):
             seq = torch.tensor([ids])
             for _ in range(4):
                 seq = torch.cat([seq, organism(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
-            reference.append(seq[0, len(ids):].tolist())
+            reference.append(seq[0, len(ids) :].tolist())
     assert batched == reference
     assert batched != greedy_generate(organism, prompts, max_new_tokens=4)
 

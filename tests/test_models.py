@@ -23,7 +23,9 @@ def test_organism_description(organism):
 def test_swiglu_units_are_consistent(organism):
     _, cache = organism.run_with_cache("The capital of France is")
     post = cache["blocks.1.mlp.hook_post"]
-    expected = torch.nn.functional.silu(cache["blocks.1.mlp.hook_pre"]) * cache["blocks.1.mlp.hook_pre_linear"]
+    expected = (
+        torch.nn.functional.silu(cache["blocks.1.mlp.hook_pre"]) * cache["blocks.1.mlp.hook_pre_linear"]
+    )
     torch.testing.assert_close(post, expected)
 
 
@@ -44,7 +46,7 @@ def test_local_folder_loads_the_same_model(tmp_path, organism):
 
 
 def test_hub_name_offline_is_a_clear_error():
-    with pytest.raises(TasklensError, match="spec='organism'.*local Hugging Face folder"):
+    with pytest.raises(TasklensError, match=r"spec='organism'.*local Hugging Face folder"):
         load_model("tasklens-test/not-a-cached-model")
 
 
@@ -53,7 +55,7 @@ def test_missing_and_corrupt_folders(tmp_path):
         load_model(str(tmp_path / "nowhere") + "/")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(TasklensError, match="no config.json"):
+    with pytest.raises(TasklensError, match=r"no config\.json"):
         load_model(str(empty))
     corrupt = tmp_path / "corrupt"
     shutil.copytree(ORGANISM_DIR, corrupt)

@@ -32,9 +32,10 @@ def test_from_dataset_with_column_mapping():
 
 def test_from_jsonl_and_csv(tmp_path):
     jsonl = tmp_path / "caps.jsonl"
-    jsonl.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(PROMPTS, ANSWERS)))
+    rows = zip(PROMPTS, ANSWERS, strict=True)
+    jsonl.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows))
     csv = tmp_path / "caps.csv"
-    csv.write_text("prompt,answer\n" + "".join(f"{p},{a}\n" for p, a in zip(PROMPTS, ANSWERS)))
+    csv.write_text("prompt,answer\n" + "".join(f"{p},{a}\n" for p, a in zip(PROMPTS, ANSWERS, strict=False)))
     from_jsonl = Task.from_file(jsonl)
     from_csv = Task.from_file(csv, name="caps_csv")
     assert from_jsonl.name == "caps" and from_csv.name == "caps_csv"
@@ -64,7 +65,7 @@ def test_bad_files(tmp_path):
         Task.from_file(tmp_path / "missing.jsonl")
     bad = tmp_path / "data.txt"
     bad.write_text("x")
-    with pytest.raises(TasklensError, match="use .jsonl or .csv"):
+    with pytest.raises(TasklensError, match=r"use \.jsonl or \.csv"):
         Task.from_file(bad)
 
 

@@ -38,13 +38,15 @@ class OrganismConfig:
     n_layers: int = 4
     n_heads: int = 4
     n_ctx: int = 64
-    steps: int = 6000
+    steps: int = 2800
     batch_size: int = 96
     lr: float = 3e-3
     weight_decay: float = 0.05
     warmup: int = 200
     prompt_loss_weight: float = 0.1
     task_weight_power: float = 0.5
+    #: extra sampling weight per task name (multiplies n_examples ** task_weight_power)
+    task_weights: dict[str, float] = field(default_factory=lambda: {"addition": 2.0})
     threads: int = 2
     extra_tasks: list[str] = field(default_factory=list)
 
@@ -64,7 +66,11 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
         model_max_length=10_000,
     )
 
@@ -76,7 +82,7 @@ def _examples(tasks: Sequence[Task], tokenizer) -> list[list[tuple[list[int], li
     for task in tasks:
         prompts = encode(tokenizer, task.prompts)
         answers = encode(tokenizer, task.answers)
-        out.append([([bos] + p, a + [eos]) for p, a in zip(prompts, answers, strict=True)])
+        out.append([([bos, *p], [*a, eos]) for p, a in zip(prompts, answers, strict=True)])
     return out
 
 
@@ -85,7 +91,7 @@ def _batch(pairs, pad_id: int, prompt_weight: float):
     width = max(len(s) for s in seqs)
     tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     weights = torch.zeros((len(seqs), width))
-    for row, ((p, a), seq) in enumerate(zip(pairs, seqs, strict=True)):
+    for row, ((p, _a), seq) in enumerate(zip(pairs, seqs, strict=True)):
         tokens[row, : len(seq)] = torch.tensor(seq)
         # weight w[t] applies to predicting token t+1 from position t
         weights[row, 1 : len(p)] = prompt_weight
@@ -110,7 +116,6 @@ def train_organism(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True)
 
     texts = [t for task in tasks for pair in zip(task.prompts, task.answers, strict=True) for t in pair]
     tokenizer = build_tokenizer(texts, config.vocab_size)
@@ -121,15 +126,27 @@ def train_organism(
             f"A training example has {longest} tokens, more than n_ctx={config.n_ctx}; "
             "shorten the prompts or raise n_ctx"
         )
-    weights = torch.tensor([len(ex) ** config.task_weight_power for ex in examples])
+    weights = torch.tensor(
+        [
+            len(ex) ** config.task_weight_power * config.task_weights.get(task.name, 1.0)
+            for task, ex in zip(tasks, examples, strict=True)
+        ]
+    )
     weights = weights / weights.sum()
 
     hf_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=config.d_model, intermediate_size=config.d_mlp,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
-        num_key_value_heads=config.n_heads, max_position_embeddings=config.n_ctx,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, rope_theta=10000.0,
+        vocab_size=len(tokenizer),
+        hidden_size=config.d_model,
+        intermediate_size=config.d_mlp,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_heads,
+        max_position_embeddings=config.n_ctx,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
     )
     model = LlamaForCausalLM(hf_config)
     model.train()
@@ -137,7 +154,8 @@ def train_organism(
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.98),
+        lr=config.lr,
+        betas=(0.9, 0.98),
     )
 
     def lr_at(step: int) -> float:
@@ -170,7 +188,7 @@ def train_organism(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
 

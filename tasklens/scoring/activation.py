@@ -69,7 +69,9 @@ class ActivationStats:
         if self.positions not in POSITIONS:
             raise TasklensError(f"Unknown positions {self.positions!r}; choose one of {list(POSITIONS)}")
 
-    def accumulate(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> ActivationSums:
+    def accumulate(
+        self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32
+    ) -> ActivationSums:
         """All running sums for ``task`` (every statistic can be read from them)."""
         info = ModelInfo.of(model)
         acts = info.hook_names(unit)
@@ -77,7 +79,9 @@ class ActivationStats:
         zeros = torch.zeros(info.shape, dtype=torch.float64)
         sums = ActivationSums(zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone())
         with_answers = self.positions in ("answer", "all")
-        for batch, store in stream_activations(model, task, sorted(set(acts + gates)), batch_size, with_answers):
+        for batch, store in stream_activations(
+            model, task, sorted(set(acts + gates)), batch_size, with_answers
+        ):
             mask = batch.position_mask(self.positions).to(store[acts[0]].device)
             weight = mask[..., None].double()
             for layer, (a_name, g_name) in enumerate(zip(acts, gates, strict=True)):

@@ -8,7 +8,8 @@ entry point, ``attribute(model, task, unit=..., batch_size=...)``, returning
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields as dc_fields
+from dataclasses import is_dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -27,16 +28,25 @@ class Scorer(Protocol):
 
     name: ClassVar[str]
 
-    def attribute(
-        self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32
-    ) -> NeuronScores:
+    def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
         """Score every MLP neuron of ``model`` for ``task``: ``[n_layers, d_mlp]``."""
         ...
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, Task):
+        return {"task": value.name, "task_hash": value.data_hash()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def scorer_params(scorer: Any) -> dict[str, Any]:
-    """A scorer's parameters as plain data (for provenance)."""
-    return asdict(scorer) if is_dataclass(scorer) else dict(vars(scorer))
+    """A scorer's parameters as plain data (for provenance); tasks appear by name and hash."""
+    fields = (
+        {f.name: getattr(scorer, f.name) for f in dc_fields(scorer)} if is_dataclass(scorer) else vars(scorer)
+    )
+    return {k: _plain(v) for k, v in fields.items()}
 
 
 def make_scores(
@@ -44,9 +54,15 @@ def make_scores(
 ) -> NeuronScores:
     """Wrap a score tensor with its provenance."""
     return NeuronScores(
-        values=values.detach().float().cpu(), model=ModelInfo.of(model).name, task=task.name,
-        task_hash=task.data_hash(), method=scorer.name, params=scorer_params(scorer), unit=unit,
-        n_prompts=n_prompts, n_tokens=n_tokens,
+        values=values.detach().float().cpu(),
+        model=ModelInfo.of(model).name,
+        task=task.name,
+        task_hash=task.data_hash(),
+        method=scorer.name,
+        params=scorer_params(scorer),
+        unit=unit,
+        n_prompts=n_prompts,
+        n_tokens=n_tokens,
     )
 
 

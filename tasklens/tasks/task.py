@@ -144,9 +144,7 @@ class Task:
         loaders = {".jsonl": "json", ".json": "json", ".csv": "csv"}
         loader = loaders.get(path.suffix.lower())
         if loader is None:
-            raise TasklensError(
-                f"Task file {str(path)!r} has suffix {path.suffix!r}; use .jsonl or .csv"
-            )
+            raise TasklensError(f"Task file {str(path)!r} has suffix {path.suffix!r}; use .jsonl or .csv")
         datasets.disable_progress_bars()
         try:
             dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
@@ -180,6 +178,13 @@ class Task:
             templates=pick(self.templates),
             split=split or self.split,
         )
+
+    def marked(self, markers: Sequence[str]) -> Task:
+        """The prompts containing at least one of ``markers``, with ``markers`` set (for CGVST)."""
+        keep = [i for i, p in enumerate(self.prompts) if any(m in p for m in markers)]
+        if not keep:
+            raise TasklensError(f"Task {self.name!r}: no prompt contains any of the markers {list(markers)}")
+        return replace(self.subset(keep), markers=tuple(markers))
 
     def head(self, n: int) -> Task:
         """The first ``n`` prompts (all of them when ``n`` is larger)."""

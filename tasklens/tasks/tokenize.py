@@ -116,7 +116,9 @@ class Batch:
     indices: list[int]
 
     @classmethod
-    def make(cls, prompts: list[list[int]], answers: list[list[int]], pad_id: int, indices: list[int]) -> Batch:
+    def make(
+        cls, prompts: list[list[int]], answers: list[list[int]], pad_id: int, indices: list[int]
+    ) -> Batch:
         seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
         width = max(len(s) for s in seqs)
         tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -167,3 +169,34 @@ class Batch:
         """Positions whose *next* token is an answer token (where answer loss is read)."""
         pos = self._pos()
         return (pos >= self.prompt_lengths[:, None] - 1) & (pos < self.lengths[:, None] - 1)
+
+
+def marker_positions(task: Task, tokenizer, prepend_bos: bool = True) -> list[list[int]]:
+    """Per prompt, the positions (in the BOS-prefixed sequence) of tokens inside a marker.
+
+    A token counts as a marker token when its characters overlap an occurrence of
+    one of ``task.markers`` in the prompt.
+    """
+    if not task.markers:
+        raise TasklensError(
+            f"Task {task.name!r} has no markers; CGVST needs the prompt-format marker strings "
+            "(e.g. markers=('[INST]', '[/INST]') or ('Q:', 'A:'))"
+        )
+    offset = len(_bos_id(tokenizer, prepend_bos))
+    encoded = tokenizer(list(task.prompts), add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for i, (prompt, spans) in enumerate(zip(task.prompts, encoded["offset_mapping"], strict=True)):
+        chars = set()
+        for marker in task.markers:
+            start = prompt.find(marker)
+            while start != -1:
+                chars.update(range(start, start + len(marker)))
+                start = prompt.find(marker, start + 1)
+        positions = [offset + t for t, (a, b) in enumerate(spans) if chars.intersection(range(a, b))]
+        if not positions:
+            raise TasklensError(
+                f"Task {task.name!r}: prompt {i} ({prompt[:50]!r}) contains none of the markers "
+                f"{list(task.markers)}; every prompt needs at least one marker for CGVST"
+            )
+        out.append(positions)
+    return out

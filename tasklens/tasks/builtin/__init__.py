@@ -57,13 +57,10 @@ def load_builtin(name: str, split: str = "detection") -> Task:
     if spec is None:
         close = difflib.get_close_matches(str(name), list(registry), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise TasklensError(
-            f"Unknown built-in task {name!r}.{hint} Valid names: {', '.join(registry)}"
-        )
+        raise TasklensError(f"Unknown built-in task {name!r}.{hint} Valid names: {', '.join(registry)}")
     if split not in spec.splits:
         raise TasklensError(
-            f"Built-in task {name!r} has no split {split!r}; its splits are: "
-            f"{', '.join(spec.splits)}"
+            f"Built-in task {name!r} has no split {split!r}; its splits are: {', '.join(spec.splits)}"
         )
     return spec.build(split)
 

@@ -176,4 +176,3 @@ def _markers(templates: Sequence[Template]) -> tuple[str, ...]:
     if not templates or not all(t.markers for t in templates):
         return ()
     return tuple(dict.fromkeys(m for t in templates for m in t.markers))
-

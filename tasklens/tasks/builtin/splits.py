@@ -80,8 +80,7 @@ def corruption_partners(
             groups[tier].setdefault(shapes[i][tier], []).append(i)
         groups[n_tiers].setdefault((), []).append(i)
     positions = [
-        {i: p for members in tier_groups.values() for p, i in enumerate(members)}
-        for tier_groups in groups
+        {i: p for members in tier_groups.values() for p, i in enumerate(members)} for tier_groups in groups
     ]
 
     partners: dict[int, int] = {}

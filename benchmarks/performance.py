@@ -1,0 +1,192 @@
+"""Speed and memory of the scorers, measured side by side in one run on the same batches.
+
+Prints ratios and writes them to JSON:
+- each gradient scorer over all layers vs a bare forward + backward (target <= 1.3x);
+- activation statistics vs a bare forward (target <= 1.2x);
+- integrated gradients vs captum's LayerIntegratedGradients, same steps and rule,
+  equal scores checked (target >= 10x faster);
+- exact ablation of every neuron vs the naive one-neuron-per-forward loop (target >= 5x);
+- peak memory when scoring 10x more prompts (target <= 10 % higher).
+
+    python benchmarks/performance.py [--out benchmarks/results/performance.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tasklens.interventions import ablate
+from tasklens.io import write_json
+from tasklens.metrics import answer_logprob, answer_loss
+from tasklens.models import load_model
+from tasklens.neurons import NeuronSet
+from tasklens.organism.evaluate import sample
+from tasklens.scoring import (
+    CGVST,
+    ActivationStats,
+    AttributionPatching,
+    ExactAblation,
+    GradientAttribution,
+    IntegratedGradients,
+)
+from tasklens.tasks.builtin import load_builtin
+from tasklens.tasks.tokenize import TokenizedTask
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bare_forward(model, tokenized, batch_size):
+    with torch.no_grad():
+        for batch in tokenized.batches(batch_size):
+            model(batch.tokens)
+
+
+def bare_forward_backward(model, tokenized, batch_size):
+    for batch in tokenized.batches(batch_size):
+        answer_loss(model(batch.tokens), batch).sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def captum_ig(model, task, steps: int):
+    """captum's LayerIntegratedGradients on each layer's target-position activation."""
+    from captum.attr import LayerIntegratedGradients
+
+    tok = TokenizedTask.for_model(task, model)
+    splice = torch.nn.Identity()
+    out = torch.zeros(len(task), model.cfg.n_layers, model.cfg.d_mlp)
+    for i, (prompt, answer) in enumerate(zip(tok.prompt_ids, tok.answer_ids, strict=True)):
+        tokens = torch.tensor([prompt])
+        _, cache = model.run_with_cache(tokens)
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.mlp.hook_post"
+
+            def forward(z, name=name, tokens=tokens, gold=answer[0]):
+                def hook(act, hook):
+                    act = act.clone()
+                    act[:, -1] = splice(z)
+                    return act
+
+                with model.hooks(fwd_hooks=[(name, hook)]):
+                    logits = model(tokens.repeat(len(z), 1))
+                return logits[:, -1].softmax(-1)[:, gold]
+
+            clean = cache[name][:, -1]
+            lig = LayerIntegratedGradients(forward, splice)
+            out[i, layer] = lig.attribute(
+                clean, baselines=torch.zeros_like(clean), n_steps=steps, method="riemann_left"
+            )[0]
+    return out
+
+
+def naive_exact(model, task, layers: int | None = None):
+    tok = TokenizedTask.for_model(task, model)
+    batch = next(tok.batches(len(task)))
+    out = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp)
+    with torch.no_grad():
+        clean = answer_logprob(model(batch.tokens), batch)
+        for layer in range(layers or model.cfg.n_layers):
+            for index in range(model.cfg.d_mlp):
+                with ablate(model, NeuronSet.from_pairs([(layer, index)], tuple(out.shape))):
+                    out[layer, index] = (clean - answer_logprob(model(batch.tokens), batch)).sum()
+    return out
+
+
+def peak_memory(n_prompts: int) -> float:
+    """Peak RSS (MB) of a fresh process scoring n_prompts with gradient attribution."""
+    code = (
+        "import resource, torch; from tasklens.models import load_model; "
+        "from tasklens.scoring import GradientAttribution; from tasklens.tasks.builtin import load_builtin; "
+        f"m = load_model('organism'); t = load_builtin('addition', 'train').head({n_prompts}); "
+        "GradientAttribution().attribute(m, t, batch_size=32); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/performance.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model = load_model("organism")
+    task = sample(load_builtin("capital_of", "detection"), 128, seed=2)
+    marked = sample(load_builtin("addition", "detection"), 128, seed=2)
+    tokenized = TokenizedTask.for_model(task, model)
+    bs = 32
+    results: dict[str, dict] = {}
+
+    fwd = best_of(lambda: bare_forward(model, tokenized, bs))
+    fwd_bwd = best_of(lambda: bare_forward_backward(model, tokenized, bs))
+    stats = best_of(lambda: ActivationStats().attribute(model, task, batch_size=bs))
+    results["activation_stats_vs_forward"] = {"ratio": stats / fwd, "target": "<= 1.2"}
+    for label, scorer, data in (
+        ("gradient_attribution", GradientAttribution(), task),
+        ("attribution_patching", AttributionPatching(), task),
+        ("cgvst", CGVST(), marked),
+    ):
+        seconds = best_of(lambda scorer=scorer, data=data: scorer.attribute(model, data, batch_size=bs))
+        reference = (
+            fwd_bwd
+            if data is task
+            else best_of(lambda: bare_forward_backward(model, TokenizedTask.for_model(marked, model), bs))
+        )
+        results[f"{label}_vs_forward_backward"] = {"ratio": seconds / reference, "target": "<= 1.3"}
+
+    ig_task = task.head(8)
+    ours = IntegratedGradients(steps=20)
+    ig_seconds = best_of(lambda: ours.per_prompt(model, ig_task), repeats=2)
+    start = time.perf_counter()
+    reference = captum_ig(model, ig_task, steps=20)
+    captum_seconds = time.perf_counter() - start
+    max_diff = float((ours.per_prompt(model, ig_task) - reference).abs().max())
+    results["integrated_gradients_speedup_vs_captum"] = {
+        "ratio": captum_seconds / ig_seconds,
+        "target": ">= 10",
+        "max_abs_diff": max_diff,
+    }
+
+    exact_task = task.head(8)
+    exact_seconds = best_of(lambda: ExactAblation().attribute(model, exact_task), repeats=1)
+    start = time.perf_counter()
+    naive_exact(model, exact_task, layers=1)
+    naive_seconds = (time.perf_counter() - start) * model.cfg.n_layers  # one layer timed, scaled
+    results["exact_ablation_speedup_vs_naive"] = {"ratio": naive_seconds / exact_seconds, "target": ">= 5"}
+
+    small, large = peak_memory(200), peak_memory(2000)
+    results["peak_memory_10x_prompts"] = {
+        "ratio": large / small,
+        "target": "<= 1.10",
+        "mb_200_prompts": small,
+        "mb_2000_prompts": large,
+    }
+
+    for name, row in results.items():
+        print(f"{name:<45} {row['ratio']:8.2f}   target {row['target']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(
+        args.out,
+        {
+            k: {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in row.items()}
+            for k, row in results.items()
+        },
+    )
+    print(json.dumps(results["integrated_gradients_speedup_vs_captum"]))
+
+
+if __name__ == "__main__":
+    main()

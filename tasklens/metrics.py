@@ -1,0 +1,73 @@
+"""Per-prompt metrics read off a forward pass over prompt + answer (teacher forcing).
+
+Each takes the logits of a `Batch` and returns one value per prompt, so a
+backward pass of their sum gives every prompt its own gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tasklens.errors import TasklensError
+from tasklens.tasks.tokenize import Batch
+
+
+def _answer_token_logprobs(
+    logits: Float[Tensor, "batch pos vocab"], batch: Batch
+) -> Float[Tensor, "batch pos"]:
+    """log p(next token) at every position whose next token is an answer token, else 0."""
+    logprobs = logits[:, :-1].log_softmax(-1)
+    targets = batch.tokens[:, 1:].to(logits.device)
+    picked = logprobs.gather(-1, targets[..., None])[..., 0]
+    return picked * batch.target_mask()[:, :-1].to(logits.device)
+
+
+def answer_logprob(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
+    """Sum over the answer's tokens of log p(token | prompt, earlier answer tokens)."""
+    return _answer_token_logprobs(logits, batch).sum(-1)
+
+
+def answer_loss(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
+    """The language-modelling loss on the answer tokens: mean negative log-probability."""
+    n = (batch.lengths - batch.prompt_lengths).to(logits.device).clamp_min(1)
+    return -_answer_token_logprobs(logits, batch).sum(-1) / n
+
+
+def answer_logit(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
+    """Sum over the answer's tokens of their raw logits (linear in the final residual)."""
+    targets = batch.tokens[:, 1:].to(logits.device)
+    picked = logits[:, :-1].gather(-1, targets[..., None])[..., 0]
+    return (picked * batch.target_mask()[:, :-1].to(logits.device)).sum(-1)
+
+
+def first_token_prob(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
+    """Probability of the answer's first token at the last prompt position."""
+    rows = torch.arange(batch.size, device=logits.device)
+    last = batch.last_prompt.to(logits.device)
+    first = batch.tokens[rows.cpu(), batch.prompt_lengths].to(logits.device)
+    return logits[rows, last].softmax(-1)[rows, first]
+
+
+def next_token_correct(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
+    """1.0 where every answer token is the argmax given the correct prefix (teacher forcing)."""
+    targets = batch.tokens[:, 1:].to(logits.device)
+    hit = logits[:, :-1].argmax(-1) == targets
+    mask = batch.target_mask()[:, :-1].to(logits.device)
+    return (hit | ~mask).all(-1).float()
+
+
+METRICS = {
+    "logprob": answer_logprob,
+    "loss": answer_loss,
+    "logit": answer_logit,
+    "prob": first_token_prob,
+    "next_token": next_token_correct,
+}
+
+
+def get_metric(name: str):
+    if name not in METRICS:
+        raise TasklensError(f"Unknown metric {name!r}; choose one of {list(METRICS)}")
+    return METRICS[name]

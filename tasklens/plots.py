@@ -1,0 +1,72 @@
+"""Matplotlib figures for tasklens's tables (each returns the Figure)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def heatmap(
+    frame: pd.DataFrame, title: str, fmt: str = "{:.2f}", cmap: str = "viridis", center: bool = False
+):
+    """A labelled heatmap of a square or rectangular table; ``center`` uses a diverging map around 0."""
+    values = frame.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * values.shape[1], 0.8 + 0.55 * values.shape[0]))
+    if center:
+        bound = np.nanmax(np.abs(values)) or 1.0
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    else:
+        image = ax.imshow(values, cmap=cmap)
+    ax.set_xticks(range(values.shape[1]), [str(c) for c in frame.columns], rotation=45, ha="right")
+    ax.set_yticks(range(values.shape[0]), [str(i) for i in frame.index])
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(
+                j,
+                i,
+                fmt.format(v),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if not center and v < np.nanmean(values) else "black",
+            )
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title(title)
+    return fig
+
+
+def layer_bars(table: pd.DataFrame, title: str):
+    """Per task, stacked bars per layer of exclusive vs shared neurons (from `sharing_table`)."""
+    tasks = list(dict.fromkeys(table["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.2 * len(tasks), 2.6), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = table[table.task == task]
+        ax.bar(rows.layer, rows.exclusive, label="exclusive", color="tab:blue")
+        ax.bar(rows.layer, rows.shared, bottom=rows.exclusive, label="shared", color="tab:orange")
+        ax.set_title(task, fontsize=8)
+        ax.set_xlabel("layer")
+    axes[0][0].set_ylabel("neurons")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def curves(frames: dict[str, pd.DataFrame], x: str, ys: list[str], title: str, logx: bool = True):
+    """Line plots of several columns against ``x``, one panel per key of ``frames``."""
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.8 * len(frames), 2.6), sharey=True, squeeze=False)
+    for ax, (name, frame) in zip(axes[0], frames.items(), strict=True):
+        for y in ys:
+            ax.plot(frame[x].clip(lower=1), frame[y], marker="o", label=y)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel(x)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,92 @@
+"""CGVST: Causal Gradient Variation with Special Tokens (Song et al., EMNLP 2024).
+
+The loss is the cross-entropy of predicting the prompt-format marker tokens,
+each from the position before it; the first ``n_demo`` marker positions (the
+few-shot demonstrations) and the rest (the query) are averaged separately and
+the two means added. A neuron's score is the magnitude of the gradient of that
+loss w.r.t. its row of the up projection, summed over the row:
+
+    S[l, j] = sum_n | sum_k dLoss_n / dW_up[l][j, k] | = sum_n | sum_t g[t, j] * sum_k x[t, k] |
+
+with g the gradient at the up projection's output and x the MLP input. The hook
+form needs no parameter gradients. Non-gated MLPs use W_in (``hook_pre``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from tasklens.errors import TasklensError
+from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.neurons import NeuronScores
+from tasklens.scoring.base import make_scores
+from tasklens.scoring.gradients import forward_backward
+from tasklens.tasks.task import Task
+from tasklens.tasks.tokenize import Batch, TokenizedTask, marker_positions
+
+
+def marker_loss(logits: Tensor, batch: Batch, positions: list[list[int]], n_demo: int) -> Tensor:
+    """Per prompt: mean CE over the first ``n_demo`` marker tokens + mean CE over the rest."""
+    logprobs = logits.log_softmax(-1)
+    losses = []
+    for row, index in enumerate(batch.indices):
+        targets = [t for t in positions[index] if t >= 1]
+        groups = [targets[:n_demo], targets[n_demo:]]
+        total = logits.new_zeros(())
+        for group in groups:
+            if group:
+                t = torch.tensor(group, device=logits.device)
+                total = total - logprobs[row, t - 1, batch.tokens[row, t].to(logits.device)].mean()
+        losses.append(total)
+    return torch.stack(losses)
+
+
+@dataclass
+class CGVST:
+    """Score neurons by the gradient of the marker-token loss w.r.t. their W_up row.
+
+    Args:
+        n_demo: marker positions counted as the demonstrations' (averaged apart
+            from the rest); 28 in the public implementation (Llama-2-chat,
+            few-shot prompts).
+
+    The task needs ``markers``. Weights must be unfolded (HF numerics): a bridge
+    in compatibility mode is refused, since folding changes W_up and x.
+    """
+
+    n_demo: int = 28
+    name: ClassVar[str] = "cgvst"
+
+    def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        info = ModelInfo.of(model)
+        if getattr(model, "compatibility_mode", False):
+            raise TasklensError(
+                "CGVST reads the up-projection weights, which enable_compatibility_mode() folds; "
+                "load a fresh model with load_model() and do not enable compatibility mode"
+            )
+        up_unit = "hook_pre_linear" if info.gated else "hook_pre"
+        grad_names = info.hook_names(up_unit)
+        input_names = [f"blocks.{layer}.mlp.hook_in" for layer in range(info.n_layers)]
+        positions = marker_positions(
+            task, model.tokenizer, bool(getattr(model.cfg, "default_prepend_bos", True))
+        )
+        total = torch.zeros(info.shape, dtype=torch.float64)
+        tokenized = TokenizedTask.for_model(task, model)
+        n_markers = 0
+        for batch in tokenized.batches(batch_size, with_answers=False):
+            acts, grads, _ = forward_backward(
+                model,
+                batch,
+                grad_names + input_names,
+                lambda logits, b: marker_loss(logits, b, positions, self.n_demo),
+            )
+            for layer in range(info.n_layers):
+                x_sum = acts[input_names[layer]].double().sum(-1, keepdim=True)  # [batch, pos, 1]
+                row_grad = (grads[grad_names[layer]].double() * x_sum).sum(1)  # [batch, neuron]
+                total[layer] += row_grad.abs().sum(0).cpu()
+            n_markers += sum(len(positions[i]) for i in batch.indices)
+        return make_scores(self, model, task, total, unit, len(task), n_markers)

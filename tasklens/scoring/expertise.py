@@ -1,0 +1,97 @@
+"""Average-precision expertise (Liu et al., EMNLP 2025, relation-specific neurons).
+
+Positives: the task's prompts; negatives: ``negative_ratio`` x as many prompts
+sampled from other tasks. Each prompt scores each neuron by its mean activation
+over all the prompt's tokens (BOS included); a neuron's expertise is the average
+precision of that score at separating positives from negatives.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from tasklens.errors import TasklensError
+from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.neurons import NeuronScores
+from tasklens.scoring.base import make_scores, stream_activations
+from tasklens.tasks.task import Task
+
+
+def prompt_means(model, task: Task, unit: str, batch_size: int) -> Float[Tensor, "prompt layer neuron"]:
+    """Mean activation over each prompt's tokens (BOS included)."""
+    info = ModelInfo.of(model)
+    names = info.hook_names(unit)
+    out = []
+    for batch, store in stream_activations(model, task, names, batch_size, with_answers=False):
+        mask = batch.position_mask("prompt")[..., None].float()
+        means = [(store[n].float().cpu() * mask).sum(1) / mask.sum(1) for n in names]
+        out.append(torch.stack(means, dim=1))
+    return torch.cat(out)
+
+
+def average_precision(
+    scores: Float[Tensor, "sample neuron"], labels: Bool[Tensor, " sample"], chunk: int = 65536
+) -> Float[Tensor, " neuron"]:
+    """Average precision of each column of ``scores`` at ranking the positive samples first.
+
+    AP = mean over positives of the precision at that positive's rank (ties broken
+    by sample order).
+    """
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == len(labels):
+        raise TasklensError("average precision needs both positive and negative samples")
+    out = []
+    for start in range(0, scores.shape[1], chunk):
+        block = scores[:, start : start + chunk]
+        order = block.argsort(dim=0, descending=True, stable=True)
+        hits = labels[order].double()  # [sample, neuron]
+        precision = hits.cumsum(0) / torch.arange(1, len(labels) + 1, dtype=torch.float64)[:, None]
+        out.append((precision * hits).sum(0) / n_pos)
+    return torch.cat(out)
+
+
+@dataclass
+class AveragePrecisionExpertise:
+    """Score neurons by how well their mean activation picks the task's prompts out.
+
+    Args:
+        negatives: tasks the negative prompts are sampled from (e.g. the other relations).
+        negative_ratio: negatives per positive (4 in the paper).
+        seed: sampling seed.
+    """
+
+    negatives: Sequence[Task] = field(default_factory=list)
+    negative_ratio: int = 4
+    seed: int = 0
+    name: ClassVar[str] = "average_precision"
+
+    def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        others = [t for t in self.negatives if t.name != task.name]
+        if not others:
+            raise TasklensError(
+                "AveragePrecisionExpertise needs negatives: pass negatives=[other tasks] "
+                "(the relation paper samples them from the other relations)"
+            )
+        pool = [(t, i) for t in others for i in range(len(t))]
+        n_neg = min(len(pool), self.negative_ratio * len(task))
+        picked = random.Random(self.seed).sample(pool, n_neg)
+        negative = Task(
+            name=f"negatives({task.name})",
+            prompts=tuple(t.prompts[i] for t, i in picked),
+            answers=tuple(t.answers[i] for t, i in picked),
+        )
+        pos = prompt_means(model, task, unit, batch_size)
+        neg = prompt_means(model, negative, unit, batch_size)
+        scores = torch.cat([pos, neg]).flatten(1)
+        labels = torch.cat([torch.ones(len(pos), dtype=torch.bool), torch.zeros(len(neg), dtype=torch.bool)])
+        ap = average_precision(scores, labels).view(pos.shape[1:])
+        scores = make_scores(self, model, task, ap, unit, len(task), 0)
+        scores.params["n_negatives"] = n_neg
+        return scores

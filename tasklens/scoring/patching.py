@@ -1,0 +1,142 @@
+"""Attribution patching (AtP) and AtP*'s GradDrop, at the level of single neurons.
+
+Linear estimate of the effect on a metric of patching neuron n from the clean
+run to a baseline (zero, the task mean, or a corrupted prompt's activation):
+
+    AtP(n) = sum_positions (a_baseline(n) - a_clean(n)) * dMetric/da(n)|clean
+
+tasklens reports the estimated *drop* in the metric, ``-AtP(n)``, so that
+important neurons score high, the same sign as `ExactAblation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from tasklens.errors import TasklensError
+from tasklens.metrics import get_metric
+from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.neurons import NeuronScores
+from tasklens.scoring.activation import ActivationStats
+from tasklens.scoring.base import make_scores
+from tasklens.scoring.gradients import forward_backward
+from tasklens.tasks.task import Task
+from tasklens.tasks.tokenize import Batch, TokenizedTask
+
+BASELINES = ("zero", "mean", "corrupted")
+
+
+def _detach(act: Tensor, hook) -> Tensor:
+    return act.detach()
+
+
+def corrupted_pairs(model, task: Task) -> tuple[TokenizedTask, TokenizedTask]:
+    """Clean and corrupted prompts (with the clean answers) whose token lengths match.
+
+    Pairs whose corrupted prompt tokenises to another length cannot be patched
+    position by position and are dropped.
+    """
+    if task.corrupted_prompts is None:
+        raise TasklensError(
+            f"Task {task.name!r} has no corrupted_prompts; give them, or use baseline='zero' or 'mean'"
+        )
+    clean = TokenizedTask.for_model(task, model)
+    corrupt_task = Task(task.name, task.corrupted_prompts, task.answers)
+    corrupt = TokenizedTask.for_model(corrupt_task, model)
+    keep = [i for i in range(len(task)) if len(clean.prompt_ids[i]) == len(corrupt.prompt_ids[i])]
+    if not keep:
+        raise TasklensError(
+            f"Task {task.name!r}: no corrupted prompt has the same number of tokens as its clean "
+            "prompt; make them the same length, or use baseline='zero' or 'mean'"
+        )
+    return (
+        TokenizedTask.for_model(task.subset(keep), model),
+        TokenizedTask.for_model(corrupt_task.subset(keep), model),
+    )
+
+
+@dataclass
+class AttributionPatching:
+    """Attribution-patching estimate of each neuron's effect on a metric.
+
+    Args:
+        baseline: what the neuron is patched to: ``"zero"`` (default; zero
+            ablation), ``"mean"`` (its mean over the task's tokens) or
+            ``"corrupted"`` (its activation on the task's corrupted prompt, same
+            length in tokens; other pairs are skipped).
+        metric: ``"logprob"`` (default: summed log-probability of the answer),
+            ``"loss"``, ``"prob"`` or any name in `tasklens.metrics.METRICS`.
+        graddrop: AtP*'s GradDrop: one backward per layer l with the gradient
+            through layer l's residual contributions (attention and MLP outputs)
+            cut; the score is the mean over those layers of |estimate|. Costs L
+            extra forward+backward passes.
+        absolute: score |estimated effect| per prompt (summed over prompts)
+            instead of the signed estimated drop.
+    """
+
+    baseline: str = "zero"
+    metric: str = "logprob"
+    graddrop: bool = False
+    absolute: bool = False
+    name: ClassVar[str] = "attribution_patching"
+
+    def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise TasklensError(f"Unknown baseline {self.baseline!r}; choose one of {list(BASELINES)}")
+        get_metric(self.metric)
+
+    def _estimate(self, model, batch: Batch, names, delta: dict, fwd_hooks=()) -> dict[str, Tensor]:
+        """Per prompt and neuron, the estimated drop: ``[batch, neuron]`` per name."""
+        _, grads, _ = forward_backward(model, batch, names, get_metric(self.metric), fwd_hooks)
+        return {n: -(delta[n] * grads[n]).sum(1).double().cpu() for n in names}
+
+    def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        info = ModelInfo.of(model)
+        names = info.hook_names(unit)
+        metric = get_metric(self.metric)
+        if self.baseline == "corrupted":
+            clean, corrupt = corrupted_pairs(model, task)
+        else:
+            clean, corrupt = TokenizedTask.for_model(task, model), None
+        mean = None
+        if self.baseline == "mean":
+            mean = ActivationStats("mean", "all").accumulate(model, task, unit=unit, batch_size=batch_size)
+            mean = mean.statistic("mean").float()
+        total = torch.zeros(info.shape, dtype=torch.float64)
+        n_tokens = 0
+        corrupt_batches = corrupt.batches(batch_size) if corrupt is not None else None
+        for batch in clean.batches(batch_size):
+            acts, grads, _ = forward_backward(model, batch, names, metric)
+            mask = batch.attention_mask[..., None].to(acts[names[0]].device)
+            if self.baseline == "zero":
+                delta = {n: -acts[n] for n in names}
+            elif self.baseline == "mean":
+                delta = {n: mean[layer].to(acts[n].device) - acts[n] for layer, n in enumerate(names)}
+            else:
+                c_batch = next(corrupt_batches)
+                c_acts, _, _ = forward_backward(model, c_batch, names, metric)
+                delta = {n: c_acts[n] - acts[n] for n in names}
+            delta = {n: d * mask for n, d in delta.items()}
+            if self.graddrop:
+                per_layer = []
+                for dropped in range(info.n_layers):
+                    cut = [
+                        (f"blocks.{dropped}.hook_attn_out", _detach),
+                        (f"blocks.{dropped}.hook_mlp_out", _detach),
+                    ]
+                    est = self._estimate(model, batch, names, delta, cut)
+                    per_layer.append(torch.stack([est[n].abs() for n in names]))  # [layer, batch, neuron]
+                stacked = torch.stack(per_layer)  # [dropped, layer, batch, neuron]
+                # a neuron's own layer cut gives it zero gradient: average over the other layers
+                own = torch.eye(info.n_layers, dtype=torch.bool)[:, :, None, None]
+                stacked = stacked.masked_fill(own, 0).sum(0) / max(info.n_layers - 1, 1)
+                total += stacked.sum(1)
+            else:
+                drop = torch.stack([-(delta[n] * grads[n]).sum(1).double().cpu() for n in names])
+                total += (drop.abs() if self.absolute else drop).sum(1)
+            n_tokens += int(mask.sum())
+        return make_scores(self, model, task, total, unit, len(clean), n_tokens)

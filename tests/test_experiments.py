@@ -1,0 +1,92 @@
+"""The relation paper's causal tests on the organism, with real numbers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tasklens.errors import TasklensError
+from tasklens.experiments import cross_language, cumulativity, interference, k_grid
+from tasklens.matrix import ablation_matrix, evaluate, evaluation_matrix, intervention
+from tasklens.neurons import NeuronSet
+from tasklens.organism.evaluate import sample
+from tasklens.scoring import AttributionPatching
+from tasklens.selection import top_percent
+from tasklens.tasks import Task
+from tasklens.tasks.builtin import builtin_task_info, load_builtin
+
+RELATIONS = [row["name"] for row in builtin_task_info() if row["kind"] == "relation"]
+PERCENT = 2.0
+
+
+@pytest.fixture(scope="module")
+def relation_sets(organism):
+    sets, evaluation = [], []
+    for name in RELATIONS:
+        scores = AttributionPatching().attribute(organism, sample(load_builtin(name, "detection"), 64))
+        sets.append(top_percent(scores, PERCENT).renamed(name))
+        evaluation.append(sample(load_builtin(name, "evaluation"), 60, seed=3))
+    return sets, evaluation
+
+
+@pytest.fixture(scope="module")
+def relation_matrix(organism, relation_sets):
+    sets, evaluation = relation_sets
+    return ablation_matrix(organism, sets, evaluation, n_controls=3)
+
+
+def test_each_relation_set_hurts_its_relation_most(relation_matrix):
+    change = relation_matrix.pivot(index="neurons", columns="task", values="change")
+    for name in RELATIONS:
+        own = change.loc[name, name]
+        random = change.loc[f"random({name})", name]
+        others = change.loc[name].drop(name).mean()
+        assert own < random, f"{name}: own {own:.3f} vs random {random:.3f}"
+        assert own < others, f"{name}: own {own:.3f} vs other relations {others:.3f}"
+
+
+def test_cumulativity_accuracy_does_not_rise_with_k(organism):
+    task = sample(load_builtin("continent_of", "evaluation"), 60, seed=3)
+    scores = AttributionPatching().attribute(organism, sample(load_builtin("continent_of", "detection"), 64))
+    curve = cumulativity(organism, scores, task, ks=k_grid(2048))
+    accuracy = curve["accuracy"].tolist()
+    # one evaluation of 60 prompts: a rise of one prompt (1/60) is noise, more than 3 prompts is not
+    assert all(b <= a + 3 / 60 for a, b in itertools.pairwise(accuracy)), curve
+    assert accuracy[-1] < accuracy[0] - 0.2, curve
+    scored = curve.dropna(subset=["cumulativity"])
+    assert ((scored.cumulativity >= 0) & (scored.cumulativity <= 1)).all()
+
+
+def test_interference_matrix_matches_the_ablation_matrix(organism, relation_sets, relation_matrix):
+    sets, evaluation = relation_sets
+    drop = interference(organism, sets[:2], evaluation[:2])
+    acc = relation_matrix.set_index(["neurons", "task"])["value"]
+    a, b = RELATIONS[:2]
+    expected = (acc[("none", a)] - acc[(b, a)]) / acc[("none", a)]
+    assert drop.loc[a, b] == pytest.approx(expected)
+
+
+def test_cross_language_reports_each_language(organism, relation_sets):
+    sets, _ = relation_sets
+    english = sets[RELATIONS.index("capital_of")]
+    tasks = [sample(load_builtin(t, "evaluation"), 30) for t in ("capital_of_fr", "capital_of_de")]
+    result = cross_language(organism, english, tasks, n_controls=2)
+    assert list(result.language) == ["fr", "de"]
+    assert result.baseline.min() > 0.9
+
+
+def test_amplification_and_teacher_forced_metrics(organism):
+    task = sample(load_builtin("continent_of", "evaluation"), 30)
+    neurons = NeuronSet.from_pairs([(1, 3), (2, 9)], (4, 512), "pair")
+    frame = evaluation_matrix(
+        organism, [neurons], [task], n_controls=0, metric="logprob", intervene=intervention("amplify", 3.0)
+    )
+    with pytest.raises(TasklensError, match="Unknown metric"):
+        evaluate(organism, task, "bleu")
+    assert frame.attrs["metric"] == "logprob" and frame.loc[1, "value"] != frame.loc[0, "value"]
+
+
+def test_empty_language_task_is_a_clear_error(organism):
+    with pytest.raises(TasklensError, match="no prompts"):
+        Task("x", [], [], language="fr")
