@@ -6,10 +6,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from tasklens.errors import TasklensError
+
+if TYPE_CHECKING:
+    from tasklens.pipeline import RunConfig
 
 app = typer.Typer(
     help="Find, test and compare the MLP neurons a language model uses for a task.",
@@ -61,6 +65,169 @@ def demo(
     typer.echo(
         f"\nsets: {', '.join(f'{s.name}={len(s)}' for s in result.sets)} neurons; {time.time() - start:.0f} s"
     )
+
+
+def _config(model: str, tasks: list[str], out: Path, **fields) -> RunConfig:
+    from tasklens.pipeline import RunConfig
+
+    config = RunConfig(model=model, out=str(out), **fields)
+    if tasks:
+        config.tasks = list(tasks)
+    config.check()
+    return config
+
+
+def _params(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values parsed as JSON where they can be (numbers, true/false)."""
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise TasklensError(f"--param takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+MODEL = typer.Option("organism", help="Model spec: 'organism', a local HF folder, or a hub name.")
+TASKS = typer.Option([], "--task", "-t", help="Built-in task name or JSONL/CSV file (repeatable).")
+OUT = typer.Option(Path("runs/tasklens"), help="Run folder (scores/, sets/, tables, figures, config).")
+
+
+@app.command()
+def locate(
+    model: str = MODEL,
+    task: list[str] = TASKS,
+    out: Path = OUT,
+    method: str = typer.Option("attribution_patching", help="Scorer name (see tasklens.scoring.SCORERS)."),
+    param: list[str] = typer.Option([], help="Scorer parameter key=value (repeatable)."),
+    unit: str = typer.Option("hook_post", help="Neuron unit: hook_post, hook_pre, hook_pre_linear."),
+    select: str = typer.Option("top_percent", help="top_percent, top_k, per_layer_top_k, threshold, ..."),
+    value: float = typer.Option(1.0, help="The selection's value (percent, k, threshold...)."),
+    max_prompts: int = typer.Option(150, help="Prompts per task (deterministic sample)."),
+) -> None:
+    """Score every neuron for each task and select a set; writes scores/ and sets/.
+
+    Example: tasklens locate -t continent_of -t addition --method gradient_attribution --value 2
+    """
+    from tasklens.pipeline import locate as run_locate
+
+    try:
+        config = _config(
+            model,
+            task,
+            out,
+            method=method,
+            params=_params(param),
+            unit=unit,
+            select=select,
+            value=value,
+            max_prompts=max_prompts,
+        )
+        sets = run_locate(config)
+    except TasklensError as error:
+        _fail(error)
+    typer.echo(f"{len(sets)} sets ({', '.join(f'{s.name}={len(s)}' for s in sets)}) in {out}")
+
+
+@app.command()
+def ablate(
+    model: str = MODEL,
+    task: list[str] = TASKS,
+    out: Path = OUT,
+    intervention: str = typer.Option("ablate", help="ablate (zero) or amplify."),
+    factor: float = typer.Option(2.0, help="Amplification factor."),
+    controls: int = typer.Option(3, help="Random control sets per set (same per-layer counts)."),
+    metric: str = typer.Option("exact_match", help="exact_match, logprob, next_token, loss, logit, prob."),
+    max_prompts: int = typer.Option(150, help="Evaluation prompts per task."),
+) -> None:
+    """Evaluation matrix of the run's sets (from `locate`) on every task.
+
+    Example: tasklens ablate -t continent_of -t addition --intervention amplify --factor 3
+    """
+    from tasklens.matrix import pivot
+    from tasklens.pipeline import ablate as run_ablate
+
+    try:
+        config = _config(
+            model,
+            task,
+            out,
+            intervention=intervention,
+            factor=factor,
+            controls=controls,
+            metric=metric,
+            max_prompts=max_prompts,
+        )
+        frame = run_ablate(config)
+    except TasklensError as error:
+        _fail(error)
+    typer.echo(pivot(frame).to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+@app.command()
+def compare(
+    model: str = MODEL,
+    task: list[str] = TASKS,
+    out: Path = OUT,
+    causal: bool = typer.Option(True, help="Also run cumulativity and interference (needs the model)."),
+    max_prompts: int = typer.Option(150, help="Evaluation prompts per task."),
+) -> None:
+    """Overlap, shared vs exclusive neurons, cumulativity and interference of the run's sets.
+
+    Example: tasklens compare -t continent_of -t currency_of --out runs/relations
+    """
+    from tasklens.pipeline import compare as run_compare
+
+    try:
+        config = _config(model, task, out, cumulativity=causal, interference=causal, max_prompts=max_prompts)
+        results = run_compare(config)
+    except TasklensError as error:
+        _fail(error)
+    typer.echo(results["overlap_jaccard"].to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="A run folder.")) -> None:
+    """Write a self-contained HTML report (tables, figures, circuitsvis views) into a run folder.
+
+    Example: tasklens report runs/tasklens
+    """
+    from tasklens.report import build_report
+
+    try:
+        path = build_report(run)
+    except TasklensError as error:
+        _fail(error)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("run")
+def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunConfig fields.")) -> None:
+    """Run locate, ablate, compare and report from one TOML config; the run folder keeps a copy.
+
+    Example: tasklens run examples/relations.toml
+    """
+    from tasklens.models import load_model
+    from tasklens.pipeline import RunConfig
+    from tasklens.pipeline import ablate as run_ablate
+    from tasklens.pipeline import compare as run_compare
+    from tasklens.pipeline import locate as run_locate
+    from tasklens.report import build_report
+
+    start = time.time()
+    try:
+        config = RunConfig.from_toml(config_file)
+        model = load_model(config.model)
+        sets = run_locate(config, model)
+        run_ablate(config, model)
+        run_compare(config, model)
+        path = build_report(config.out, model)
+    except TasklensError as error:
+        _fail(error)
+    typer.echo(f"{len(sets)} tasks, report {path} ({time.time() - start:.0f} s)")
 
 
 @organism_app.command("train")

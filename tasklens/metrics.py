@@ -17,11 +17,17 @@ from tasklens.tasks.tokenize import Batch
 def _answer_token_logprobs(
     logits: Float[Tensor, "batch pos vocab"], batch: Batch
 ) -> Float[Tensor, "batch pos"]:
-    """log p(next token) at every position whose next token is an answer token, else 0."""
-    logprobs = logits[:, :-1].log_softmax(-1)
-    targets = batch.tokens[:, 1:].to(logits.device)
-    picked = logprobs.gather(-1, targets[..., None])[..., 0]
-    return picked * batch.target_mask()[:, :-1].to(logits.device)
+    """log p(next token) at every position whose next token is an answer token, else 0.
+
+    The softmax is taken only at those positions (a few per prompt), not over the
+    whole sequence.
+    """
+    rows, pos = batch.target_mask()[:, :-1].nonzero(as_tuple=True)
+    rows, pos = rows.to(logits.device), pos.to(logits.device)
+    targets = batch.tokens.to(logits.device)[rows, pos + 1]
+    picked = logits[rows, pos].log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    out = logits.new_zeros(logits.shape[0], logits.shape[1] - 1)
+    return out.index_put((rows, pos), picked)
 
 
 def answer_logprob(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
@@ -67,7 +73,10 @@ METRICS = {
 }
 
 
-def get_metric(name: str):
+def get_metric(name):
+    """A metric by name, or ``name`` itself when it is a ``(logits, batch) -> [batch]`` function."""
+    if callable(name):
+        return name
     if name not in METRICS:
         raise TasklensError(f"Unknown metric {name!r}; choose one of {list(METRICS)}")
     return METRICS[name]

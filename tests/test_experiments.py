@@ -11,20 +11,21 @@ from tasklens.experiments import cross_language, cumulativity, interference, k_g
 from tasklens.matrix import ablation_matrix, evaluate, evaluation_matrix, intervention
 from tasklens.neurons import NeuronSet
 from tasklens.organism.evaluate import sample
-from tasklens.scoring import AttributionPatching
+from tasklens.scoring import AttributionPatching, VerifiedPatching
 from tasklens.selection import top_percent
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import builtin_task_info, load_builtin
 
 RELATIONS = [row["name"] for row in builtin_task_info() if row["kind"] == "relation"]
-PERCENT = 2.0
+PERCENT = 5.0
 
 
 @pytest.fixture(scope="module")
 def relation_sets(organism):
     sets, evaluation = [], []
     for name in RELATIONS:
-        scores = AttributionPatching().attribute(organism, sample(load_builtin(name, "detection"), 64))
+        detection = sample(load_builtin(name, "detection"), 32)
+        scores = VerifiedPatching(candidate_percent=2 * PERCENT).attribute(organism, detection)
         sets.append(top_percent(scores, PERCENT).renamed(name))
         evaluation.append(sample(load_builtin(name, "evaluation"), 60, seed=3))
     return sets, evaluation

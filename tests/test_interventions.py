@@ -73,3 +73,29 @@ def test_bad_intervention_inputs(organism):
     with pytest.raises(TasklensError, match="finite"):
         with amplify(organism, NeuronSet.from_pairs([(0, 0)], (4, 512)), float("inf")):
             pass
+
+
+def test_mean_resample_and_position_ablation(organism):
+    neurons = NeuronSet.from_pairs([(1, 3), (1, 200)], (4, 512), "s")
+    mean = torch.zeros(4, 512)
+    mean[1, 3], mean[1, 200] = 0.5, -0.25
+    with ablate(organism, neurons, mode="mean", mean=mean):
+        acts = post(organism, 1)
+    assert torch.all(acts[..., 3] == 0.5) and torch.all(acts[..., 200] == -0.25)
+
+    source = Task.from_lists("src", ["reverse: a b c ->", "copy: x y ->"], [" c b a", " x y"])
+    _, cache = organism.run_with_cache(organism.to_tokens(source.prompts[0] + " c b a"))
+    pool = {round(float(v), 5) for v in cache["blocks.1.mlp.hook_post"][0, :, 3]}
+    with ablate(organism, neurons, mode="resample", source=source.head(1)):
+        acts = post(organism, 1)
+    # every position got a value that neuron really took on a token of the source
+    assert {round(float(v), 5) for v in acts[0, :, 3]} <= pool
+
+    clean = post(organism, 1)
+    with ablate(organism, neurons, positions=[-1]):
+        last_only = post(organism, 1)
+    assert torch.all(last_only[0, -1, [3, 200]] == 0)
+    torch.testing.assert_close(last_only[0, :-1], clean[0, :-1], atol=0, rtol=0)
+    with pytest.raises(TasklensError, match="needs source"):
+        with ablate(organism, neurons, mode="resample"):
+            pass

@@ -38,6 +38,8 @@ def _plain(value: Any) -> Any:
         return {"task": value.name, "task_hash": value.data_hash()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if callable(value):
+        return getattr(value, "__qualname__", repr(value))
     return value
 
 

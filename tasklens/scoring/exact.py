@@ -19,11 +19,10 @@ from tasklens.errors import TasklensError
 from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores, NeuronSet
-from tasklens.scoring.activation import ActivationStats
 from tasklens.scoring.base import make_scores
-from tasklens.scoring.patching import BASELINES, corrupted_pairs
+from tasklens.scoring.patching import BASELINES, baseline_inputs
 from tasklens.tasks.task import Task
-from tasklens.tasks.tokenize import TokenizedTask
+from tasklens.tasks.tokenize import Batch
 
 
 @dataclass
@@ -60,14 +59,7 @@ class ExactAblation:
         info = ModelInfo.of(model)
         names = info.hook_names(unit)
         metric = get_metric(self.metric)
-        if self.baseline == "corrupted":
-            clean, corrupt = corrupted_pairs(model, task)
-        else:
-            clean, corrupt = TokenizedTask.for_model(task, model), None
-        mean = None
-        if self.baseline == "mean":
-            stats = ActivationStats("mean", "all").accumulate(model, task, unit=unit, batch_size=batch_size)
-            mean = stats.statistic("mean").float()
+        clean, corrupt, mean = baseline_inputs(model, task, self.baseline, unit, batch_size)
         total = torch.zeros(info.shape, dtype=torch.float64)
         device = model.cfg.device
         tested = (
@@ -76,12 +68,19 @@ class ExactAblation:
             else torch.ones(info.shape, dtype=bool)
         )
         per_layer = [tested[layer].nonzero().flatten() for layer in range(info.n_layers)]
-        batches = list(clean.batches(batch_size))
-        c_batches = list(corrupt.batches(batch_size)) if corrupt is not None else [None] * len(batches)
+        # equal-length batches: no compute is spent on padding (pairs share lengths, so batches align)
+        batches = list(clean.batches(batch_size, by_length=True))
+        c_batches = list(corrupt.batches(batch_size, by_length=True)) if corrupt else [None] * len(batches)
+        last = info.n_layers - 1
+        # the last layer's hook_post neurons act on the logits only through W_out, the final norm
+        # and the unembedding: their exact effect needs no further transformer blocks
+        analytic_last = unit == "hook_post"
+        resid_name = f"blocks.{last}.hook_resid_post"
         bar = tqdm(total=len(batches) * int(tested.sum()), desc="exact ablation", disable=not self.progress)
         for batch, c_batch in zip(batches, c_batches, strict=True):
             tokens = batch.tokens.to(device)
-            clean_metric = metric(model(tokens), batch)
+            logits, cache = model.run_with_cache(tokens, names_filter=[names[last], resid_name])
+            clean_metric = metric(logits, batch)
             c_acts = None
             if c_batch is not None:
                 _, cache = model.run_with_cache(c_batch.tokens.to(device), names_filter=names)
@@ -95,7 +94,12 @@ class ExactAblation:
                         fill = mean[layer, neurons]
                     elif c_acts is not None:
                         fill = c_acts[name][:, :, neurons]  # [batch, pos, copies]
-                    replaced = self._run_copies(model, batch, tokens, name, neurons, fill, metric)
+                    if analytic_last and layer == last:
+                        replaced = self._last_layer(
+                            model, batch, cache, name, resid_name, neurons, fill, metric
+                        )
+                    else:
+                        replaced = self._run_copies(model, batch, tokens, name, neurons, fill, metric)
                     change = clean_metric[:, None] - replaced  # [batch, copies]
                     change = change.abs() if self.absolute else change
                     total[layer, neurons] += change.double().sum(0).cpu()
@@ -103,6 +107,21 @@ class ExactAblation:
         bar.close()
         n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
         return make_scores(self, model, task, total, unit, len(clean), n_tokens)
+
+    @staticmethod
+    def _last_layer(model, batch, cache, name: str, resid_name: str, neurons: Tensor, fill, metric) -> Tensor:
+        """Exact metric per prompt and last-layer neuron, from the final residual stream."""
+        act = cache[name][:, :, neurons]  # [batch, pos, copies]
+        if fill is None:
+            new = torch.zeros_like(act)
+        elif fill.ndim == 1:
+            new = fill.to(act.dtype).expand_as(act)
+        else:
+            new = fill.to(act.dtype)
+        w_out = model.W_out[-1][neurons.to(act.device)]  # [copies, d_model]
+        resid = cache[resid_name][:, None] + (new - act).permute(0, 2, 1)[..., None] * w_out[None, :, None, :]
+        logits = model.unembed(model.ln_final(resid.flatten(0, 1)))
+        return metric(logits, _repeat(batch, len(neurons))).view(batch.size, len(neurons))
 
     @staticmethod
     def _run_copies(model, batch, tokens, name: str, neurons: Tensor, fill, metric) -> Tensor:
@@ -121,15 +140,28 @@ class ExactAblation:
                 view[:, copies, :, neurons] = fill.permute(2, 0, 1).to(act.dtype)
             return act
 
-        with model.hooks(fwd_hooks=[(name, hook)]):
+        # metrics read the logits from the last prompt token on: unembed only those positions
+        start = int(batch.prompt_lengths.min()) - 1
+
+        def trim(resid: Tensor, hook) -> Tensor:
+            return resid[:, start:]
+
+        with model.hooks(fwd_hooks=[(name, hook), ("unembed.hook_in", trim)]):
             logits = model(tokens.repeat_interleave(n_copies, dim=0))
-        expanded = type(batch)(
-            tokens=batch.tokens.repeat_interleave(n_copies, dim=0),
-            prompt_lengths=batch.prompt_lengths.repeat_interleave(n_copies),
-            lengths=batch.lengths.repeat_interleave(n_copies),
-            indices=[],
+        trimmed = Batch(
+            batch.tokens[:, start:], batch.prompt_lengths - start, batch.lengths - start, batch.indices
         )
-        return metric(logits, expanded).view(batch.size, n_copies)
+        return metric(logits, _repeat(trimmed, n_copies)).view(batch.size, n_copies)
+
+
+def _repeat(batch: Batch, n: int) -> Batch:
+    """The batch with every row repeated ``n`` times in place (row b*n + c is copy c of row b)."""
+    return Batch(
+        tokens=batch.tokens.repeat_interleave(n, dim=0),
+        prompt_lengths=batch.prompt_lengths.repeat_interleave(n),
+        lengths=batch.lengths.repeat_interleave(n),
+        indices=[i for i in batch.indices for _ in range(n)],
+    )
 
 
 @dataclass

@@ -59,6 +59,22 @@ def corrupted_pairs(model, task: Task) -> tuple[TokenizedTask, TokenizedTask]:
     )
 
 
+def baseline_inputs(
+    model, task: Task, baseline: str, unit: str, batch_size: int
+) -> tuple[TokenizedTask, TokenizedTask | None, Tensor | None]:
+    """What patching to ``baseline`` needs: the clean prompts, the corrupted ones
+    (``"corrupted"``) and the task-mean activation over all tokens (``"mean"``)."""
+    if baseline == "corrupted":
+        clean, corrupt = corrupted_pairs(model, task)
+    else:
+        clean, corrupt = TokenizedTask.for_model(task, model), None
+    mean = None
+    if baseline == "mean":
+        sums = ActivationStats("mean", "all").accumulate(model, task, unit=unit, batch_size=batch_size)
+        mean = sums.statistic("mean").float()
+    return clean, corrupt, mean
+
+
 @dataclass
 class AttributionPatching:
     """Attribution-patching estimate of each neuron's effect on a metric.
@@ -98,14 +114,7 @@ class AttributionPatching:
         info = ModelInfo.of(model)
         names = info.hook_names(unit)
         metric = get_metric(self.metric)
-        if self.baseline == "corrupted":
-            clean, corrupt = corrupted_pairs(model, task)
-        else:
-            clean, corrupt = TokenizedTask.for_model(task, model), None
-        mean = None
-        if self.baseline == "mean":
-            mean = ActivationStats("mean", "all").accumulate(model, task, unit=unit, batch_size=batch_size)
-            mean = mean.statistic("mean").float()
+        clean, corrupt, mean = baseline_inputs(model, task, self.baseline, unit, batch_size)
         total = torch.zeros(info.shape, dtype=torch.float64)
         n_tokens = 0
         corrupt_batches = corrupt.batches(batch_size) if corrupt is not None else None

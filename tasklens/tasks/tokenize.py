@@ -85,18 +85,28 @@ class TokenizedTask:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
-    def batches(self, batch_size: int, with_answers: bool = True) -> Iterator[Batch]:
-        """Right-padded batches in task order."""
+    def batches(self, batch_size: int, with_answers: bool = True, by_length: bool = False) -> Iterator[Batch]:
+        """Right-padded batches in task order; with ``by_length``, batches of equal-length
+        sequences (no padding), shortest first."""
         if batch_size < 1:
             raise TasklensError(f"batch_size must be at least 1, got {batch_size}")
-        for start in range(0, len(self), batch_size):
-            idx = list(range(start, min(start + batch_size, len(self))))
-            yield Batch.make(
-                [self.prompt_ids[i] for i in idx],
-                [self.answer_ids[i] if with_answers else [] for i in idx],
-                self.pad_id,
-                idx,
-            )
+        groups = [list(range(len(self)))]
+        if by_length:
+            lengths: dict[int, list[int]] = {}
+            for i, (p, a) in enumerate(zip(self.prompt_ids, self.answer_ids, strict=True)):
+                lengths.setdefault(len(p) + (len(a) if with_answers else 0), []).append(i)
+            groups = [lengths[n] for n in sorted(lengths)]
+        for group in groups:
+            for start in range(0, len(group), batch_size):
+                yield self._batch(group[start : start + batch_size], with_answers)
+
+    def _batch(self, idx: list[int], with_answers: bool) -> Batch:
+        return Batch.make(
+            [self.prompt_ids[i] for i in idx],
+            [self.answer_ids[i] if with_answers else [] for i in idx],
+            self.pad_id,
+            idx,
+        )
 
 
 @dataclass
