@@ -22,7 +22,7 @@ from tasklens.models import ModelInfo, load_model
 from tasklens.organism.evaluate import sample
 from tasklens.outputs import OutputDir
 from tasklens.plots import curves, heatmap
-from tasklens.scoring import AveragePrecisionExpertise
+from tasklens.scoring import AveragePrecisionExpertise, VerifiedPatching
 from tasklens.selection import top_k
 from tasklens.tasks.builtin import load_builtin
 
@@ -45,6 +45,12 @@ def main() -> None:
     parser.add_argument("--detection-prompts", type=int, default=200)
     parser.add_argument("--eval-prompts", type=int, default=50, help="held-out facts per relation")
     parser.add_argument("--controls", type=int, default=10)
+    parser.add_argument(
+        "--method",
+        default="average_precision",
+        choices=["average_precision", "verified_patching"],
+        help="average_precision (the paper's detector) or verified_patching (causal)",
+    )
     args = parser.parse_args()
     out = OutputDir(args.out, vars(args))
     model = load_model(args.model)
@@ -58,13 +64,17 @@ def main() -> None:
     evaluation = {r: sample(load_builtin(r, "evaluation"), args.eval_prompts, seed=3) for r in RELATIONS}
     scores, sets = {}, []
     for r in RELATIONS:
-        scorer = AveragePrecisionExpertise(negatives=[detection[o] for o in RELATIONS if o != r])
+        if args.method == "average_precision":
+            scorer = AveragePrecisionExpertise(negatives=[detection[o] for o in RELATIONS if o != r])
+        else:
+            scorer = VerifiedPatching(candidate_percent=2 * args.percent)
         scores[r] = scorer.attribute(model, detection[r], unit=args.unit)
         scores[r].save(out.path / "scores" / r)
         sets.append(top_k(scores[r], k).renamed(r))
         sets[-1].save(out.path / "sets" / r)
         out.finding(
-            f"{r}: top {k} AP neurons, mean AP {scores[r].values.flatten().topk(k).values.mean():.3f}; "
+            f"{r}: top {k} {args.method} neurons, "
+            f"mean score {scores[r].values.flatten().topk(k).values.mean():.3f}; "
             f"per layer {sets[-1].counts_per_layer()}"
         )
 
@@ -97,7 +107,7 @@ def main() -> None:
     jaccard = out.table("overlap_jaccard", overlap_matrix(sets, "jaccard"))
     out.table("overlap_shared", overlap_matrix(sets, "shared"))
     out.table("overlap_p_value", overlap_matrix(sets, "p_value"))
-    out.figure("overlap", heatmap(jaccard, f"Jaccard overlap of top-{k} AP neurons"))
+    out.figure("overlap", heatmap(jaccard, f"Jaccard overlap of top-{k} {args.method} neurons"))
     pairs = [(a.name, b.name, overlap(a, b)) for i, a in enumerate(sets) for b in sets[i + 1 :]]
     best = max(pairs, key=lambda p: p[2].shared)
     out.finding(

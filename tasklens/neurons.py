@@ -18,7 +18,7 @@ from torch import Tensor
 
 import tasklens
 from tasklens.errors import TasklensError
-from tasklens.io import atomic_write_bytes, write_json
+from tasklens.io import atomic_path, write_json
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -30,10 +30,8 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 
 def _save(path: str | Path, tensor: Tensor, meta: dict[str, Any]) -> Path:
     tensor_path, json_path = _paths(path)
-    tmp = tensor_path.with_name(f".{tensor_path.name}.tmp")
-    save_file({"values": tensor.detach().cpu().contiguous()}, str(tmp))
-    atomic_write_bytes(tensor_path, tmp.read_bytes())
-    tmp.unlink()
+    with atomic_path(tensor_path) as tmp:
+        save_file({"values": tensor.detach().cpu().contiguous()}, str(tmp))
     write_json(json_path, meta)
     return tensor_path
 

@@ -81,6 +81,7 @@ def _figure(path: Path) -> str:
 
 def _table(path: Path) -> str:
     frame = pd.read_csv(path)
+    frame.columns = ["" if str(c).startswith("Unnamed:") else c for c in frame.columns]
     return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0, escape=True)
 
 

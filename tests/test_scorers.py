@@ -243,3 +243,18 @@ def test_bad_scorer_inputs(organism, capitals):
 
     with pytest.raises(TasklensError, match="empty after tokenisation"):
         TokenizedTask.build(capitals, DropsAnswers(), n_ctx=64)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "pythia", "llama"])
+def test_exact_ablation_replaying_later_blocks_equals_full_forwards(tiny_model, arch):
+    model = tiny_model(arch, n_layers=3)
+    task = Task.from_lists(
+        "t",
+        ["Q: What is the capital of Peru? A:", "reverse: a b c ->", "Q: Iron? A:"],
+        [" Lima", " c b a", " Fe"],
+    )
+    fast = ExactAblation().attribute(model, task, batch_size=2)
+    full = ExactAblation(replay=False).attribute(model, task, batch_size=2)
+    assert fast.values.abs().max() > 1e-3
+    # differences of log-probabilities near -10 carry float32 rounding of about 1e-6
+    torch.testing.assert_close(fast.values, full.values, rtol=1e-4, atol=1e-5)

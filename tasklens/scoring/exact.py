@@ -8,8 +8,10 @@ repeated once per neuron, and copy c has neuron c replaced.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -36,6 +38,7 @@ class ExactAblation:
         absolute: sum |change| per prompt instead of the signed drop.
         max_rows: sequences per forward pass (prompts x neurons tested together).
         only: test only these neurons (the others score 0), e.g. a scorer's top candidates.
+        replay: run only the blocks from the ablated layer on (see `replay_blocks`).
         progress: show a progress bar.
 
     The score is the drop ``metric(clean) - metric(replaced)`` summed over prompts.
@@ -46,6 +49,7 @@ class ExactAblation:
     absolute: bool = False
     max_rows: int = 512
     only: NeuronSet | None = None
+    replay: bool = True
     progress: bool = False
     name: ClassVar[str] = "exact_ablation"
 
@@ -79,12 +83,13 @@ class ExactAblation:
         bar = tqdm(total=len(batches) * int(tested.sum()), desc="exact ablation", disable=not self.progress)
         for batch, c_batch in zip(batches, c_batches, strict=True):
             tokens = batch.tokens.to(device)
-            logits, cache = model.run_with_cache(tokens, names_filter=[names[last], resid_name])
+            with capture_block_inputs(model) as block_inputs:
+                logits, cache = model.run_with_cache(tokens, names_filter=[names[last], resid_name])
             clean_metric = metric(logits, batch)
             c_acts = None
             if c_batch is not None:
-                _, cache = model.run_with_cache(c_batch.tokens.to(device), names_filter=names)
-                c_acts = {n: cache[n] for n in names}
+                _, c_cache = model.run_with_cache(c_batch.tokens.to(device), names_filter=names)
+                c_acts = {n: c_cache[n] for n in names}
             n_copies = max(1, self.max_rows // batch.size)
             for layer, name in enumerate(names):
                 for start in range(0, len(per_layer[layer]), n_copies):
@@ -99,7 +104,9 @@ class ExactAblation:
                             model, batch, cache, name, resid_name, neurons, fill, metric
                         )
                     else:
-                        replaced = self._run_copies(model, batch, tokens, name, neurons, fill, metric)
+                        replaced = self._run_copies(
+                            model, batch, tokens, name, neurons, fill, metric, block_inputs, layer
+                        )
                     change = clean_metric[:, None] - replaced  # [batch, copies]
                     change = change.abs() if self.absolute else change
                     total[layer, neurons] += change.double().sum(0).cpu()
@@ -123,9 +130,15 @@ class ExactAblation:
         logits = model.unembed(model.ln_final(resid.flatten(0, 1)))
         return metric(logits, _repeat(batch, len(neurons))).view(batch.size, len(neurons))
 
-    @staticmethod
-    def _run_copies(model, batch, tokens, name: str, neurons: Tensor, fill, metric) -> Tensor:
-        """Metric per prompt and neuron with each copy of the batch replacing one neuron."""
+    def _run_copies(
+        self, model, batch, tokens, name: str, neurons: Tensor, fill, metric, block_inputs, layer: int
+    ) -> Tensor:
+        """Metric per prompt and neuron with each copy of the batch replacing one neuron.
+
+        With ``replay`` (default), only blocks ``layer..L-1`` run on the copies, from
+        the clean run's inputs to block ``layer`` (earlier blocks are identical in
+        every copy); models whose blocks cannot be called alone use full forwards.
+        """
         n_copies = len(neurons)
         copies = torch.arange(n_copies)
 
@@ -146,8 +159,13 @@ class ExactAblation:
         def trim(resid: Tensor, hook) -> Tensor:
             return resid[:, start:]
 
-        with model.hooks(fwd_hooks=[(name, hook), ("unembed.hook_in", trim)]):
-            logits = model(tokens.repeat_interleave(n_copies, dim=0))
+        logits = None
+        if self.replay and layer in block_inputs:
+            with model.hooks(fwd_hooks=[(name, hook)]):
+                logits = replay_blocks(model, block_inputs, layer, n_copies, start)
+        if logits is None:
+            with model.hooks(fwd_hooks=[(name, hook), ("unembed.hook_in", trim)]):
+                logits = model(tokens.repeat_interleave(n_copies, dim=0))
         trimmed = Batch(
             batch.tokens[:, start:], batch.prompt_lengths - start, batch.lengths - start, batch.indices
         )
@@ -197,3 +215,63 @@ class VerifiedPatching:
         )
         values = torch.where(candidates.mask, exact.values, estimate.values)
         return make_scores(self, model, task, values, unit, exact.n_prompts, exact.n_tokens)
+
+
+@contextmanager
+def capture_block_inputs(model) -> Iterator[dict[int, tuple[tuple, dict]]]:
+    """Record the positional and keyword inputs of every transformer block during a forward."""
+    inputs: dict[int, tuple[tuple, dict]] = {}
+    handles = [
+        block.register_forward_pre_hook(
+            lambda module, args, kwargs, i=i: inputs.__setitem__(i, (args, kwargs)), with_kwargs=True
+        )
+        for i, block in enumerate(model.blocks)
+    ]
+    try:
+        yield inputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _expand(value: Any, batch: int, n: int) -> Any:
+    """Repeat per-prompt tensors for the copies; drop key-value caches (the replay keeps none)."""
+    from transformers.cache_utils import Cache
+
+    if isinstance(value, Cache):
+        return None
+    if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch and batch > 1:
+        return value.repeat_interleave(n, dim=0)
+    if isinstance(value, tuple | list):
+        return type(value)(_expand(v, batch, n) for v in value)
+    return value
+
+
+def replay_blocks(model, block_inputs, layer: int, n_copies: int, start: int) -> Tensor | None:
+    """Logits from running blocks ``layer..L-1`` on ``n_copies`` copies of each prompt.
+
+    The inputs recorded for block ``layer`` (its hidden states, attention mask and
+    position embeddings) are repeated per copy; the final norm and unembedding
+    run on positions ``start:`` only. Returns None when the blocks do not accept
+    being called this way (the caller then runs full forward passes).
+    """
+    args, kwargs = block_inputs[layer]
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, Tensor):
+        return None
+    batch = hidden.shape[0]
+    try:
+        hidden = hidden.repeat_interleave(n_copies, dim=0)
+        for i in range(layer, len(model.blocks)):
+            args_i, kwargs_i = block_inputs[i]
+            kwargs_i = {k: _expand(v, batch, n_copies) for k, v in kwargs_i.items()}
+            if "use_cache" in kwargs_i:
+                kwargs_i["use_cache"] = False
+            if args_i:
+                out = model.blocks[i](hidden, *_expand(args_i[1:], batch, n_copies), **kwargs_i)
+            else:
+                out = model.blocks[i](**{**kwargs_i, "hidden_states": hidden})
+            hidden = out[0] if isinstance(out, tuple | list) else out
+        return model.unembed(model.ln_final(hidden[:, start:]))
+    except (TypeError, RuntimeError, KeyError, AttributeError):
+        return None
