@@ -7,3 +7,9 @@ reading tasklens's source.
 
 class TasklensError(ValueError):
     """Bad input to tasklens: the message says what is wrong and how to fix it."""
+
+
+def check_choice(what: str, value, choices) -> None:
+    """Raise a `TasklensError` naming the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise TasklensError(f"Unknown {what} {value!r}; choose one of {list(choices)}")

@@ -8,7 +8,7 @@ from functools import partial
 import pandas as pd
 import torch
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_choice
 from tasklens.evaluate import exact_match
 from tasklens.interventions import ablate, amplify
 from tasklens.metrics import METRICS
@@ -65,8 +65,7 @@ def evaluation_matrix(
         ``value_std`` (over control seeds, 0 otherwise), ``baseline`` and
         ``change`` (value - baseline).
     """
-    if metric not in EVALUATIONS:
-        raise TasklensError(f"Unknown metric {metric!r}; choose one of {list(EVALUATIONS)}")
+    check_choice("metric", metric, EVALUATIONS)
 
     def measure() -> dict[str, float]:
         return {task.name: evaluate(model, task, metric, batch_size) for task in tasks}

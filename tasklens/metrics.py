@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tasklens.errors import TasklensError
+from tasklens.errors import check_choice
 from tasklens.tasks.tokenize import Batch
 
 
@@ -77,6 +77,5 @@ def get_metric(name):
     """A metric by name, or ``name`` itself when it is a ``(logits, batch) -> [batch]`` function."""
     if callable(name):
         return name
-    if name not in METRICS:
-        raise TasklensError(f"Unknown metric {name!r}; choose one of {list(METRICS)}")
+    check_choice("metric", name, METRICS)
     return METRICS[name]

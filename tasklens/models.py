@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_choice
 
 ORGANISM = "organism"
 ORGANISM_DIR = Path(__file__).parent / "organism" / "checkpoint"
@@ -79,8 +79,7 @@ class ModelInfo:
         return UNITS if self.gated else ("hook_post", "hook_pre")
 
     def check_unit(self, unit: str) -> str:
-        if unit not in UNITS:
-            raise TasklensError(f"Unknown neuron unit {unit!r}; choose one of {list(UNITS)}")
+        check_choice("neuron unit", unit, UNITS)
         if unit not in self.units:
             raise TasklensError(
                 f"Neuron unit {unit!r} exists only in gated (SwiGLU) MLPs and {self.name!r} "

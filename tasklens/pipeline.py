@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_choice
 from tasklens.io import atomic_write_text
 from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.outputs import OutputDir
@@ -86,12 +86,9 @@ class RunConfig:
         from tasklens.matrix import EVALUATIONS
         from tasklens.scoring import SCORERS
 
-        if self.method not in SCORERS:
-            raise TasklensError(f"Unknown method {self.method!r}; choose one of {sorted(SCORERS)}")
-        if self.select not in SELECTIONS:
-            raise TasklensError(f"Unknown selection {self.select!r}; choose one of {list(SELECTIONS)}")
-        if self.metric not in EVALUATIONS:
-            raise TasklensError(f"Unknown metric {self.metric!r}; choose one of {list(EVALUATIONS)}")
+        check_choice("method", self.method, SCORERS)
+        check_choice("selection", self.select, SELECTIONS)
+        check_choice("metric", self.metric, EVALUATIONS)
         if not self.tasks:
             raise TasklensError("A run needs at least one task (a built-in name or a JSONL/CSV file)")
 

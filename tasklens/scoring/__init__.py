@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasklens.errors import TasklensError
+from tasklens.errors import check_choice
 from tasklens.scoring.activation import ActivationStats
 from tasklens.scoring.attribution import GradientAttribution
 from tasklens.scoring.base import Scorer
@@ -29,8 +29,7 @@ SCORERS: dict[str, type] = {
 
 def get_scorer(name: str, **params) -> Scorer:
     """A scorer by name, e.g. ``get_scorer("attribution_patching", baseline="mean")``."""
-    if name not in SCORERS:
-        raise TasklensError(f"Unknown scorer {name!r}; choose one of {sorted(SCORERS)}")
+    check_choice("scorer", name, SCORERS)
     return SCORERS[name](**params)
 
 

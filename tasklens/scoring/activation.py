@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import make_scores, stream_activations
@@ -64,10 +64,8 @@ class ActivationStats:
     name: ClassVar[str] = "activation_stats"
 
     def __post_init__(self) -> None:
-        if self.statistic not in STATISTICS:
-            raise TasklensError(f"Unknown statistic {self.statistic!r}; choose one of {list(STATISTICS)}")
-        if self.positions not in POSITIONS:
-            raise TasklensError(f"Unknown positions {self.positions!r}; choose one of {list(POSITIONS)}")
+        check_choice("statistic", self.statistic, STATISTICS)
+        check_choice("positions", self.positions, POSITIONS)
 
     def accumulate(
         self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from tasklens.errors import TasklensError
+from tasklens.errors import check_choice
 from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
@@ -45,10 +45,8 @@ class GradientAttribution:
     name: ClassVar[str] = "gradient_attribution"
 
     def __post_init__(self) -> None:
-        if self.aggregate not in AGGREGATES:
-            raise TasklensError(f"Unknown aggregate {self.aggregate!r}; choose one of {list(AGGREGATES)}")
-        if self.positions not in POSITIONS:
-            raise TasklensError(f"Unknown positions {self.positions!r}; choose one of {list(POSITIONS)}")
+        check_choice("aggregate", self.aggregate, AGGREGATES)
+        check_choice("positions", self.positions, POSITIONS)
         get_metric(self.metric)
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tasklens.errors import TasklensError
+from tasklens.errors import check_choice
 from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores, NeuronSet
@@ -54,8 +54,7 @@ class ExactAblation:
     name: ClassVar[str] = "exact_ablation"
 
     def __post_init__(self) -> None:
-        if self.baseline not in BASELINES:
-            raise TasklensError(f"Unknown baseline {self.baseline!r}; choose one of {list(BASELINES)}")
+        check_choice("baseline", self.baseline, BASELINES)
         get_metric(self.metric)
 
     @torch.no_grad()

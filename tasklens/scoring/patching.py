@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_choice
 from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
@@ -101,8 +101,7 @@ class AttributionPatching:
     name: ClassVar[str] = "attribution_patching"
 
     def __post_init__(self) -> None:
-        if self.baseline not in BASELINES:
-            raise TasklensError(f"Unknown baseline {self.baseline!r}; choose one of {list(BASELINES)}")
+        check_choice("baseline", self.baseline, BASELINES)
         get_metric(self.metric)
 
     def _estimate(self, model, batch: Batch, names, delta: dict, fwd_hooks=()) -> dict[str, Tensor]:
