@@ -59,12 +59,9 @@ class IntegratedGradients:
             ``"riemann_right"`` or ``"riemann_trapezoid"``.
         baseline: ``"zero"`` (default) or ``"mean"`` (the activation's mean at the
             target position over the task's prompts).
-        aggregate: ``"sum"`` of IG over prompts (default) or ``"max_fraction"``:
-            per prompt keep neurons with IG >= 0.2 x that prompt's max and count
-            in how many prompts each was kept (see `tasklens.selection.knowledge_neurons`).
 
-    Scores are summed over prompts; per-prompt scores are available from
-    `per_prompt`.
+    Scores are summed over prompts; `per_prompt` gives ``[n_prompts, n_layers, d_mlp]``
+    for the knowledge-neuron refinement (`tasklens.multitask.knowledge_neurons`).
     """
 
     steps: int = 20
