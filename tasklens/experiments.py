@@ -135,3 +135,41 @@ def cross_language(
             )
         )
     return pd.DataFrame(rows)
+
+
+def exclusive_vs_shared(
+    model, sets: Sequence[NeuronSet], tasks: Sequence[Task], metric: str = "exact_match", batch_size: int = 64
+) -> pd.DataFrame:
+    """Ablate only each task's exclusive neurons, then only its shared ones; measure every task.
+
+    Returns:
+        Long-form rows: ``task_set`` (whose neurons), ``part`` (``exclusive`` or
+        ``shared``), ``size``, ``task`` (evaluated), ``value`` and ``change``
+        from the unablated model.
+    """
+    from tasklens.compare import exclusive, shared
+    from tasklens.matrix import evaluate
+
+    parts = {"exclusive": exclusive(sets), "shared": shared(sets)}
+    baseline = {t.name: evaluate(model, t, metric, batch_size) for t in tasks}
+    rows = []
+    for s in sets:
+        for part, chosen in parts.items():
+            neurons = chosen[s.name]
+            for task in tasks:
+                if len(neurons):
+                    with ablate(model, neurons):
+                        value = evaluate(model, task, metric, batch_size)
+                else:
+                    value = baseline[task.name]
+                rows.append(
+                    dict(
+                        task_set=s.name,
+                        part=part,
+                        size=len(neurons),
+                        task=task.name,
+                        value=value,
+                        change=value - baseline[task.name],
+                    )
+                )
+    return pd.DataFrame(rows)

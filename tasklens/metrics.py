@@ -56,6 +56,19 @@ def first_token_prob(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> 
     return logits[rows, last].softmax(-1)[rows, first]
 
 
+def logit_diff(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
+    """Logit of the answer's first token minus the largest other logit, at the last prompt position.
+
+    Positive when the model predicts the answer; for a difference against one chosen
+    counterfactual token, pass your own metric function.
+    """
+    rows = torch.arange(batch.size, device=logits.device)
+    last = logits[rows, batch.last_prompt.to(logits.device)]
+    gold = batch.tokens[rows.cpu(), batch.prompt_lengths].to(logits.device)
+    target = last[rows, gold]
+    return target - last.scatter(1, gold[:, None], float("-inf")).max(1).values
+
+
 def next_token_correct(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
     """1.0 where every answer token is the argmax given the correct prefix (teacher forcing)."""
     targets = batch.tokens[:, 1:].to(logits.device)
@@ -69,6 +82,7 @@ METRICS = {
     "loss": answer_loss,
     "logit": answer_logit,
     "prob": first_token_prob,
+    "logit_diff": logit_diff,
     "next_token": next_token_correct,
 }
 

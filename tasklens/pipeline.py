@@ -195,7 +195,7 @@ def ablate(config: RunConfig, model=None) -> pd.DataFrame:
 def compare(config: RunConfig, model=None) -> dict[str, pd.DataFrame]:
     """Overlap and sharing of the run's sets; cumulativity and interference with the model."""
     from tasklens.compare import overlap_matrix, sharing_table
-    from tasklens.experiments import cumulativity, interference, k_grid
+    from tasklens.experiments import cumulativity, exclusive_vs_shared, interference, k_grid
     from tasklens.models import ModelInfo, load_model
     from tasklens.plots import curves, heatmap, layer_bars
 
@@ -230,6 +230,12 @@ def compare(config: RunConfig, model=None) -> dict[str, pd.DataFrame]:
                 "cumulativity", curves(curves_, "k", ["accuracy", "others_accuracy"], "top-k deactivated")
             )
             results.update({f"cumulativity_{n}": c for n, c in curves_.items()})
+        if len(sets) > 1:
+            parts = exclusive_vs_shared(
+                model, sets, [tasks[s.name] for s in sets], config.metric, config.batch_size
+            )
+            out.table("exclusive_vs_shared", parts, index=False)
+            results["exclusive_vs_shared"] = parts
         if config.interference and len(sets) > 1:
             drop = interference(model, sets, [tasks[s.name] for s in sets])
             out.table("interference", drop)

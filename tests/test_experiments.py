@@ -104,3 +104,23 @@ def test_amplification_and_teacher_forced_metrics(organism):
 def test_empty_language_task_is_a_clear_error(organism):
     with pytest.raises(TasklensError, match="no prompts"):
         Task("x", [], [], language="fr")
+
+
+def test_exclusive_vs_shared_ablation(organism, relation_sets):
+    from tasklens.compare import exclusive
+    from tasklens.experiments import exclusive_vs_shared
+
+    sets, evaluation = relation_sets
+    frame = exclusive_vs_shared(organism, sets[:3], evaluation[:3], metric="logprob")
+    assert len(frame) == 3 * 2 * 3
+    sizes = frame.drop_duplicates(["task_set", "part"]).set_index(["task_set", "part"])["size"]
+    for s in sets[:3]:
+        assert sizes[(s.name, "exclusive")] == len(exclusive(sets[:3])[s.name])
+        assert sizes[(s.name, "exclusive")] + sizes[(s.name, "shared")] == len(s)
+    own = frame[(frame.task_set == frame.task) & (frame.part == "exclusive")]
+    assert (own.change < 0).all(), own
+
+
+def test_logit_diff_is_positive_when_the_model_is_right(organism):
+    task = sample(load_builtin("continent_of", "evaluation"), 20)
+    assert evaluate(organism, task, "logit_diff") > 1.0
