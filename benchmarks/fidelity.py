@@ -32,6 +32,7 @@ from tasklens.tasks.builtin import builtin_task_names, load_builtin
 
 CHEAP = {
     "verified_atp_5pct": VerifiedPatching(candidate_percent=5.0),
+    "verified_atp_10pct": VerifiedPatching(candidate_percent=10.0),
     "atp_zero": AttributionPatching(baseline="zero"),
     "atp*_graddrop": AttributionPatching(baseline="zero", graddrop=True),
     "grad_x_act": GradientAttribution(),

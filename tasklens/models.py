@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -98,8 +99,20 @@ class ModelInfo:
         return [self.hook_name(layer, unit) for layer in range(self.n_layers)]
 
     def mlp_input_name(self, layer: int) -> str:
-        """Hook holding the normalised input of layer ``layer``'s MLP."""
-        return f"blocks.{layer}.ln2.hook_normalized"
+        """The normalised input of layer ``layer``'s MLP (what W_in / W_up multiply)."""
+        return f"blocks.{layer}.mlp.hook_in"
+
+    def residual_names(self, layer: int) -> dict[str, str]:
+        """Layer ``layer``'s writes to the residual stream and its output:
+        ``attn_out``, ``mlp_out`` and ``resid_post``."""
+        return {
+            "attn_out": f"blocks.{layer}.hook_attn_out",
+            "mlp_out": f"blocks.{layer}.hook_mlp_out",
+            "resid_post": f"blocks.{layer}.hook_resid_post",
+        }
+
+    #: the input of the unembedding (after the final norm)
+    unembed_input_name: ClassVar[str] = "unembed.hook_in"
 
 
 def _check_folder(folder: Path) -> None:

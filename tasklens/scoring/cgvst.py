@@ -70,7 +70,7 @@ class CGVST:
             )
         up_unit = "hook_pre_linear" if info.gated else "hook_pre"
         grad_names = info.hook_names(up_unit)
-        input_names = [f"blocks.{layer}.mlp.hook_in" for layer in range(info.n_layers)]
+        input_names = [info.mlp_input_name(layer) for layer in range(info.n_layers)]
         positions = marker_positions(
             task, model.tokenizer, bool(getattr(model.cfg, "default_prepend_bos", True))
         )

@@ -78,7 +78,7 @@ class ExactAblation:
         # the last layer's hook_post neurons act on the logits only through W_out, the final norm
         # and the unembedding: their exact effect needs no further transformer blocks
         analytic_last = unit == "hook_post"
-        resid_name = f"blocks.{last}.hook_resid_post"
+        resid_name = info.residual_names(last)["resid_post"]
         bar = tqdm(total=len(batches) * int(tested.sum()), desc="exact ablation", disable=not self.progress)
         for batch, c_batch in zip(batches, c_batches, strict=True):
             tokens = batch.tokens.to(device)
@@ -163,7 +163,7 @@ class ExactAblation:
             with model.hooks(fwd_hooks=[(name, hook)]):
                 logits = replay_blocks(model, block_inputs, layer, n_copies, start)
         if logits is None:
-            with model.hooks(fwd_hooks=[(name, hook), ("unembed.hook_in", trim)]):
+            with model.hooks(fwd_hooks=[(name, hook), (ModelInfo.unembed_input_name, trim)]):
                 logits = model(tokens.repeat_interleave(n_copies, dim=0))
         trimmed = Batch(
             batch.tokens[:, start:], batch.prompt_lengths - start, batch.lengths - start, batch.indices

@@ -133,8 +133,8 @@ class AttributionPatching:
                 per_layer = []
                 for dropped in range(info.n_layers):
                     cut = [
-                        (f"blocks.{dropped}.hook_attn_out", _detach),
-                        (f"blocks.{dropped}.hook_mlp_out", _detach),
+                        (info.residual_names(dropped)["attn_out"], _detach),
+                        (info.residual_names(dropped)["mlp_out"], _detach),
                     ]
                     est = self._estimate(model, batch, names, delta, cut)
                     per_layer.append(torch.stack([est[n].abs() for n in names]))  # [layer, batch, neuron]
