@@ -16,7 +16,7 @@ import argparse
 
 import pandas as pd
 
-from tasklens.compare import overlap, parameter_similarity
+from tasklens.compare import overlap, parameter_similarity, similarity_transfer_correlation
 from tasklens.matrix import ablation_matrix
 from tasklens.models import load_model
 from tasklens.organism.evaluate import sample
@@ -120,14 +120,28 @@ def main() -> None:
             dict(
                 task_a=a.name,
                 task_b=b.name,
-                **{f"layer_{i}": s for i, s in enumerate(parameter_similarity(model, a, b))},
+                **{f"layer_{i}": v for i, v in enumerate(parameter_similarity(model, a, b))},
             )
             for a in sets
             for b in sets
             if a is not b
         ]
     )
+    layers = [c for c in sims.columns if c.startswith("layer_")]
+    sims["mean_similarity"] = sims[layers].mean(axis=1)
+    # cross-task effect of a's neurons on b: the relative accuracy drop on b with a's task neurons off
+    acc = frame.set_index(["neurons", "task"])["value"]
+    sims["drop_on_b"] = [
+        (acc[("none", b)] - acc[(a, b)]) / acc[("none", b)]
+        for a, b in zip(sims.task_a, sims.task_b, strict=True)
+    ]
     out.table("parameter_similarity", sims, index=False)
+    corr = similarity_transfer_correlation(sims, "mean_similarity", "drop_on_b")
+    out.finding(
+        f"parameter similarity vs the drop on task b with task a's neurons off, over {corr['n_pairs']} "
+        f"pairs: Pearson {corr['pearson']:.2f}, Spearman {corr['spearman']:.2f} (a deactivation proxy: "
+        "the paper correlates with fine-tuning transfer, which tasklens does not run)"
+    )
     out.close()
 
 

@@ -33,6 +33,7 @@ from tasklens.tasks.builtin import builtin_task_names, load_builtin
 CHEAP = {
     "verified_atp_5pct": VerifiedPatching(candidate_percent=5.0),
     "verified_atp_10pct": VerifiedPatching(candidate_percent=10.0),
+    "verified_atp_5pct_abs": VerifiedPatching(candidate_percent=5.0, with_absolute=True),
     "atp_zero": AttributionPatching(baseline="zero"),
     "atp*_graddrop": AttributionPatching(baseline="zero", graddrop=True),
     "grad_x_act": GradientAttribution(),
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--model", default="organism")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--tasks", nargs="*", default=None)
+    parser.add_argument("--scorers", nargs="*", default=None, choices=sorted(CHEAP))
     parser.add_argument("--out", default="benchmarks/results/fidelity.json")
     args = parser.parse_args()
     model = load_model(args.model)
@@ -63,6 +65,8 @@ def main() -> None:
         exact_seconds = time.perf_counter() - start
         k = max(1, round(0.01 * exact.numel()))
         for label, scorer in CHEAP.items():
+            if args.scorers and label not in args.scorers:
+                continue
             start = time.perf_counter()
             scores = scorer.attribute(model, task).values
             seconds = time.perf_counter() - start

@@ -135,3 +135,24 @@ def _row_mask(shape, layer: int, idx: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(shape, dtype=torch.bool)
     mask[layer, idx] = True
     return mask
+
+
+def similarity_transfer_correlation(pairs: pd.DataFrame, similarity: str, transfer: str) -> dict[str, float]:
+    """Pearson and Spearman correlation between a similarity and a transfer measure over task pairs.
+
+    Args:
+        pairs: one row per (task_a, task_b) pair.
+        similarity: column with e.g. the mean per-layer parameter similarity of the two sets.
+        transfer: column with the cross-task measure (fine-tuning transfer in Leng & Xiong;
+            any per-pair effect, such as the drop on b when a's neurons are off).
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    data = pairs[[similarity, transfer]].dropna()
+    if len(data) < 3:
+        raise TasklensError(f"Need at least 3 task pairs with both measures, got {len(data)}")
+    return {
+        "pearson": float(pearsonr(data[similarity], data[transfer]).statistic),
+        "spearman": float(spearmanr(data[similarity], data[transfer]).statistic),
+        "n_pairs": len(data),
+    }

@@ -47,3 +47,16 @@ def test_parameter_similarity_identical_and_disjoint(organism):
     sims = parameter_similarity(organism, a, b)
     assert sims[1] == pytest.approx(0.0, abs=1e-6)  # disjoint in layer 1
     assert sims[2] == pytest.approx(1.0)  # the same single neuron in layer 2
+
+
+def test_similarity_transfer_correlation():
+    import pandas as pd
+    from scipy.stats import pearsonr
+
+    from tasklens.compare import similarity_transfer_correlation
+
+    pairs = pd.DataFrame({"sim": [0.1, 0.4, 0.2, 0.9, 0.5], "transfer": [0.0, 0.3, 0.25, 0.7, 0.2]})
+    corr = similarity_transfer_correlation(pairs, "sim", "transfer")
+    assert corr["pearson"] == pytest.approx(pearsonr(pairs.sim, pairs.transfer).statistic)
+    # ranks (1, 3, 2, 5, 4) vs (1, 4, 3, 5, 2): sum d^2 = 6, rho = 1 - 6 * 6 / (5 * 24) = 0.7
+    assert corr["spearman"] == pytest.approx(0.7) and corr["n_pairs"] == 5

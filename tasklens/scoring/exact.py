@@ -194,11 +194,15 @@ class VerifiedPatching:
         candidate_percent: share of all neurons verified exactly (cost: that share
             of `ExactAblation`'s).
         baseline, metric: as in `AttributionPatching` and `ExactAblation`.
+        with_absolute: also verify the top ``candidate_percent`` % by the per-prompt
+            |estimate| (neurons whose estimates cancel across prompts, or that the linear
+            estimate under-rates): up to twice the exact cost.
     """
 
     candidate_percent: float = 5.0
     baseline: str = "zero"
     metric: str = "logprob"
+    with_absolute: bool = False
     name: ClassVar[str] = "verified_patching"
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
@@ -209,6 +213,11 @@ class VerifiedPatching:
             model, task, unit=unit, batch_size=batch_size
         )
         candidates = top_percent(estimate, self.candidate_percent)
+        if self.with_absolute:
+            magnitude = AttributionPatching(self.baseline, self.metric, absolute=True).attribute(
+                model, task, unit=unit, batch_size=batch_size
+            )
+            candidates = candidates | top_percent(magnitude, self.candidate_percent)
         exact = ExactAblation(self.baseline, self.metric, only=candidates).attribute(
             model, task, unit=unit, batch_size=batch_size
         )
