@@ -32,8 +32,7 @@ from tasklens.tasks.builtin import builtin_task_names, load_builtin
 
 CHEAP = {
     "verified_atp_5pct": VerifiedPatching(candidate_percent=5.0),
-    "verified_atp_10pct": VerifiedPatching(candidate_percent=10.0),
-    "verified_atp_5pct_abs": VerifiedPatching(candidate_percent=5.0, with_absolute=True),
+    "verified_atp_5pct_signed_only": VerifiedPatching(candidate_percent=5.0, with_absolute=False),
     "atp_zero": AttributionPatching(baseline="zero"),
     "atp*_graddrop": AttributionPatching(baseline="zero", graddrop=True),
     "grad_x_act": GradientAttribution(),

