@@ -36,6 +36,7 @@ from tasklens.scoring import (
     GradientAttribution,
     IntegratedGradients,
 )
+from tasklens.scoring.integrated_gradients import captum_reference
 from tasklens.tasks.builtin import load_builtin
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -59,37 +60,6 @@ def bare_forward_backward(model, tokenized, batch_size):
     for batch in tokenized.batches(batch_size):
         answer_loss(model(batch.tokens), batch).sum().backward()
     model.zero_grad(set_to_none=True)
-
-
-def captum_ig(model, task, steps: int):
-    """captum's LayerIntegratedGradients on each layer's target-position activation."""
-    from captum.attr import LayerIntegratedGradients
-
-    tok = TokenizedTask.for_model(task, model)
-    splice = torch.nn.Identity()
-    out = torch.zeros(len(task), model.cfg.n_layers, model.cfg.d_mlp)
-    for i, (prompt, answer) in enumerate(zip(tok.prompt_ids, tok.answer_ids, strict=True)):
-        tokens = torch.tensor([prompt])
-        _, cache = model.run_with_cache(tokens)
-        for layer in range(model.cfg.n_layers):
-            name = f"blocks.{layer}.mlp.hook_post"
-
-            def forward(z, name=name, tokens=tokens, gold=answer[0]):
-                def hook(act, hook):
-                    act = act.clone()
-                    act[:, -1] = splice(z)
-                    return act
-
-                with model.hooks(fwd_hooks=[(name, hook)]):
-                    logits = model(tokens.repeat(len(z), 1))
-                return logits[:, -1].softmax(-1)[:, gold]
-
-            clean = cache[name][:, -1]
-            lig = LayerIntegratedGradients(forward, splice)
-            out[i, layer] = lig.attribute(
-                clean, baselines=torch.zeros_like(clean), n_steps=steps, method="riemann_left"
-            )[0]
-    return out
 
 
 def naive_exact(model, task, layers: int | None = None):
@@ -175,7 +145,7 @@ def main() -> None:
     ours = IntegratedGradients(steps=20)
     ig_seconds = best_of(lambda: ours.per_prompt(model, ig_task), repeats=2)
     start = time.perf_counter()
-    reference = captum_ig(model, ig_task, steps=20)
+    reference = captum_reference(model, ig_task, steps=20)
     captum_seconds = time.perf_counter() - start
     max_diff = float((ours.per_prompt(model, ig_task) - reference).abs().max())
     results["integrated_gradients_speedup_vs_captum"] = {

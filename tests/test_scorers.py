@@ -91,36 +91,18 @@ def test_neuron_atp_sums_to_transformerlens_component_atp(organism):
 
 
 def test_integrated_gradients_equals_captum(organism):
-    from captum.attr import LayerIntegratedGradients
+    from tasklens.scoring.integrated_gradients import captum_reference
 
     task = Task.from_lists(
         "t", ["Q: What is the capital of Peru? A:", "Element: Iron. Symbol:"], [" Lima", " Fe"]
     )
-    ours = IntegratedGradients(steps=8, rule="riemann_left").per_prompt(organism, task)
-    tok = TokenizedTask.for_model(task, organism)
-    splice = torch.nn.Identity()
-    for i, (prompt, answer) in enumerate(zip(tok.prompt_ids, tok.answer_ids, strict=True)):
-        tokens = torch.tensor([prompt])
-        _, cache = organism.run_with_cache(tokens)
-        for layer in (0, 3):
-            name = f"blocks.{layer}.mlp.hook_post"
-            clean = cache[name][:, -1]
-
-            def forward(z, name=name, tokens=tokens, gold=answer[0]):
-                def hook(act, hook):
-                    act = act.clone()
-                    act[:, -1] = splice(z)
-                    return act
-
-                with organism.hooks(fwd_hooks=[(name, hook)]):
-                    logits = organism(tokens.repeat(len(z), 1))
-                return logits[:, -1].softmax(-1)[:, gold]
-
-            lig = LayerIntegratedGradients(forward, splice)
-            reference = lig.attribute(
-                clean, baselines=torch.zeros_like(clean), n_steps=8, method="riemann_left"
-            )
-            torch.testing.assert_close(ours[i, layer], reference[0].float(), rtol=1e-4, atol=1e-6)
+    # (captum's "riemann_trapezoid" weights its m points 1/m with halved ends, summing to
+    # (m-1)/m; tasklens uses the standard rule, 1/(m-1), so only the Riemann rules match)
+    for rule in ("riemann_left", "riemann_right"):
+        ours = IntegratedGradients(steps=8, rule=rule).per_prompt(organism, task)
+        reference = captum_reference(organism, task, steps=8, rule=rule, layers=(0, 3))
+        assert reference[:, [0, 3]].abs().max() > 1e-4
+        torch.testing.assert_close(ours[:, [0, 3]], reference[:, [0, 3]], rtol=1e-4, atol=1e-6)
 
 
 def test_exact_ablation_equals_a_plain_loop(organism, capitals):
