@@ -49,6 +49,22 @@ def alphas_and_weights(steps: int, rule: str) -> tuple[Tensor, Tensor]:
     raise TasklensError(f"Unknown rule {rule!r}; choose one of {list(RULES)}")
 
 
+@torch.no_grad()
+def _prefix(model, tokens: Tensor, names: list[str]):
+    """One forward over equal-length prompts: each layer's activation at the last position
+    ``[batch, layer, neuron]``, and the key-value cache of the positions before it (None for
+    one-token prompts)."""
+    store: dict[str, Tensor] = {}
+    hooks = [(n, lambda act, hook, n=n: store.__setitem__(n, act[:, -1].detach())) for n in names]
+    with model.hooks(fwd_hooks=hooks):
+        _, kv = model(tokens, return_type="logits_and_cache")
+    if tokens.shape[1] > 1:
+        kv.crop(-1)  # drop the last position: the integral recomputes it
+    else:
+        kv = None
+    return torch.stack([store[n] for n in names], dim=1), kv
+
+
 @dataclass
 class IntegratedGradients:
     """Knowledge-neuron integrated gradients at the last prompt token.
@@ -76,7 +92,7 @@ class IntegratedGradients:
         if self.baseline not in ("zero", "mean"):
             raise TasklensError(f"Unknown baseline {self.baseline!r}; choose 'zero' or 'mean'")
 
-    def per_prompt(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 8) -> Tensor:
+    def per_prompt(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 16) -> Tensor:
         """IG per prompt: ``[n_prompts, n_layers, d_mlp]``."""
         info = ModelInfo.of(model)
         names = info.hook_names(unit)
@@ -87,36 +103,36 @@ class IntegratedGradients:
         by_length: dict[int, list[int]] = {}
         for i, ids in enumerate(tokenized.prompt_ids):
             by_length.setdefault(len(ids), []).append(i)
-        target_acts = torch.zeros(len(task), info.n_layers, info.d_mlp)
         out = torch.zeros(len(task), info.n_layers, info.d_mlp, dtype=torch.float64)
-        groups = []
-        for length, idx in sorted(by_length.items()):
-            for start in range(0, len(idx), batch_size):
-                groups.append((length, idx[start : start + batch_size]))
-        for _, idx in groups:
-            tokens = torch.tensor([tokenized.prompt_ids[i] for i in idx], device=device)
-            _, cache = model.run_with_cache(tokens, names_filter=names)
-            for layer, name in enumerate(names):
-                target_acts[idx, layer] = cache[name][:, -1].float().cpu()
+        groups = [
+            idx[start : start + batch_size]
+            for _, idx in sorted(by_length.items())
+            for start in range(0, len(idx), batch_size)
+        ]
+
+        def tokens_of(idx: list[int]) -> Tensor:
+            return torch.tensor([tokenized.prompt_ids[i] for i in idx], device=device)
+
         base = torch.zeros(info.n_layers, info.d_mlp)
-        if self.baseline == "mean":
-            base = target_acts.mean(0)
-        for _, idx in groups:
-            out[idx] = self._batch(model, tokenized, idx, names, target_acts[idx], base, alphas, weights)
+        if self.baseline == "mean":  # needs every prompt's activation before any integral
+            base = (
+                torch.cat([_prefix(model, tokens_of(idx), names)[0] for idx in groups]).float().cpu().mean(0)
+            )
+        for idx in groups:
+            acts, kv = _prefix(model, tokens_of(idx), names)
+            out[idx] = self._batch(
+                model, tokenized, idx, names, acts.float().cpu(), kv, base, alphas, weights
+            )
         return out.float()
 
-    def _batch(self, model, tokenized, idx, names, acts: Tensor, base: Tensor, alphas, weights) -> Tensor:
+    def _batch(self, model, tokenized, idx, names, acts: Tensor, kv, base: Tensor, alphas, weights) -> Tensor:
         device = model.cfg.device
         n_layers, m, batch = len(names), len(alphas), len(idx)
         tokens = torch.tensor([tokenized.prompt_ids[i] for i in idx], device=device)
         gold = torch.tensor([tokenized.answer_ids[i][0] for i in idx], device=device)
         copies = n_layers * m  # per prompt: row = layer * m + k
-        with torch.no_grad():
-            if tokens.shape[1] > 1:
-                _, kv = model(tokens[:, :-1], return_type="logits_and_cache")
-                kv.batch_repeat_interleave(copies)
-            else:
-                kv = None
+        if kv is not None:
+            kv.batch_repeat_interleave(copies)
         diff = (acts - base).to(device)  # [batch, layer, neuron]
         leaves = [
             (base[None, layer].to(device) + alphas.to(device)[:, None, None] * diff[None, :, layer])
@@ -152,7 +168,7 @@ class IntegratedGradients:
             out[:, layer] = (diff[:, layer].double() * integrated).cpu()
         return out
 
-    def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 8) -> NeuronScores:
+    def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 16) -> NeuronScores:
         per_prompt = self.per_prompt(model, task, unit=unit, batch_size=batch_size)
         return make_scores(self, model, task, per_prompt.sum(0), unit, len(task), len(task))
 
