@@ -41,7 +41,7 @@ from tasklens.tasks.builtin import load_builtin
 from tasklens.tasks.tokenize import TokenizedTask
 
 
-def best_of(fn, repeats: int = 3) -> float:
+def best_of(fn, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = load_model("organism")
-    task = sample(load_builtin("capital_of", "detection"), 128, seed=2)
+    task = sample(load_builtin("capital_of", "detection"), 256, seed=2)
     marked = sample(load_builtin("addition", "detection"), 128, seed=2)
     tokenized = TokenizedTask.for_model(task, model)
     bs = 32

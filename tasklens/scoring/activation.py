@@ -81,13 +81,13 @@ class ActivationStats:
             model, task, sorted(set(acts + gates)), batch_size, with_answers
         ):
             mask = batch.position_mask(self.positions).to(store[acts[0]].device)
-            weight = mask[..., None].double()
             for layer, (a_name, g_name) in enumerate(zip(acts, gates, strict=True)):
-                a = store[a_name].double() * weight
-                sums.sum[layer] += a.sum((0, 1)).cpu()
-                sums.sum_sq[layer] += (a * a).sum((0, 1)).cpu()
-                sums.sum_abs[layer] += a.abs().sum((0, 1)).cpu()
-                sums.fires[layer] += ((store[g_name] > 0).double() * weight).sum((0, 1)).cpu()
+                # selected tokens only; one batch's sums in float32, the running sums in float64
+                a = store[a_name][mask].float()  # [tokens, neuron]
+                sums.sum[layer] += a.sum(0).double().cpu()
+                sums.sum_sq[layer] += (a * a).sum(0).double().cpu()
+                sums.sum_abs[layer] += a.abs().sum(0).double().cpu()
+                sums.fires[layer] += (store[g_name][mask] > 0).sum(0).double().cpu()
             sums.n_tokens += int(mask.sum())
             sums.n_prompts += batch.size
         return sums
