@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
 from tasklens.compare import overlap, overlap_matrix
 from tasklens.evaluate import exact_match
 from tasklens.experiments import cross_language, cumulativity, interference, k_grid
+from tasklens.matrix import own_and_others
 from tasklens.models import ModelInfo, load_model
 from tasklens.organism.evaluate import sample
 from tasklens.outputs import OutputDir
@@ -119,8 +118,7 @@ def main() -> None:
     drop = out.table("interference", interference(model, sets, [evaluation[r] for r in RELATIONS]))
     out.figure("interference", heatmap(drop, "acc_drop(row task | column's neurons off)", center=True))
     negative = [(i, j, drop.loc[i, j]) for i in drop.index for j in drop.columns if drop.loc[i, j] < 0]
-    diag = pd.Series({r: drop.loc[r, r] for r in RELATIONS})
-    off = pd.Series({r: drop.loc[r].drop(r).mean() for r in RELATIONS})
+    diag, off = own_and_others(drop, RELATIONS)
     out.finding(
         f"interference: mean own drop {diag.mean():.2f} vs mean drop on other relations {off.mean():.2f}; "
         f"{len(negative)} negative cells (deactivation helped): "

@@ -15,7 +15,7 @@ import argparse
 
 import pandas as pd
 
-from tasklens.matrix import evaluation_matrix, intervention, pivot
+from tasklens.matrix import evaluation_matrix, intervention, own_and_others, pivot
 from tasklens.models import load_model
 from tasklens.organism.evaluate import sample
 from tasklens.outputs import OutputDir
@@ -69,8 +69,7 @@ def main() -> None:
             table = pivot(frame)
             out.table(f"{kind}_{method}", table)
             out.figure(f"{kind}_{method}", heatmap(table, f"{kind} {method} top {args.percent:g}%: accuracy"))
-            own = pd.Series({t: table.loc[t, t] for t in TASKS})
-            other = pd.Series({t: table.loc[t].drop(t).mean() for t in TASKS})
+            own, other = own_and_others(table, TASKS)
             summary.append(
                 dict(
                     intervention=kind,
@@ -88,13 +87,14 @@ def main() -> None:
                 model, randoms, evaluation, n_controls=0, intervene=intervention(kind, args.factor)
             )
         )
+        own, other = own_and_others(table, TASKS)
         summary.append(
             dict(
                 intervention=kind,
                 method="random",
                 original=table.loc["none"].mean(),
-                own_task=pd.Series({t: table.loc[t, t] for t in TASKS}).mean(),
-                other_tasks=pd.Series({t: table.loc[t].drop(t).mean() for t in TASKS}).mean(),
+                own_task=own.mean(),
+                other_tasks=other.mean(),
             )
         )
     result = out.table("summary", pd.DataFrame(summary), index=False)

@@ -119,6 +119,14 @@ def pivot(frame: pd.DataFrame, value: str = "value") -> pd.DataFrame:
     return table.loc[frame["neurons"].unique(), frame["task"].unique()]
 
 
+def own_and_others(table: pd.DataFrame, names: list[str]) -> tuple[pd.Series, pd.Series]:
+    """For a square table indexed by task on both axes (e.g. sets x tasks), each task's
+    diagonal cell and the mean of the rest of its row."""
+    own = pd.Series({n: table.loc[n, n] for n in names})
+    others = pd.Series({n: table.loc[n, names].drop(n).mean() for n in names})
+    return own, others
+
+
 def plot(frame: pd.DataFrame, value: str = "value"):
     """Heatmap of the matrix (``value`` or ``change``)."""
     from tasklens.plots import heatmap

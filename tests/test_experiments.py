@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import itertools
 
-import pandas as pd
 import pytest
 
 from tasklens.errors import TasklensError
 from tasklens.experiments import cross_language, cumulativity, interference, k_grid
-from tasklens.matrix import ablation_matrix, evaluate, evaluation_matrix, intervention
+from tasklens.matrix import ablation_matrix, evaluate, evaluation_matrix, intervention, own_and_others
 from tasklens.neurons import NeuronSet
 from tasklens.organism.evaluate import sample
 from tasklens.scoring import AttributionPatching, VerifiedPatching
@@ -49,8 +48,7 @@ def test_each_relation_set_hurts_its_relation_more_than_random_sets(relation_mat
 
 def test_relation_sets_are_specific_on_average(relation_matrix):
     change = relation_matrix.pivot(index="neurons", columns="task", values="change").loc[RELATIONS, RELATIONS]
-    own = pd.Series({r: change.loc[r, r] for r in RELATIONS})
-    others = pd.Series({r: change.loc[r].drop(r).mean() for r in RELATIONS})
+    own, others = own_and_others(change, RELATIONS)
     # deactivating a relation's neurons costs that relation more than the others on average ...
     assert own.mean() < 2 * others.mean(), (own, others)
     # ... and for most relations one by one (in this organism the capital-of sets also hurt

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import make_scores
@@ -89,8 +89,7 @@ class IntegratedGradients:
 
     def __post_init__(self) -> None:
         alphas_and_weights(self.steps, self.rule)
-        if self.baseline not in ("zero", "mean"):
-            raise TasklensError(f"Unknown baseline {self.baseline!r}; choose 'zero' or 'mean'")
+        check_choice("baseline", self.baseline, ("zero", "mean"))
 
     def per_prompt(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 16) -> Tensor:
         """IG per prompt: ``[n_prompts, n_layers, d_mlp]``."""

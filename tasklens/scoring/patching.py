@@ -59,6 +59,11 @@ def corrupted_pairs(model, task: Task) -> tuple[TokenizedTask, TokenizedTask]:
     )
 
 
+def _drop(delta: dict[str, Tensor], grads: dict[str, Tensor], names) -> Tensor:
+    """Linear estimate of the metric's drop, per layer, prompt and neuron: ``[layer, batch, neuron]``."""
+    return torch.stack([-(delta[n] * grads[n]).sum(1).double().cpu() for n in names])
+
+
 def baseline_inputs(
     model, task: Task, baseline: str, unit: str, batch_size: int
 ) -> tuple[TokenizedTask, TokenizedTask | None, Tensor | None]:
@@ -104,10 +109,10 @@ class AttributionPatching:
         check_choice("baseline", self.baseline, BASELINES)
         get_metric(self.metric)
 
-    def _estimate(self, model, batch: Batch, names, delta: dict, fwd_hooks=()) -> dict[str, Tensor]:
-        """Per prompt and neuron, the estimated drop: ``[batch, neuron]`` per name."""
+    def _estimate(self, model, batch: Batch, names, delta: dict, fwd_hooks=()) -> Tensor:
+        """The estimated drop with ``fwd_hooks`` active during the backward's forward pass."""
         _, grads, _ = forward_backward(model, batch, names, get_metric(self.metric), fwd_hooks)
-        return {n: -(delta[n] * grads[n]).sum(1).double().cpu() for n in names}
+        return _drop(delta, grads, names)
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
         info = ModelInfo.of(model)
@@ -136,15 +141,14 @@ class AttributionPatching:
                         (info.residual_names(dropped)["attn_out"], _detach),
                         (info.residual_names(dropped)["mlp_out"], _detach),
                     ]
-                    est = self._estimate(model, batch, names, delta, cut)
-                    per_layer.append(torch.stack([est[n].abs() for n in names]))  # [layer, batch, neuron]
+                    per_layer.append(self._estimate(model, batch, names, delta, cut).abs())
                 stacked = torch.stack(per_layer)  # [dropped, layer, batch, neuron]
                 # a neuron's own layer cut gives it zero gradient: average over the other layers
                 own = torch.eye(info.n_layers, dtype=torch.bool)[:, :, None, None]
                 stacked = stacked.masked_fill(own, 0).sum(0) / max(info.n_layers - 1, 1)
                 total += stacked.sum(1)
             else:
-                drop = torch.stack([-(delta[n] * grads[n]).sum(1).double().cpu() for n in names])
+                drop = _drop(delta, grads, names)
                 total += (drop.abs() if self.absolute else drop).sum(1)
             n_tokens += int(mask.sum())
         return make_scores(self, model, task, total, unit, len(clean), n_tokens)
