@@ -6,32 +6,97 @@ The main entry points, re-exported here:
 - `Task`, `load_builtin(name, split)`: task data;
 - `NeuronScores`, `NeuronSet`: the data model;
 - scorers in `tasklens.scoring`, selections in `tasklens.selection`;
-- `ablate`, `amplify`: interventions as context managers;
-- `accuracy`, `exact_match`, `evaluation_matrix`: evaluation.
+- `Intervention` (plain data) and the short forms `ablate`, `amplify`, `clamp`;
+- `evaluate`, `accuracy`, `evaluation_matrix` (an `EvaluationResult`): evaluation;
+- one registry per kind of plug-in: ``list_scorers()`` / ``register_scorer``, and the
+  same for metrics, selections and interventions.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from tasklens.errors import TasklensError
-from tasklens.evaluate import accuracy, exact_match
-from tasklens.interventions import ablate, amplify
-from tasklens.matrix import evaluation_matrix
+from tasklens.errors import TasklensError, TasklensWarning
+from tasklens.evaluate import accuracy, evaluate, exact_match
+from tasklens.interventions import INTERVENTIONS, Intervention, ablate, amplify, clamp
+from tasklens.matrix import EvaluationResult, evaluation_matrix
+from tasklens.metrics import METRICS
 from tasklens.models import ModelInfo, load_model
 from tasklens.neurons import NeuronScores, NeuronSet
+from tasklens.registry import load_plugins
+from tasklens.scoring import SCORERS, get_scorer
+from tasklens.selection import SELECTIONS
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import load_builtin
 
+
+def list_scorers() -> list[str]:
+    """Names of the registered scorers (`tasklens.scoring`)."""
+    return SCORERS.names()
+
+
+def list_metrics() -> list[str]:
+    """Names of the registered metrics (`tasklens.metrics`; ``exact_match`` decodes greedily)."""
+    return METRICS.names()
+
+
+def list_selections() -> list[str]:
+    """Names of the registered selection rules (`tasklens.selection`)."""
+    return SELECTIONS.names()
+
+
+def list_interventions() -> list[str]:
+    """Names of the registered intervention kinds (`tasklens.interventions`)."""
+    return INTERVENTIONS.names()
+
+
+def register_scorer(cls=None, *, name: str | None = None, overwrite: bool = False):
+    """Register a scorer class (with a ``name`` class attribute and an ``attribute`` method).
+
+    Use as a decorator: ``@register_scorer`` or ``@register_scorer(name="my_scorer")``.
+    """
+    return SCORERS.register(name, cls, overwrite=overwrite)
+
+
+def register_metric(name: str | None = None, fn=None, *, overwrite: bool = False):
+    """Register a per-prompt metric ``(logits, batch) -> [batch]`` (decorator or direct call)."""
+    return METRICS.register(name, fn, overwrite=overwrite)
+
+
+def register_selection(name: str | None = None, fn=None, *, overwrite: bool = False):
+    """Register a selection rule ``(scores, value) -> NeuronSet`` (decorator or direct call)."""
+    return SELECTIONS.register(name, fn, overwrite=overwrite)
+
+
+def register_intervention(name: str | None = None, fn=None, *, overwrite: bool = False):
+    """Register an intervention kind ``(model, intervention) -> edit(layer, idx, current)``."""
+    return INTERVENTIONS.register(name, fn, overwrite=overwrite)
+
+
 __all__ = [
+    "EvaluationResult",
+    "Intervention",
     "ModelInfo",
     "NeuronScores",
     "NeuronSet",
     "Task",
     "TasklensError",
+    "TasklensWarning",
     "ablate",
     "accuracy",
     "amplify",
+    "clamp",
+    "evaluate",
     "evaluation_matrix",
     "exact_match",
+    "get_scorer",
+    "list_interventions",
+    "list_metrics",
+    "list_scorers",
+    "list_selections",
     "load_builtin",
     "load_model",
+    "load_plugins",
+    "register_intervention",
+    "register_metric",
+    "register_scorer",
+    "register_selection",
 ]

@@ -13,3 +13,7 @@ def check_choice(what: str, value, choices) -> None:
     """Raise a `TasklensError` naming the valid choices when ``value`` is not one of them."""
     if value not in choices:
         raise TasklensError(f"Unknown {what} {value!r}; choose one of {list(choices)}")
+
+
+class TasklensWarning(UserWarning):
+    """Something tasklens did may not be what the user expects (prompts dropped, a fallback taken)."""

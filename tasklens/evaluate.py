@@ -8,12 +8,13 @@ and to every generated token.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from tasklens.metrics import METRICS, is_generative
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -94,6 +95,34 @@ def exact_match(model, task: Task, batch_size: int = 64) -> Tensor:
     return correct
 
 
+exact_match.generative = True  # read off generated text: `evaluate` calls it with the model
+
+
 def accuracy(model, task: Task, batch_size: int = 64) -> float:
     """Fraction of prompts answered exactly (greedy exact match)."""
     return float(exact_match(model, task, batch_size).float().mean())
+
+
+def evaluate_prompts(
+    model, task: Task, metric: str | Callable = "exact_match", batch_size: int = 64
+) -> Float[Tensor, " prompt"]:
+    """``metric`` per prompt: greedy ``exact_match`` (default) or a teacher-forced metric
+    registered in `tasklens.metrics.METRICS` (``logprob``, ``next_token``...), by name or
+    as a function."""
+    fn = metric if callable(metric) else METRICS.get(metric)
+    if is_generative(fn):
+        return fn(model, task, batch_size).float()
+    out = torch.zeros(len(task), dtype=torch.float64)
+    with torch.no_grad():
+        for batch in TokenizedTask.for_model(task, model).batches(batch_size):
+            values = fn(model(batch.tokens.to(model.cfg.device)), batch)
+            out[batch.indices] = values.double().cpu()
+    return out
+
+
+def evaluate(model, task: Task, metric: str | Callable = "exact_match", batch_size: int = 64) -> float:
+    """Mean over the task's prompts of ``metric`` (see `evaluate_prompts`)."""
+    return float(evaluate_prompts(model, task, metric, batch_size).mean())
+
+
+METRICS.register("exact_match", exact_match)

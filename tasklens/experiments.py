@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 
 from tasklens.errors import TasklensError
-from tasklens.evaluate import exact_match
+from tasklens.evaluate import evaluate_prompts
 from tasklens.interventions import ablate
-from tasklens.matrix import ablation_matrix, pivot
+from tasklens.matrix import ablation_matrix
 from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.tasks.task import Task
 
@@ -28,7 +28,7 @@ def k_grid(n_neurons: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> li
 
 
 def _ranked(scores: NeuronScores, start: int, stop: int) -> NeuronSet:
-    order = scores.values.flatten().argsort(descending=True, stable=True)
+    order = scores.ranking()
     mask = torch.zeros(scores.values.numel(), dtype=torch.bool)
     mask[order[start:stop]] = True
     return NeuronSet(mask.view_as(scores.values), f"{scores.task}[{start}:{stop}]")
@@ -41,8 +41,13 @@ def cumulativity(
     others: Sequence[Task] = (),
     ks: Sequence[int] | None = None,
     batch_size: int = 64,
+    metric: str = "exact_match",
 ) -> pd.DataFrame:
     """Accuracy as the top-k neurons are deactivated, and the cumulativity score.
+
+    ``metric`` is a per-prompt correctness: ``exact_match`` (greedy decoding) or
+    ``next_token`` (every answer token is the argmax under teacher forcing: the same
+    test without normalisation, in one forward pass).
 
     For consecutive k1 < k2: among prompts correct with the top k1 off but wrong
     with the top k2 off (``n_total``), ``n_affected`` also fail with only ranks
@@ -55,14 +60,23 @@ def cumulativity(
     ks = list(ks) if ks is not None else k_grid(scores.values.numel())
     if ks != sorted(set(ks)) or ks[0] < 0:
         raise TasklensError(f"ks must be increasing non-negative counts, got {ks}")
-    correct = {0: exact_match(model, task, batch_size)}
-    others_acc = {0: _mean_accuracy(model, others, batch_size)}
+
+    def correct_of(t: Task) -> torch.Tensor:
+        return evaluate_prompts(model, t, metric, batch_size) > 0.5
+
+    def mean_accuracy() -> float:
+        return (
+            float(sum(correct_of(t).float().mean() for t in others) / len(others)) if others else float("nan")
+        )
+
+    correct = {0: correct_of(task)}
+    others_acc = {0: mean_accuracy()}
     for k in ks:
         if k == 0:
             continue
         with ablate(model, _ranked(scores, 0, k)):
-            correct[k] = exact_match(model, task, batch_size)
-            others_acc[k] = _mean_accuracy(model, others, batch_size)
+            correct[k] = correct_of(task)
+            others_acc[k] = mean_accuracy()
     rows = []
     previous = None
     for k in [0, *[k for k in ks if k]]:
@@ -71,7 +85,7 @@ def cumulativity(
             lost = correct[previous] & ~correct[k]
             with ablate(model, _ranked(scores, previous, k)):
                 band_correct = (
-                    exact_match(model, task.subset(lost.nonzero().flatten().tolist()), batch_size)
+                    correct_of(task.subset(lost.nonzero().flatten().tolist()))
                     if lost.any()
                     else torch.zeros(0, dtype=torch.bool)
                 )
@@ -86,25 +100,21 @@ def cumulativity(
     return pd.DataFrame(rows)
 
 
-def _mean_accuracy(model, tasks: Sequence[Task], batch_size: int) -> float:
-    if not tasks:
-        return float("nan")
-    return float(sum(exact_match(model, t, batch_size).float().mean() for t in tasks) / len(tasks))
-
-
 def interference(
-    model, sets: Sequence[NeuronSet], tasks: Sequence[Task], batch_size: int = 64
+    model,
+    sets: Sequence[NeuronSet],
+    tasks: Sequence[Task],
+    batch_size: int = 64,
+    metric: str = "exact_match",
 ) -> pd.DataFrame:
     """acc_drop[r_i, r_j] = (acc(r_i) - acc(r_i with r_j's neurons off)) / acc(r_i).
 
     Rows: the task evaluated (r_i); columns: whose neurons are off (r_j).
     Negative cells mean deactivating r_j's neurons *helped* r_i.
     """
-    frame = ablation_matrix(model, sets, tasks, n_controls=0, batch_size=batch_size)
-    acc = pivot(frame).drop(index="none")
-    base = frame[frame.neurons == "none"].set_index("task")["value"]
-    drop = (base - acc) / base.where(base > 0)
-    return drop.T  # rows r_i (tasks), columns r_j (sets)
+    return ablation_matrix(
+        model, sets, tasks, n_controls=0, batch_size=batch_size, metric=metric
+    ).relative_drop()
 
 
 def cross_language(
@@ -119,22 +129,20 @@ def cross_language(
     for task in tasks:
         if len(task) == 0:
             raise TasklensError(f"Task {task.name!r} ({task.language}) has no prompts")
-    frame = ablation_matrix(model, [neurons], tasks, n_controls=n_controls, batch_size=batch_size)
-    rows = []
-    for task in tasks:
-        sub = frame[frame.task == task.name].set_index("neurons")
-        control = sub.loc[f"random({neurons.name})"]
-        rows.append(
+    result = ablation_matrix(model, [neurons], tasks, n_controls=n_controls, batch_size=batch_size)
+    return pd.DataFrame(
+        [
             dict(
                 task=task.name,
                 language=task.language,
-                baseline=sub.loc["none", "value"],
-                ablated=sub.loc[neurons.name, "value"],
-                random_mean=control["value"],
-                random_std=control["value_std"],
+                baseline=result.baseline[task.name],
+                ablated=result.values.loc[neurons.name, task.name],
+                random_mean=result.controls.loc[neurons.name, task.name],
+                random_std=result.controls_std.loc[neurons.name, task.name],
             )
-        )
-    return pd.DataFrame(rows)
+            for task in tasks
+        ]
+    )
 
 
 def exclusive_vs_shared(
@@ -148,7 +156,7 @@ def exclusive_vs_shared(
         from the unablated model.
     """
     from tasklens.compare import exclusive, shared
-    from tasklens.matrix import evaluate
+    from tasklens.evaluate import evaluate
 
     parts = {"exclusive": exclusive(sets), "shared": shared(sets)}
     baseline = {t.name: evaluate(model, t, metric, batch_size) for t in tasks}

@@ -47,21 +47,37 @@ def _default_permissions(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path beside ``path``; on success it is renamed to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
+    """Yield temporary file paths beside ``paths``; on success each is renamed into place.
+
+    Every temporary file is complete before the first rename, so a reader sees the
+    old files, the new ones, or (if the process dies between two renames) a mix
+    that a content hash can detect; never a half-written file.
+    """
+    targets = [Path(p) for p in paths]
+    temps = []
     try:
-        yield tmp
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield tuple(temps)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        for tmp, path in zip(temps, targets, strict=True):
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; on success it is renamed to ``path``."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

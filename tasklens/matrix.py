@@ -1,46 +1,285 @@
-"""The evaluation matrix: neuron sets (and their random controls) x tasks, under an intervention."""
+"""The evaluation matrix: neuron sets (and their random controls) x tasks, under an intervention.
+
+`evaluation_matrix` returns an `EvaluationResult`: plain tables with clear
+shapes (sets x tasks), the unmodified model's baseline, the random controls'
+mean and spread, the metric and the intervention that produced them.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from functools import partial
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
-import torch
 
-from tasklens.errors import TasklensError, check_choice
-from tasklens.evaluate import exact_match
-from tasklens.interventions import ablate, amplify
+from tasklens.errors import TasklensError
+from tasklens.evaluate import evaluate
+from tasklens.interventions import Intervention
+from tasklens.io import write_json
 from tasklens.metrics import METRICS
 from tasklens.neurons import NeuronSet
 from tasklens.selection import random_like
-from tasklens.tasks.task import Task
-from tasklens.tasks.tokenize import TokenizedTask
+from tasklens.tasks.task import Task, check_task
 
-EVALUATIONS = ("exact_match", *METRICS)
-
-
-def evaluate(model, task: Task, metric: str = "exact_match", batch_size: int = 64) -> float:
-    """Mean over the task's prompts of ``metric``: greedy ``exact_match`` (default) or a
-    teacher-forced metric from `tasklens.metrics.METRICS` (``logprob``, ``next_token``...)."""
-    if metric == "exact_match":
-        return float(exact_match(model, task, batch_size).float().mean())
-    if metric not in METRICS:
-        raise TasklensError(f"Unknown metric {metric!r}; choose one of {list(EVALUATIONS)}")
-    total = 0.0
-    with torch.no_grad():
-        for batch in TokenizedTask.for_model(task, model).batches(batch_size):
-            total += float(METRICS[metric](model(batch.tokens.to(model.cfg.device)), batch).sum())
-    return total / len(task)
+BASELINE = "unmodified"
 
 
-def intervention(kind: str = "ablate", factor: float = 2.0) -> Callable:
-    """``(model, neurons) -> context manager``: ``"ablate"`` (zero) or ``"amplify"`` by ``factor``."""
-    if kind == "ablate":
-        return ablate
-    if kind == "amplify":
-        return partial(amplify, factor=factor)
-    raise TasklensError(f"Unknown intervention {kind!r}; choose 'ablate' or 'amplify'")
+@dataclass
+class EvaluationResult:
+    """A metric on every task with each neuron set intervened on, beside random controls.
+
+    Attributes:
+        metric: the metric's name (see `tasklens.metrics.METRICS`).
+        intervention: what was done to each set (`Intervention.to_dict` without neurons).
+        baseline: ``[task]`` the metric on the unmodified model.
+        values: ``[set x task]`` the metric with the set intervened on.
+        controls: ``[set x task]`` mean over the set's random controls (same per-layer
+            counts; NaN without controls).
+        controls_std: ``[set x task]`` their standard deviation (ddof 0).
+        sizes: ``[set]`` neurons per set.
+        n_controls: random controls per set; their seeds are ``seed .. seed + n_controls - 1``.
+        seed: first control seed.
+        sets: each set's `NeuronSet.summary`, by name.
+    """
+
+    metric: str
+    intervention: dict[str, Any]
+    baseline: pd.Series
+    values: pd.DataFrame
+    controls: pd.DataFrame
+    controls_std: pd.DataFrame
+    sizes: pd.Series
+    n_controls: int = 0
+    seed: int = 0
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # --- views ------------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.baseline.index)
+
+    @property
+    def set_names(self) -> list[str]:
+        return list(self.values.index)
+
+    def change(self) -> pd.DataFrame:
+        """``[set x task]`` value minus the unmodified baseline."""
+        return self.values - self.baseline
+
+    def control_change(self) -> pd.DataFrame:
+        """``[set x task]`` the random controls' mean minus the baseline."""
+        return self.controls - self.baseline
+
+    def relative_drop(self) -> pd.DataFrame:
+        """``[task x set]`` (baseline - value) / baseline: the relation paper's acc_drop(r_i, r_j),
+        rows the task evaluated, columns whose neurons are off; NaN where the baseline is 0."""
+        base = self.baseline.where(self.baseline > 0)
+        return ((base - self.values) / base).T
+
+    def pivot(self, value: str = "value") -> pd.DataFrame:
+        """Sets as rows (the unmodified model first for ``value``), tasks as columns.
+
+        ``value``: ``"value"``, ``"change"``, ``"controls"`` or ``"control_change"``.
+        """
+        if value == "value":
+            return pd.concat([self.baseline.to_frame(BASELINE).T, self.values])
+        tables = {
+            "change": self.change,
+            "controls": lambda: self.controls,
+            "control_change": self.control_change,
+        }
+        if value not in tables:
+            raise TasklensError(f"Unknown table {value!r}; choose one of ['value', *{list(tables)}]")
+        return tables[value]()
+
+    def own_and_others(self) -> pd.DataFrame:
+        """Per set named after a task: its effect on its own task against the other tasks and
+        against its random controls.
+
+        Columns: ``size``, ``baseline`` (own task, unmodified), ``value`` (own task, set
+        intervened), ``own_change``, ``others_change`` (mean change on the other tasks),
+        ``control_own_change`` and ``control_own_std`` (random sets on the own task),
+        ``control_others_change``.
+        """
+        names = [n for n in self.set_names if n in self.tasks]
+        if not names:
+            raise TasklensError(
+                f"own_and_others needs sets named after tasks; sets {self.set_names}, tasks {self.tasks}"
+            )
+        change, control = self.change(), self.control_change()
+        rows = []
+        for n in names:
+            others = [t for t in self.tasks if t != n]
+            rows.append(
+                dict(
+                    set=n,
+                    size=int(self.sizes[n]),
+                    baseline=float(self.baseline[n]),
+                    value=float(self.values.loc[n, n]),
+                    own_change=float(change.loc[n, n]),
+                    others_change=float(change.loc[n, others].mean()) if others else float("nan"),
+                    control_own_change=float(control.loc[n, n]),
+                    control_own_std=float(self.controls_std.loc[n, n]),
+                    control_others_change=float(control.loc[n, others].mean()) if others else float("nan"),
+                )
+            )
+        return pd.DataFrame(rows).set_index("set")
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long form: one row per (set or its controls, task), with ``baseline`` and ``change``."""
+        rows = [
+            dict(set=BASELINE, control=False, size=0, task=t, value=v, value_std=0.0)
+            for t, v in self.baseline.items()
+        ]
+        for name in self.set_names:
+            for task in self.tasks:
+                rows.append(
+                    dict(
+                        set=name,
+                        control=False,
+                        size=int(self.sizes[name]),
+                        task=task,
+                        value=self.values.loc[name, task],
+                        value_std=0.0,
+                    )
+                )
+                if self.n_controls:
+                    rows.append(
+                        dict(
+                            set=name,
+                            control=True,
+                            size=int(self.sizes[name]),
+                            task=task,
+                            value=self.controls.loc[name, task],
+                            value_std=self.controls_std.loc[name, task],
+                        )
+                    )
+        frame = pd.DataFrame(rows)
+        frame["baseline"] = frame["task"].map(self.baseline)
+        frame["change"] = frame["value"] - frame["baseline"]
+        return frame
+
+    # --- figures ------------------------------------------------------------------------
+    def plot(self, value: str = "change"):
+        """Heatmap of a `pivot` table (``change`` by default, centred on 0)."""
+        from tasklens.plots import heatmap
+
+        return heatmap(
+            self.pivot(value),
+            f"{self.metric} ({value}), {self.intervention_label}",
+            center=value.endswith("change"),
+        )
+
+    def plot_own_vs_others(self):
+        """Bars per set: own-task change, other tasks' change, and the random controls' own-task
+        change with its spread (±1 sd)."""
+        from tasklens.plots import effect_bars
+
+        return effect_bars(self.own_and_others(), f"{self.metric}: {self.intervention_label}")
+
+    @property
+    def intervention_label(self) -> str:
+        return Intervention.from_dict(self.intervention).label
+
+    # --- data ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "EvaluationResult",
+            "metric": self.metric,
+            "intervention": self.intervention,
+            "baseline": self.baseline.to_dict(),
+            "values": json.loads(self.values.to_json(orient="split")),
+            "controls": json.loads(self.controls.to_json(orient="split")),
+            "controls_std": json.loads(self.controls_std.to_json(orient="split")),
+            "sizes": self.sizes.to_dict(),
+            "n_controls": self.n_controls,
+            "seed": self.seed,
+            "sets": self.sets,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        if data.get("kind") != "EvaluationResult":
+            raise TasklensError(f"Not an EvaluationResult record (kind {data.get('kind')!r})")
+
+        def table(key: str) -> pd.DataFrame:
+            part = data[key]
+            return pd.DataFrame(part["data"], index=part["index"], columns=part["columns"], dtype=float)
+
+        return cls(
+            metric=data["metric"],
+            intervention=data["intervention"],
+            baseline=pd.Series(data["baseline"], dtype=float),
+            values=table("values"),
+            controls=table("controls"),
+            controls_std=table("controls_std"),
+            sizes=pd.Series(data["sizes"], dtype=int),
+            n_controls=int(data["n_controls"]),
+            seed=int(data.get("seed", 0)),
+            sets=data.get("sets", {}),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON (atomically)."""
+        path = Path(path).with_suffix(".json")
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvaluationResult:
+        path = Path(path).with_suffix(".json")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise TasklensError(f"Cannot read evaluation result {str(path)!r}: {error}") from error
+        return cls.from_dict(data)
+
+    def __add__(self, other: EvaluationResult) -> EvaluationResult:
+        """Both results' sets in one result (same metric, intervention, tasks and baseline)."""
+        if not isinstance(other, EvaluationResult):
+            return NotImplemented
+        same = (
+            self.metric == other.metric
+            and self.intervention == other.intervention
+            and self.tasks == other.tasks
+            and (self.baseline - other.baseline).abs().max() < 1e-9
+            and self.n_controls == other.n_controls
+        )
+        if not same:
+            raise TasklensError(
+                "Can only add evaluation results of the same metric, intervention, tasks, baseline and "
+                "number of controls"
+            )
+        clash = set(self.set_names) & set(other.set_names)
+        if clash:
+            raise TasklensError(f"Both results hold sets named {sorted(clash)}; rename one")
+        return EvaluationResult(
+            metric=self.metric,
+            intervention=self.intervention,
+            baseline=self.baseline,
+            values=pd.concat([self.values, other.values]),
+            controls=pd.concat([self.controls, other.controls]),
+            controls_std=pd.concat([self.controls_std, other.controls_std]),
+            sizes=pd.concat([self.sizes, other.sizes]),
+            n_controls=self.n_controls,
+            seed=self.seed,
+            sets={**self.sets, **other.sets},
+        )
+
+    def _repr_html_(self) -> str:
+        head = (
+            f"<b>EvaluationResult</b>: {self.metric} under {self.intervention_label}, "
+            f"{len(self.set_names)} sets x {len(self.tasks)} tasks, {self.n_controls} random controls per set"
+        )
+        try:
+            summary = self.own_and_others().to_html(float_format=lambda v: f"{v:.3f}", border=0)
+        except TasklensError:
+            summary = ""
+        table = self.pivot().to_html(float_format=lambda v: f"{v:.3f}", border=0)
+        return f"<div>{head}{summary}{table}</div>"
 
 
 def evaluation_matrix(
@@ -49,87 +288,72 @@ def evaluation_matrix(
     tasks: Sequence[Task],
     n_controls: int = 3,
     seed: int = 0,
-    intervene: Callable = ablate,
+    intervention: Intervention | str = "zero",
     metric: str = "exact_match",
     batch_size: int = 64,
     progress: Callable[[str], None] | None = None,
-) -> pd.DataFrame:
+) -> EvaluationResult:
     """``metric`` on every task with each neuron set intervened on, beside random controls.
 
-    Each set gets ``n_controls`` random sets with the same per-layer counts
-    (seeds ``seed .. seed + n_controls - 1``), reported as mean and std.
-
-    Returns:
-        Long-form frame with columns ``neurons`` (set name, ``"none"`` for the
-        unmodified model), ``control`` (bool), ``size``, ``task``, ``value``,
-        ``value_std`` (over control seeds, 0 otherwise), ``baseline`` and
-        ``change`` (value - baseline).
+    Args:
+        sets: the neuron sets (distinct names).
+        tasks: the tasks evaluated (distinct names).
+        n_controls: random sets per set with the same per-layer counts (seeds
+            ``seed .. seed + n_controls - 1``), reported as mean and std.
+        intervention: an `Intervention` template (its neurons are replaced by each set)
+            or a registered kind's name (``"zero"``, ``"amplify"``...).
+        metric: ``exact_match`` (greedy decoding) or a teacher-forced metric name.
+        progress: called with each set's name before it is evaluated.
     """
-    check_choice("metric", metric, EVALUATIONS)
+    spec = intervention if isinstance(intervention, Intervention) else Intervention(intervention)
+    spec = spec.prepared(model)
+    METRICS.get(metric)
+    tasks = [check_task(t) for t in tasks]
+    if not isinstance(n_controls, int) or isinstance(n_controls, bool) or n_controls < 0:
+        raise TasklensError(f"n_controls must be a whole number >= 0, got {n_controls!r}")
+    for what, names in (("sets", [s.name for s in sets]), ("tasks", [t.name for t in tasks])):
+        if len(set(names)) != len(names):
+            raise TasklensError(f"The {what} need distinct names, got {names}")
 
     def measure() -> dict[str, float]:
         return {task.name: evaluate(model, task, metric, batch_size) for task in tasks}
 
-    baseline = measure()
-    rows = [
-        dict(neurons="none", control=False, size=0, task=t, value=v, value_std=0.0)
-        for t, v in baseline.items()
-    ]
+    baseline = pd.Series(measure(), dtype=float)
+    values, controls, spread = {}, {}, {}
     for neurons in sets:
         if progress:
             progress(neurons.name)
-        with intervene(model, neurons):
-            values = measure()
-        rows += [
-            dict(neurons=neurons.name, control=False, size=len(neurons), task=t, value=v, value_std=0.0)
-            for t, v in values.items()
-        ]
-        if n_controls:
-            runs = []
-            for i in range(n_controls):
-                with intervene(model, random_like(neurons, seed + i)):
-                    runs.append(measure())
-            for task in tasks:
-                values = pd.Series([run[task.name] for run in runs])
-                rows.append(
-                    dict(
-                        neurons=f"random({neurons.name})",
-                        control=True,
-                        size=len(neurons),
-                        task=task.name,
-                        value=float(values.mean()),
-                        value_std=float(values.std(ddof=0)),
-                    )
-                )
-    frame = pd.DataFrame(rows)
-    frame["baseline"] = frame["task"].map(baseline)
-    frame["change"] = frame["value"] - frame["baseline"]
-    frame.attrs["metric"] = metric
-    return frame
+        with spec.on(neurons).apply(model):
+            values[neurons.name] = measure()
+        runs = []
+        for i in range(n_controls):
+            with spec.on(random_like(neurons, seed + i)).apply(model):
+                runs.append(measure())
+        runs_frame = pd.DataFrame(runs, columns=baseline.index, dtype=float)
+        controls[neurons.name] = runs_frame.mean() if runs else pd.Series(float("nan"), baseline.index)
+        spread[neurons.name] = runs_frame.std(ddof=0) if runs else pd.Series(float("nan"), baseline.index)
+    names = [s.name for s in sets]
+
+    def table(data: dict) -> pd.DataFrame:
+        return pd.DataFrame.from_dict(
+            data, orient="index", columns=list(baseline.index), dtype=float
+        ).reindex(names)
+
+    template = {k: v for k, v in spec.to_dict().items() if k != "neurons"}
+    return EvaluationResult(
+        metric=metric,
+        intervention=template,
+        baseline=baseline,
+        values=table(values),
+        controls=table(controls),
+        controls_std=table(spread),
+        sizes=pd.Series({s.name: len(s) for s in sets}, dtype=int),
+        n_controls=n_controls,
+        seed=seed,
+        sets={s.name: s.summary() for s in sets},
+    )
 
 
-def ablation_matrix(model, sets, tasks, **kwargs) -> pd.DataFrame:
+def ablation_matrix(model, sets, tasks, **kwargs) -> EvaluationResult:
     """`evaluation_matrix` under zero ablation (greedy exact match by default)."""
-    return evaluation_matrix(model, sets, tasks, intervene=ablate, **kwargs)
-
-
-def pivot(frame: pd.DataFrame, value: str = "value") -> pd.DataFrame:
-    """Neuron sets as rows, tasks as columns (in first-seen order)."""
-    table = frame.pivot(index="neurons", columns="task", values=value)
-    return table.loc[frame["neurons"].unique(), frame["task"].unique()]
-
-
-def own_and_others(table: pd.DataFrame, names: list[str]) -> tuple[pd.Series, pd.Series]:
-    """For a square table indexed by task on both axes (e.g. sets x tasks), each task's
-    diagonal cell and the mean of the rest of its row."""
-    own = pd.Series({n: table.loc[n, n] for n in names})
-    others = pd.Series({n: table.loc[n, names].drop(n).mean() for n in names})
-    return own, others
-
-
-def plot(frame: pd.DataFrame, value: str = "value"):
-    """Heatmap of the matrix (``value`` or ``change``)."""
-    from tasklens.plots import heatmap
-
-    metric = frame.attrs.get("metric", "metric")
-    return heatmap(pivot(frame, value), f"{metric} ({value})", center=value == "change")
+    return evaluation_matrix(model, sets, tasks, intervention="zero", **kwargs)

@@ -6,11 +6,14 @@ backward pass of their sum gives every prompt its own gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tasklens.errors import check_choice
+from tasklens.errors import TasklensError
+from tasklens.registry import Registry
 from tasklens.tasks.tokenize import Batch
 
 
@@ -77,19 +80,31 @@ def next_token_correct(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -
     return (hit | ~mask).all(-1).float()
 
 
-METRICS = {
+Metric = Callable[[Tensor, Batch], Tensor]
+METRICS: Registry[Metric] = Registry("metric")
+for _name, _fn in {
     "logprob": answer_logprob,
     "loss": answer_loss,
     "logit": answer_logit,
     "prob": first_token_prob,
     "logit_diff": logit_diff,
     "next_token": next_token_correct,
-}
+}.items():
+    METRICS.register(_name, _fn)
 
 
-def get_metric(name):
-    """A metric by name, or ``name`` itself when it is a ``(logits, batch) -> [batch]`` function."""
-    if callable(name):
-        return name
-    check_choice("metric", name, METRICS)
-    return METRICS[name]
+def is_generative(metric) -> bool:
+    """Whether a metric is read off generated text (``exact_match``) rather than one forward pass."""
+    return bool(getattr(metric, "generative", False))
+
+
+def get_metric(name) -> Metric:
+    """A teacher-forced metric by name, or ``name`` itself when it is a ``(logits, batch) -> [batch]``
+    function; gradient scorers differentiate these."""
+    metric = name if callable(name) else METRICS.get(name)
+    if is_generative(metric):
+        raise TasklensError(
+            f"Metric {name!r} is read off generated text and has no gradient; gradient and patching "
+            "scorers need a teacher-forced metric such as 'logprob', 'loss' or 'next_token'"
+        )
+    return metric

@@ -1,24 +1,37 @@
 """The data model: `NeuronScores` (a score per neuron) and `NeuronSet` (a mask of neurons).
 
 Both are plain data over the grid ``[n_layers, d_mlp]`` of one model, saved as
-safetensors (the tensor) + JSON (provenance), never pickled.
+safetensors (the tensor) + JSON (provenance), never pickled. The JSON sidecar
+carries the SHA-256 of the tensor file, so a reader never accepts a tensor with
+another run's provenance.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import html
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import pandas as pd
 import torch
-from jaxtyping import Bool, Float
-from safetensors.torch import load_file, save_file
+from jaxtyping import Bool, Float, Int
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 import tasklens
-from tasklens.errors import TasklensError
-from tasklens.io import atomic_path, write_json
+from tasklens.errors import TasklensError, TasklensWarning
+from tasklens.io import atomic_paths
+from tasklens.provenance import plain, tensor_hash
+
+#: how a score combines over prompts, for `NeuronScores.__add__`
+REDUCTIONS = ("sum", "mean", "none")
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -29,10 +42,15 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def _save(path: str | Path, tensor: Tensor, meta: dict[str, Any]) -> Path:
+    """Write the pair: both files are complete before either is renamed into place,
+    and the JSON names the tensor file's hash."""
     tensor_path, json_path = _paths(path)
-    with atomic_path(tensor_path) as tmp:
-        save_file({"values": tensor.detach().cpu().contiguous()}, str(tmp))
-    write_json(json_path, meta)
+    data = save_tensors({"values": tensor.detach().cpu().contiguous()})
+    meta = {**meta, "sha256": hashlib.sha256(data).hexdigest()}
+    text = json.dumps(meta, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    with atomic_paths(tensor_path, json_path) as (tmp_tensor, tmp_json):
+        tmp_tensor.write_bytes(data)
+        tmp_json.write_text(text, encoding="utf-8")
     return tensor_path
 
 
@@ -41,10 +59,32 @@ def _load(path: str | Path, kind: str) -> tuple[Tensor, dict[str, Any]]:
     for p in (tensor_path, json_path):
         if not p.is_file():
             raise TasklensError(f"Cannot load {kind}: {str(p)!r} does not exist (need .safetensors + .json)")
-    meta = json.loads(json_path.read_text())
-    if meta.get("kind") != kind:
-        raise TasklensError(f"{str(json_path)!r} holds a {meta.get('kind')!r}, not a {kind}")
-    return load_file(str(tensor_path))["values"], meta
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise TasklensError(
+            f"{str(json_path)!r} is not valid JSON ({error}); the file is damaged: recompute the {kind}"
+        ) from error
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+        raise TasklensError(f"{str(json_path)!r} holds a {found!r}, not a {kind}")
+    data = tensor_path.read_bytes()
+    expected = meta.get("sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise TasklensError(
+            f"{str(tensor_path)!r} does not match its sidecar {json_path.name!r} (the tensor's hash "
+            "differs): the pair comes from two different runs or a write was interrupted; recompute it"
+        )
+    try:
+        tensors = load_tensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise TasklensError(
+            f"{str(tensor_path)!r} is not a readable safetensors file ({error}); it is empty, truncated "
+            f"or damaged: recompute the {kind}"
+        ) from error
+    if "values" not in tensors:
+        raise TasklensError(f"{str(tensor_path)!r} has no 'values' tensor; it was not written by tasklens")
+    return tensors["values"], meta
 
 
 def check_shape(tensor: Tensor, shape: tuple[int, int], what: str) -> None:
@@ -55,6 +95,48 @@ def check_shape(tensor: Tensor, shape: tuple[int, int], what: str) -> None:
         )
 
 
+def _check_model(meta: dict[str, Any], model, what: str, allow_other_model: bool) -> None:
+    """Compare an artifact's recorded model with ``model``; raise unless allowed."""
+    from tasklens.models import ModelInfo
+    from tasklens.provenance import model_fingerprint
+
+    info = ModelInfo.of(model)
+    recorded, name = meta.get("model_fingerprint"), meta.get("model")
+    if recorded:
+        same = recorded == model_fingerprint(model)
+    else:  # files written before fingerprints: compare the model specs
+        same = name in (None, "", info.name)
+    if same:
+        return
+    message = (
+        f"{what} was made on model {name!r} but is being used with {info.name!r}, a model with other "
+        "weights; recompute it on this model, or pass allow_other_model=True to use it anyway"
+    )
+    if not allow_other_model:
+        raise TasklensError(message)
+    warnings.warn(message, TasklensWarning, stacklevel=3)
+
+
+def _known(cls, meta: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar keys ``cls`` takes; unknown keys (from newer versions) are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in meta.items() if k in names}
+
+
+def ranking(values: Float[Tensor, "layer neuron"]) -> Int[Tensor, " n"]:
+    """Flat neuron indices from the highest score down; ties keep index order.
+
+    The one ordering every top-k in tasklens uses (selection, cumulativity bands,
+    benchmarks), so a set and the curve that removes it agree.
+    """
+    flat = values.detach().flatten()
+    if not torch.isfinite(flat).all():
+        raise TasklensError(
+            "Scores contain NaN or inf (changed after they were made?); they cannot be ranked: recompute them"
+        )
+    return flat.argsort(descending=True, stable=True)
+
+
 @dataclass
 class NeuronScores:
     """A score for every MLP neuron of one model, for one task and method.
@@ -63,13 +145,20 @@ class NeuronScores:
         values: ``[n_layers, d_mlp]`` float scores (higher = more important).
         model: the model spec.
         task: task name.
-        task_hash: `Task.data_hash` of the data scored.
         method: scorer name.
-        params: the scorer's parameters.
+        task_hash: `Task.data_hash` of the data scored.
+        params: the scorer's parameters (plain data).
         unit: neuron unit scored (``hook_post``, ``hook_pre``, ``hook_pre_linear``).
         n_prompts: prompts scored.
         n_tokens: token positions the statistic was taken over.
+        reduction: how the score combines over prompts: ``"sum"`` (a sum over prompts,
+            the gradient and patching scores), ``"mean"`` (a mean over ``n_tokens``
+            tokens) or ``"none"`` (cannot be combined, e.g. average precision).
+        model_fingerprint: `tasklens.provenance.model_fingerprint` of the model.
         version: tasklens version that produced it.
+
+    Scores of the same model, method and unit add up with ``+`` (e.g. two halves of
+    a task's prompts): sums add, means are weighted by their token counts.
     """
 
     values: Float[Tensor, "layer neuron"]
@@ -81,13 +170,23 @@ class NeuronScores:
     unit: str = "hook_post"
     n_prompts: int = 0
     n_tokens: int = 0
+    reduction: str = "sum"
+    model_fingerprint: str = ""
     version: str = tasklens.__version__
 
+    kind: ClassVar[str] = "NeuronScores"
+
     def __post_init__(self) -> None:
-        if self.values.ndim != 2:
-            raise TasklensError(
-                f"NeuronScores needs a [n_layers, d_mlp] tensor, got shape {tuple(self.values.shape)}"
+        if not isinstance(self.values, Tensor) or self.values.ndim != 2:
+            shape = (
+                tuple(self.values.shape) if isinstance(self.values, Tensor) else type(self.values).__name__
             )
+            raise TasklensError(f"NeuronScores needs a [n_layers, d_mlp] tensor, got {shape}")
+        if not self.values.is_floating_point():
+            self.values = self.values.float()
+        if self.reduction not in REDUCTIONS:
+            raise TasklensError(f"Unknown reduction {self.reduction!r}; choose one of {list(REDUCTIONS)}")
+        self.params = plain(dict(self.params))
         bad = ~torch.isfinite(self.values)
         if bad.any():
             layers = sorted({int(i) for i in bad.nonzero()[:, 0]})
@@ -101,40 +200,126 @@ class NeuronScores:
         return tuple(self.values.shape)  # type: ignore[return-value]
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "kind": "NeuronScores",
-            "model": self.model,
-            "task": self.task,
-            "task_hash": self.task_hash,
-            "method": self.method,
-            "params": self.params,
-            "unit": self.unit,
-            "n_prompts": self.n_prompts,
-            "n_tokens": self.n_tokens,
-            "version": self.version,
-            "shape": list(self.shape),
-        }
+        meta = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "values"}
+        return {"kind": self.kind, **meta, "shape": list(self.shape)}
 
     def save(self, path: str | Path) -> Path:
         """Write ``path.safetensors`` and ``path.json``; returns the tensor file's path."""
         return _save(path, self.values.float(), self.metadata())
 
     @classmethod
-    def load(cls, path: str | Path, shape: tuple[int, int] | None = None) -> NeuronScores:
-        """Load scores; with ``shape`` given, check they fit that model's neuron grid."""
-        values, meta = _load(path, "NeuronScores")
+    def load(
+        cls,
+        path: str | Path,
+        shape: tuple[int, int] | None = None,
+        *,
+        model=None,
+        allow_other_model: bool = False,
+    ) -> NeuronScores:
+        """Load scores; with ``model`` (or ``shape``) given, check they were made for it."""
+        values, meta = _load(path, cls.kind)
+        if not values.is_floating_point():
+            raise TasklensError(f"{str(path)!r} holds {values.dtype} values, not scores; recompute them")
+        if model is not None:
+            from tasklens.models import ModelInfo
+
+            shape = ModelInfo.of(model).shape
         if shape is not None:
             check_shape(values, shape, f"Scores file {str(path)!r}")
-        meta = {k: v for k, v in meta.items() if k not in ("kind", "shape")}
-        return cls(values=values, **meta)
+        if model is not None:
+            _check_model(meta, model, f"Scores file {str(path)!r}", allow_other_model)
+        return cls(values=values, **_known(cls, meta))
+
+    # --- reading ------------------------------------------------------------------
+    def ranking(self) -> Int[Tensor, " n"]:
+        """Flat neuron indices, best first, ties in index order (see `ranking`)."""
+        return ranking(self.values)
 
     def top(self, k: int) -> list[tuple[int, int, float]]:
-        """The ``k`` highest-scoring neurons as (layer, index, score)."""
-        flat = self.values.flatten()
-        k = min(k, flat.numel())
-        vals, idx = flat.topk(k)
+        """The ``k`` highest-scoring neurons as (layer, index, score), ties by index."""
         d = self.values.shape[1]
-        return [(int(i) // d, int(i) % d, float(v)) for v, i in zip(vals, idx, strict=True)]
+        flat = self.values.flatten()
+        return [(int(i) // d, int(i) % d, float(flat[i])) for i in self.ranking()[:k]]
+
+    def to_frame(self, k: int | None = None) -> pd.DataFrame:
+        """The top ``k`` neurons (all when None) as a frame: rank, layer, neuron, score."""
+        top = self.top(self.values.numel() if k is None else k)
+        frame = pd.DataFrame(top, columns=["layer", "neuron", "score"])
+        frame.insert(0, "rank", range(1, len(frame) + 1))
+        return frame
+
+    def per_layer(self, k: int) -> list[int]:
+        """How many of the top ``k`` neurons each layer holds."""
+        counts = torch.zeros(self.shape[0], dtype=torch.long)
+        layers = self.ranking()[:k] // self.shape[1]
+        counts.index_add_(0, layers, torch.ones_like(layers))
+        return counts.tolist()
+
+    def show(self, k: int = 10):
+        """Display the summary in a notebook (or return it as text elsewhere)."""
+        try:
+            from IPython.display import HTML, display
+        except ImportError:
+            return repr(self)
+        display(HTML(self._repr_html_(k)))
+        return None
+
+    def _repr_html_(self, k: int = 10) -> str:
+        head = (
+            f"<b>NeuronScores</b> {html.escape(self.method)} on <b>{html.escape(self.task)}</b> "
+            f"({self.n_prompts} prompts), model {html.escape(str(self.model))}, unit {self.unit}, "
+            f"shape {list(self.shape)}"
+        )
+        one_percent = max(1, round(0.01 * self.values.numel()))
+        layers = ", ".join(str(c) for c in self.per_layer(one_percent))
+        top = self.to_frame(k).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+        return f"<div>{head}<br>top 1 % ({one_percent}) per layer: [{layers}]{top}</div>"
+
+    def __repr__(self) -> str:
+        return (
+            f"NeuronScores(method={self.method!r}, task={self.task!r}, model={self.model!r}, "
+            f"unit={self.unit!r}, shape={list(self.shape)}, n_prompts={self.n_prompts})"
+        )
+
+    # --- combining ------------------------------------------------------------------
+    def __add__(self, other: NeuronScores) -> NeuronScores:
+        if isinstance(other, int) and other == 0:  # sum([...]) starts from 0
+            return self
+        if not isinstance(other, NeuronScores):
+            return NotImplemented
+        for name in ("shape", "method", "unit", "reduction", "params"):
+            if getattr(self, name) != getattr(other, name):
+                raise TasklensError(
+                    f"Cannot add scores with different {name}: {getattr(self, name)!r} and "
+                    f"{getattr(other, name)!r}; only scores of one method, unit and model add up"
+                )
+        if (
+            self.model_fingerprint
+            and other.model_fingerprint
+            and self.model_fingerprint != other.model_fingerprint
+        ):
+            raise TasklensError(f"Cannot add scores of different models ({self.model!r}, {other.model!r})")
+        if self.reduction == "none":
+            raise TasklensError(
+                f"{self.method} scores do not add up over prompts (reduction 'none'); "
+                "score the combined prompts in one call instead"
+            )
+        if self.reduction == "sum":
+            values = self.values + other.values
+        else:
+            total = max(self.n_tokens + other.n_tokens, 1)
+            values = (self.values * self.n_tokens + other.values * other.n_tokens) / total
+        task = self.task if self.task == other.task else f"{self.task}+{other.task}"
+        return dataclasses.replace(
+            self,
+            values=values,
+            task=task,
+            task_hash=f"{self.task_hash}+{other.task_hash}",
+            n_prompts=self.n_prompts + other.n_prompts,
+            n_tokens=self.n_tokens + other.n_tokens,
+        )
+
+    __radd__ = __add__
 
 
 @dataclass
@@ -151,12 +336,21 @@ class NeuronSet:
     name: str = "neurons"
     meta: dict[str, Any] = field(default_factory=dict)
 
+    kind: ClassVar[str] = "NeuronSet"
+
     def __post_init__(self) -> None:
-        if self.mask.ndim != 2:
-            raise TasklensError(
-                f"NeuronSet needs a [n_layers, d_mlp] mask, got shape {tuple(self.mask.shape)}"
-            )
-        self.mask = self.mask.bool()
+        if not isinstance(self.mask, Tensor) or self.mask.ndim != 2:
+            shape = tuple(self.mask.shape) if isinstance(self.mask, Tensor) else type(self.mask).__name__
+            raise TasklensError(f"NeuronSet needs a [n_layers, d_mlp] mask, got {shape}")
+        if self.mask.dtype != torch.bool:
+            values = self.mask.unique()
+            if not bool(((values == 0) | (values == 1)).all()):
+                raise TasklensError(
+                    f"NeuronSet {self.name!r} needs a 0/1 mask, got values such as "
+                    f"{values[:5].tolist()}; select neurons from scores with tasklens.selection"
+                )
+            self.mask = self.mask.bool()
+        self.meta = plain(dict(self.meta))
 
     @classmethod
     def from_pairs(cls, pairs, shape: tuple[int, int], name: str = "neurons") -> NeuronSet:
@@ -177,6 +371,8 @@ class NeuronSet:
 
     def __contains__(self, item: tuple[int, int]) -> bool:
         layer, index = item
+        if not (0 <= layer < self.shape[0] and 0 <= index < self.shape[1]):
+            return False
         return bool(self.mask[layer, index])
 
     def _other(self, other: NeuronSet) -> Tensor:
@@ -219,9 +415,27 @@ class NeuronSet:
         check_shape(self.mask, shape, f"Neuron set {self.name!r}")
         return self
 
+    def summary(self) -> dict[str, Any]:
+        """Plain-data identity of the set (for provenance): name, size, per-layer counts, hash."""
+        return {
+            "name": self.name,
+            "size": len(self),
+            "per_layer": self.counts_per_layer(),
+            "sha256": tensor_hash(self.mask),
+        }
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<div><b>NeuronSet</b> {html.escape(self.name)}: {len(self)} of {self.mask.numel()} neurons; "
+            f"per layer {self.counts_per_layer()}</div>"
+        )
+
+    def __repr__(self) -> str:
+        return f"NeuronSet(name={self.name!r}, size={len(self)}, shape={list(self.shape)})"
+
     def save(self, path: str | Path) -> Path:
         meta = {
-            "kind": "NeuronSet",
+            "kind": self.kind,
             "name": self.name,
             "meta": self.meta,
             "shape": list(self.shape),
@@ -231,8 +445,35 @@ class NeuronSet:
         return _save(path, self.mask.to(torch.uint8), meta)
 
     @classmethod
-    def load(cls, path: str | Path, shape: tuple[int, int] | None = None) -> NeuronSet:
-        values, meta = _load(path, "NeuronSet")
+    def load(
+        cls,
+        path: str | Path,
+        shape: tuple[int, int] | None = None,
+        *,
+        model=None,
+        allow_other_model: bool = False,
+    ) -> NeuronSet:
+        """Load a set; with ``model`` (or ``shape``) given, check it was made for that model."""
+        values, meta = _load(path, cls.kind)
+        if values.dtype not in (torch.uint8, torch.bool) or not bool((values <= 1).all()):
+            raise TasklensError(
+                f"{str(path)!r} holds {values.dtype} values {values.flatten()[:4].tolist()}..., not a 0/1 "
+                "neuron mask (a scores tensor saved as a set?); select a set with tasklens.selection"
+            )
+        claims = {"shape": list(values.shape), "size": int(values.sum())}
+        for key, actual in claims.items():
+            if key in meta and meta[key] != actual:
+                raise TasklensError(
+                    f"{str(path)!r}: the sidecar says {key} {meta[key]} but the mask has {actual}; "
+                    "the pair does not belong together: recompute the set"
+                )
+        if model is not None:
+            from tasklens.models import ModelInfo
+
+            shape = ModelInfo.of(model).shape
         if shape is not None:
             check_shape(values, shape, f"Neuron set file {str(path)!r}")
-        return cls(values.bool(), meta.get("name", "neurons"), meta.get("meta", {}))
+        inner = meta.get("meta", {})
+        if model is not None:
+            _check_model(inner, model, f"Neuron set file {str(path)!r}", allow_other_model)
+        return cls(values.bool(), meta.get("name", "neurons"), inner)

@@ -1,14 +1,21 @@
-"""Matplotlib figures for tasklens's tables (each returns the Figure)."""
+"""Matplotlib figures for tasklens's tables (each returns the Figure).
+
+Figures are made with pyplot and detached from it before they are returned, so a
+script never opens a window and a notebook shows a figure exactly once: when it
+is a cell's result or passed to ``display``. The backend is the user's (Agg when
+there is no display, the inline backend in Jupyter).
+"""
 
 from __future__ import annotations
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+
+def _detached(fig):
+    plt.close(fig)
+    return fig
 
 
 def heatmap(
@@ -37,7 +44,7 @@ def heatmap(
             )
     fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_title(title)
-    return fig
+    return _detached(fig)
 
 
 def layer_bars(table: pd.DataFrame, title: str):
@@ -53,7 +60,7 @@ def layer_bars(table: pd.DataFrame, title: str):
     axes[0][0].set_ylabel("neurons")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title)
-    return fig
+    return _detached(fig)
 
 
 def curves(frames: dict[str, pd.DataFrame], x: str, ys: list[str], title: str, logx: bool = True):
@@ -69,4 +76,30 @@ def curves(frames: dict[str, pd.DataFrame], x: str, ys: list[str], title: str, l
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
-    return fig
+    return _detached(fig)
+
+
+def effect_bars(summary: pd.DataFrame, title: str):
+    """Per set: own-task change, mean change on the other tasks, and the random controls'
+    own-task change with ±1 sd error bars (from `EvaluationResult.own_and_others`)."""
+    names = list(summary.index)
+    x = np.arange(len(names))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(names), 3.0))
+    ax.bar(x - width, summary["own_change"], width, label="own task", color="tab:red")
+    ax.bar(x, summary["others_change"], width, label="other tasks (mean)", color="tab:gray")
+    ax.bar(
+        x + width,
+        summary["control_own_change"].fillna(0),
+        width,
+        yerr=summary["control_own_std"].fillna(0),
+        capsize=3,
+        label="random sets, own task (±1 sd)",
+        color="tab:blue",
+    )
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("change from unmodified")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return _detached(fig)

@@ -1,11 +1,24 @@
-"""Selecting a `NeuronSet` from `NeuronScores`: the single-task selection rules."""
+"""Selecting a `NeuronSet` from `NeuronScores`: the single-task selection rules.
+
+Every rule is registered by name in `SELECTIONS` (``(scores, value) -> NeuronSet``),
+so runs and the CLI can name it (``select = "top_percent"``, ``value = 1.0``);
+register your own with `tasklens.register_selection`. Every top-k uses one
+ordering, `tasklens.neurons.ranking` (ties broken by neuron index).
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 
 from tasklens.errors import TasklensError
 from tasklens.neurons import NeuronScores, NeuronSet
+from tasklens.registry import Registry
+
+Selection = Callable[[NeuronScores, float], NeuronSet]
+SELECTIONS: Registry[Selection] = Registry("selection")
 
 
 def _from_flat(scores: NeuronScores, idx: torch.Tensor, rule: dict) -> NeuronSet:
@@ -16,20 +29,33 @@ def _from_flat(scores: NeuronScores, idx: torch.Tensor, rule: dict) -> NeuronSet
         "task": scores.task,
         "method": scores.method,
         "model": scores.model,
+        "model_fingerprint": scores.model_fingerprint,
         "unit": scores.unit,
         "task_hash": scores.task_hash,
     }
     return NeuronSet(mask.view_as(scores.values), name=scores.task, meta=meta)
 
 
-def top_k(scores: NeuronScores, k: int) -> NeuronSet:
+def whole_number(value: float, what: str) -> int:
+    """``value`` as an int, refusing fractions (``2.0`` is 2; ``2.7`` is an error)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TasklensError(f"{what} must be a whole number, got {value!r}")
+    if value != int(value):
+        raise TasklensError(f"{what} must be a whole number, got {value}; round it yourself")
+    return int(value)
+
+
+@SELECTIONS.register("top_k")
+def top_k(scores: NeuronScores, k: float) -> NeuronSet:
     """The ``k`` highest-scoring neurons over all layers (ties broken by index)."""
+    k = whole_number(k, "k (the number of neurons)")
     total = scores.values.numel()
     if not 0 < k <= total:
         raise TasklensError(f"Cannot select {k} neurons: the model has {total}; choose 1..{total}")
-    return _from_flat(scores, scores.values.flatten().topk(k).indices, {"rule": "top_k", "k": k})
+    return _from_flat(scores, scores.ranking()[:k], {"rule": "top_k", "k": k})
 
 
+@SELECTIONS.register("top_percent")
 def top_percent(scores: NeuronScores, percent: float) -> NeuronSet:
     """The top ``percent`` % of all neurons (at least one)."""
     if not 0 < percent <= 100:
@@ -40,21 +66,30 @@ def top_percent(scores: NeuronScores, percent: float) -> NeuronSet:
     return selected
 
 
-def per_layer_top_k(scores: NeuronScores, k: int) -> NeuronSet:
-    """The ``k`` highest-scoring neurons of every layer."""
+@SELECTIONS.register("per_layer_top_k")
+def per_layer_top_k(scores: NeuronScores, k: float) -> NeuronSet:
+    """The ``k`` highest-scoring neurons of every layer (ties broken by index)."""
+    k = whole_number(k, "k (neurons per layer)")
     n_layers, width = scores.shape
     if not 0 < k <= width:
         raise TasklensError(f"Cannot select {k} neurons per layer: layers have {width}; choose 1..{width}")
-    idx = scores.values.topk(k, dim=1).indices + torch.arange(n_layers)[:, None] * width
+    scores.ranking()  # refuses NaN
+    order = scores.values.argsort(dim=1, descending=True, stable=True)[:, :k]
+    idx = order + torch.arange(n_layers)[:, None] * width
     return _from_flat(scores, idx.flatten(), {"rule": "per_layer_top_k", "k": k})
 
 
+@SELECTIONS.register("threshold")
 def threshold(scores: NeuronScores, value: float) -> NeuronSet:
     """Every neuron whose score is at least ``value``."""
+    if not math.isfinite(value):
+        raise TasklensError(f"threshold must be a finite number, got {value}")
+    scores.ranking()  # refuses NaN
     idx = (scores.values.flatten() >= value).nonzero().flatten()
     return _from_flat(scores, idx, {"rule": "threshold", "value": value})
 
 
+@SELECTIONS.register("fraction_of_max")
 def fraction_of_max(scores: NeuronScores, fraction: float) -> NeuronSet:
     """Every neuron scoring at least ``fraction`` x the maximum score (knowledge-neuron rule)."""
     if not 0 < fraction <= 1:
@@ -62,6 +97,11 @@ def fraction_of_max(scores: NeuronScores, fraction: float) -> NeuronSet:
     selected = threshold(scores, fraction * float(scores.values.max()))
     selected.meta["rule"] = {"rule": "fraction_of_max", "fraction": fraction}
     return selected
+
+
+def select(scores: NeuronScores, rule: str, value: float) -> NeuronSet:
+    """Apply the selection registered as ``rule``; the set is named after the scores' task."""
+    return SELECTIONS.get(rule)(scores, value)
 
 
 def random_like(neurons: NeuronSet, seed: int) -> NeuronSet:
@@ -81,6 +121,8 @@ def contrast(scores: dict[str, NeuronScores]) -> dict[str, NeuronScores]:
     With activation statistics this ranks neurons by how much more they respond
     to a task than to the others, rather than by how active they are overall.
     """
+    import dataclasses
+
     if len(scores) < 2:
         raise TasklensError("contrast needs scores for at least two tasks")
     shapes = {s.shape for s in scores.values()}
@@ -89,15 +131,11 @@ def contrast(scores: dict[str, NeuronScores]) -> dict[str, NeuronScores]:
     out = {}
     for name, own in scores.items():
         others = torch.stack([s.values for n, s in scores.items() if n != name]).mean(0)
-        out[name] = NeuronScores(
+        out[name] = dataclasses.replace(
+            own,
             values=own.values - others,
-            model=own.model,
-            task=own.task,
             method=f"{own.method}-contrast",
-            task_hash=own.task_hash,
             params={**own.params, "contrast_with": sorted(set(scores) - {name})},
-            unit=own.unit,
-            n_prompts=own.n_prompts,
-            n_tokens=own.n_tokens,
+            reduction="none",
         )
     return out

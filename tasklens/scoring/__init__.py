@@ -1,36 +1,51 @@
-"""Scorers: one class per method, one ``attribute(model, task, unit=, batch_size=)`` entry point."""
+"""Scorers: one class per method, one ``attribute(model, task, unit=, batch_size=)`` entry point.
+
+Every scorer is registered by name in `SCORERS`; `get_scorer` builds one from its
+name and parameters (as the CLI and run configs do). Register your own with
+`tasklens.register_scorer`.
+"""
 
 from __future__ import annotations
 
-from tasklens.errors import check_choice
+import dataclasses
+from typing import Any
+
+from tasklens.errors import TasklensError
 from tasklens.scoring.activation import ActivationStats
 from tasklens.scoring.attribution import GradientAttribution
-from tasklens.scoring.base import Scorer
+from tasklens.scoring.base import SCORERS, Scorer
 from tasklens.scoring.cgvst import CGVST
 from tasklens.scoring.exact import ExactAblation, VerifiedPatching
 from tasklens.scoring.expertise import AveragePrecisionExpertise
 from tasklens.scoring.integrated_gradients import IntegratedGradients
 from tasklens.scoring.patching import AttributionPatching
 
-SCORERS: dict[str, type] = {
-    cls.name: cls
-    for cls in (
-        ActivationStats,
-        GradientAttribution,
-        CGVST,
-        AttributionPatching,
-        IntegratedGradients,
-        ExactAblation,
-        VerifiedPatching,
-        AveragePrecisionExpertise,
-    )
-}
+
+def scorer_parameters(name: str) -> dict[str, Any]:
+    """A registered scorer's parameters and their defaults."""
+    cls = SCORERS.get(name)
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else None
+        for f in dataclasses.fields(cls)
+        if f.init
+    }
 
 
-def get_scorer(name: str, **params) -> Scorer:
+def get_scorer(name: str, **params: Any) -> Scorer:
     """A scorer by name, e.g. ``get_scorer("attribution_patching", baseline="mean")``."""
-    check_choice("scorer", name, SCORERS)
-    return SCORERS[name](**params)
+    cls = SCORERS.get(name)
+    known = scorer_parameters(name)
+    unknown = sorted(set(params) - set(known)) if known else []
+    if unknown:
+        raise TasklensError(
+            f"Scorer {name!r} has no parameter(s) {unknown}; its parameters are {sorted(known)}"
+        )
+    try:
+        return cls(**params)
+    except TypeError as error:
+        raise TasklensError(f"Cannot build scorer {name!r} with {params}: {error}") from error
 
 
 __all__ = [
@@ -45,4 +60,5 @@ __all__ = [
     "Scorer",
     "VerifiedPatching",
     "get_scorer",
+    "scorer_parameters",
 ]

@@ -18,7 +18,7 @@ from torch import Tensor
 from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
-from tasklens.scoring.base import make_scores, stream_activations
+from tasklens.scoring.base import SCORERS, make_scores, stream_activations
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import POSITIONS, Positions
 
@@ -49,6 +49,7 @@ class ActivationSums:
         raise TasklensError(f"Unknown statistic {statistic!r}; choose one of {list(STATISTICS)}")
 
 
+@SCORERS.register()
 @dataclass
 class ActivationStats:
     """Score neurons by an activation statistic over a task's tokens.
@@ -94,6 +95,7 @@ class ActivationStats:
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
         sums = self.accumulate(model, task, unit=unit, batch_size=batch_size)
+        reduction = "none" if self.statistic == "std" else "mean"
         return make_scores(
-            self, model, task, sums.statistic(self.statistic), unit, sums.n_prompts, sums.n_tokens
+            self, model, task, sums.statistic(self.statistic), unit, sums.n_prompts, sums.n_tokens, reduction
         )

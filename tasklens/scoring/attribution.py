@@ -16,7 +16,7 @@ from tasklens.errors import check_choice
 from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
-from tasklens.scoring.base import make_scores
+from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.scoring.gradients import stream_gradients
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import POSITIONS, Positions
@@ -24,6 +24,7 @@ from tasklens.tasks.tokenize import POSITIONS, Positions
 AGGREGATES = ("abs_of_sum", "sum_of_abs", "abs_of_total")
 
 
+@SCORERS.register()
 @dataclass
 class GradientAttribution:
     """Score neurons by |activation x gradient of the answer loss|.
@@ -68,6 +69,7 @@ class GradientAttribution:
                     total[layer] += ag.sum((0, 1))
             n_prompts += batch.size
             n_tokens += int(mask.sum())
+        reduction = "sum"
         if self.aggregate == "abs_of_total":
-            total = total.abs()
-        return make_scores(self, model, task, total, unit, n_prompts, n_tokens)
+            total, reduction = total.abs(), "none"
+        return make_scores(self, model, task, total, unit, n_prompts, n_tokens, reduction)

@@ -18,6 +18,8 @@ from torch import Tensor
 
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
+from tasklens.provenance import model_fingerprint, plain
+from tasklens.registry import Registry
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
 
@@ -33,14 +35,7 @@ class Scorer(Protocol):
         ...
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Task):
-        return {"task": value.name, "task_hash": value.data_hash()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if callable(value):
-        return getattr(value, "__qualname__", repr(value))
-    return value
+SCORERS: Registry[type] = Registry("scorer")
 
 
 def scorer_params(scorer: Any) -> dict[str, Any]:
@@ -48,23 +43,33 @@ def scorer_params(scorer: Any) -> dict[str, Any]:
     fields = (
         {f.name: getattr(scorer, f.name) for f in dc_fields(scorer)} if is_dataclass(scorer) else vars(scorer)
     )
-    return {k: _plain(v) for k, v in fields.items()}
+    return plain(fields)
 
 
 def make_scores(
-    scorer: Any, model, task: Task, values: Tensor, unit: str, n_prompts: int, n_tokens: int
+    scorer: Any,
+    model,
+    task: Task,
+    values: Tensor,
+    unit: str,
+    n_prompts: int,
+    n_tokens: int,
+    reduction: str = "sum",
+    **extra_params: Any,
 ) -> NeuronScores:
-    """Wrap a score tensor with its provenance."""
+    """Wrap a score tensor with its provenance (``extra_params`` join the scorer's parameters)."""
     return NeuronScores(
         values=values.detach().float().cpu(),
         model=ModelInfo.of(model).name,
         task=task.name,
         task_hash=task.data_hash(),
         method=scorer.name,
-        params=scorer_params(scorer),
+        params={**scorer_params(scorer), **extra_params},
         unit=unit,
         n_prompts=n_prompts,
         n_tokens=n_tokens,
+        reduction=reduction,
+        model_fingerprint=model_fingerprint(model),
     )
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
-from tasklens.scoring.base import make_scores
+from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.scoring.gradients import forward_backward
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask, marker_positions
@@ -45,6 +45,7 @@ def marker_loss(logits: Tensor, batch: Batch, positions: list[list[int]], n_demo
     return torch.stack(losses)
 
 
+@SCORERS.register()
 @dataclass
 class CGVST:
     """Score neurons by the gradient of the marker-token loss w.r.t. their W_up row.

@@ -17,25 +17,23 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tasklens.errors import check_choice
 from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores, NeuronSet
-from tasklens.scoring.base import make_scores
-from tasklens.scoring.patching import BASELINES, baseline_inputs
+from tasklens.scoring.base import SCORERS, make_scores
+from tasklens.scoring.patching import PatchingOptions, baseline_inputs
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch
 
 
+@SCORERS.register()
 @dataclass
-class ExactAblation:
+class ExactAblation(PatchingOptions):
     """Exact effect of replacing each neuron, one neuron at a time.
 
     Args:
-        baseline: ``"zero"`` (default), ``"mean"`` (task mean over all tokens) or
-            ``"corrupted"`` (activation on the corrupted prompt, same token length).
-        metric: per-prompt metric (default ``"logprob"`` of the answer).
-        absolute: sum |change| per prompt instead of the signed drop.
+        baseline, metric, absolute: see `PatchingOptions` (``"mean"`` is the task
+            mean over all tokens; ``"corrupted"`` the activation on the corrupted prompt).
         max_rows: sequences per forward pass (prompts x neurons tested together).
         only: test only these neurons (the others score 0), e.g. a scorer's top candidates.
         replay: run only the blocks from the ablated layer on (see `replay_blocks`).
@@ -44,18 +42,11 @@ class ExactAblation:
     The score is the drop ``metric(clean) - metric(replaced)`` summed over prompts.
     """
 
-    baseline: str = "zero"
-    metric: str = "logprob"
-    absolute: bool = False
     max_rows: int = 512
     only: NeuronSet | None = None
     replay: bool = True
     progress: bool = False
     name: ClassVar[str] = "exact_ablation"
-
-    def __post_init__(self) -> None:
-        check_choice("baseline", self.baseline, BASELINES)
-        get_metric(self.metric)
 
     @torch.no_grad()
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
@@ -181,8 +172,9 @@ def _repeat(batch: Batch, n: int) -> Batch:
     )
 
 
+@SCORERS.register()
 @dataclass
-class VerifiedPatching:
+class VerifiedPatching(PatchingOptions):
     """Attribution patching, with its top candidates re-scored by exact ablation.
 
     The linear estimate ranks all neurons in one forward and backward pass; the
@@ -192,9 +184,9 @@ class VerifiedPatching:
     drop in the metric): exact for candidates, linear for the rest.
 
     Args:
+        baseline, metric, absolute: see `PatchingOptions`.
         candidate_percent: share of all neurons verified exactly (cost: that share
             of `ExactAblation`'s).
-        baseline, metric: as in `AttributionPatching` and `ExactAblation`.
         with_absolute: also verify the top ``candidate_percent`` % by the per-prompt
             |estimate| (default): this catches neurons whose estimates cancel across
             prompts or that the linear estimate under-rates, at up to twice the exact
@@ -203,8 +195,6 @@ class VerifiedPatching:
     """
 
     candidate_percent: float = 5.0
-    baseline: str = "zero"
-    metric: str = "logprob"
     with_absolute: bool = True
     name: ClassVar[str] = "verified_patching"
 
@@ -212,20 +202,30 @@ class VerifiedPatching:
         from tasklens.scoring.patching import AttributionPatching
         from tasklens.selection import top_percent
 
-        estimate = AttributionPatching(self.baseline, self.metric).attribute(
+        estimate = AttributionPatching(self.baseline, self.metric, self.absolute).attribute(
             model, task, unit=unit, batch_size=batch_size
         )
         candidates = top_percent(estimate, self.candidate_percent)
-        if self.with_absolute:
+        if self.with_absolute and not self.absolute:
             magnitude = AttributionPatching(self.baseline, self.metric, absolute=True).attribute(
                 model, task, unit=unit, batch_size=batch_size
             )
             candidates = candidates | top_percent(magnitude, self.candidate_percent)
-        exact = ExactAblation(self.baseline, self.metric, only=candidates).attribute(
+        exact = ExactAblation(self.baseline, self.metric, self.absolute, only=candidates).attribute(
             model, task, unit=unit, batch_size=batch_size
         )
         values = torch.where(candidates.mask, exact.values, estimate.values)
-        return make_scores(self, model, task, values, unit, exact.n_prompts, exact.n_tokens)
+        return make_scores(
+            self,
+            model,
+            task,
+            values,
+            unit,
+            exact.n_prompts,
+            exact.n_tokens,
+            "none",
+            n_verified=len(candidates),
+        )
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from torch import Tensor
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
-from tasklens.scoring.base import make_scores, stream_activations
+from tasklens.scoring.base import SCORERS, make_scores, stream_activations
 from tasklens.tasks.task import Task
 
 
@@ -57,6 +57,7 @@ def average_precision(
     return torch.cat(out)
 
 
+@SCORERS.register()
 @dataclass
 class AveragePrecisionExpertise:
     """Score neurons by how well their mean activation picks the task's prompts out.
@@ -92,6 +93,4 @@ class AveragePrecisionExpertise:
         scores = torch.cat([pos, neg]).flatten(1)
         labels = torch.cat([torch.ones(len(pos), dtype=torch.bool), torch.zeros(len(neg), dtype=torch.bool)])
         ap = average_precision(scores, labels).view(pos.shape[1:])
-        scores = make_scores(self, model, task, ap, unit, len(task), 0)
-        scores.params["n_negatives"] = n_neg
-        return scores
+        return make_scores(self, model, task, ap, unit, len(task), 0, "none", n_negatives=n_neg)

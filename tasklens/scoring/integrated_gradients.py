@@ -24,7 +24,7 @@ from torch import Tensor
 from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
-from tasklens.scoring.base import make_scores
+from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -65,6 +65,7 @@ def _prefix(model, tokens: Tensor, names: list[str]):
     return torch.stack([store[n] for n in names], dim=1), kv
 
 
+@SCORERS.register()
 @dataclass
 class IntegratedGradients:
     """Knowledge-neuron integrated gradients at the last prompt token.

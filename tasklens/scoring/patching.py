@@ -22,7 +22,7 @@ from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
 from tasklens.scoring.activation import ActivationStats
-from tasklens.scoring.base import make_scores
+from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.scoring.gradients import forward_backward
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
@@ -81,33 +81,44 @@ def baseline_inputs(
 
 
 @dataclass
-class AttributionPatching:
-    """Attribution-patching estimate of each neuron's effect on a metric.
+class PatchingOptions:
+    """What patching-based scorers share: the replacement, the metric, and signed or |effect|.
 
     Args:
         baseline: what the neuron is patched to: ``"zero"`` (default; zero
             ablation), ``"mean"`` (its mean over the task's tokens) or
             ``"corrupted"`` (its activation on the task's corrupted prompt, same
-            length in tokens; other pairs are skipped).
-        metric: ``"logprob"`` (default: summed log-probability of the answer),
-            ``"loss"``, ``"prob"`` or any name in `tasklens.metrics.METRICS`.
-        graddrop: AtP*'s GradDrop: one backward per layer l with the gradient
-            through layer l's residual contributions (attention and MLP outputs)
-            cut; the score is the mean over those layers of |estimate|. Costs L
-            extra forward+backward passes.
-        absolute: score |estimated effect| per prompt (summed over prompts)
-            instead of the signed estimated drop.
+            length in tokens; other pairs are skipped with a warning).
+        metric: per-prompt metric, ``"logprob"`` (default: summed log-probability of
+            the answer), ``"loss"``, ``"prob"`` or any registered teacher-forced metric.
+        absolute: score |effect| per prompt (summed over prompts) instead of the
+            signed drop.
     """
 
     baseline: str = "zero"
     metric: str = "logprob"
-    graddrop: bool = False
     absolute: bool = False
-    name: ClassVar[str] = "attribution_patching"
 
     def __post_init__(self) -> None:
         check_choice("baseline", self.baseline, BASELINES)
         get_metric(self.metric)
+
+
+@SCORERS.register()
+@dataclass
+class AttributionPatching(PatchingOptions):
+    """Attribution-patching estimate of each neuron's effect on a metric.
+
+    Args:
+        baseline, metric, absolute: see `PatchingOptions`.
+        graddrop: AtP*'s GradDrop: one backward per layer l with the gradient
+            through layer l's residual contributions (attention and MLP outputs)
+            cut; the score is the mean over those layers of |estimate|. Costs L
+            extra forward+backward passes.
+    """
+
+    graddrop: bool = False
+    name: ClassVar[str] = "attribution_patching"
 
     def _estimate(self, model, batch: Batch, names, delta: dict, fwd_hooks=()) -> Tensor:
         """The estimated drop with ``fwd_hooks`` active during the backward's forward pass."""

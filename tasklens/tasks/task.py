@@ -195,3 +195,15 @@ class Task:
         data = asdict(self)
         data["meta"] = dict(self.meta)
         return data
+
+
+def check_task(value: Any) -> Task:
+    """``value`` if it is a `Task`; otherwise a clear error saying how to make one."""
+    if isinstance(value, Task):
+        return value
+    hint = ""
+    if isinstance(value, str):
+        hint = (
+            f" (for the built-in task, load_builtin({value!r}, 'detection'); for a file, Task.from_file(...))"
+        )
+    raise TasklensError(f"Expected a tasklens Task, got {type(value).__name__} {value!r:.60}{hint}")
