@@ -1,34 +1,152 @@
-"""The `tasklens` command line."""
+"""The `tasklens` command line.
+
+The run stages' options (`locate`, `ablate`, `compare`) are generated from the
+fields of `tasklens.pipeline.RunConfig`, so their names, defaults and help are
+written once; every command reports a `TasklensError` as a one-line message with
+exit code 2.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import sys
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import typer
 
 from tasklens.errors import TasklensError
 
-if TYPE_CHECKING:
-    from tasklens.pipeline import RunConfig
 
-app = typer.Typer(
-    help="Find, test and compare the MLP neurons a language model uses for a task.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-organism_app = typer.Typer(help="Train or evaluate the embedded model organism.", no_args_is_help=True)
-app.add_typer(organism_app, name="organism")
-
-
-def _fail(error: Exception) -> None:
+def fail(error: Exception) -> typing.NoReturn:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
+class TasklensApp(typer.Typer):
+    """A Typer app whose every command turns a `TasklensError` into a message and exit code 2."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def wrapped(*a, **k):
+                try:
+                    return fn(*a, **k)
+                except TasklensError as error:
+                    fail(error)
+
+            return register(wrapped)
+
+        return decorator
+
+
+app = TasklensApp(
+    help="Find, test and compare the MLP neurons a language model uses for a task.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+organism_app = TasklensApp(help="Train or evaluate the embedded model organism.", no_args_is_help=True)
+app.add_typer(organism_app, name="organism")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import tasklens
+
+        typer.echo(f"tasklens {tasklens.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Find, test and compare the MLP neurons a language model uses for a task."""
+
+
+# --- options generated from RunConfig ---------------------------------------------------------
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON where they can be (numbers, true/false, lists)."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TasklensError(f"--param takes key=value (e.g. --param baseline=mean), got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+def _config_parameters(fields: tuple[str, ...], from_run: tuple[str, ...]) -> list[inspect.Parameter]:
+    """One typer option per RunConfig field; fields in ``from_run`` default to the run's own."""
+    from tasklens.pipeline import RunConfig
+
+    hints = typing.get_type_hints(RunConfig)
+    by_name = {f.name: f for f in dataclasses.fields(RunConfig)}
+    parameters = []
+    for name in fields:
+        f = by_name[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind = hints[name]
+        if kind == dict[str, Any]:
+            kind, default = list[str], [f"{k}={json.dumps(v)}" for k, v in default.items()]
+        help_ = f.metadata["help"]
+        if name in from_run:
+            kind, default = typing.Optional[kind], None  # noqa: UP045 (typer needs Optional here)
+            help_ += " Default: the run's own (from its locate stage)."
+        flags = f.metadata["flags"] or ("--" + name.replace("_", "-"),)
+        if kind is bool:
+            flags = (f"{flags[0]}/--no-{flags[0][2:]}",)
+        option = typer.Option(default, *flags, help=help_, show_default=default not in (None, [], {}))
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        )
+    return parameters
+
+
+def _build_config(values: dict[str, Any], from_run: tuple[str, ...]):
+    """A checked RunConfig from CLI values; fields left unset in ``from_run`` come from the run."""
+    from tasklens.pipeline import RunConfig
+    from tasklens.runs import RunFolder
+
+    values = {k: v for k, v in values.items() if not (k in from_run and v is None)}
+    if "params" in values:
+        values["params"] = _parse_params(values["params"])
+    if from_run and any(name not in values for name in from_run):
+        record = RunFolder(values.get("out", RunConfig.out)).record("locate")["config"]
+        values = {**{k: record[k] for k in from_run if k in record}, **values}
+    return RunConfig.from_dict(values, source="the options")
+
+
+def config_command(name: str, fields: tuple[str, ...], from_run: tuple[str, ...] = ()):
+    """Register ``fn(config)`` as command ``name`` with one option per RunConfig field."""
+
+    def decorator(fn: Callable) -> Callable:
+        def command(**values):
+            fn(_build_config(values, from_run))
+
+        command.__signature__ = inspect.Signature(_config_parameters(fields, from_run))
+        command.__doc__ = fn.__doc__
+        command.__name__ = name
+        app.command(name)(command)
+        return fn
+
+    return decorator
+
+
+# --- commands ------------------------------------------------------------------------------------
 @app.command()
 def tasks() -> None:
     """List the built-in tasks with their sizes.
@@ -40,6 +158,33 @@ def tasks() -> None:
     for row in builtin_task_info():
         sizes = ", ".join(f"{k}={v}" for k, v in row["splits"].items())
         typer.echo(f"{row['name']:<16} {row['kind']:<15} {row['language']:<3} {sizes}")
+
+
+@app.command("list")
+def list_plugins(
+    plugin: list[str] = typer.Option([], "--plugin", help="Modules to import first (your own plug-ins)."),
+) -> None:
+    """List the registered scorers, metrics, selections and interventions.
+
+    Example: tasklens list --plugin my_plugins
+    """
+    import tasklens  # noqa: F401 (registers the built-in plug-ins)
+    from tasklens.interventions import INTERVENTIONS
+    from tasklens.metrics import METRICS
+    from tasklens.registry import describe, load_plugins
+    from tasklens.scoring import SCORERS
+    from tasklens.selection import SELECTIONS
+
+    load_plugins(plugin)
+    for title, registry in (
+        ("scorers", SCORERS),
+        ("metrics", METRICS),
+        ("selections", SELECTIONS),
+        ("interventions", INTERVENTIONS),
+    ):
+        typer.echo(f"{title}:")
+        for name, doc in describe(registry).items():
+            typer.echo(f"  {name:<22} {doc}")
 
 
 @app.command()
@@ -55,160 +200,75 @@ def demo(
     from tasklens.demo import run_demo
 
     start = time.time()
-    try:
-        result = run_demo(model, percent=percent, n_controls=controls)
-    except TasklensError as error:
-        _fail(error)
-    table = result.table()
+    result = run_demo(model, percent=percent, n_controls=controls)
     typer.echo("\nGreedy exact match on each task's evaluation prompts (rows: neurons zero-ablated)\n")
-    typer.echo(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    typer.echo(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
     typer.echo(
         f"\nsets: {', '.join(f'{s.name}={len(s)}' for s in result.sets)} neurons; {time.time() - start:.0f} s"
     )
 
 
-def _config(model: str, tasks: list[str], out: Path, **fields) -> RunConfig:
-    from tasklens.pipeline import RunConfig
-
-    config = RunConfig(model=model, out=str(out), **fields)
-    if tasks:
-        config.tasks = list(tasks)
-    config.check()
-    return config
-
-
-def _params(pairs: list[str]) -> dict:
-    """``key=value`` pairs; values parsed as JSON where they can be (numbers, true/false)."""
-    params = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise TasklensError(f"--param takes key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
-    return params
+LOCATE = ("model", "tasks", "out", "plugins", "split", "max_prompts", "method", "params", "unit", "select",
+          "value", "batch_size")  # fmt: skip
+ABLATE = ("model", "tasks", "out", "plugins", "eval_split", "max_prompts", "intervention", "factor",
+          "clamp_value", "controls", "metric", "batch_size")  # fmt: skip
+COMPARE = ("model", "tasks", "out", "plugins", "eval_split", "max_prompts", "metric", "cumulativity",
+           "interference", "batch_size")  # fmt: skip
+FROM_RUN = ("model", "tasks", "plugins")
 
 
-MODEL = typer.Option("organism", help="Model spec: 'organism', a local HF folder, or a hub name.")
-TASKS = typer.Option([], "--task", "-t", help="Built-in task name or JSONL/CSV file (repeatable).")
-OUT = typer.Option(Path("runs/tasklens"), help="Run folder (scores/, sets/, tables, figures, config).")
-
-
-@app.command()
-def locate(
-    model: str = MODEL,
-    task: list[str] = TASKS,
-    out: Path = OUT,
-    method: str = typer.Option("attribution_patching", help="Scorer name (see tasklens.scoring.SCORERS)."),
-    param: list[str] = typer.Option([], help="Scorer parameter key=value (repeatable)."),
-    unit: str = typer.Option("hook_post", help="Neuron unit: hook_post, hook_pre, hook_pre_linear."),
-    select: str = typer.Option("top_percent", help="top_percent, top_k, per_layer_top_k, threshold, ..."),
-    value: float = typer.Option(1.0, help="The selection's value (percent, k, threshold...)."),
-    max_prompts: int = typer.Option(150, help="Prompts per task (deterministic sample)."),
-) -> None:
+@config_command("locate", LOCATE)
+def locate(config) -> None:
     """Score every neuron for each task and select a set; writes scores/ and sets/.
 
     Example: tasklens locate -t continent_of -t addition --method gradient_attribution --value 2
     """
     from tasklens.pipeline import locate as run_locate
 
-    try:
-        config = _config(
-            model,
-            task,
-            out,
-            method=method,
-            params=_params(param),
-            unit=unit,
-            select=select,
-            value=value,
-            max_prompts=max_prompts,
-        )
-        sets = run_locate(config)
-    except TasklensError as error:
-        _fail(error)
-    typer.echo(f"{len(sets)} sets ({', '.join(f'{s.name}={len(s)}' for s in sets)}) in {out}")
+    sets = run_locate(config)
+    typer.echo(f"{len(sets)} sets ({', '.join(f'{s.name}={len(s)}' for s in sets)}) in {config.out}")
 
 
-@app.command()
-def ablate(
-    model: str = MODEL,
-    task: list[str] = TASKS,
-    out: Path = OUT,
-    intervention: str = typer.Option("ablate", help="ablate (zero) or amplify."),
-    factor: float = typer.Option(2.0, help="Amplification factor."),
-    controls: int = typer.Option(3, help="Random control sets per set (same per-layer counts)."),
-    metric: str = typer.Option("exact_match", help="exact_match, logprob, next_token, loss, logit, prob."),
-    max_prompts: int = typer.Option(150, help="Evaluation prompts per task."),
-) -> None:
-    """Evaluation matrix of the run's sets (from `locate`) on every task.
+@config_command("ablate", ABLATE, FROM_RUN)
+def ablate(config) -> None:
+    """Evaluation matrix of the run's sets (from `locate`) on every task, beside random controls.
 
-    Example: tasklens ablate -t continent_of -t addition --intervention amplify --factor 3
+    Example: tasklens ablate --out runs/x --intervention amplify --factor 3
     """
-    from tasklens.matrix import pivot
     from tasklens.pipeline import ablate as run_ablate
 
-    try:
-        config = _config(
-            model,
-            task,
-            out,
-            intervention=intervention,
-            factor=factor,
-            controls=controls,
-            metric=metric,
-            max_prompts=max_prompts,
-        )
-        frame = run_ablate(config)
-    except TasklensError as error:
-        _fail(error)
-    typer.echo(pivot(frame).to_string(float_format=lambda v: f"{v:.3f}"))
+    result = run_ablate(config)
+    typer.echo(result.pivot().to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-@app.command()
-def compare(
-    model: str = MODEL,
-    task: list[str] = TASKS,
-    out: Path = OUT,
-    causal: bool = typer.Option(True, help="Also run cumulativity and interference (needs the model)."),
-    max_prompts: int = typer.Option(150, help="Evaluation prompts per task."),
-) -> None:
+@config_command("compare", COMPARE, FROM_RUN)
+def compare(config) -> None:
     """Overlap, shared vs exclusive neurons, cumulativity and interference of the run's sets.
 
-    Example: tasklens compare -t continent_of -t currency_of --out runs/relations
+    Example: tasklens compare --out runs/relations --no-cumulativity
     """
     from tasklens.pipeline import compare as run_compare
 
-    try:
-        config = _config(model, task, out, cumulativity=causal, interference=causal, max_prompts=max_prompts)
-        results = run_compare(config)
-    except TasklensError as error:
-        _fail(error)
+    results = run_compare(config)
     typer.echo(results["overlap_jaccard"].to_string(float_format=lambda v: f"{v:.3f}"))
 
 
 @app.command()
 def report(run: Path = typer.Argument(..., help="A run folder.")) -> None:
-    """Write a self-contained HTML report (tables, figures, circuitsvis views) into a run folder.
+    """Write a self-contained HTML report (findings, figures, circuitsvis views) into a run folder.
 
     Example: tasklens report runs/tasklens
     """
     from tasklens.report import build_report
 
-    try:
-        path = build_report(run)
-    except TasklensError as error:
-        _fail(error)
-    typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {build_report(run)}")
 
 
 @app.command("run")
 def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunConfig fields.")) -> None:
     """Run locate, ablate, compare and report from one TOML config; the run folder keeps a copy.
 
-    Example: tasklens run examples/relations.toml
+    Example: tasklens run analyses/relations.toml
     """
     from tasklens.models import load_model
     from tasklens.pipeline import RunConfig
@@ -218,15 +278,12 @@ def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunC
     from tasklens.report import build_report
 
     start = time.time()
-    try:
-        config = RunConfig.from_toml(config_file)
-        model = load_model(config.model)
-        sets = run_locate(config, model)
-        run_ablate(config, model)
-        run_compare(config, model)
-        path = build_report(config.out, model)
-    except TasklensError as error:
-        _fail(error)
+    config = RunConfig.from_toml(config_file)
+    model = load_model(config.model)
+    sets = run_locate(config, model)
+    run_ablate(config, model)
+    run_compare(config, model)
+    path = build_report(config.out, model)
     typer.echo(f"{len(sets)} tasks, report {path} ({time.time() - start:.0f} s)")
 
 
@@ -250,16 +307,13 @@ def organism_train(
     from tasklens.tasks.builtin import training_tasks
     from tasklens.tasks.task import Task
 
-    try:
-        config = OrganismConfig(seed=seed, extra_tasks=[str(p) for p in extra])
-        if steps is not None:
-            config.steps = steps
-        data = training_tasks() + [Task.from_file(p) for p in extra]
-        record = train_organism(data, out, config)
-        accuracy = evaluate_suite(load_model(str(out)))
-        write_card(out, accuracy)
-    except TasklensError as error:
-        _fail(error)
+    config = OrganismConfig(seed=seed, extra_tasks=[str(p) for p in extra])
+    if steps is not None:
+        config.steps = steps
+    data = training_tasks() + [Task.from_file(p) for p in extra]
+    record = train_organism(data, out, config)
+    accuracy = evaluate_suite(load_model(str(out)))
+    write_card(out, accuracy)
     typer.echo(
         f"wrote {out} (loss {record['loss_first_50']:.3f} -> {record['loss_last_50']:.3f}, "
         f"{record['seconds']:.0f} s); model card: {out / 'README.md'}"
@@ -279,15 +333,12 @@ def organism_eval(
     from tasklens.models import load_model
     from tasklens.organism.evaluate import evaluate_suite
 
-    try:
-        loaded = load_model(model)
-        results = evaluate_suite(
-            loaded,
-            max_prompts=max_prompts,
-            progress=None if as_json else lambda n, k, v: typer.echo(f"{n:<16} {k:<17} {v:.3f}", err=True),
-        )
-    except TasklensError as error:
-        _fail(error)
+    loaded = load_model(model)
+    results = evaluate_suite(
+        loaded,
+        max_prompts=max_prompts,
+        progress=None if as_json else lambda n, k, v: typer.echo(f"{n:<16} {k:<17} {v:.3f}", err=True),
+    )
     json.dump(results, sys.stdout, indent=2)
     typer.echo()
 

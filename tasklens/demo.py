@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import pandas as pd
 from tqdm.auto import tqdm
 
-from tasklens.matrix import ablation_matrix, pivot
+from tasklens.matrix import EvaluationResult, ablation_matrix
 from tasklens.models import ORGANISM, load_model
 from tasklens.neurons import NeuronSet
-from tasklens.organism.evaluate import sample
 from tasklens.scoring.activation import ActivationStats
 from tasklens.selection import contrast, top_percent
 from tasklens.tasks.builtin import builtin_task_names, load_builtin
@@ -28,13 +27,13 @@ DEMO_TASKS = ("continent_of", "currency_of", "larger_number", "addition")
 
 @dataclass
 class DemoResult:
-    """The demo's outputs: the neuron sets and the long-form ablation frame."""
+    """The demo's outputs: the neuron sets and the ablation result."""
 
     sets: list[NeuronSet]
-    frame: pd.DataFrame
+    result: EvaluationResult
 
     def table(self) -> pd.DataFrame:
-        return pivot(self.frame)
+        return self.result.pivot()
 
 
 def run_demo(
@@ -60,14 +59,14 @@ def run_demo(
     raw = {}
     pool = sorted(set(builtin_task_names()) | set(tasks))
     for name in tqdm(pool, desc="scoring neurons", disable=not progress):
-        detection = sample(load_builtin(name, "detection"), max_prompts)
+        detection = load_builtin(name, "detection").sample(max_prompts)
         raw[name] = scorer.attribute(model, detection, batch_size=batch_size)
     specific = contrast(raw)
     sets = [top_percent(specific[name], percent) for name in tasks]
-    evaluation = [sample(load_builtin(name, "evaluation"), max_prompts) for name in tasks]
+    evaluation = [load_builtin(name, "evaluation").sample(max_prompts) for name in tasks]
     bar = tqdm(total=len(sets), desc="ablating", disable=not progress)
-    frame = ablation_matrix(
+    result = ablation_matrix(
         model, sets, evaluation, n_controls=n_controls, batch_size=batch_size, progress=lambda _: bar.update()
     )
     bar.close()
-    return DemoResult(sets, frame)
+    return DemoResult(sets, result)

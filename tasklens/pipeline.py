@@ -1,67 +1,106 @@
 """A whole run described by one plain config: locate, ablate, compare, report.
 
-`RunConfig` is plain data (read from TOML by `tasklens run CONFIG`); each stage
-reads the run folder the previous stage wrote, so stages can be rerun alone
-(`tasklens locate`, `tasklens ablate`, `tasklens compare`, `tasklens report`).
+`RunConfig` is plain data: every field has a type, a default and a help text,
+written once here; the CLI's options and the TOML schema (`tasklens run
+CONFIG`) are generated from it, and the whole config is validated (types, names,
+values, the output folder) before any model is loaded. Each stage writes into a
+`tasklens.runs.RunFolder` and reads only what the previous stage's manifest
+names, so stages can be rerun alone (`tasklens locate`, `tasklens ablate`,
+`tasklens compare`, `tasklens report`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import tomli_w
+import torch
+from pydantic import TypeAdapter, ValidationError
 from tqdm.auto import tqdm
 
-from tasklens.errors import TasklensError, check_choice
-from tasklens.io import atomic_write_text
+from tasklens.errors import TasklensError
+from tasklens.matrix import EvaluationResult
 from tasklens.neurons import NeuronScores, NeuronSet
-from tasklens.outputs import OutputDir
+from tasklens.runs import RunFolder, check_out_folder
 from tasklens.tasks.task import Task
 
-SELECTIONS = ("top_percent", "top_k", "per_layer_top_k", "threshold", "fraction_of_max")
+TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def option(default: Any, help: str, *, flags: tuple[str, ...] = ()) -> Any:
+    """A `RunConfig` field: its default, its help text and (optionally) its CLI flags."""
+    meta = {"help": help, "flags": flags}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
-    """Everything one run needs (each field has a CLI option of the same name).
+    """Everything one run needs; each field is a CLI option and a TOML key of the same name."""
 
-    Attributes:
-        model: model spec (``"organism"``, a local folder, a hub name).
-        tasks: built-in task names or JSONL/CSV task files.
-        out: the run folder.
-        split, eval_split: built-in splits used to locate and to evaluate.
-        max_prompts: prompts per task and split (deterministic sample).
-        method, params: the scorer (see `tasklens.scoring.SCORERS`) and its parameters.
-        unit: neuron unit.
-        select, value: selection rule (``top_percent``, ``top_k``, ...) and its value.
-        intervention, factor, controls, metric: the evaluation matrix.
-        cumulativity, interference: which causal comparisons to run.
-        batch_size: prompts per forward pass.
-    """
-
-    model: str = "organism"
-    tasks: list[str] = field(
-        default_factory=lambda: ["continent_of", "currency_of", "larger_number", "addition"]
+    model: str = option(
+        "organism", "Model: 'organism', 'smollm2-135m', a local Hugging Face folder or a hub name."
     )
-    out: str = "runs/tasklens"
-    split: str = "detection"
-    eval_split: str = "evaluation"
-    max_prompts: int = 150
-    method: str = "attribution_patching"
-    params: dict[str, Any] = field(default_factory=dict)
-    unit: str = "hook_post"
-    select: str = "top_percent"
-    value: float = 1.0
-    intervention: str = "ablate"
-    factor: float = 2.0
-    controls: int = 3
-    metric: str = "exact_match"
-    cumulativity: bool = True
-    interference: bool = True
-    batch_size: int = 32
+    tasks: list[str] = option(
+        ["continent_of", "currency_of", "larger_number", "addition"],
+        "Built-in task names or JSONL/CSV task files (names must be distinct).",
+        flags=("--task", "-t"),
+    )
+    out: str = option("runs/tasklens", "Run folder (scores/, sets/, tables, figures, manifest).")
+    plugins: list[str] = option(
+        [],
+        "Python modules to import first; they register their own scorers, metrics, selections.",
+        flags=("--plugin",),
+    )
+    split: str = option("detection", "Built-in split the neurons are located on.")
+    eval_split: str = option("evaluation", "Built-in split the interventions are evaluated on.")
+    max_prompts: int = option(150, "Prompts per task and split (a deterministic sample).")
+    method: str = option("attribution_patching", "Scorer (`tasklens list`).")
+    params: dict[str, Any] = option({}, "Scorer parameters, key=value (repeatable).", flags=("--param",))
+    unit: str = option("hook_post", "Neuron unit: hook_post, hook_pre, or hook_pre_linear (gated MLPs).")
+    select: str = option("top_percent", "Selection rule (`tasklens list`).")
+    value: float = option(1.0, "The selection's value (a percent, k, a threshold...).")
+    intervention: str = option("zero", "Intervention kind: zero, mean, resample, amplify, clamp...")
+    factor: float = option(2.0, "Amplification factor (intervention 'amplify').")
+    clamp_value: float = option(0.0, "Value the neurons are set to (intervention 'clamp').")
+    controls: int = option(3, "Random control sets per set (same per-layer counts).")
+    metric: str = option(
+        "exact_match",
+        "Metric: exact_match (greedy decoding), next_token, logprob, loss... (`tasklens list`).",
+    )
+    cumulativity: bool = option(True, "compare: accuracy as the top-k neurons are deactivated.")
+    interference: bool = option(True, "compare: each set's effect on every task (acc_drop).")
+    batch_size: int = option(32, "Prompts per forward pass.")
+
+    # --- reading and checking -----------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
+        """Build and fully check a config from plain data (e.g. a parsed TOML file)."""
+        if not isinstance(data, dict):
+            raise TasklensError(f"{source} must be a table of settings, got {type(data).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise TasklensError(f"{source} has unknown keys {unknown}; known keys: {sorted(known)}")
+        hints = _field_types()
+        for key, value in data.items():
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=True)
+            except ValidationError as error:
+                expected = getattr(hints[key], "__name__", str(hints[key]))
+                raise TasklensError(
+                    f"{source}: {key} = {value!r} is not a valid {expected} "
+                    f"({error.errors()[0]['msg']}); e.g. {key} = {_toml_repr(known[key])}"
+                ) from error
+        config = cls(**data)
+        config.check()
+        return config
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
@@ -69,175 +108,282 @@ class RunConfig:
         if not path.is_file():
             raise TasklensError(f"Config file {str(path)!r} does not exist")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise TasklensError(f"Config file {str(path)!r} is not valid TOML: {error}") from error
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise TasklensError(
-                f"Config file {str(path)!r} has unknown keys {unknown}; "
-                f"known keys: {sorted(cls.__dataclass_fields__)}"
-            )
-        config = cls(**data)
-        config.check()
-        return config
+        return cls.from_dict(data, source=f"Config file {str(path)!r}")
 
     def check(self) -> None:
-        from tasklens.matrix import EVALUATIONS
-        from tasklens.scoring import SCORERS
+        """Validate every name and value that can be checked without the model."""
+        from tasklens.interventions import INTERVENTIONS
+        from tasklens.metrics import METRICS
+        from tasklens.models import UNITS
+        from tasklens.registry import load_plugins
+        from tasklens.scoring import get_scorer
+        from tasklens.selection import SELECTIONS
 
-        check_choice("method", self.method, SCORERS)
-        check_choice("selection", self.select, SELECTIONS)
-        check_choice("metric", self.metric, EVALUATIONS)
+        load_plugins(self.plugins)
         if not self.tasks:
             raise TasklensError("A run needs at least one task (a built-in name or a JSONL/CSV file)")
+        task_names(self.tasks)
+        for spec in self.tasks:
+            check_task_spec(spec, (self.split, self.eval_split))
+        get_scorer(self.method, **resolve_params(self.method, self.params, self.tasks, None))
+        SELECTIONS.get(self.select)
+        INTERVENTIONS.get(self.intervention)
+        METRICS.get(self.metric)
+        if self.unit not in UNITS:
+            raise TasklensError(f"Unknown neuron unit {self.unit!r}; choose one of {list(UNITS)}")
+        for name, minimum in (("max_prompts", 1), ("batch_size", 1), ("controls", 0)):
+            if getattr(self, name) < minimum:
+                raise TasklensError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        for name in ("value", "factor", "clamp_value"):
+            if not math.isfinite(getattr(self, name)):
+                raise TasklensError(f"{name} must be a finite number, got {getattr(self, name)}")
+        check_out_folder(self.out)
+
+    # --- writing ------------------------------------------------------------------------
+    def to_dict(self, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return data if fields is None else {k: data[k] for k in fields}
 
     def to_toml(self) -> str:
-        lines = []
-        for key, value in asdict(self).items():
-            if isinstance(value, dict):
-                inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
-                lines.append(f"{key} = {{ {inner} }}")
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
+        return tomli_w.dumps(self.to_dict())
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
+#: the fields each stage uses (its record in the run's manifest)
+STAGE_FIELDS = {
+    "locate": ("model", "tasks", "plugins", "split", "max_prompts", "method", "params", "unit", "select",
+               "value", "batch_size"),
+    "ablate": ("model", "tasks", "plugins", "eval_split", "max_prompts", "intervention", "factor",
+               "clamp_value", "controls", "metric", "batch_size"),
+    "compare": ("model", "tasks", "plugins", "eval_split", "max_prompts", "metric", "cumulativity",
+                "interference", "batch_size"),
+}  # fmt: skip
+
+
+def _field_types() -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(RunConfig)
+
+
+def _toml_repr(f: dataclasses.Field) -> str:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return tomli_w.dumps({"x": default}).split("=", 1)[1].strip()
+
+
+def is_task_file(spec: str) -> bool:
+    return spec.endswith(TASK_FILE_SUFFIXES) or Path(spec).is_file()
+
+
+def task_names(specs: list[str]) -> list[str]:
+    """The task name each spec gives (a file's stem); duplicates are an error."""
+    names = [Path(s).stem if is_task_file(s) else s for s in specs]
+    seen: dict[str, str] = {}
+    for spec, name in zip(specs, names, strict=True):
+        if name in seen:
+            raise TasklensError(
+                f"Tasks {seen[name]!r} and {spec!r} are both named {name!r}, so their results would "
+                "overwrite each other; rename one file"
+            )
+        seen[name] = spec
+    return names
+
+
+def check_task_spec(spec: str, splits: tuple[str, ...]) -> None:
+    """A task spec names an existing file or a built-in task with the given splits."""
+    from tasklens.tasks.builtin import builtin_task_splits
+
+    if is_task_file(spec):
+        if not Path(spec).is_file():
+            raise TasklensError(f"Task file {spec!r} does not exist; check the path")
+        return
+    available = builtin_task_splits(spec)
+    for split in splits:
+        if split not in available:
+            raise TasklensError(
+                f"Built-in task {spec!r} has no split {split!r}; its splits are: {', '.join(available)}"
+            )
 
 
 def load_task(spec: str, split: str, max_prompts: int) -> Task:
     """A built-in task's split, or a task file, sampled to ``max_prompts``."""
-    from tasklens.organism.evaluate import sample
     from tasklens.tasks.builtin import load_builtin
 
-    if spec.endswith((".jsonl", ".json", ".csv")) or Path(spec).is_file():
-        return sample(Task.from_file(spec), max_prompts)
-    return sample(load_builtin(spec, split), max_prompts)
+    task = Task.from_file(spec) if is_task_file(spec) else load_builtin(spec, split)
+    return task.sample(max_prompts)
 
 
-def _output(config: RunConfig) -> OutputDir:
-    out = OutputDir(config.out, asdict(config))
-    atomic_write_text(out.path / "config.toml", config.to_toml())
-    return out
+def resolve_params(method: str, params: dict[str, Any], tasks: list[str], split: str | None) -> dict:
+    """Scorer parameters with task names turned into tasks: average precision's ``negatives``
+    default to the run's other tasks (each scored task excludes itself)."""
+    if method != "average_precision":
+        return dict(params)
+    negatives = params.get("negatives", tasks)
+    if isinstance(negatives, str):
+        negatives = [negatives]
+    if split is None:  # checking only: the names must be loadable
+        for spec in negatives:
+            check_task_spec(spec, ())
+        return {k: v for k, v in params.items() if k != "negatives"}
+    return {**params, "negatives": [load_task(spec, split, 10**9) for spec in negatives]}
+
+
+# --- the stages ---------------------------------------------------------------------------------
+def _reusable(path: Path, scorer, model, task: Task, unit: str) -> NeuronScores | None:
+    """Scores a killed or earlier run left at ``path``, if complete and made the same way."""
+    from tasklens.scoring.base import scorer_params
+
+    try:
+        scores = NeuronScores.load(path, model=model)
+    except TasklensError:
+        return None
+    own = scorer_params(scorer)
+    same = (
+        scores.method == scorer.name
+        and scores.unit == unit
+        and scores.task_hash == task.data_hash()
+        and {k: scores.params.get(k) for k in own} == own
+    )
+    return scores if same else None
 
 
 def locate(config: RunConfig, model=None) -> list[NeuronSet]:
-    """Score every task's neurons and select them; writes ``scores/`` and ``sets/``."""
-    from tasklens import selection
-    from tasklens.models import load_model
+    """Score every task's neurons and select them; writes ``scores/``, ``sets/`` and
+    ``config.toml``. Tasks whose scores a killed run already completed (same model,
+    data, method and parameters) are not scored again."""
+    from tasklens.models import ModelInfo, load_model
     from tasklens.scoring import get_scorer
+    from tasklens.selection import select
 
     config.check()
+    tasks = [load_task(spec, config.split, config.max_prompts) for spec in config.tasks]
     model = model if model is not None else load_model(config.model)
-    out = _output(config)
-    scorer = get_scorer(config.method, **config.params)
+    info = ModelInfo.of(model)
+    info.check_unit(config.unit)
+    probe = NeuronScores(torch.zeros(info.shape), model=info.name, task="check", method="check")
+    select(probe, config.select, config.value)  # the value is valid before any scoring
+    params = resolve_params(config.method, config.params, config.tasks, config.split)
+    scorer = get_scorer(config.method, **params)
+    run = RunFolder(config.out)
     sets = []
-    for spec in tqdm(config.tasks, desc=f"locating ({config.method})"):
-        task = load_task(spec, config.split, config.max_prompts)
-        scores = scorer.attribute(model, task, unit=config.unit, batch_size=config.batch_size)
-        scores.save(out.path / "scores" / task.name)
-        rule = getattr(selection, config.select)
-        value = int(config.value) if config.select in ("top_k", "per_layer_top_k") else config.value
-        neurons = rule(scores, value).renamed(task.name)
-        neurons.save(out.path / "sets" / task.name)
-        sets.append(neurons)
+    with run.stage("locate", config.to_dict(STAGE_FIELDS["locate"])) as out:
+        for task in tqdm(tasks, desc=f"locating ({config.method})"):
+            path = out.path / "scores" / task.name
+            scores = _reusable(path, scorer, model, task, config.unit)
+            if scores is None:
+                scores = scorer.attribute(model, task, unit=config.unit, batch_size=config.batch_size)
+                scores.save(path)
+            neurons = select(scores, config.select, config.value).renamed(task.name)
+            neurons.save(out.path / "sets" / task.name)
+            for name in (f"scores/{task.name}", f"sets/{task.name}"):
+                out.file(f"{name}.safetensors")
+                out.file(f"{name}.json")
+            sets.append(neurons)
+        from tasklens.io import atomic_write_text
+
+        atomic_write_text(out.file("config.toml"), config.to_toml())
     return sets
 
 
-def load_sets(run: str | Path, shape: tuple[int, int] | None = None) -> list[NeuronSet]:
-    folder = Path(run) / "sets"
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise TasklensError(f"No neuron sets in {str(folder)!r}; run `tasklens locate` first")
-    return [NeuronSet.load(f, shape) for f in files]
+def load_sets(run: str | Path, model=None, allow_other_model: bool = False) -> list[NeuronSet]:
+    """The neuron sets of a run's finished `locate` stage (checked against ``model``)."""
+    files = RunFolder(run).files("locate", "sets/", ".safetensors")
+    return [NeuronSet.load(f, model=model, allow_other_model=allow_other_model) for f in files]
 
 
-def load_scores(run: str | Path, shape: tuple[int, int] | None = None) -> dict[str, NeuronScores]:
-    return {f.stem: NeuronScores.load(f, shape) for f in sorted((Path(run) / "scores").glob("*.safetensors"))}
+def load_scores(run: str | Path, model=None, allow_other_model: bool = False) -> dict[str, NeuronScores]:
+    """The scores of a run's finished `locate` stage, by task name."""
+    files = RunFolder(run).files("locate", "scores/", ".safetensors")
+    return {f.stem: NeuronScores.load(f, model=model, allow_other_model=allow_other_model) for f in files}
 
 
-def ablate(config: RunConfig, model=None) -> pd.DataFrame:
+def _evaluation_tasks(config: RunConfig) -> list[Task]:
+    return [load_task(spec, config.eval_split, config.max_prompts) for spec in config.tasks]
+
+
+def ablate(config: RunConfig, model=None) -> EvaluationResult:
     """The evaluation matrix of the run's sets on every task; writes ``matrix.*``."""
-    from tasklens.matrix import evaluation_matrix, intervention, pivot, plot
-    from tasklens.models import ModelInfo, load_model
+    from tasklens.interventions import Intervention
+    from tasklens.matrix import evaluation_matrix
+    from tasklens.models import load_model
 
+    config.check()
+    run = RunFolder(config.out)
+    run.record("locate")
+    tasks = _evaluation_tasks(config)
     model = model if model is not None else load_model(config.model)
-    out = _output(config)
-    sets = load_sets(config.out, ModelInfo.of(model).shape)
-    tasks = [load_task(spec, config.eval_split, config.max_prompts) for spec in config.tasks]
-    bar = tqdm(total=len(sets), desc=f"{config.intervention} matrix")
-    frame = evaluation_matrix(
-        model,
-        sets,
-        tasks,
-        n_controls=config.controls,
-        metric=config.metric,
-        intervene=intervention(config.intervention, config.factor),
-        batch_size=config.batch_size,
-        progress=lambda _: bar.update(),
-    )
-    bar.close()
-    out.table("matrix_long", frame, index=False)
-    out.table("matrix", pivot(frame))
-    out.figure("matrix", plot(frame))
-    out.figure("matrix_change", plot(frame, "change"))
-    return frame
+    sets = load_sets(config.out, model)
+    spec = Intervention(config.intervention, factor=config.factor, value=config.clamp_value)
+    with run.stage("ablate", config.to_dict(STAGE_FIELDS["ablate"])) as out:
+        bar = tqdm(total=len(sets), desc=f"{spec.label} matrix")
+        result = evaluation_matrix(
+            model,
+            sets,
+            tasks,
+            n_controls=config.controls,
+            metric=config.metric,
+            intervention=spec,
+            batch_size=config.batch_size,
+            progress=lambda _: bar.update(),
+        )
+        bar.close()
+        out.json("matrix_result", result.to_dict())
+        out.table("matrix", result.pivot())
+        out.table("matrix_long", result.to_frame(), index=False)
+        out.figure("matrix_change", result.plot("change"))
+        if any(s.name in result.tasks for s in sets):
+            out.table("effects", result.own_and_others())
+            out.figure("effects", result.plot_own_vs_others())
+    return result
 
 
-def compare(config: RunConfig, model=None) -> dict[str, pd.DataFrame]:
+def compare(config: RunConfig, model=None) -> dict[str, Any]:
     """Overlap and sharing of the run's sets; cumulativity and interference with the model."""
     from tasklens.compare import overlap_matrix, sharing_table
     from tasklens.experiments import cumulativity, exclusive_vs_shared, interference, k_grid
     from tasklens.models import ModelInfo, load_model
     from tasklens.plots import curves, heatmap, layer_bars
 
-    out = _output(config)
-    sets = load_sets(config.out)
-    results = {
+    config.check()
+    run = RunFolder(config.out)
+    run.record("locate")
+    causal = config.cumulativity or config.interference
+    tasks = {t.name: t for t in _evaluation_tasks(config)} if causal else {}
+    model = model if model is not None else (load_model(config.model) if causal else None)
+    sets = load_sets(config.out, model)
+    results: dict[str, Any] = {
         "overlap_jaccard": overlap_matrix(sets, "jaccard"),
+        "overlap_shared": overlap_matrix(sets, "shared"),
         "overlap_p_value": overlap_matrix(sets, "p_value"),
     }
-    sharing = sharing_table(sets)
-    out.table("sharing", sharing, index=False)
-    out.figure("sharing", layer_bars(sharing, "exclusive vs shared neurons per layer"))
-    out.figure("overlap", heatmap(results["overlap_jaccard"], "Jaccard overlap"))
-    for name, frame in results.items():
-        out.table(name, frame)
-    if config.cumulativity or config.interference:
-        model = model if model is not None else load_model(config.model)
-        shape = ModelInfo.of(model).shape
-        tasks = {
-            t.name: t for t in (load_task(s, config.eval_split, config.max_prompts) for s in config.tasks)
-        }
+    with run.stage("compare", config.to_dict(STAGE_FIELDS["compare"])) as out:
+        sharing = out.table("sharing", sharing_table(sets), index=False)
+        out.figure("sharing", layer_bars(sharing, "exclusive vs shared neurons per layer"))
+        out.figure("overlap", heatmap(results["overlap_jaccard"], "Jaccard overlap"))
+        for name in ("overlap_jaccard", "overlap_shared", "overlap_p_value"):
+            out.table(name, results[name])
         if config.cumulativity:
-            scores = load_scores(config.out, shape)
+            scores = load_scores(config.out, model)
+            n_neurons = ModelInfo.of(model).n_neurons
             curves_ = {}
             for name, task in tqdm(tasks.items(), desc="cumulativity"):
                 others = [t for n, t in tasks.items() if n != name]
                 curves_[name] = cumulativity(
-                    model, scores[name], task, others, k_grid(scores[name].values.numel())
+                    model, scores[name], task, others, k_grid(n_neurons), config.batch_size, config.metric
                 )
                 out.table(f"cumulativity_{name}", curves_[name], index=False)
             out.figure(
                 "cumulativity", curves(curves_, "k", ["accuracy", "others_accuracy"], "top-k deactivated")
             )
             results.update({f"cumulativity_{n}": c for n, c in curves_.items()})
-        if len(sets) > 1:
-            parts = exclusive_vs_shared(
-                model, sets, [tasks[s.name] for s in sets], config.metric, config.batch_size
-            )
-            out.table("exclusive_vs_shared", parts, index=False)
-            results["exclusive_vs_shared"] = parts
+        if causal and len(sets) > 1:
+            ordered = [tasks[s.name] for s in sets]
+            parts = exclusive_vs_shared(model, sets, ordered, config.metric, config.batch_size)
+            results["exclusive_vs_shared"] = out.table("exclusive_vs_shared", parts, index=False)
         if config.interference and len(sets) > 1:
-            drop = interference(model, sets, [tasks[s.name] for s in sets])
+            drop = interference(model, sets, [tasks[s.name] for s in sets], config.batch_size, config.metric)
             out.table("interference", drop)
             out.figure("interference", heatmap(drop, "acc_drop(row | column's neurons off)", center=True))
             results["interference"] = drop

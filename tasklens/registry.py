@@ -75,6 +75,10 @@ class Registry(Generic[T]):
         _load_entry_points()
         return list(self._items)
 
+    def items(self) -> list[tuple[str, T]]:
+        """(name, plug-in) pairs, in registration order."""
+        return [(name, self._items[name]) for name in self.names()]
+
     def __contains__(self, name: object) -> bool:
         return name in self.names()
 

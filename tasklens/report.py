@@ -1,9 +1,11 @@
 """`tasklens report`: one self-contained HTML page per run, readable with no network.
 
-The page holds the run's parameters and provenance, its tables, its figures
-(PNG embedded as data URIs) and circuitsvis views of each task's top neurons on
-that task's prompts, built from circuitsvis's inline bundle (``local_src``) with
-tokens HTML-escaped.
+The page leads with what was found (each set's effect on its own task against
+the other tasks and its random controls), then the figures, then circuitsvis
+views of each task's top neurons on that task's prompts (tokens exactly as
+scored, HTML-escaped, circuitsvis's inline bundle), then the tables, with the
+stages' configurations folded at the end. It is rendered from a jinja2 template
+with autoescaping; only the run's own files (those its manifest names) are read.
 """
 
 from __future__ import annotations
@@ -12,28 +14,30 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from tasklens.errors import TasklensError
 from tasklens.io import atomic_write_text
 from tasklens.models import ModelInfo
+from tasklens.runs import RunFolder
+from tasklens.tasks.tokenize import TokenizedTask
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
-td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
-th { background: #f3f3f3; }
-img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
-pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
-.view { border: 1px solid #ddd; padding: 0.5em; margin: 0.5em 0 1.5em; }
-"""
+FIGURE_ORDER = ("effects", "matrix_change", "cumulativity", "interference", "overlap", "sharing")
+
+
+def token_strings(model, ids: list[int]) -> list[str]:
+    """Each token of ``ids`` as its own (HTML-escaped) string, for circuitsvis."""
+    return [html.escape(model.tokenizer.decode([i])) for i in ids]
 
 
 def top_neuron_views(model, task, scores, n_neurons: int = 8, n_prompts: int = 6) -> tuple[str, str]:
     """circuitsvis HTML (inline bundle) of the task's top neurons on its first prompts.
+
+    The prompts are tokenised as the scorers tokenise them (`TokenizedTask`: BOS,
+    prompt, answer), so the view shows the tokens that were scored.
 
     Returns:
         ``(text_neuron_activations html, topk_tokens html)``.
@@ -44,14 +48,16 @@ def top_neuron_views(model, task, scores, n_neurons: int = 8, n_prompts: int = 6
     top = scores.top(n_neurons)
     labels = [f"L{layer}N{index}" for layer, index, _ in top]
     names = sorted({info.hook_name(layer, scores.unit) for layer, _, _ in top})
+    tokenized = TokenizedTask.for_model(task.head(n_prompts), model)
     tokens_list, acts_list = [], []
-    for prompt, answer in list(zip(task.prompts, task.answers, strict=True))[:n_prompts]:
-        ids = model.to_tokens(prompt + answer)
-        _, cache = model.run_with_cache(ids, names_filter=names)
+    for prompt, answer in zip(tokenized.prompt_ids, tokenized.answer_ids, strict=True):
+        ids = prompt + answer
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.tensor([ids], device=model.cfg.device), names_filter=names)
         acts = torch.stack(
             [cache[info.hook_name(layer, scores.unit)][0, :, index] for layer, index, _ in top], -1
         )
-        tokens_list.append([html.escape(t) for t in model.to_str_tokens(ids[0])])
+        tokens_list.append(token_strings(model, ids))
         acts_list.append(acts.detach().float().cpu().numpy())
     text = cv.activations.text_neuron_activations(
         tokens=tokens_list,
@@ -72,66 +78,116 @@ def top_neuron_views(model, task, scores, n_neurons: int = 8, n_prompts: int = 6
     return text.local_src, topk.local_src
 
 
-def _figure(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    name = html.escape(path.stem)
-    image = f'<img alt="{name}" src="data:image/png;base64,{data}">'
-    return f"<figure>{image}<figcaption>{name}</figcaption></figure>"
+def _figure(path: Path) -> dict[str, str]:
+    return {"name": path.stem, "data": base64.b64encode(path.read_bytes()).decode()}
 
 
-def _table(path: Path) -> str:
+def _table_html(path: Path) -> str:
     frame = pd.read_csv(path)
     frame.columns = ["" if str(c).startswith("Unnamed:") else c for c in frame.columns]
     return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0, escape=True)
 
 
+def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The per-set summary rows and the evaluation's description, from the ablate stage."""
+    from tasklens.matrix import EvaluationResult
+
+    if "ablate" not in run.manifest()["stages"]:
+        return [], None
+    files = run.files("ablate", "matrix_result")
+    result = EvaluationResult.from_dict(json.loads(files[0].read_text(encoding="utf-8")))
+    evaluation = {
+        "metric": result.metric,
+        "label": result.intervention_label,
+        "n_controls": result.n_controls,
+    }
+    try:
+        table = result.own_and_others()
+    except Exception:  # sets not named after tasks
+        return [], evaluation
+    rows = []
+    for name, row in table.iterrows():
+        spread = max(row.control_own_std, 1e-9) if row.control_own_std == row.control_own_std else 1e-9
+        specific = abs(row.own_change - row.control_own_change) > 2 * spread and abs(row.own_change) > abs(
+            row.others_change
+        )
+        rows.append({"set": name, **row.to_dict(), "specific": specific})
+    return rows, evaluation
+
+
 def build_report(run: str | Path, model=None, n_neurons: int = 8, n_prompts: int = 6) -> Path:
     """Write ``report.html`` into a run folder (made by `tasklens run` / `locate` ...)."""
-    from tasklens.models import load_model
-    from tasklens.pipeline import RunConfig, load_scores, load_task
+    import jinja2
 
-    run = Path(run)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise TasklensError(
-            f"{str(run)!r} is not a tasklens run folder (no config.json); run `tasklens locate` first"
-        )
-    config_data = json.loads(config_path.read_text())
-    known = {k: v for k, v in config_data.items() if k in RunConfig.__dataclass_fields__}
-    config = RunConfig(**known)
-    parts = [
-        f"<h1>tasklens report: {html.escape(run.name)}</h1>",
-        "<h2>Parameters and provenance</h2>",
-        f"<pre>{html.escape(json.dumps(config_data, indent=2))}</pre>",
-    ]
+    from tasklens.models import load_model
+    from tasklens.pipeline import load_scores, load_task
+
+    folder = RunFolder(run)
+    locate = folder.record("locate")
+    config = locate["config"]
+    stages = folder.manifest()["stages"]
+    written = [folder.files(stage) for stage in stages if stage != "report"]
+    files = sorted({p for group in written for p in group})
+    summary, evaluation = _summary(folder)
+    rule = {k: config.get(k) for k in ("select", "value")}
+    figures = sorted(
+        (p for p in files if p.suffix == ".png"),
+        key=lambda p: (FIGURE_ORDER.index(p.stem) if p.stem in FIGURE_ORDER else len(FIGURE_ORDER), p.stem),
+    )
+    tables = [{"name": p.stem, "html": _table_html(p)} for p in files if p.suffix == ".csv"]
     scores = load_scores(run)
     provenance = pd.DataFrame(
-        [{k: v for k, v in s.metadata().items() if k not in ("params", "kind")} for s in scores.values()]
+        [
+            {
+                "task": s.task,
+                "method": s.method,
+                "unit": s.unit,
+                "prompts": s.n_prompts,
+                "task data (sha256)": s.task_hash[:12],
+                "model": s.model,
+                "tasklens": s.version,
+            }
+            for s in scores.values()
+        ]
     )
-    if len(provenance):
-        parts += ["<h3>Scores</h3>", provenance.to_html(index=False, border=0)]
-    parts.append("<h2>Tables</h2>")
-    for path in sorted(run.glob("*.csv")):
-        parts += [f"<h3>{html.escape(path.stem)}</h3>", _table(path)]
-    parts.append("<h2>Figures</h2>")
-    parts += [_figure(p) for p in sorted(run.glob("*.png"))]
+    views = []
     if scores:
-        model = model if model is not None else load_model(config.model)
-        parts.append("<h2>Top neurons on their task's prompts (circuitsvis)</h2>")
-        for spec in config.tasks:
-            task = load_task(spec, config.eval_split, config.max_prompts)
-            if task.name not in scores:
-                continue
-            text, topk = top_neuron_views(model, task, scores[task.name], n_neurons, n_prompts)
-            parts += [
-                f"<h3>{html.escape(task.name)}</h3>",
-                f'<div class="view">{text}</div>',
-                f'<div class="view">{topk}</div>',
-            ]
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>tasklens report</title>"
-        f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>"
+        model = model if model is not None else load_model(config["model"])
+        eval_split = stages.get("ablate", {}).get("config", {}).get("eval_split", "evaluation")
+        for spec in config["tasks"]:
+            task = load_task(spec, eval_split, n_prompts)
+            if task.name in scores:
+                text, topk = top_neuron_views(model, task, scores[task.name], n_neurons, n_prompts)
+                views.append({"task": task.name, "text": text, "topk": topk})
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("tasklens", "templates"), autoescape=True, keep_trailing_newline=True
     )
-    path = run / "report.html"
-    atomic_write_text(path, page)
+    page = environment.get_template("report.html.j2").render(
+        title=folder.path.name,
+        model=config["model"],
+        tasks=config["tasks"],
+        method=config["method"],
+        selection=f"{rule['select']} {rule['value']:g}",
+        evaluation=evaluation,
+        summary=summary,
+        stability=None,
+        figures=[_figure(p) for p in figures],
+        views=views,
+        extra_sections=[],
+        tables=tables,
+        stages=[
+            {
+                "name": name,
+                "finished": record.get("finished", ""),
+                "version": record.get("tasklens_version", ""),
+                "config": json.dumps(record["config"], indent=2),
+            }
+            for name, record in stages.items()
+            if name != "report"
+        ],
+        scores=provenance.to_html(index=False, border=0) if len(provenance) else "",
+    )
+    with folder.stage("report", {"n_neurons": n_neurons, "n_prompts": n_prompts}) as out:
+        path = out.file("report.html")
+        atomic_write_text(path, page)
     return path

@@ -39,9 +39,10 @@ def run_folder(tmp_path_factory):
 def test_run_writes_every_stage_and_its_config(run_folder):
     for name in (
         "config.toml",
-        "config.json",
+        "manifest.json",
         "matrix.csv",
-        "matrix.png",
+        "matrix_change.png",
+        "effects.png",
         "overlap_jaccard.csv",
         "sharing.png",
         "cumulativity.png",
@@ -54,7 +55,10 @@ def test_run_writes_every_stage_and_its_config(run_folder):
         "larger_number.safetensors",
     ]
     assert RunConfig.from_toml(run_folder / "config.toml").tasks == ["continent_of", "larger_number"]
-    assert json.loads((run_folder / "config.json").read_text())["tasklens_version"]
+    manifest = json.loads((run_folder / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["locate", "ablate", "compare", "report"]
+    assert manifest["stages"]["locate"]["config"]["method"] == "attribution_patching"
+    assert all(stage["tasklens_version"] for stage in manifest["stages"].values())
 
 
 def test_report_is_self_contained(run_folder):
@@ -111,7 +115,7 @@ def test_report_renders_offline_in_headless_chromium(run_folder, tmp_path):
 
 def test_help_has_an_example_for_every_command():
     runner = CliRunner()
-    for command in ("tasks", "demo", "locate", "ablate", "compare", "report", "run"):
+    for command in ("tasks", "list", "demo", "locate", "ablate", "compare", "report", "run"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Example: tasklens" in result.output, command
 
@@ -127,7 +131,7 @@ def test_bad_input_exits_nonzero_with_a_message(tmp_path):
     result = runner.invoke(
         app, ["locate", "-t", "continent_of", "--method", "saliency", "--out", str(tmp_path / "y")]
     )
-    assert result.exit_code == 2 and "Unknown method" in result.output
+    assert result.exit_code == 2 and "Unknown scorer 'saliency'" in result.output
 
 
 def test_tasks_lists_the_suite():

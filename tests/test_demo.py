@@ -19,10 +19,10 @@ def test_sets_are_top_one_percent(demo):
 
 def test_ablating_a_task_set_hurts_that_task_more_than_random(demo):
     table = demo.table()
-    change = demo.frame.pivot(index="neurons", columns="task", values="change")
+    summary = demo.result.own_and_others()
     for task in DEMO_TASKS:
-        own = change.loc[task, task]
-        control = change.loc[f"random({task})", task]
+        own = summary.loc[task, "own_change"]
+        control = summary.loc[task, "control_own_change"]
         # a real drop (at least 5 % of 150 prompts), and more than the same number of random neurons
         assert own <= -0.05, f"{task}: ablating its neurons changed accuracy by {own:.3f}\n{table}"
         assert own < control - 0.04, f"{task}: own {own:.3f} vs random {control:.3f}\n{table}"
@@ -30,4 +30,5 @@ def test_ablating_a_task_set_hurts_that_task_more_than_random(demo):
 
 def test_unablated_row_is_the_baseline(demo):
     table = demo.table()
-    assert all(table.loc["none", task] >= 0.9 for task in DEMO_TASKS)
+    assert all(demo.result.baseline[task] >= 0.9 for task in DEMO_TASKS)
+    assert (table.iloc[0] == demo.result.baseline).all()

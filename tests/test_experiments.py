@@ -7,10 +7,11 @@ import itertools
 import pytest
 
 from tasklens.errors import TasklensError
+from tasklens.evaluate import evaluate
 from tasklens.experiments import cross_language, cumulativity, interference, k_grid
-from tasklens.matrix import ablation_matrix, evaluate, evaluation_matrix, intervention, own_and_others
+from tasklens.interventions import Intervention
+from tasklens.matrix import ablation_matrix, evaluation_matrix
 from tasklens.neurons import NeuronSet
-from tasklens.organism.evaluate import sample
 from tasklens.scoring import AttributionPatching, VerifiedPatching
 from tasklens.selection import top_percent
 from tasklens.tasks import Task
@@ -24,10 +25,10 @@ PERCENT = 5.0
 def relation_sets(organism):
     sets, evaluation = [], []
     for name in RELATIONS:
-        detection = sample(load_builtin(name, "detection"), 32)
+        detection = load_builtin(name, "detection").sample(32)
         scores = VerifiedPatching(candidate_percent=2 * PERCENT).attribute(organism, detection)
         sets.append(top_percent(scores, PERCENT).renamed(name))
-        evaluation.append(sample(load_builtin(name, "evaluation"), 60, seed=3))
+        evaluation.append(load_builtin(name, "evaluation").sample(60, seed=3))
     return sets, evaluation
 
 
@@ -40,15 +41,15 @@ def relation_matrix(organism, relation_sets):
 
 
 def test_each_relation_set_hurts_its_relation_more_than_random_sets(relation_matrix):
-    change = relation_matrix.pivot(index="neurons", columns="task", values="change")
+    change, control = relation_matrix.change(), relation_matrix.control_change()
     for name in RELATIONS:
-        own, random = change.loc[name, name], change.loc[f"random({name})", name]
+        own, random = change.loc[name, name], control.loc[name, name]
         assert own < random - 0.03, f"{name}: own {own:.3f} vs random {random:.3f}"
 
 
 def test_relation_sets_are_specific_on_average(relation_matrix):
-    change = relation_matrix.pivot(index="neurons", columns="task", values="change").loc[RELATIONS, RELATIONS]
-    own, others = own_and_others(change, RELATIONS)
+    summary = relation_matrix.own_and_others()
+    own, others = summary.own_change, summary.others_change
     # deactivating a relation's neurons costs that relation more than the others on average ...
     assert own.mean() < 2 * others.mean(), (own, others)
     # ... and for most relations one by one (in this organism the capital-of sets also hurt
@@ -57,8 +58,8 @@ def test_relation_sets_are_specific_on_average(relation_matrix):
 
 
 def test_cumulativity_accuracy_does_not_rise_with_k(organism):
-    task = sample(load_builtin("continent_of", "evaluation"), 60, seed=3)
-    scores = AttributionPatching().attribute(organism, sample(load_builtin("continent_of", "detection"), 64))
+    task = load_builtin("continent_of", "evaluation").sample(60, seed=3)
+    scores = AttributionPatching().attribute(organism, load_builtin("continent_of", "detection").sample(64))
     curve = cumulativity(organism, scores, task, ks=k_grid(2048))
     accuracy = curve["accuracy"].tolist()
     # one evaluation of 60 prompts: a rise of one prompt (1/60) is noise, more than 3 prompts is not
@@ -72,31 +73,41 @@ def test_interference_matrix_matches_the_ablation_matrix(organism, relation_sets
     sets, evaluation = relation_sets
     drop = interference(organism, sets[:2], evaluation[:2])
     exact = ablation_matrix(organism, sets[:2], evaluation[:2], n_controls=0)
-    acc = exact.set_index(["neurons", "task"])["value"]
+    base, acc = exact.baseline, exact.values
     a, b = RELATIONS[:2]
-    expected = (acc[("none", a)] - acc[(b, a)]) / acc[("none", a)]
-    assert drop.loc[a, b] == pytest.approx(expected)
-    assert drop.loc[a, a] == pytest.approx((acc[("none", a)] - acc[(a, a)]) / acc[("none", a)])
+    assert drop.loc[a, b] == pytest.approx((base[a] - acc.loc[b, a]) / base[a])
+    assert drop.loc[a, a] == pytest.approx((base[a] - acc.loc[a, a]) / base[a])
 
 
 def test_cross_language_reports_each_language(organism, relation_sets):
     sets, _ = relation_sets
     english = sets[RELATIONS.index("capital_of")]
-    tasks = [sample(load_builtin(t, "evaluation"), 30) for t in ("capital_of_fr", "capital_of_de")]
+    tasks = [load_builtin(t, "evaluation").sample(30) for t in ("capital_of_fr", "capital_of_de")]
     result = cross_language(organism, english, tasks, n_controls=2)
     assert list(result.language) == ["fr", "de"]
     assert result.baseline.min() > 0.9
 
 
 def test_amplification_and_teacher_forced_metrics(organism):
-    task = sample(load_builtin("continent_of", "evaluation"), 30)
+    task = load_builtin("continent_of", "evaluation").sample(30)
     neurons = NeuronSet.from_pairs([(1, 3), (2, 9)], (4, 512), "pair")
-    frame = evaluation_matrix(
-        organism, [neurons], [task], n_controls=0, metric="logprob", intervene=intervention("amplify", 3.0)
+    result = evaluation_matrix(
+        organism,
+        [neurons],
+        [task],
+        n_controls=0,
+        metric="logprob",
+        intervention=Intervention("amplify", factor=3.0),
     )
     with pytest.raises(TasklensError, match="Unknown metric"):
         evaluate(organism, task, "bleu")
-    assert frame.attrs["metric"] == "logprob" and frame.loc[1, "value"] != frame.loc[0, "value"]
+    assert result.metric == "logprob" and result.intervention == {
+        "kind": "amplify",
+        "unit": "hook_post",
+        "positions": None,
+        "factor": 3.0,
+    }
+    assert result.values.loc["pair", task.name] != result.baseline[task.name]
 
 
 def test_empty_language_task_is_a_clear_error(organism):
@@ -120,5 +131,5 @@ def test_exclusive_vs_shared_ablation(organism, relation_sets):
 
 
 def test_logit_diff_is_positive_when_the_model_is_right(organism):
-    task = sample(load_builtin("continent_of", "evaluation"), 20)
+    task = load_builtin("continent_of", "evaluation").sample(20)
     assert evaluate(organism, task, "logit_diff") > 1.0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 from tasklens.evaluate import accuracy
 from tasklens.tasks.builtin import builtin_task_info, load_builtin
 from tasklens.tasks.task import Task
@@ -17,10 +15,8 @@ EVAL_SPLITS = {
 
 
 def sample(task: Task, n: int, seed: int = 0) -> Task:
-    """A deterministic sample of at most ``n`` prompts."""
-    if len(task) <= n:
-        return task
-    return task.subset(sorted(random.Random(seed).sample(range(len(task)), n)))
+    """A deterministic sample of at most ``n`` prompts (`Task.sample`)."""
+    return task.sample(n, seed)
 
 
 def evaluate_suite(model, names: list[str] | None = None, max_prompts: int = 300, progress=None) -> dict:

@@ -186,6 +186,16 @@ class Task:
             raise TasklensError(f"Task {self.name!r}: no prompt contains any of the markers {list(markers)}")
         return replace(self.subset(keep), markers=tuple(markers))
 
+    def sample(self, n: int, seed: int = 0) -> Task:
+        """A deterministic sample of at most ``n`` prompts, in task order (all when ``n`` is larger)."""
+        import random
+
+        if n < 1:
+            raise TasklensError(f"Cannot sample {n} prompts from task {self.name!r}; ask for at least 1")
+        if len(self) <= n:
+            return self
+        return self.subset(sorted(random.Random(seed).sample(range(len(self)), n)))
+
     def head(self, n: int) -> Task:
         """The first ``n`` prompts (all of them when ``n`` is larger)."""
         return self.subset(range(min(n, len(self))))

@@ -18,7 +18,7 @@ from tasklens.tasks.builtin import algorithmic, relations, sentiment
 from tasklens.tasks.builtin.assemble import BuiltinSpec
 from tasklens.tasks.task import Task
 
-__all__ = ["builtin_task_info", "builtin_task_names", "load_builtin", "training_tasks"]
+__all__ = ["builtin_task_info", "builtin_task_names", "builtin_task_splits", "load_builtin", "training_tasks"]
 
 
 @cache
@@ -46,18 +46,28 @@ def builtin_task_info() -> list[dict[str, Any]]:
     ]
 
 
-def load_builtin(name: str, split: str = "detection") -> Task:
-    """One split of a built-in task, e.g. ``load_builtin("capital_of", "evaluation")``.
-
-    Raises:
-        TasklensError: for an unknown task name or a split the task does not have.
-    """
+def _spec(name: str) -> BuiltinSpec:
     registry = _registry()
     spec = registry.get(name)
     if spec is None:
         close = difflib.get_close_matches(str(name), list(registry), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise TasklensError(f"Unknown built-in task {name!r}.{hint} Valid names: {', '.join(registry)}")
+    return spec
+
+
+def builtin_task_splits(name: str) -> tuple[str, ...]:
+    """The splits of a built-in task (an error names the closest task for a typo)."""
+    return _spec(name).splits
+
+
+def load_builtin(name: str, split: str = "detection") -> Task:
+    """One split of a built-in task, e.g. ``load_builtin("capital_of", "evaluation")``.
+
+    Raises:
+        TasklensError: for an unknown task name or a split the task does not have.
+    """
+    spec = _spec(name)
     if split not in spec.splits:
         raise TasklensError(
             f"Built-in task {name!r} has no split {split!r}; its splits are: {', '.join(spec.splits)}"
