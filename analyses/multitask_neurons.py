@@ -19,7 +19,6 @@ import pandas as pd
 from tasklens.compare import overlap, parameter_similarity, similarity_transfer_correlation
 from tasklens.matrix import ablation_matrix
 from tasklens.models import load_model
-from tasklens.organism.evaluate import sample
 from tasklens.outputs import OutputDir
 from tasklens.plots import heatmap
 from tasklens.scoring import GradientAttribution
@@ -45,25 +44,23 @@ def main() -> None:
     scores = {}
     for name in names:
         scores[name] = GradientAttribution().attribute(
-            model, sample(load_builtin(name, "detection"), args.detection_prompts)
+            model, load_builtin(name, "detection").sample(args.detection_prompts)
         )
         scores[name].save(out.path / "scores" / name)
     sets = [top_percent(scores[n], args.percent).renamed(n) for n in names]
-    evaluation = [sample(load_builtin(n, "evaluation"), args.eval_prompts, seed=3) for n in names]
+    evaluation = [load_builtin(n, "evaluation").sample(args.eval_prompts, seed=3) for n in names]
 
-    frame = ablation_matrix(model, sets, evaluation, n_controls=args.controls)
-    own = []
-    for name in names:
-        rows = frame[frame.task == name].set_index("neurons")
-        own.append(
-            dict(
-                task=name,
-                group=GROUPS[info[name]["kind"]],
-                original=rows.loc["none", "value"],
-                random_off=rows.loc[f"random({name})", "value"],
-                task_neurons_off=rows.loc[name, "value"],
-            )
+    result = ablation_matrix(model, sets, evaluation, n_controls=args.controls)
+    own = [
+        dict(
+            task=name,
+            group=GROUPS[info[name]["kind"]],
+            original=result.baseline[name],
+            random_off=result.controls.loc[name, name],
+            task_neurons_off=result.values.loc[name, name],
         )
+        for name in names
+    ]
     table = pd.DataFrame(own)
     table = pd.concat(
         [
@@ -81,7 +78,7 @@ def main() -> None:
         ignore_index=True,
     )
     out.table("deactivation", table, index=False)
-    out.table("deactivation_matrix_long", frame, index=False)
+    out.table("deactivation_matrix_long", result.to_frame(), index=False)
     avg = table.iloc[-1]
     out.finding(
         f"average accuracy: original {avg.original:.3f}, random {args.percent:g}% off {avg.random_off:.3f}, "
@@ -130,11 +127,8 @@ def main() -> None:
     layers = [c for c in sims.columns if c.startswith("layer_")]
     sims["mean_similarity"] = sims[layers].mean(axis=1)
     # cross-task effect of a's neurons on b: the relative accuracy drop on b with a's task neurons off
-    acc = frame.set_index(["neurons", "task"])["value"]
-    sims["drop_on_b"] = [
-        (acc[("none", b)] - acc[(a, b)]) / acc[("none", b)]
-        for a, b in zip(sims.task_a, sims.task_b, strict=True)
-    ]
+    drop = result.relative_drop()  # [task evaluated, set switched off]
+    sims["drop_on_b"] = [drop.loc[b, a] for a, b in zip(sims.task_a, sims.task_b, strict=True)]
     out.table("parameter_similarity", sims, index=False)
     corr = similarity_transfer_correlation(sims, "mean_similarity", "drop_on_b")
     out.finding(

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
 from tasklens.compare import overlap, overlap_matrix
 from tasklens.evaluate import exact_match
 from tasklens.experiments import cross_language, cumulativity, interference, k_grid
-from tasklens.matrix import own_and_others
 from tasklens.models import ModelInfo, load_model
-from tasklens.organism.evaluate import sample
 from tasklens.outputs import OutputDir
 from tasklens.plots import curves, heatmap
 from tasklens.scoring import AveragePrecisionExpertise, VerifiedPatching
@@ -57,10 +57,10 @@ def main() -> None:
     k = max(1, round(args.percent / 100 * info.n_neurons))
 
     detection = {
-        r: correct_only(model, sample(load_builtin(r, "detection"), args.detection_prompts))
+        r: correct_only(model, load_builtin(r, "detection").sample(args.detection_prompts))
         for r in RELATIONS
     }
-    evaluation = {r: sample(load_builtin(r, "evaluation"), args.eval_prompts, seed=3) for r in RELATIONS}
+    evaluation = {r: load_builtin(r, "evaluation").sample(args.eval_prompts, seed=3) for r in RELATIONS}
     scores, sets = {}, []
     for r in RELATIONS:
         if args.method == "average_precision":
@@ -73,7 +73,7 @@ def main() -> None:
         sets[-1].save(out.path / "sets" / r)
         out.finding(
             f"{r}: top {k} {args.method} neurons, "
-            f"mean score {scores[r].values.flatten().topk(k).values.mean():.3f}; "
+            f"mean score {scores[r].to_frame(k).score.mean():.3f}; "
             f"per layer {sets[-1].counts_per_layer()}"
         )
 
@@ -118,7 +118,8 @@ def main() -> None:
     drop = out.table("interference", interference(model, sets, [evaluation[r] for r in RELATIONS]))
     out.figure("interference", heatmap(drop, "acc_drop(row task | column's neurons off)", center=True))
     negative = [(i, j, drop.loc[i, j]) for i in drop.index for j in drop.columns if drop.loc[i, j] < 0]
-    diag, off = own_and_others(drop, RELATIONS)
+    diag = pd.Series({r: drop.loc[r, r] for r in RELATIONS})
+    off = pd.Series({r: drop.loc[RELATIONS, r].drop(r).mean() for r in RELATIONS})
     out.finding(
         f"interference: mean own drop {diag.mean():.2f} vs mean drop on other relations {off.mean():.2f}; "
         f"{len(negative)} negative cells (deactivation helped): "
@@ -127,7 +128,7 @@ def main() -> None:
 
     # cross-language
     english = sets[RELATIONS.index("capital_of")]
-    languages = [sample(load_builtin(t, "evaluation"), args.eval_prompts, seed=3) for t in LANGUAGES]
+    languages = [load_builtin(t, "evaluation").sample(args.eval_prompts, seed=3) for t in LANGUAGES]
     cross = out.table(
         "cross_language",
         cross_language(model, english, [evaluation["capital_of"], *languages], n_controls=args.controls),

@@ -15,11 +15,10 @@ import argparse
 
 import pandas as pd
 
-from tasklens.matrix import evaluation_matrix, intervention, own_and_others, pivot
+from tasklens.interventions import Intervention
+from tasklens.matrix import evaluation_matrix
 from tasklens.models import load_model
-from tasklens.organism.evaluate import sample
 from tasklens.outputs import OutputDir
-from tasklens.plots import heatmap
 from tasklens.scoring import CGVST, ActivationStats, GradientAttribution
 from tasklens.selection import contrast, random_like, top_percent
 from tasklens.tasks.builtin import load_builtin
@@ -48,9 +47,9 @@ def main() -> None:
     out = OutputDir(args.out, vars(args))
     model = load_model(args.model)
     detection = {
-        t: sample(load_builtin(t, "detection").marked(MARKERS), args.detection_prompts) for t in TASKS
+        t: load_builtin(t, "detection").marked(MARKERS).sample(args.detection_prompts) for t in TASKS
     }
-    evaluation = [sample(load_builtin(t, "evaluation"), args.eval_prompts, seed=3) for t in TASKS]
+    evaluation = [load_builtin(t, "evaluation").sample(args.eval_prompts, seed=3) for t in TASKS]
 
     methods = {
         "cgvst": {t: CGVST().attribute(model, detection[t]) for t in TASKS},
@@ -60,41 +59,35 @@ def main() -> None:
         "gradient": {t: GradientAttribution().attribute(model, detection[t]) for t in TASKS},
     }
     summary = []
-    for kind in ("ablate", "amplify"):
+    for kind in ("zero", "amplify"):
+        spec = Intervention(kind, factor=args.factor)
         for method, scores in methods.items():
             sets = [top_percent(scores[t], args.percent).renamed(t) for t in TASKS]
-            frame = evaluation_matrix(
-                model, sets, evaluation, n_controls=0, intervene=intervention(kind, args.factor)
-            )
-            table = pivot(frame)
-            out.table(f"{kind}_{method}", table)
-            out.figure(f"{kind}_{method}", heatmap(table, f"{kind} {method} top {args.percent:g}%: accuracy"))
-            own, other = own_and_others(table, TASKS)
+            result = evaluation_matrix(model, sets, evaluation, n_controls=0, intervention=spec)
+            out.table(f"{kind}_{method}", result.pivot())
+            out.figure(f"{kind}_{method}", result.plot("value"))
+            own = result.own_and_others()
             summary.append(
                 dict(
-                    intervention=kind,
+                    intervention=spec.label,
                     method=method,
-                    own_task=own.mean(),
-                    other_tasks=other.mean(),
-                    original=table.loc["none"].mean(),
+                    own_task=own.value.mean(),
+                    other_tasks=(own.others_change + own.baseline.mean()).mean(),
+                    original=result.baseline.mean(),
                 )
             )
         randoms = [
             random_like(top_percent(methods["cgvst"][t], args.percent), seed=0).renamed(t) for t in TASKS
         ]
-        table = pivot(
-            evaluation_matrix(
-                model, randoms, evaluation, n_controls=0, intervene=intervention(kind, args.factor)
-            )
-        )
-        own, other = own_and_others(table, TASKS)
+        result = evaluation_matrix(model, randoms, evaluation, n_controls=0, intervention=spec)
+        own = result.own_and_others()
         summary.append(
             dict(
-                intervention=kind,
+                intervention=spec.label,
                 method="random",
-                original=table.loc["none"].mean(),
-                own_task=own.mean(),
-                other_tasks=other.mean(),
+                original=result.baseline.mean(),
+                own_task=own.value.mean(),
+                other_tasks=(own.others_change + own.baseline.mean()).mean(),
             )
         )
     result = out.table("summary", pd.DataFrame(summary), index=False)

@@ -148,7 +148,8 @@ class RunConfig:
         return data if fields is None else {k: data[k] for k in fields}
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
+        """The config as TOML (which has no null: keys holding None are left out)."""
+        return tomli_w.dumps(_without_none(self.to_dict()))
 
 
 #: the fields each stage uses (its record in the run's manifest)
@@ -160,6 +161,14 @@ STAGE_FIELDS = {
     "compare": ("model", "tasks", "plugins", "eval_split", "max_prompts", "metric", "cumulativity",
                 "interference", "batch_size"),
 }  # fmt: skip
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value if v is not None]
+    return value
 
 
 def _field_types() -> dict[str, Any]:
