@@ -190,11 +190,11 @@ class EvaluationResult:
             "kind": "EvaluationResult",
             "metric": self.metric,
             "intervention": self.intervention,
-            "baseline": self.baseline.to_dict(),
-            "values": json.loads(self.values.to_json(orient="split")),
-            "controls": json.loads(self.controls.to_json(orient="split")),
-            "controls_std": json.loads(self.controls_std.to_json(orient="split")),
-            "sizes": self.sizes.to_dict(),
+            "baseline": {str(k): float(v) for k, v in self.baseline.items()},
+            "values": _split(self.values),
+            "controls": _split(self.controls),
+            "controls_std": _split(self.controls_std),
+            "sizes": {str(k): int(v) for k, v in self.sizes.items()},
             "n_controls": self.n_controls,
             "seed": self.seed,
             "sets": self.sets,
@@ -280,6 +280,15 @@ class EvaluationResult:
             summary = ""
         table = self.pivot().to_html(float_format=lambda v: f"{v:.3f}", border=0)
         return f"<div>{head}{summary}{table}</div>"
+
+
+def _split(frame: pd.DataFrame) -> dict[str, list]:
+    """A table as plain lists (floats kept exactly; NaN as null)."""
+    return {
+        "index": [str(i) for i in frame.index],
+        "columns": [str(c) for c in frame.columns],
+        "data": [[None if v != v else float(v) for v in row] for row in frame.to_numpy(dtype=float)],
+    }
 
 
 def evaluation_matrix(

@@ -179,6 +179,8 @@ def _field_types() -> dict[str, Any]:
 
 def _toml_repr(f: dataclasses.Field) -> str:
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if isinstance(default, dict):
+        return '{ key = "value" }'
     return tomli_w.dumps({"x": default}).split("=", 1)[1].strip()
 
 

@@ -85,3 +85,17 @@ def build_tiny(folder, arch: str, n_layers: int = 2, seed: int = 0):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many reliability cases (tests/test_reliability.py) were replayed."""
+    outcomes = {}
+    for key in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(key, []):
+            if "test_reliability.py" in report.nodeid and report.when in ("call", "setup"):
+                if key != "passed" or report.when == "call":
+                    outcomes[key] = outcomes.get(key, 0) + 1
+    if outcomes:
+        total = sum(outcomes.values())
+        parts = ", ".join(f"{n} {k}" for k, n in outcomes.items())
+        terminalreporter.write_line(f"reliability: {total} cases replayed ({parts})")
