@@ -136,25 +136,18 @@ class EvaluationResult:
         ]
         for name in self.set_names:
             for task in self.tasks:
-                rows.append(
-                    dict(
-                        set=name,
-                        control=False,
-                        size=int(self.sizes[name]),
-                        task=task,
-                        value=self.values.loc[name, task],
-                        value_std=0.0,
-                    )
-                )
+                kinds = [(False, self.values, None)]
                 if self.n_controls:
+                    kinds.append((True, self.controls, self.controls_std))
+                for control, table, spread in kinds:
                     rows.append(
                         dict(
                             set=name,
-                            control=True,
+                            control=control,
                             size=int(self.sizes[name]),
                             task=task,
-                            value=self.controls.loc[name, task],
-                            value_std=self.controls_std.loc[name, task],
+                            value=table.loc[name, task],
+                            value_std=0.0 if spread is None else spread.loc[name, task],
                         )
                     )
         frame = pd.DataFrame(rows)

@@ -117,6 +117,26 @@ def _check_model(meta: dict[str, Any], model, what: str, allow_other_model: bool
     warnings.warn(message, TasklensWarning, stacklevel=3)
 
 
+def _load_checked(
+    path: str | Path, kind: str, shape, model, allow_other_model: bool, check_values
+) -> tuple[Tensor, dict[str, Any]]:
+    """`_load`, then ``check_values(values, meta)``, then the grid and the model it was made on.
+
+    The model's identity is read from the sidecar (a set keeps it in its ``meta``)."""
+    values, meta = _load(path, kind)
+    check_values(values, meta)
+    if model is not None:
+        from tasklens.models import ModelInfo
+
+        shape = ModelInfo.of(model).shape
+    what = f"{kind} file {str(path)!r}"
+    if shape is not None:
+        check_shape(values, shape, what)
+    if model is not None:
+        _check_model(meta.get("meta", meta) if kind == "NeuronSet" else meta, model, what, allow_other_model)
+    return values, meta
+
+
 def _known(cls, meta: dict[str, Any]) -> dict[str, Any]:
     """The sidecar keys ``cls`` takes; unknown keys (from newer versions) are ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -137,8 +157,32 @@ def ranking(values: Float[Tensor, "layer neuron"]) -> Int[Tensor, " n"]:
     return flat.argsort(descending=True, stable=True)
 
 
+class _Artifact:
+    """Loading shared by `NeuronScores` and `NeuronSet` (a tensor + JSON sidecar pair)."""
+
+    kind: ClassVar[str]
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        shape: tuple[int, int] | None = None,
+        *,
+        model=None,
+        allow_other_model: bool = False,
+    ):
+        """Load from ``path`` (.safetensors + .json); with ``model`` (or ``shape``) given, check
+        it was made for that model (an error, or a warning with ``allow_other_model=True``)."""
+
+        def check(values: Tensor, meta: dict[str, Any]) -> None:
+            cls._check_values(path, values, meta)
+
+        values, meta = _load_checked(path, cls.kind, shape, model, allow_other_model, check)
+        return cls._from_file(values, meta)
+
+
 @dataclass
-class NeuronScores:
+class NeuronScores(_Artifact):
     """A score for every MLP neuron of one model, for one task and method.
 
     Attributes:
@@ -207,27 +251,13 @@ class NeuronScores:
         """Write ``path.safetensors`` and ``path.json``; returns the tensor file's path."""
         return _save(path, self.values.float(), self.metadata())
 
-    @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        shape: tuple[int, int] | None = None,
-        *,
-        model=None,
-        allow_other_model: bool = False,
-    ) -> NeuronScores:
-        """Load scores; with ``model`` (or ``shape``) given, check they were made for it."""
-        values, meta = _load(path, cls.kind)
+    @staticmethod
+    def _check_values(path, values: Tensor, meta: dict[str, Any]) -> None:
         if not values.is_floating_point():
             raise TasklensError(f"{str(path)!r} holds {values.dtype} values, not scores; recompute them")
-        if model is not None:
-            from tasklens.models import ModelInfo
 
-            shape = ModelInfo.of(model).shape
-        if shape is not None:
-            check_shape(values, shape, f"Scores file {str(path)!r}")
-        if model is not None:
-            _check_model(meta, model, f"Scores file {str(path)!r}", allow_other_model)
+    @classmethod
+    def _from_file(cls, values: Tensor, meta: dict[str, Any]) -> NeuronScores:
         return cls(values=values, **_known(cls, meta))
 
     # --- reading ------------------------------------------------------------------
@@ -323,7 +353,7 @@ class NeuronScores:
 
 
 @dataclass
-class NeuronSet:
+class NeuronSet(_Artifact):
     """A set of MLP neurons of one model: a boolean mask with set algebra.
 
     Attributes:
@@ -444,21 +474,12 @@ class NeuronSet:
         }
         return _save(path, self.mask.to(torch.uint8), meta)
 
-    @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        shape: tuple[int, int] | None = None,
-        *,
-        model=None,
-        allow_other_model: bool = False,
-    ) -> NeuronSet:
-        """Load a set; with ``model`` (or ``shape``) given, check it was made for that model."""
-        values, meta = _load(path, cls.kind)
+    @staticmethod
+    def _check_values(path, values: Tensor, meta: dict[str, Any]) -> None:
         if values.dtype not in (torch.uint8, torch.bool) or not bool((values <= 1).all()):
             raise TasklensError(
-                f"{str(path)!r} holds {values.dtype} values {values.flatten()[:4].tolist()}..., not a 0/1 "
-                "neuron mask (a scores tensor saved as a set?); select a set with tasklens.selection"
+                f"{str(path)!r} holds {values.dtype} values {values.flatten()[:4].tolist()}..., not a "
+                "0/1 neuron mask (a scores tensor saved as a set?); select a set with tasklens.selection"
             )
         claims = {"shape": list(values.shape), "size": int(values.sum())}
         for key, actual in claims.items():
@@ -467,13 +488,7 @@ class NeuronSet:
                     f"{str(path)!r}: the sidecar says {key} {meta[key]} but the mask has {actual}; "
                     "the pair does not belong together: recompute the set"
                 )
-        if model is not None:
-            from tasklens.models import ModelInfo
 
-            shape = ModelInfo.of(model).shape
-        if shape is not None:
-            check_shape(values, shape, f"Neuron set file {str(path)!r}")
-        inner = meta.get("meta", {})
-        if model is not None:
-            _check_model(inner, model, f"Neuron set file {str(path)!r}", allow_other_model)
-        return cls(values.bool(), meta.get("name", "neurons"), inner)
+    @classmethod
+    def _from_file(cls, values: Tensor, meta: dict[str, Any]) -> NeuronSet:
+        return cls(values.bool(), meta.get("name", "neurons"), meta.get("meta", {}))

@@ -17,11 +17,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.scoring.base import SCORERS, make_scores
-from tasklens.scoring.patching import PatchingOptions, baseline_inputs
+from tasklens.scoring.patching import PatchingOptions
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch
 
@@ -50,11 +49,7 @@ class ExactAblation(PatchingOptions):
 
     @torch.no_grad()
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
-        info = ModelInfo.of(model)
-        names = info.hook_names(unit)
-        metric = get_metric(self.metric)
-        clean, corrupt, mean = baseline_inputs(model, task, self.baseline, unit, batch_size)
-        total = torch.zeros(info.shape, dtype=torch.float64)
+        info, names, metric, clean, corrupt, mean, total = self._inputs(model, task, unit, batch_size)
         device = model.cfg.device
         tested = (
             self.only.check_fits(info.shape).mask

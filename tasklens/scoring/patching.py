@@ -103,6 +103,14 @@ class PatchingOptions:
         check_choice("baseline", self.baseline, BASELINES)
         get_metric(self.metric)
 
+    def _inputs(self, model, task: Task, unit: str, batch_size: int):
+        """What every patching scorer starts from: the neuron hook names, the metric, the
+        clean and corrupted prompts, the task mean, and a float64 total of the grid's shape."""
+        info = ModelInfo.of(model)
+        clean, corrupt, mean = baseline_inputs(model, task, self.baseline, unit, batch_size)
+        total = torch.zeros(info.shape, dtype=torch.float64)
+        return info, info.hook_names(unit), get_metric(self.metric), clean, corrupt, mean, total
+
 
 @SCORERS.register()
 @dataclass
@@ -126,11 +134,7 @@ class AttributionPatching(PatchingOptions):
         return _drop(delta, grads, names)
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
-        info = ModelInfo.of(model)
-        names = info.hook_names(unit)
-        metric = get_metric(self.metric)
-        clean, corrupt, mean = baseline_inputs(model, task, self.baseline, unit, batch_size)
-        total = torch.zeros(info.shape, dtype=torch.float64)
+        info, names, metric, clean, corrupt, mean, total = self._inputs(model, task, unit, batch_size)
         n_tokens = 0
         corrupt_batches = corrupt.batches(batch_size) if corrupt is not None else None
         for batch in clean.batches(batch_size):
