@@ -19,7 +19,6 @@ from scipy.stats import spearmanr
 
 from tasklens.io import write_json
 from tasklens.models import load_model
-from tasklens.organism.evaluate import sample
 from tasklens.scoring import (
     ActivationStats,
     AttributionPatching,
@@ -58,7 +57,7 @@ def main() -> None:
     model = load_model(args.model)
     rows = []
     for name in args.tasks or builtin_task_names():
-        task = sample(load_builtin(name, "detection"), args.prompts, seed=1)
+        task = load_builtin(name, "detection").sample(args.prompts, seed=1)
         start = time.perf_counter()
         exact = ExactAblation().attribute(model, task).values
         exact_seconds = time.perf_counter() - start

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from references import captum_reference
+
 from tasklens.interventions import ablate
 from tasklens.io import write_json
 from tasklens.metrics import answer_logprob, answer_loss
 from tasklens.models import load_model
 from tasklens.neurons import NeuronSet
-from tasklens.organism.evaluate import sample
 from tasklens.scoring import (
     CGVST,
     ActivationStats,
@@ -36,7 +38,6 @@ from tasklens.scoring import (
     GradientAttribution,
     IntegratedGradients,
 )
-from tasklens.scoring.integrated_gradients import captum_reference
 from tasklens.tasks.builtin import load_builtin
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -118,8 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = load_model("organism")
-    task = sample(load_builtin("capital_of", "detection"), 256, seed=2)
-    marked = sample(load_builtin("addition", "detection"), 128, seed=2)
+    task = load_builtin("capital_of", "detection").sample(256, seed=2)
+    marked = load_builtin("addition", "detection").sample(128, seed=2)
     tokenized = TokenizedTask.for_model(task, model)
     bs = 32
     results: dict[str, dict] = {}

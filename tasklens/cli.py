@@ -302,7 +302,7 @@ def organism_train(
     """
     from tasklens.models import load_model
     from tasklens.organism.card import write_card
-    from tasklens.organism.evaluate import evaluate_suite
+    from tasklens.organism.suite import evaluate_suite
     from tasklens.organism.train import OrganismConfig, train_organism
     from tasklens.tasks.builtin import training_tasks
     from tasklens.tasks.task import Task
@@ -331,7 +331,7 @@ def organism_eval(
     Example: tasklens organism eval --json
     """
     from tasklens.models import load_model
-    from tasklens.organism.evaluate import evaluate_suite
+    from tasklens.organism.suite import evaluate_suite
 
     loaded = load_model(model)
     results = evaluate_suite(

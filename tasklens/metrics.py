@@ -19,7 +19,7 @@ from tasklens.tasks.tokenize import Batch
 
 def _answer_token_logprobs(
     logits: Float[Tensor, "batch pos vocab"], batch: Batch
-) -> Float[Tensor, "batch pos"]:
+) -> Float[Tensor, "batch pos-1"]:
     """log p(next token) at every position whose next token is an answer token, else 0.
 
     The softmax is taken only at those positions (a few per prompt), not over the

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int, Shaped
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -357,12 +357,13 @@ class NeuronSet(_Artifact):
     """A set of MLP neurons of one model: a boolean mask with set algebra.
 
     Attributes:
-        mask: ``[n_layers, d_mlp]`` bool, True for members.
+        mask: ``[n_layers, d_mlp]`` bool, True for members (a 0/1 tensor of another dtype is
+            converted).
         name: label used in tables and plots.
         meta: provenance (the scores it was selected from, the selection rule).
     """
 
-    mask: Bool[Tensor, "layer neuron"]
+    mask: Shaped[Tensor, "layer neuron"]
     name: str = "neurons"
     meta: dict[str, Any] = field(default_factory=dict)
 

@@ -17,7 +17,7 @@ from tasklens.errors import TasklensError
 from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.registry import Registry
 
-Selection = Callable[[NeuronScores, float], NeuronSet]
+Selection = Callable[[NeuronScores, float], NeuronSet]  # (scores, value) -> set
 SELECTIONS: Registry[Selection] = Registry("selection")
 
 
@@ -36,7 +36,7 @@ def _from_flat(scores: NeuronScores, idx: torch.Tensor, rule: dict) -> NeuronSet
     return NeuronSet(mask.view_as(scores.values), name=scores.task, meta=meta)
 
 
-def whole_number(value: float, what: str) -> int:
+def whole_number(value: object, what: str) -> int:
     """``value`` as an int, refusing fractions (``2.0`` is 2; ``2.7`` is an error)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TasklensError(f"{what} must be a whole number, got {value!r}")
@@ -46,7 +46,7 @@ def whole_number(value: float, what: str) -> int:
 
 
 @SELECTIONS.register("top_k")
-def top_k(scores: NeuronScores, k: float) -> NeuronSet:
+def top_k(scores: NeuronScores, k: int | float) -> NeuronSet:
     """The ``k`` highest-scoring neurons over all layers (ties broken by index)."""
     k = whole_number(k, "k (the number of neurons)")
     total = scores.values.numel()
@@ -56,7 +56,7 @@ def top_k(scores: NeuronScores, k: float) -> NeuronSet:
 
 
 @SELECTIONS.register("top_percent")
-def top_percent(scores: NeuronScores, percent: float) -> NeuronSet:
+def top_percent(scores: NeuronScores, percent: int | float) -> NeuronSet:
     """The top ``percent`` % of all neurons (at least one)."""
     if not 0 < percent <= 100:
         raise TasklensError(f"percent must be in (0, 100], got {percent}")
@@ -67,7 +67,7 @@ def top_percent(scores: NeuronScores, percent: float) -> NeuronSet:
 
 
 @SELECTIONS.register("per_layer_top_k")
-def per_layer_top_k(scores: NeuronScores, k: float) -> NeuronSet:
+def per_layer_top_k(scores: NeuronScores, k: int | float) -> NeuronSet:
     """The ``k`` highest-scoring neurons of every layer (ties broken by index)."""
     k = whole_number(k, "k (neurons per layer)")
     n_layers, width = scores.shape
@@ -80,7 +80,7 @@ def per_layer_top_k(scores: NeuronScores, k: float) -> NeuronSet:
 
 
 @SELECTIONS.register("threshold")
-def threshold(scores: NeuronScores, value: float) -> NeuronSet:
+def threshold(scores: NeuronScores, value: int | float) -> NeuronSet:
     """Every neuron whose score is at least ``value``."""
     if not math.isfinite(value):
         raise TasklensError(f"threshold must be a finite number, got {value}")
@@ -90,7 +90,7 @@ def threshold(scores: NeuronScores, value: float) -> NeuronSet:
 
 
 @SELECTIONS.register("fraction_of_max")
-def fraction_of_max(scores: NeuronScores, fraction: float) -> NeuronSet:
+def fraction_of_max(scores: NeuronScores, fraction: int | float) -> NeuronSet:
     """Every neuron scoring at least ``fraction`` x the maximum score (knowledge-neuron rule)."""
     if not 0 < fraction <= 1:
         raise TasklensError(f"fraction must be in (0, 1], got {fraction}")
@@ -99,7 +99,7 @@ def fraction_of_max(scores: NeuronScores, fraction: float) -> NeuronSet:
     return selected
 
 
-def select(scores: NeuronScores, rule: str, value: float) -> NeuronSet:
+def select(scores: NeuronScores, rule: str, value: int | float) -> NeuronSet:
     """Apply the selection registered as ``rule``; the set is named after the scores' task."""
     return SELECTIONS.get(rule)(scores, value)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tasklens.models import ORGANISM_DIR, load_model
-from tasklens.organism.evaluate import evaluate_suite
+from tasklens.organism.suite import evaluate_suite
 from tasklens.organism.train import OrganismConfig, train_organism
 from tasklens.tasks.builtin import builtin_task_info, load_builtin
 

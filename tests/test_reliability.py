@@ -99,7 +99,7 @@ def test_per_layer_top_k_breaks_ties_by_index():
     assert chosen.pairs() == [(layer, i) for layer in range(4) for i in (0, 1)]
 
 
-@pytest.mark.parametrize("k", [2.7, float("nan"), "3", True])
+@pytest.mark.parametrize("k", [2.7, float("nan"), float("inf"), 1e-3])
 def test_top_k_refuses_a_non_whole_k(k):
     with pytest.raises(TasklensError, match="whole number"):
         top_k(scores_of(torch.rand(GRID)), k)
@@ -528,9 +528,11 @@ def test_tasklens_warnings_can_be_filtered_as_a_category():
     assert caught and issubclass(caught[0].category, UserWarning)
 
 
-def test_a_string_where_a_task_is_expected(organism):
-    with pytest.raises(TasklensError, match="load_builtin"):
-        evaluation_matrix(organism, [], ["capital_of"], n_controls=0)
+def test_a_string_where_a_task_is_expected():
+    from tasklens.tasks.task import check_task
+
+    with pytest.raises(TasklensError, match=r"load_builtin\('capital_of'"):
+        check_task("capital_of")
 
 
 def test_run_folders_keep_nothing_foreign_deleted(organism, tmp_path):

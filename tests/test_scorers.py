@@ -91,7 +91,7 @@ def test_neuron_atp_sums_to_transformerlens_component_atp(organism):
 
 
 def test_integrated_gradients_equals_captum(organism):
-    from tasklens.scoring.integrated_gradients import captum_reference
+    from references import captum_reference
 
     task = Task.from_lists(
         "t", ["Q: What is the capital of Peru? A:", "Element: Iron. Symbol:"], [" Lima", " Fe"]

@@ -35,14 +35,14 @@ class Task:
     """
 
     name: str
-    prompts: tuple[str, ...]
-    answers: tuple[str, ...]
-    corrupted_prompts: tuple[str, ...] | None = None
-    markers: tuple[str, ...] = ()
+    prompts: Sequence[str]
+    answers: Sequence[str]
+    corrupted_prompts: Sequence[str] | None = None
+    markers: Sequence[str] = ()
     language: str = "en"
     split: str = "all"
-    subjects: tuple[str, ...] | None = None
-    templates: tuple[int, ...] | None = None
+    subjects: Sequence[str] | None = None
+    templates: Sequence[int] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

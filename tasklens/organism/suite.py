@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from tasklens.evaluate import accuracy
 from tasklens.tasks.builtin import builtin_task_info, load_builtin
-from tasklens.tasks.task import Task
 
 #: evaluation key -> built-in split it is measured on
 EVAL_SPLITS = {
@@ -12,11 +11,6 @@ EVAL_SPLITS = {
     "heldout_template": "heldout_template",
     "heldout_instance": "heldout_instance",
 }
-
-
-def sample(task: Task, n: int, seed: int = 0) -> Task:
-    """A deterministic sample of at most ``n`` prompts (`Task.sample`)."""
-    return task.sample(n, seed)
 
 
 def evaluate_suite(model, names: list[str] | None = None, max_prompts: int = 300, progress=None) -> dict:
@@ -34,7 +28,7 @@ def evaluate_suite(model, names: list[str] | None = None, max_prompts: int = 300
         for key, split in EVAL_SPLITS.items():
             if split not in info[name]["splits"]:
                 continue
-            task = sample(load_builtin(name, split), max_prompts)
+            task = load_builtin(name, split).sample(max_prompts)
             results[name][key] = round(accuracy(model, task), 4)
             if progress is not None:
                 progress(name, key, results[name][key])
