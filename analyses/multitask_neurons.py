@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/multitask_neurons")
-    parser.add_argument("--percent", type=float, default=10.0, help="task neurons, % of all (paper: 10)")
+    parser.add_argument("--percent", type=float, default=10.0, help="task neurons, %% of all (paper: 10)")
     parser.add_argument("--detection-prompts", type=int, default=128)
     parser.add_argument("--eval-prompts", type=int, default=80)
     parser.add_argument("--controls", type=int, default=3)

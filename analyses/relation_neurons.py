@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/relation_neurons")
-    parser.add_argument("--percent", type=float, default=2.0, help="neurons per relation, % of all")
+    parser.add_argument("--percent", type=float, default=2.0, help="neurons per relation, %% of all")
     parser.add_argument("--unit", default="hook_post")
     parser.add_argument("--detection-prompts", type=int, default=200)
     parser.add_argument("--eval-prompts", type=int, default=50, help="held-out facts per relation")

@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/task_neurons_cgvst")
-    parser.add_argument("--percent", type=float, default=5.0, help="global top % (paper: 5)")
+    parser.add_argument("--percent", type=float, default=5.0, help="global top %% (paper: 5)")
     parser.add_argument("--factor", type=float, default=2.0, help="amplification factor (not published)")
     parser.add_argument("--detection-prompts", type=int, default=128)
     parser.add_argument("--eval-prompts", type=int, default=60)

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import torch
 
+try:
+    import captum  # noqa: F401 (the integrated-gradients reference)
+except ImportError:
+    sys.exit('benchmarks/performance.py needs captum, from the test extra: pip install -e ".[test]"')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from references import captum_reference
 

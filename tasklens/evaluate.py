@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tasklens.errors import TasklensError
 from tasklens.metrics import METRICS, is_generative
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask
@@ -44,6 +45,8 @@ def greedy_generate(
     Returns:
         Per prompt, exactly ``max_new_tokens`` generated token ids.
     """
+    if batch_size < 1:
+        raise TasklensError(f"batch_size must be at least 1, got {batch_size}")
     pad_id = model.tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
     out: list[list[int]] = []

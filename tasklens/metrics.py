@@ -22,14 +22,15 @@ def _answer_token_logprobs(
 ) -> Float[Tensor, "batch pos-1"]:
     """log p(next token) at every position whose next token is an answer token, else 0.
 
-    The softmax is taken only at those positions (a few per prompt), not over the
-    whole sequence.
+    The log-softmax is taken in float64 and only at those positions (a few per
+    prompt): a single neuron's effect on the answer can be as small as float32's
+    rounding of a log-probability.
     """
     rows, pos = batch.target_mask()[:, :-1].nonzero(as_tuple=True)
     rows, pos = rows.to(logits.device), pos.to(logits.device)
     targets = batch.tokens.to(logits.device)[rows, pos + 1]
-    picked = logits[rows, pos].log_softmax(-1).gather(-1, targets[:, None])[:, 0]
-    out = logits.new_zeros(logits.shape[0], logits.shape[1] - 1)
+    picked = logits[rows, pos].double().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    out = logits.new_zeros(logits.shape[0], logits.shape[1] - 1, dtype=torch.float64)
     return out.index_put((rows, pos), picked)
 
 
@@ -56,7 +57,7 @@ def first_token_prob(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> 
     rows = torch.arange(batch.size, device=logits.device)
     last = batch.last_prompt.to(logits.device)
     first = batch.tokens[rows.cpu(), batch.prompt_lengths].to(logits.device)
-    return logits[rows, last].softmax(-1)[rows, first]
+    return logits[rows, last].double().softmax(-1)[rows, first]
 
 
 def logit_diff(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:

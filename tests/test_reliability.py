@@ -543,3 +543,209 @@ def test_run_folders_keep_nothing_foreign_deleted(organism, tmp_path):
     locate(small_run(tmp_path, tasks=["larger_number"]), organism)
     assert (tmp_path / "run/notes.txt").read_text() == "keep"
     assert Path(tmp_path / "run/manifest.json").is_file()
+
+
+# --- tasks, scoring, organism ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "constant", "relu"])
+def test_average_precision_equals_sklearn(kind):
+    from sklearn.metrics import average_precision_score
+
+    from tasklens.scoring.expertise import average_precision
+
+    generator = torch.Generator().manual_seed(hash(kind) % 1000)
+    for _ in range(25):
+        n = int(torch.randint(6, 50, (1,), generator=generator))
+        labels = torch.rand(n, generator=generator) < 0.3
+        labels[:2] = torch.tensor([True, False])
+        if kind == "continuous":
+            scores = torch.rand(n, 7, generator=generator)
+        elif kind == "ties":
+            scores = torch.randint(0, 3, (n, 7), generator=generator).float()
+        elif kind == "constant":
+            scores = torch.zeros(n, 7)
+        else:
+            scores = torch.relu(torch.randn(n, 7, generator=generator))
+        ours = average_precision(scores, labels)
+        reference = [average_precision_score(labels.numpy(), scores[:, j].numpy()) for j in range(7)]
+        torch.testing.assert_close(ours, torch.tensor(reference, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_a_dead_neuron_is_not_a_perfect_expert():
+    from tasklens.scoring.expertise import average_precision
+
+    assert float(average_precision(torch.zeros(5, 1), torch.tensor([1, 0, 0, 0, 0]).bool())[0]) == 0.2
+
+
+def test_cgvst_records_the_unit_it_scores(organism):
+    from tasklens.scoring import CGVST
+
+    task = load_builtin("currency_of", "heldout_template").head(2)
+    assert CGVST().attribute(organism, task).unit == "hook_pre_linear"
+    with pytest.raises(TasklensError, match="up projection"):
+        CGVST().attribute(organism, task, unit="hook_pre")
+
+
+def test_answer_logprob_is_taken_in_float64(organism, continent):
+    from tasklens.metrics import answer_logprob
+    from tasklens.tasks.tokenize import TokenizedTask
+
+    batch = next(TokenizedTask.for_model(continent, organism).batches(8))
+    with torch.no_grad():
+        logits = organism(batch.tokens)
+    ours = answer_logprob(logits, batch)
+    rows = torch.arange(batch.size)
+    reference = torch.zeros(batch.size, dtype=torch.float64)
+    single = torch.zeros(batch.size)
+    for pos in range(batch.tokens.shape[1] - 1):
+        target = batch.target_mask()[:, pos]
+        token = batch.tokens[:, pos + 1]
+        reference += target * logits[rows, pos].double().log_softmax(-1)[rows, token]
+        single += target * logits[rows, pos].log_softmax(-1)[rows, token]
+    assert ours.dtype == torch.float64
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+    assert (single.double() - reference).abs().max() > 0  # float32 would have been off
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("null.jsonl", b'{"prompt": "x", "answer": null}\n', "row 1 has no answer"),
+        ("missing.jsonl", b'{"prompt": "x", "answer": " y"}\n{"prompt": "z"}\n', "row 2 has no answer"),
+        ("cell.csv", b"prompt,answer\nhello, there\nbye,\n", "row 2 has no answer"),
+        ("empty.jsonl", b"", "is empty"),
+        ("header.csv", b"prompt,answer\n", "has a header .* but no rows"),
+        ("broken.jsonl", b'{"prompt": "x", "answer": " y"}\n{"prompt": oops}\n', "line 2: not valid JSON"),
+        ("latin.jsonl", '{"prompt": "café", "answer": " y"}\n'.encode("latin-1"), "not UTF-8 .* re-save it"),
+        ("nocolumn.jsonl", b'{"question": "x", "answer": " y"}\n', r"nocolumn.jsonl' has no column 'prompt'"),
+        ("task.txt", b"x", "use .jsonl, .json or .csv"),
+    ],
+)
+def test_bad_task_files_give_errors_that_name_the_problem(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(TasklensError, match=message):
+        Task.from_file(tmp_path / name)
+
+
+def test_a_rewritten_task_file_is_read_anew(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "a", "answer": " b"}\n')
+    stat = path.stat()
+    assert Task.from_file(path).answers == (" b",)
+    path.write_text('{"prompt": "a", "answer": " c"}\n')  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
+    assert Task.from_file(path).answers == (" c",)
+
+
+def test_task_sample_is_deterministic_and_refuses_zero():
+    task = load_builtin("addition", "detection")
+    assert task.sample(10).prompts == task.sample(10).prompts != task.sample(10, seed=1).prompts
+    assert len(task.sample(10**6)) == len(task)
+    with pytest.raises(TasklensError, match="at least 1"):
+        task.sample(0)
+
+
+def test_answers_without_their_leading_space_warn_once(organism):
+    from tasklens.tasks.tokenize import TokenizedTask
+
+    task = Task.from_lists("glued", ["Q: AND or OR? A:", "Q: yes or no? A:", "2 + 2 ="], ["AND", "yes", " 4"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TokenizedTask.for_model(task, organism)
+    messages = [str(w.message) for w in caught if issubclass(w.category, TasklensWarning)]
+    assert len(messages) == 1 and "2 of 3 answers" in messages[0] and "leading space" in messages[0]
+
+
+def test_corrupted_pairs_of_another_length_are_counted_not_silently_dropped(organism):
+    task = Task.from_lists(
+        "pairs",
+        ["Q: What is the capital of Peru? A:", "Q: What is the capital of Chad? A:"],
+        [" Lima", " N'Djamena"],
+        corrupted_prompts=[
+            "Q: What is the capital of Chad? A:",
+            "Q: What is the capital of the Central African Republic? A:",
+        ],
+    )
+    with pytest.warns(TasklensWarning, match="1 of 2 corrupted prompts"):
+        scores = AttributionPatching(baseline="corrupted").attribute(organism, task)
+    assert scores.params["n_dropped_pairs"] == 1 and scores.n_prompts == 1
+
+
+def test_exact_ablation_falls_back_to_full_forwards_with_one_warning(organism, monkeypatch):
+    import tasklens.scoring.exact as exact
+
+    task = load_builtin("continent_of", "detection").head(2)
+    only = NeuronSet.from_pairs([(0, 1), (1, 2), (2, 3)], GRID, "few")
+    replayed = ExactAblation(only=only).attribute(organism, task).values
+    monkeypatch.setattr(exact, "replay_blocks", lambda *args: None)
+    monkeypatch.delattr(organism, "_tasklens_replay_warned", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        full = ExactAblation(only=only).attribute(organism, task).values
+        ExactAblation(only=only).attribute(organism, task)
+    assert len([w for w in caught if issubclass(w.category, TasklensWarning)]) == 1
+    torch.testing.assert_close(full, replayed, rtol=1e-4, atol=1e-6)
+
+
+def test_organism_training_never_replaces_a_foreign_folder(tmp_path):
+    from tasklens.models import ORGANISM_DIR
+    from tasklens.organism.train import OrganismConfig, check_replaceable, train_organism
+
+    foreign = tmp_path / "organism"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(TasklensError, match="not an organism checkpoint"):
+        train_organism([load_builtin("addition", "train")], foreign, OrganismConfig(steps=5))
+    assert (foreign / "notes.txt").read_text() == "keep"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TasklensError, match="is a file"):
+        check_replaceable(tmp_path / "file")
+    shutil.copytree(ORGANISM_DIR, tmp_path / "old_organism")
+    check_replaceable(tmp_path / "old_organism")  # a checkpoint tasklens wrote may be replaced
+    check_replaceable(tmp_path / "new")
+    for steps in (0, -3):
+        with pytest.raises(TasklensError, match="at least 1 step"):
+            train_organism([load_builtin("addition", "train")], tmp_path / "new", OrganismConfig(steps=steps))
+
+
+def test_organism_train_cli_keeps_a_foreign_folder(tmp_path):
+    foreign = tmp_path / "organism"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    result = CliRunner().invoke(app, ["organism", "train", "--out", str(foreign), "--steps", "5"])
+    assert result.exit_code == 2 and "not an organism checkpoint" in result.output
+    assert (foreign / "notes.txt").read_text() == "keep"
+
+
+ROOT = Path(__file__).parents[1]
+SCRIPTS = sorted(
+    str(p.relative_to(ROOT)) for folder in ("analyses", "benchmarks") for p in (ROOT / folder).glob("*.py")
+)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_explains_itself(script):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-500:]
+
+
+def test_the_performance_benchmark_names_the_extra_it_needs(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "captum").mkdir()
+    (tmp_path / "captum/__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "benchmarks/performance.py"], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert result.returncode != 0 and 'pip install -e ".[test]"' in result.stderr
+
+
+def test_evaluation_refuses_an_empty_batch(organism, continent):
+    with pytest.raises(TasklensError, match="batch_size must be at least 1"):
+        tasklens.accuracy(organism, continent, batch_size=0)

@@ -65,7 +65,7 @@ def test_bad_files(tmp_path):
         Task.from_file(tmp_path / "missing.jsonl")
     bad = tmp_path / "data.txt"
     bad.write_text("x")
-    with pytest.raises(TasklensError, match=r"use \.jsonl or \.csv"):
+    with pytest.raises(TasklensError, match=r"use \.jsonl, \.json or \.csv"):
         Task.from_file(bad)
 
 

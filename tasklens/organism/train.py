@@ -99,6 +99,32 @@ def _batch(pairs, pad_id: int, prompt_weight: float):
     return tokens, weights[:, 1:]
 
 
+def is_organism_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds a checkpoint `train_organism` wrote (its training record)."""
+    try:
+        record = json.loads((folder / "training.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"config", "n_parameters"} <= set(record)
+
+
+def check_replaceable(out_dir: str | Path) -> None:
+    """``out_dir`` may be written: missing, empty, or an organism checkpoint tasklens wrote.
+
+    Anything else is refused before training starts, so nothing the user keeps there is deleted.
+    """
+    folder = Path(out_dir)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise TasklensError(f"--out {str(folder)!r} is a file; choose a new or empty folder")
+    if any(folder.iterdir()) and not is_organism_checkpoint(folder):
+        raise TasklensError(
+            f"--out {str(folder)!r} already holds files that are not an organism checkpoint; tasklens "
+            "replaces the folder it trains into, so choose a new or empty folder"
+        )
+
+
 def train_organism(
     tasks: Sequence[Task],
     out_dir: str | Path,
@@ -111,6 +137,9 @@ def train_organism(
         Training record: config, final losses, wall time, parameter count.
     """
     config = config or OrganismConfig()
+    if not isinstance(config.steps, int) or config.steps < 1:
+        raise TasklensError(f"Training needs at least 1 step, got steps={config.steps!r}")
+    check_replaceable(out_dir)
     if not tasks:
         raise TasklensError("train_organism needs at least one task to train on")
     torch.manual_seed(config.seed)

@@ -56,7 +56,9 @@ class CGVST:
             few-shot prompts).
 
     The task needs ``markers``. Weights must be unfolded (HF numerics): a bridge
-    in compatibility mode is refused, since folding changes W_up and x.
+    in compatibility mode is refused, since folding changes W_up and x. The score
+    belongs to the up projection's rows, so the scores record that unit
+    (``hook_pre_linear``, or ``hook_pre`` for non-gated MLPs) whatever ``unit`` is asked.
     """
 
     n_demo: int = 28
@@ -70,6 +72,12 @@ class CGVST:
                 "load a fresh model with load_model() and do not enable compatibility mode"
             )
         up_unit = "hook_pre_linear" if info.gated else "hook_pre"
+        if unit not in (DEFAULT_UNIT, up_unit):
+            raise TasklensError(
+                f"CGVST scores the rows of the up projection ({up_unit}), not {unit!r}; neuron j is the "
+                "same neuron in every unit, so leave unit at its default (the scores record "
+                f"{up_unit!r})"
+            )
         grad_names = info.hook_names(up_unit)
         input_names = [info.mlp_input_name(layer) for layer in range(info.n_layers)]
         positions = marker_positions(
@@ -90,4 +98,4 @@ class CGVST:
                 row_grad = (grads[grad_names[layer]].double() * x_sum).sum(1)  # [batch, neuron]
                 total[layer] += row_grad.abs().sum(0).cpu()
             n_markers += sum(len(positions[i]) for i in batch.indices)
-        return make_scores(self, model, task, total, unit, len(task), n_markers)
+        return make_scores(self, model, task, total, up_unit, len(task), n_markers)

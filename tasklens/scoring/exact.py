@@ -8,6 +8,7 @@ repeated once per neuron, and copy c has neuron c replaced.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tasklens.errors import TasklensWarning
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.scoring.base import SCORERS, make_scores
@@ -98,7 +100,9 @@ class ExactAblation(PatchingOptions):
                     bar.update(len(neurons))
         bar.close()
         n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
-        return make_scores(self, model, task, total, unit, len(clean), n_tokens)
+        return make_scores(
+            self, model, task, total, unit, len(clean), n_tokens, **self._provenance(task, clean)
+        )
 
     @staticmethod
     def _last_layer(model, batch, cache, name: str, resid_name: str, neurons: Tensor, fill, metric) -> Tensor:
@@ -148,6 +152,14 @@ class ExactAblation(PatchingOptions):
         if self.replay and layer in block_inputs:
             with model.hooks(fwd_hooks=[(name, hook)]):
                 logits = replay_blocks(model, block_inputs, layer, n_copies, start)
+            if logits is None and not getattr(model, "_tasklens_replay_warned", False):
+                model._tasklens_replay_warned = True
+                warnings.warn(
+                    f"{ModelInfo.of(model).name}: its transformer blocks cannot be run alone, so exact "
+                    "ablation runs full forward passes (same results, slower)",
+                    TasklensWarning,
+                    stacklevel=2,
+                )
         if logits is None:
             with model.hooks(fwd_hooks=[(name, hook), (ModelInfo.unembed_input_name, trim)]):
                 logits = model(tokens.repeat_interleave(n_copies, dim=0))

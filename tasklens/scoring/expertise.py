@@ -41,19 +41,27 @@ def average_precision(
 ) -> Float[Tensor, " neuron"]:
     """Average precision of each column of ``scores`` at ranking the positive samples first.
 
-    AP = mean over positives of the precision at that positive's rank (ties broken
-    by sample order).
+    As ``sklearn.metrics.average_precision_score``: AP = sum over distinct score
+    thresholds of (recall gained there) x (precision there), so tied samples count
+    as one threshold. A constant (e.g. dead) neuron scores the base rate, not 1.
     """
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == len(labels):
         raise TasklensError("average precision needs both positive and negative samples")
+    rank = torch.arange(1, len(labels) + 1, dtype=torch.float64)[:, None]
     out = []
     for start in range(0, scores.shape[1], chunk):
         block = scores[:, start : start + chunk]
         order = block.argsort(dim=0, descending=True, stable=True)
-        hits = labels[order].double()  # [sample, neuron]
-        precision = hits.cumsum(0) / torch.arange(1, len(labels) + 1, dtype=torch.float64)[:, None]
-        out.append((precision * hits).sum(0) / n_pos)
+        ordered = block.gather(0, order)
+        true_pos = labels[order].double().cumsum(0)  # [sample, neuron]
+        # a threshold ends where the next sample scores lower (or at the last sample)
+        last = torch.ones_like(ordered, dtype=torch.bool)
+        last[:-1] = ordered[:-1] != ordered[1:]
+        at_last = torch.where(last, true_pos, torch.zeros_like(true_pos))
+        before = torch.cat([torch.zeros_like(at_last[:1]), at_last.cummax(0).values[:-1]])
+        gained = torch.where(last, true_pos - before, torch.zeros_like(true_pos))
+        out.append((gained * true_pos / rank).sum(0) / n_pos)
     return torch.cat(out)
 
 

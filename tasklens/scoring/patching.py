@@ -11,13 +11,14 @@ important neurons score high, the same sign as `ExactAblation`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from tasklens.errors import TasklensError, check_choice
+from tasklens.errors import TasklensError, TasklensWarning, check_choice
 from tasklens.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.neurons import NeuronScores
@@ -48,6 +49,13 @@ def corrupted_pairs(model, task: Task) -> tuple[TokenizedTask, TokenizedTask]:
     corrupt_task = Task(task.name, task.corrupted_prompts, task.answers)
     corrupt = TokenizedTask.for_model(corrupt_task, model)
     keep = [i for i in range(len(task)) if len(clean.prompt_ids[i]) == len(corrupt.prompt_ids[i])]
+    if keep and len(keep) < len(task):
+        warnings.warn(
+            f"Task {task.name!r}: {len(task) - len(keep)} of {len(task)} corrupted prompts have another "
+            "number of tokens than their clean prompt and are skipped (the scores record n_dropped_pairs)",
+            TasklensWarning,
+            stacklevel=3,
+        )
     if not keep:
         raise TasklensError(
             f"Task {task.name!r}: no corrupted prompt has the same number of tokens as its clean "
@@ -111,6 +119,10 @@ class PatchingOptions:
         total = torch.zeros(info.shape, dtype=torch.float64)
         return info, info.hook_names(unit), get_metric(self.metric), clean, corrupt, mean, total
 
+    def _provenance(self, task: Task, clean: TokenizedTask) -> dict[str, int]:
+        """Extra provenance: how many corrupted pairs were skipped for their token length."""
+        return {"n_dropped_pairs": len(task) - len(clean)} if self.baseline == "corrupted" else {}
+
 
 @SCORERS.register()
 @dataclass
@@ -166,4 +178,6 @@ class AttributionPatching(PatchingOptions):
                 drop = _drop(delta, grads, names)
                 total += (drop.abs() if self.absolute else drop).sum(1)
             n_tokens += int(mask.sum())
-        return make_scores(self, model, task, total, unit, len(clean), n_tokens)
+        return make_scores(
+            self, model, task, total, unit, len(clean), n_tokens, **self._provenance(task, clean)
+        )

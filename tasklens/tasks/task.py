@@ -107,6 +107,7 @@ class Task:
         **extras: Any,
     ) -> Task:
         """Build a task from a Hugging Face ``datasets.Dataset``, naming its columns."""
+        source = extras.pop("source", f"Dataset for task {name!r}")
         columns = list(dataset.column_names)
         wanted = {"prompt_column": prompt_column, "answer_column": answer_column}
         if corrupted_column:
@@ -116,43 +117,49 @@ class Task:
         for arg, column in wanted.items():
             if column not in columns:
                 raise TasklensError(
-                    f"Dataset for task {name!r} has no column {column!r} (columns: {columns}); "
+                    f"{source} has no column {column!r} (columns: {columns}); "
                     f"pass {arg}= with the right column name"
                 )
+        def column(key: str, what: str) -> tuple[str, ...]:
+            values = list(dataset[key])
+            for row, value in enumerate(values):
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    raise TasklensError(
+                        f"{source}: row {row + 1} has no {what} (column {key!r} is empty or null); "
+                        f"every row needs one: fill it in or remove the row"
+                    )
+            return tuple(str(v) for v in values)
+
         return cls(
             name=name,
-            prompts=tuple(str(p) for p in dataset[prompt_column]),
-            answers=tuple(str(a) for a in dataset[answer_column]),
-            corrupted_prompts=tuple(dataset[corrupted_column]) if corrupted_column else None,
-            subjects=tuple(dataset[subject_column]) if subject_column else None,
+            prompts=column(prompt_column, "prompt"),
+            answers=column(answer_column, "answer"),
+            corrupted_prompts=column(corrupted_column, "corrupted prompt") if corrupted_column else None,
+            subjects=column(subject_column, "subject") if subject_column else None,
             **extras,
         )
 
     @classmethod
     def from_file(cls, path: str | Path, name: str | None = None, **columns: Any) -> Task:
-        """Build a task from a local JSONL or CSV file (read through ``datasets``).
+        """Build a task from a local JSONL (one JSON object per line), JSON (an array of
+        objects) or CSV file.
 
         The file needs a ``prompt`` and an ``answer`` column (rename with
         ``prompt_column=`` / ``answer_column=``). The task is named after the file
-        unless ``name`` is given.
+        unless ``name`` is given. The file is read anew on every call (no cache).
         """
         import datasets
 
         path = Path(path)
         if not path.is_file():
             raise TasklensError(f"Task file {str(path)!r} does not exist; check the path")
-        loaders = {".jsonl": "json", ".json": "json", ".csv": "csv"}
-        loader = loaders.get(path.suffix.lower())
-        if loader is None:
-            raise TasklensError(f"Task file {str(path)!r} has suffix {path.suffix!r}; use .jsonl or .csv")
-        datasets.disable_progress_bars()
-        try:
-            dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
-        except Exception as error:  # datasets raises many types for malformed files
-            raise TasklensError(
-                f"Could not read task file {str(path)!r} as {loader.upper()}: {error}"
-            ) from error
-        return cls.from_dataset(dataset, name=name or path.stem, **columns)
+        rows = read_rows(path)
+        return cls.from_dataset(
+            datasets.Dataset.from_list(rows),
+            name=name or path.stem,
+            source=f"Task file {str(path)!r}",
+            **columns,
+        )
 
     # --- derived ------------------------------------------------------------------
     def data_hash(self) -> str:
@@ -217,3 +224,54 @@ def check_task(value: Any) -> Task:
             f" (for the built-in task, load_builtin({value!r}, 'detection'); for a file, Task.from_file(...))"
         )
     raise TasklensError(f"Expected a tasklens Task, got {type(value).__name__} {value!r:.60}{hint}")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL, JSON or CSV task file, with errors that name the line."""
+    import csv
+    import io
+
+    where = f"Task file {str(path)!r}"
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise TasklensError(f"{where} has suffix {path.suffix!r}; use .jsonl, .json or .csv")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise TasklensError(
+            f"{where} is not UTF-8 (byte {error.start} is {data[error.start : error.start + 1]!r}; "
+            "latin-1 or Windows-1252 text?); re-save it as UTF-8"
+        ) from error
+    if not text.strip():
+        raise TasklensError(f"{where} is empty; it needs one record per line with 'prompt' and 'answer'")
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        rows = [dict(row) for row in reader]
+        if not rows:
+            raise TasklensError(
+                f"{where} has a header ({', '.join(reader.fieldnames or [])}) but no rows; "
+                "add one row per prompt"
+            )
+        return [{k: (v if v != "" else None) for k, v in row.items()} for row in rows]
+    if suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as error:
+            raise TasklensError(f"{where} is not valid JSON: {error}") from error
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as error:
+                raise TasklensError(
+                    f"{where}, line {number}: not valid JSON ({error.msg}): {line[:80]!r}; "
+                    'each line must be one object like {"prompt": ..., "answer": ...}'
+                ) from error
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise TasklensError(f"{where}: record {number} is {type(row).__name__}, not an object")
+    return rows

@@ -7,6 +7,7 @@ right-padded (a causal model's real positions are then unaffected by padding).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -15,8 +16,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from tasklens.errors import TasklensError
-from tasklens.tasks.task import Task
+from tasklens.errors import TasklensError, TasklensWarning
+from tasklens.tasks.task import Task, check_task
 
 #: Which token positions a statistic is taken over.
 Positions = Literal["last_prompt", "prompt", "answer", "all"]
@@ -52,6 +53,7 @@ class TokenizedTask:
 
     @classmethod
     def build(cls, task: Task, tokenizer, n_ctx: int, prepend_bos: bool = True) -> TokenizedTask:
+        task = check_task(task)
         bos = _bos_id(tokenizer, prepend_bos)
         prompts = [bos + ids for ids in encode(tokenizer, task.prompts)]
         answers = encode(tokenizer, task.answers)
@@ -67,6 +69,7 @@ class TokenizedTask:
                     f"more than the model's context of {n_ctx}; shorten the prompt "
                     f"({task.prompts[i][:60]!r}...) or use a model with a longer context"
                 )
+        _warn_split_answers(task, tokenizer, prompts, answers, len(bos))
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -106,6 +109,33 @@ class TokenizedTask:
             [self.answer_ids[i] if with_answers else [] for i in idx],
             self.pad_id,
             idx,
+        )
+
+
+#: a prompt ending in one of these may be followed by a word with no space ("(cat", '"cat')
+_OPENERS = "([{\"'`-/\n\t "
+
+
+def _warn_split_answers(task: Task, tokenizer, prompts, answers, offset: int) -> None:
+    """Warn (once per task) when answers are unlikely to be what the model writes after
+    their prompt: an answer glued to the prompt's last word or sign (``"AND"`` after
+    ``"A:"`` where text has ``" AND"``), or one that tokenises differently after the
+    prompt than alone. Scorers would then score tokens the model would never produce."""
+    joint = encode(tokenizer, [p + a for p, a in zip(task.prompts, task.answers, strict=True)])
+    odd = [
+        i
+        for i, ids in enumerate(joint)
+        if ids != prompts[i][offset:] + answers[i]
+        or (task.answers[i][:1].isalnum() and task.prompts[i][-1:] not in _OPENERS)
+    ]
+    if odd:
+        i = odd[0]
+        warnings.warn(
+            f"Task {task.name!r}: {len(odd)} of {len(task)} answers do not start the way text goes on "
+            f"after their prompt (e.g. prompt ...{task.prompts[i][-30:]!r}, answer {task.answers[i]!r}); "
+            "an answer usually needs its leading space (' Paris', not 'Paris')",
+            TasklensWarning,
+            stacklevel=4,
         )
 
 
