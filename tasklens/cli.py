@@ -264,6 +264,41 @@ def report(run: Path = typer.Argument(..., help="A run folder.")) -> None:
     typer.echo(f"wrote {build_report(run)}")
 
 
+@app.command()
+def neuron(
+    spec: str = typer.Argument(..., help="The neuron: LAYER.INDEX (e.g. 3.17) or L3N17."),
+    model: str = typer.Option("organism", help="Model spec: 'organism', 'smollm2-135m', a local folder..."),
+    task: list[str] = typer.Option(
+        [], "--task", "-t", help="Tasks for its contexts and ablation effect (default: the run's, or all)."
+    ),
+    run: Path = typer.Option(None, help="A run folder: show the neuron's scores and sets from it."),
+    max_prompts: int = typer.Option(40, help="Prompts per task."),
+    n_tokens: int = typer.Option(8, help="Decoded tokens shown per direction."),
+    n_contexts: int = typer.Option(5, help="Top contexts shown."),
+) -> None:
+    """Print one neuron's page: decoded tokens, top contexts, single-neuron ablation, its scores.
+
+    Example: tasklens neuron 0.21 -t continent_of -t currency_of
+    """
+    from tasklens.models import load_model
+    from tasklens.pipeline import load_scores, load_sets, load_task
+    from tasklens.runs import RunFolder
+    from tasklens.tasks.builtin import builtin_task_names
+    from tasklens.views.page import neuron_pages, parse_neuron
+
+    layer, index = parse_neuron(spec)
+    specs = list(task)
+    if not specs and run is not None:
+        specs = RunFolder(run).record("locate")["config"]["tasks"]
+    specs = specs or builtin_task_names()
+    loaded = load_model(model)
+    tasks = [load_task(s, "evaluation", max_prompts) for s in specs]
+    scores = load_scores(run, loaded) if run is not None else None
+    sets = load_sets(run, loaded) if run is not None else []
+    page = neuron_pages(loaded, [(layer, index)], tasks, scores, sets, n_tokens, n_contexts)[0]
+    typer.echo(page.to_text())
+
+
 @app.command("run")
 def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunConfig fields.")) -> None:
     """Run locate, ablate, compare and report from one TOML config; the run folder keeps a copy.

@@ -100,6 +100,6 @@ def effect_bars(summary: pd.DataFrame, title: str):
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("change from unmodified")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=9)
     return _detached(fig)

@@ -115,8 +115,15 @@ def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
     return rows, evaluation
 
 
-def build_report(run: str | Path, model=None, n_neurons: int = 8, n_prompts: int = 6) -> Path:
-    """Write ``report.html`` into a run folder (made by `tasklens run` / `locate` ...)."""
+def build_report(
+    run: str | Path, model=None, n_neurons: int = 8, n_prompts: int = 6, pages_per_set: int = 3
+) -> Path:
+    """Write ``report.html`` into a run folder (made by `tasklens run` / `locate` ...).
+
+    Args:
+        n_neurons, n_prompts: the circuitsvis views' top neurons and prompts per task.
+        pages_per_set: neuron pages for each set's top neurons (0 for none).
+    """
     import jinja2
 
     from tasklens.models import load_model
@@ -150,8 +157,11 @@ def build_report(run: str | Path, model=None, n_neurons: int = 8, n_prompts: int
             for s in scores.values()
         ]
     )
-    views = []
+    views, pages = [], []
     if scores:
+        from tasklens.pipeline import load_sets
+        from tasklens.views.page import neuron_pages
+
         model = model if model is not None else load_model(config["model"])
         eval_split = stages.get("ablate", {}).get("config", {}).get("eval_split", "evaluation")
         for spec in config["tasks"]:
@@ -159,6 +169,13 @@ def build_report(run: str | Path, model=None, n_neurons: int = 8, n_prompts: int
             if task.name in scores:
                 text, topk = top_neuron_views(model, task, scores[task.name], n_neurons, n_prompts)
                 views.append({"task": task.name, "text": text, "topk": topk})
+        if pages_per_set:
+            top = dict.fromkeys((la, ix) for s in scores.values() for la, ix, _ in s.top(pages_per_set))
+            page_tasks = [load_task(spec, eval_split, 24) for spec in config["tasks"]]
+            pages = [
+                page.to_html()
+                for page in neuron_pages(model, list(top), page_tasks, scores, load_sets(run, model))
+            ]
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("tasklens", "templates"), autoescape=True, keep_trailing_newline=True
     )
@@ -173,6 +190,8 @@ def build_report(run: str | Path, model=None, n_neurons: int = 8, n_prompts: int
         stability=None,
         figures=[_figure(p) for p in figures],
         views=views,
+        pages=pages,
+        pages_per_set=pages_per_set,
         extra_sections=[],
         tables=tables,
         stages=[

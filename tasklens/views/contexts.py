@@ -1,0 +1,259 @@
+"""Top-activating contexts: for every neuron (or a chosen set), the k token positions of a
+text source where it fires most, with a window of tokens around each (Neuroscope's view).
+
+The source streams through the model once. Memory is bounded by the neurons x k kept
+contexts, not by the source: each batch's best k positions per neuron are merged
+into the running best k (a vectorised heap per neuron).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+import tasklens
+from tasklens.errors import TasklensError
+from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.neurons import NeuronSet, _load, _save
+from tasklens.provenance import model_fingerprint
+from tasklens.tasks.task import Task
+from tasklens.tasks.tokenize import TokenizedTask, encode
+
+PAD = -1
+
+
+def sequences(model, source: Any, max_tokens: int = 64) -> list[list[int]]:
+    """Token id sequences (BOS first, at most ``max_tokens`` each) from a text source.
+
+    ``source``: a `Task` (each prompt with its answer, tokenised as scorers do), a list
+    of strings, a ``datasets.Dataset`` with a ``text`` column, or a local ``.txt`` file
+    (one document per line) or ``.jsonl`` file (a ``text`` field per line). Longer
+    documents are cut into consecutive pieces.
+    """
+    if isinstance(source, Task):
+        tokenized = TokenizedTask.for_model(source, model)
+        return [(p + a)[:max_tokens] for p, a in zip(tokenized.prompt_ids, tokenized.answer_ids, strict=True)]
+    texts = list(_texts(source))
+    if not texts:
+        raise TasklensError("The text source is empty; give at least one non-empty text")
+    bos = [] if model.tokenizer.bos_token_id is None else [int(model.tokenizer.bos_token_id)]
+    piece = max_tokens - len(bos)
+    return [
+        bos + ids[i : i + piece] for ids in encode(model.tokenizer, texts) for i in range(0, len(ids), piece)
+    ]
+
+
+def _texts(source: Any) -> Iterable[str]:
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            raise TasklensError(f"Text source {str(path)!r} does not exist; give a .txt or .jsonl file")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if path.suffix == ".jsonl":
+            return (json.loads(line)["text"] for line in lines if line.strip())
+        return (line for line in lines if line.strip())
+    if hasattr(source, "column_names"):
+        if "text" not in source.column_names:
+            raise TasklensError(f"The dataset needs a 'text' column; it has {source.column_names}")
+        return (t for t in source["text"] if t and t.strip())
+    if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
+        return (t for t in source if t.strip())
+    raise TasklensError(
+        f"Unknown text source {type(source).__name__}; give a Task, a list of strings, a datasets.Dataset "
+        "with a 'text' column, or a .txt / .jsonl file"
+    )
+
+
+@dataclass
+class TopContexts:
+    """The best ``k`` contexts of every neuron tracked.
+
+    Attributes:
+        neurons: ``[n_tracked, 2]`` (layer, index) of each tracked neuron.
+        values: ``[n_tracked, k]`` activation at the context's centre, best first (-inf: none).
+        windows: ``[n_tracked, k, 2w+1]`` token ids around the centre (-1 past the text's ends).
+        window_values: ``[n_tracked, k, 2w+1]`` the neuron's activation on those tokens.
+        unit: the neuron unit.
+        n_tokens: tokens streamed; seconds: time taken.
+    """
+
+    neurons: Int[Tensor, "tracked 2"]
+    values: Float[Tensor, "tracked k"]
+    windows: Int[Tensor, "tracked k window"]
+    window_values: Float[Tensor, "tracked k window"]
+    unit: str = DEFAULT_UNIT
+    n_tokens: int = 0
+    seconds: float = 0.0
+    model: str = ""
+    model_fingerprint: str = ""
+    version: str = field(default=tasklens.__version__)
+
+    def row(self, layer: int, neuron: int) -> int:
+        match = ((self.neurons[:, 0] == layer) & (self.neurons[:, 1] == neuron)).nonzero()
+        if not len(match):
+            raise TasklensError(f"Neuron L{layer}N{neuron} was not tracked; include it in neurons=")
+        return int(match[0, 0])
+
+    def contexts(self, layer: int, neuron: int, tokenizer) -> list[dict[str, Any]]:
+        """The neuron's contexts: activation, tokens (as text) and per-token activations."""
+        i = self.row(layer, neuron)
+        out = []
+        for slot in range(self.values.shape[1]):
+            if not torch.isfinite(self.values[i, slot]):
+                break
+            keep = self.windows[i, slot] != PAD
+            ids = self.windows[i, slot][keep].tolist()
+            out.append(
+                {
+                    "value": float(self.values[i, slot]),
+                    "tokens": [tokenizer.decode([t]) for t in ids],
+                    "activations": self.window_values[i, slot][keep].tolist(),
+                    "centre": int(keep[: self.windows.shape[2] // 2].sum()),
+                }
+            )
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        packed = torch.cat(
+            [self.values[..., None], self.windows.float(), self.window_values], dim=-1
+        )  # [tracked, k, 1 + 2 (2w+1)]
+        meta = {
+            "kind": "TopContexts",
+            "neurons": self.neurons.tolist(),
+            "unit": self.unit,
+            "n_tokens": self.n_tokens,
+            "seconds": self.seconds,
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "version": self.version,
+        }
+        return _save(path, packed, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TopContexts:
+        packed, meta = _load(path, "TopContexts")
+        width = (packed.shape[-1] - 1) // 2
+        return cls(
+            neurons=torch.tensor(meta["neurons"], dtype=torch.long).view(-1, 2),
+            values=packed[..., 0],
+            windows=packed[..., 1 : 1 + width].long(),
+            window_values=packed[..., 1 + width :],
+            unit=meta["unit"],
+            n_tokens=meta["n_tokens"],
+            seconds=meta["seconds"],
+            model=meta.get("model", ""),
+            model_fingerprint=meta.get("model_fingerprint", ""),
+            version=meta.get("version", ""),
+        )
+
+
+def _batches(seqs: list[list[int]], batch_size: int) -> Iterator[Tensor]:
+    for start in range(0, len(seqs), batch_size):
+        group = seqs[start : start + batch_size]
+        tokens = torch.full((len(group), max(map(len, group))), PAD, dtype=torch.long)
+        for row, ids in enumerate(group):
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        yield tokens
+
+
+@torch.no_grad()
+def top_contexts(
+    model,
+    source: Any,
+    neurons: NeuronSet | None = None,
+    k: int = 10,
+    window: int = 8,
+    unit: str = DEFAULT_UNIT,
+    batch_size: int = 16,
+    max_tokens: int = 64,
+) -> TopContexts:
+    """Stream ``source`` (see `sequences`) once and keep each neuron's ``k`` top contexts.
+
+    Args:
+        neurons: the neurons tracked (default: every neuron of the model).
+        k: contexts kept per neuron.
+        window: tokens kept on each side of a context's centre.
+    """
+    info = ModelInfo.of(model)
+    info.check_unit(unit)
+    mask = (
+        neurons.check_fits(info.shape).mask
+        if neurons is not None
+        else torch.ones(info.shape, dtype=torch.bool)
+    )
+    tracked = mask.nonzero()
+    per_layer = {
+        layer: mask[layer].nonzero().flatten() for layer in range(info.n_layers) if mask[layer].any()
+    }
+    start = time.perf_counter()
+    width = 2 * window + 1
+    best = {
+        layer: (
+            torch.full((k, len(idx)), -torch.inf),
+            torch.full((k, len(idx), width), PAD, dtype=torch.long),
+            torch.zeros(k, len(idx), width),
+        )
+        for layer, idx in per_layer.items()
+    }
+    names = {layer: info.hook_name(layer, unit) for layer in per_layer}
+    store: dict[int, Tensor] = {}
+    hooks = [
+        (
+            names[layer],
+            lambda act, hook, layer=layer: store.__setitem__(layer, act[..., per_layer[layer]].float()),
+        )
+        for layer in per_layer
+    ]
+    pad_id = model.tokenizer.pad_token_id or 0
+    n_tokens = 0
+    seqs = sequences(model, source, max_tokens)
+    with model.hooks(fwd_hooks=hooks):
+        for tokens in _batches(seqs, batch_size):
+            real = tokens != PAD
+            n_tokens += int(real.sum())
+            model(tokens.masked_fill(~real, pad_id).to(model.cfg.device), return_type=None)
+            padded_ids = torch.nn.functional.pad(tokens, (window, window), value=PAD)
+            id_windows = padded_ids.unfold(1, width, 1).flatten(0, 1)  # [B*T, width]
+            for layer, (values, windows, window_values) in best.items():
+                acts = store[layer].cpu()  # [B, T, n]
+                flat = acts.masked_fill(~real[..., None], -torch.inf).flatten(0, 1)  # [B*T, n]
+                top = flat.topk(min(k, flat.shape[0]), dim=0)  # [k', n]
+                padded = torch.nn.functional.pad(acts, (0, 0, window, window))  # [B, T+2w, n]
+                act_windows = padded.unfold(1, width, 1).flatten(0, 1)  # [B*T, n, width]
+                column = torch.arange(acts.shape[-1]).expand_as(top.indices)
+                new_windows = id_windows[top.indices]  # [k', n, width]
+                new_values = act_windows[top.indices, column]  # [k', n, width]
+                all_values = torch.cat([values, top.values])
+                keep = all_values.topk(k, dim=0).indices  # [k, n]
+                all_windows = torch.cat([windows, new_windows])
+                all_window_values = torch.cat([window_values, new_values])
+                expand = keep[..., None].expand(-1, -1, width)
+                best[layer] = (
+                    all_values.gather(0, keep),
+                    all_windows.gather(0, expand),
+                    all_window_values.gather(0, expand),
+                )
+    # tracked is layer-major with indices ascending, the order of each layer's columns
+    ordered = sorted(best)
+    values = torch.cat([best[layer][0].T for layer in ordered])
+    windows = torch.cat([best[layer][1].transpose(0, 1) for layer in ordered])
+    window_values = torch.cat([best[layer][2].transpose(0, 1) for layer in ordered])
+    return TopContexts(
+        neurons=tracked,
+        values=values,
+        windows=windows,
+        window_values=window_values,
+        unit=unit,
+        n_tokens=n_tokens,
+        seconds=round(time.perf_counter() - start, 3),
+        model=info.name,
+        model_fingerprint=model_fingerprint(model),
+    )

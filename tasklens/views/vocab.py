@@ -1,0 +1,229 @@
+"""Vocabulary decoding: the tokens each MLP neuron's weights promote and suppress.
+
+Output side (every MLP): neuron j of layer l writes its activation times row j of
+W_out into the residual stream; read through the final norm's scale and the
+unembedding, that row raises some tokens' logits and lowers others':
+
+    logit_effect[l, j] = (center(W_out[l][j]) * g_final) @ W_U
+
+(``center`` subtracts the mean for LayerNorm models; RMSNorm models skip it; the
+norm's division by the residual's scale is a positive factor, left out, so the
+ranking is exact and the values are per unit of normalised residual.)
+
+Input side: which tokens, taken straight from the embedding through the layer's
+MLP-input norm, most drive the neuron's gate (``hook_pre``: the gate projection of
+a gated MLP, W_in of a GELU MLP) or its up projection (``hook_pre_linear``, gated
+MLPs only). This is the direct path from the embedding: in later layers the
+residual stream has moved far from any single token's embedding.
+
+Everything is batched over neurons, so memory stays at ``chunk x vocab`` floats
+whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+import tasklens
+from tasklens.errors import TasklensError, check_choice
+from tasklens.models import ModelInfo
+from tasklens.neurons import NeuronSet, _load, _save
+from tasklens.provenance import model_fingerprint
+
+SIDES = ("output", "hook_pre", "hook_pre_linear")
+
+
+def norm_scale(norm, d_model: int) -> Float[Tensor, " d_model"]:
+    """The per-dimension scale g of a LayerNorm or RMSNorm module, read off the module itself
+    (so every variant, e.g. a weight offset, is covered): for a zero-mean probe p of unit
+    variance, norm(p) - norm(-p) = 2 p g."""
+    if d_model % 2:
+        raise TasklensError(f"Cannot probe the norm of an odd residual width ({d_model})")
+    probe = torch.ones(d_model)
+    probe[1::2] = -1
+    device = next((p.device for p in norm.parameters()), torch.device("cpu"))
+    probe = probe.to(device)
+    with torch.no_grad():
+        both = norm(torch.stack([probe, -probe])[:, None])[:, 0].float()
+    return ((both[0] - both[1]) / (2 * probe)).cpu()
+
+
+def _center(x: Tensor, model) -> Tensor:
+    kind = str(getattr(model.cfg, "normalization_type", "") or "")
+    return x - x.mean(-1, keepdim=True) if kind.startswith("LN") else x
+
+
+@dataclass
+class NeuronVocab:
+    """The top and bottom tokens of every neuron on one side (see the module docstring).
+
+    Attributes:
+        top_ids, top_values: ``[n_layers, d_mlp, k]`` the k tokens scoring highest and their scores.
+        bottom_ids, bottom_values: ``[n_layers, d_mlp, k]`` the k lowest (most suppressed), lowest first.
+        side: ``"output"`` (logit effect of W_out rows), ``"hook_pre"`` or ``"hook_pre_linear"``
+            (embedding read by the gate / up projection).
+        tokens: the vocabulary, as strings (index = token id).
+        model, model_fingerprint, seconds, version: provenance.
+    """
+
+    top_ids: Int[Tensor, "layer neuron k"]
+    top_values: Float[Tensor, "layer neuron k"]
+    bottom_ids: Int[Tensor, "layer neuron k"]
+    bottom_values: Float[Tensor, "layer neuron k"]
+    side: str
+    tokens: list[str] = field(repr=False)
+    model: str = ""
+    model_fingerprint: str = ""
+    seconds: float = 0.0
+    version: str = tasklens.__version__
+
+    def top(self, layer: int, neuron: int) -> list[tuple[str, float]]:
+        return [
+            (self.tokens[int(i)], float(v))
+            for i, v in zip(self.top_ids[layer, neuron], self.top_values[layer, neuron], strict=True)
+        ]
+
+    def bottom(self, layer: int, neuron: int) -> list[tuple[str, float]]:
+        return [
+            (self.tokens[int(i)], float(v))
+            for i, v in zip(self.bottom_ids[layer, neuron], self.bottom_values[layer, neuron], strict=True)
+        ]
+
+    def to_frame(self, pairs: list[tuple[int, int]] | None = None) -> pd.DataFrame:
+        """One row per neuron, keyed by (layer, neuron): its top and bottom tokens as text."""
+        n_layers, width, _ = self.top_ids.shape
+        pairs = pairs if pairs is not None else [(a, b) for a in range(n_layers) for b in range(width)]
+        rows = [
+            dict(
+                layer=layer,
+                neuron=neuron,
+                promotes=" | ".join(t for t, _ in self.top(layer, neuron)),
+                suppresses=" | ".join(t for t, _ in self.bottom(layer, neuron)),
+                top_score=float(self.top_values[layer, neuron, 0]),
+            )
+            for layer, neuron in pairs
+        ]
+        return pd.DataFrame(rows).set_index(["layer", "neuron"])
+
+    def save(self, path: str | Path) -> Path:
+        """``path.safetensors`` (ids and values) + ``path.json`` (side, vocabulary, provenance)."""
+        packed = torch.stack(
+            [self.top_ids.float(), self.top_values, self.bottom_ids.float(), self.bottom_values]
+        )
+        if self.top_ids.max() >= 2**24:
+            raise TasklensError("Vocabularies over 16M tokens do not fit this file format")
+        meta = {
+            "kind": "NeuronVocab",
+            "side": self.side,
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "seconds": self.seconds,
+            "version": self.version,
+            "tokens": self.tokens,
+        }
+        return _save(path, packed, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeuronVocab:
+        packed, meta = _load(path, "NeuronVocab")
+        return cls(
+            top_ids=packed[0].long(),
+            top_values=packed[1],
+            bottom_ids=packed[2].long(),
+            bottom_values=packed[3],
+            side=meta["side"],
+            tokens=meta["tokens"],
+            model=meta.get("model", ""),
+            model_fingerprint=meta.get("model_fingerprint", ""),
+            seconds=meta.get("seconds", 0.0),
+            version=meta.get("version", ""),
+        )
+
+
+def vocabulary(model) -> list[str]:
+    """Every token of the model's vocabulary as text (index = token id)."""
+    tokenizer = model.tokenizer
+    size = int(model.cfg.d_vocab)
+    return [tokenizer.decode([i]) for i in range(size)]
+
+
+@torch.no_grad()
+def decode_neurons(
+    model, side: str = "output", k: int = 10, chunk: int = 512, neurons: NeuronSet | None = None
+) -> NeuronVocab:
+    """Decode every MLP neuron to the ``k`` tokens it promotes most and least (see module docstring).
+
+    Args:
+        side: ``"output"`` (default), ``"hook_pre"`` or ``"hook_pre_linear"``.
+        k: tokens kept per neuron and direction.
+        chunk: neurons decoded at a time (memory: ``chunk x vocab`` floats).
+        neurons: decode only these (the others keep token 0 and score 0); default all.
+    """
+    check_choice("side", side, SIDES)
+    info = ModelInfo.of(model)
+    if side != "output":
+        info.check_unit(side)
+    start = time.perf_counter()
+    d_model = int(model.cfg.d_model)
+    shape = (info.n_layers, info.d_mlp, k)
+    top_ids, bottom_ids = torch.zeros(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long)
+    top_values, bottom_values = torch.zeros(shape), torch.zeros(shape)
+    if side == "output":
+        reader = (
+            model.W_U.detach().float() * norm_scale(model.ln_final, d_model).to(model.W_U.device)[:, None]
+        )
+    else:
+        embed = model.W_E.detach().float()  # [vocab, d_model]
+        embed = embed / embed.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # each token as the norm sees it
+    chosen = (
+        neurons.check_fits(info.shape).mask
+        if neurons is not None
+        else torch.ones(info.shape, dtype=torch.bool)
+    )
+    for layer in range(info.n_layers):
+        idx = chosen[layer].nonzero().flatten()
+        if not len(idx):
+            continue
+        if side == "output":
+            rows = _center(model.W_out[layer].detach().float(), model)  # [d_mlp, d_model]
+            right = reader  # [d_model, vocab]
+        else:
+            weight = model.W_gate if (side == "hook_pre" and info.gated) else model.W_in
+            rows = weight[layer].detach().float().T  # [d_mlp, d_model]
+            scale = norm_scale(model.blocks[layer].ln2, d_model).to(embed.device)
+            right = (_center(embed, model) * scale).T  # [d_model, vocab]
+        for lo in range(0, len(idx), chunk):
+            part = idx[lo : lo + chunk]
+            scores = rows[part.to(rows.device)] @ right  # [chunk, vocab]
+            high = scores.topk(k, dim=-1)
+            low = scores.topk(k, dim=-1, largest=False)
+            top_ids[layer, part], top_values[layer, part] = high.indices.cpu(), high.values.cpu()
+            bottom_ids[layer, part], bottom_values[layer, part] = low.indices.cpu(), low.values.cpu()
+    return NeuronVocab(
+        top_ids,
+        top_values,
+        bottom_ids,
+        bottom_values,
+        side,
+        vocabulary(model),
+        info.name,
+        model_fingerprint(model),
+        round(time.perf_counter() - start, 3),
+    )
+
+
+def describe(vocab: NeuronVocab, layer: int, neuron: int, n: int = 5) -> dict[str, Any]:
+    """The decoded tokens of one neuron as plain data."""
+    return {
+        "side": vocab.side,
+        "promotes": vocab.top(layer, neuron)[:n],
+        "suppresses": vocab.bottom(layer, neuron)[:n],
+    }
