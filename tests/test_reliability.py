@@ -649,12 +649,21 @@ def test_task_sample_is_deterministic_and_refuses_zero():
 def test_answers_without_their_leading_space_warn_once(organism):
     from tasklens.tasks.tokenize import TokenizedTask
 
-    task = Task.from_lists("glued", ["Q: AND or OR? A:", "Q: yes or no? A:", "2 + 2 ="], ["AND", "yes", " 4"])
+    task = Task.from_lists(
+        "glued",
+        ["Q: AND or OR? A:", "Q: yes or no? A:", "2 + 2 =", "The capital of France is "],
+        ["AND", "yes", " 4", " Paris"],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         TokenizedTask.for_model(task, organism)
     messages = [str(w.message) for w in caught if issubclass(w.category, TasklensWarning)]
-    assert len(messages) == 1 and "2 of 3 answers" in messages[0] and "leading space" in messages[0]
+    assert len(messages) == 1 and "3 of 4 answers" in messages[0] and "leading space" in messages[0]
+
+
+def test_csv_answers_that_look_like_numbers_keep_their_leading_space(tmp_path):
+    (tmp_path / "sums.csv").write_text('prompt,answer\n2 + 2 =," 4"\n3 + 5 =," 8"\n')
+    assert Task.from_file(tmp_path / "sums.csv").answers == (" 4", " 8")
 
 
 def test_corrupted_pairs_of_another_length_are_counted_not_silently_dropped(organism):

@@ -49,9 +49,10 @@ def average_precision(
     if n_pos == 0 or n_pos == len(labels):
         raise TasklensError("average precision needs both positive and negative samples")
     rank = torch.arange(1, len(labels) + 1, dtype=torch.float64)[:, None]
+    width = max(1, min(chunk, 2**24 // len(labels)))  # working tensors stay under 2**24 elements
     out = []
-    for start in range(0, scores.shape[1], chunk):
-        block = scores[:, start : start + chunk]
+    for start in range(0, scores.shape[1], width):
+        block = scores[:, start : start + width]
         order = block.argsort(dim=0, descending=True, stable=True)
         ordered = block.gather(0, order)
         true_pos = labels[order].double().cumsum(0)  # [sample, neuron]

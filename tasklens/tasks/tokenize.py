@@ -119,14 +119,16 @@ _OPENERS = "([{\"'`-/\n\t "
 def _warn_split_answers(task: Task, tokenizer, prompts, answers, offset: int) -> None:
     """Warn (once per task) when answers are unlikely to be what the model writes after
     their prompt: an answer glued to the prompt's last word or sign (``"AND"`` after
-    ``"A:"`` where text has ``" AND"``), or one that tokenises differently after the
-    prompt than alone. Scorers would then score tokens the model would never produce."""
+    ``"A:"`` where text has ``" AND"``), a space on both sides (``"is "`` + ``" Paris"``),
+    or one that tokenises differently after the prompt than alone. Scorers would then
+    score tokens the model would never produce."""
     joint = encode(tokenizer, [p + a for p, a in zip(task.prompts, task.answers, strict=True)])
     odd = [
         i
         for i, ids in enumerate(joint)
         if ids != prompts[i][offset:] + answers[i]
         or (task.answers[i][:1].isalnum() and task.prompts[i][-1:] not in _OPENERS)
+        or (task.answers[i][:1].isspace() and task.prompts[i][-1:].isspace())
     ]
     if odd:
         i = odd[0]
