@@ -16,6 +16,7 @@ from torch import Tensor
 
 from tasklens.errors import TasklensError
 from tasklens.metrics import METRICS, is_generative
+from tasklens.models import is_bridge
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -47,6 +48,8 @@ def greedy_generate(
     """
     if batch_size < 1:
         raise TasklensError(f"batch_size must be at least 1, got {batch_size}")
+    if not is_bridge(model):
+        return _generate_without_cache(model, prompt_ids, max_new_tokens, batch_size)
     pad_id = model.tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
     out: list[list[int]] = []
@@ -66,6 +69,28 @@ def greedy_generate(
             )
             new.append(logits[:, -1].argmax(-1))
         out.extend(torch.stack(new, dim=1).tolist())
+    return out
+
+
+def _generate_without_cache(
+    model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int
+) -> list[list[int]]:
+    """Greedy decoding for models without the bridge's key-value cache (a classic
+    HookedTransformer): prompts of equal length go together, so there is no padding,
+    and every step reruns the sequence (answers are a few tokens)."""
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompt_ids):
+        by_length.setdefault(len(ids), []).append(i)
+    out: list[list[int]] = [[] for _ in prompt_ids]
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            idx = group[start : start + batch_size]
+            tokens = torch.tensor([list(prompt_ids[i]) for i in idx], device=model.cfg.device)
+            for _ in range(max_new_tokens):
+                step = model(tokens, return_type="logits")[:, -1].argmax(-1, keepdim=True)
+                tokens = torch.cat([tokens, step], dim=1)
+            for row, i in enumerate(idx):
+                out[i] = tokens[row, len(prompt_ids[i]) :].tolist()
     return out
 
 

@@ -12,9 +12,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
+from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from tasklens.errors import TasklensError, check_choice
@@ -51,9 +51,12 @@ class ModelInfo:
     n_ctx: int
     device: str
     dtype: str
+    bridge: bool = True
 
     @classmethod
-    def of(cls, model: TransformerBridge) -> ModelInfo:
+    def of(cls, model) -> ModelInfo:
+        """The facts about ``model``: a `TransformerBridge` (TransformerLens 3.9 or 4) or a
+        classic ``HookedTransformer`` (TransformerLens 3), used as it is, never copied."""
         cfg = model.cfg
         return cls(
             name=str(getattr(cfg, "model_name", "") or "unknown"),
@@ -63,6 +66,7 @@ class ModelInfo:
             n_ctx=int(cfg.n_ctx),
             device=str(cfg.device),
             dtype=str(cfg.dtype).removeprefix("torch."),
+            bridge=is_bridge(model),
         )
 
     @property
@@ -99,8 +103,11 @@ class ModelInfo:
         return [self.hook_name(layer, unit) for layer in range(self.n_layers)]
 
     def mlp_input_name(self, layer: int) -> str:
-        """The normalised input of layer ``layer``'s MLP (what W_in / W_up multiply)."""
-        return f"blocks.{layer}.mlp.hook_in"
+        """The normalised input of layer ``layer``'s MLP (what W_in / W_up multiply).
+
+        On a classic HookedTransformer this hook holds the input before the norm's own
+        weight: `mlp_input` turns it into what the MLP reads."""
+        return f"blocks.{layer}.mlp.hook_in" if self.bridge else f"blocks.{layer}.ln2.hook_normalized"
 
     def residual_names(self, layer: int) -> dict[str, str]:
         """Layer ``layer``'s writes to the residual stream and its output:
@@ -111,8 +118,34 @@ class ModelInfo:
             "resid_post": f"blocks.{layer}.hook_resid_post",
         }
 
-    #: the input of the unembedding (after the final norm)
-    unembed_input_name: ClassVar[str] = "unembed.hook_in"
+    @property
+    def unembed_input_name(self) -> str:
+        """The input of the unembedding (after the final norm)."""
+        return "unembed.hook_in" if self.bridge else "ln_final.hook_normalized"
+
+
+def is_bridge(model) -> bool:
+    """Whether ``model`` is a `TransformerBridge` (else a classic ``HookedTransformer``)."""
+    return isinstance(model, TransformerBridge)
+
+
+def mlp_input(model, layer: int, hooked: Tensor) -> Tensor:
+    """What layer ``layer``'s MLP reads, from the value at `ModelInfo.mlp_input_name`: the
+    same on a bridge; times the norm's weight (plus its bias) on a HookedTransformer."""
+    if is_bridge(model):
+        return hooked
+    norm = model.blocks[layer].ln2
+    weight, bias = getattr(norm, "w", None), getattr(norm, "b", None)
+    out = hooked if weight is None else hooked * weight.to(hooked.dtype)
+    return out if bias is None else out + bias.to(hooked.dtype)
+
+
+def weights_folded(model) -> bool:
+    """Whether the model's norms were folded into the weights (compatibility mode, or a
+    ``HookedTransformer`` loaded with ``fold_ln``): W_in / W_up then differ from the model's own."""
+    if is_bridge(model):
+        return bool(getattr(model, "compatibility_mode", False))
+    return str(getattr(model.cfg, "normalization_type", "")).endswith("Pre")
 
 
 def _check_folder(folder: Path) -> None:

@@ -99,3 +99,50 @@ def pytest_terminal_summary(terminalreporter):
         total = sum(outcomes.values())
         parts = ", ".join(f"{n} {k}" for k, n in outcomes.items())
         terminalreporter.write_line(f"reliability: {total} cases replayed ({parts})")
+
+
+def hooked_transformer(folder, cls=None):
+    """A classic TransformerLens 3 ``HookedTransformer`` (or ``cls``, e.g. SAELens's
+    HookedSAETransformer) with the weights of a local Llama folder, built the way a user would:
+    config by hand, weights through TransformerLens's own Llama conversion, no hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+    except ImportError:
+        pytest.skip("HookedTransformer is TransformerLens 3 only (this is TransformerLens 4)")
+    hf = AutoModelForCausalLM.from_pretrained(folder)
+    c = hf.config
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_attention_heads,
+        n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+        d_vocab=c.vocab_size,
+        act_fn="silu",
+        normalization_type="RMS",
+        final_rms=True,
+        eps=c.rms_norm_eps,
+        positional_embedding_type="rotary",
+        rotary_dim=c.hidden_size // c.num_attention_heads,
+        rotary_adjacent_pairs=False,
+        gated_mlp=True,
+        model_name="organism-hooked",
+        original_architecture="LlamaForCausalLM",
+        default_prepend_bos=True,
+    )
+    model = (cls or HookedTransformer)(cfg, tokenizer=AutoTokenizer.from_pretrained(folder))
+    model.load_state_dict(convert_llama_weights(hf, cfg), strict=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hooked_organism():
+    """The organism as a classic HookedTransformer (TransformerLens 3 only)."""
+    from tasklens.models import ORGANISM_DIR
+
+    return hooked_transformer(ORGANISM_DIR)

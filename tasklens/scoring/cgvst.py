@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from tasklens.errors import TasklensError
-from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.models import DEFAULT_UNIT, ModelInfo, mlp_input, weights_folded
 from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.scoring.gradients import forward_backward
@@ -66,10 +66,11 @@ class CGVST:
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
         info = ModelInfo.of(model)
-        if getattr(model, "compatibility_mode", False):
+        if weights_folded(model):
             raise TasklensError(
-                "CGVST reads the up-projection weights, which enable_compatibility_mode() folds; "
-                "load a fresh model with load_model() and do not enable compatibility mode"
+                "CGVST reads the up-projection weights, which folding the norms changes "
+                "(enable_compatibility_mode(), or a HookedTransformer loaded with fold_ln): load the "
+                "model with load_model(), or HookedTransformer.from_pretrained_no_processing"
             )
         up_unit = "hook_pre_linear" if info.gated else "hook_pre"
         if unit not in (DEFAULT_UNIT, up_unit):
@@ -94,7 +95,8 @@ class CGVST:
                 lambda logits, b: marker_loss(logits, b, positions, self.n_demo),
             )
             for layer in range(info.n_layers):
-                x_sum = acts[input_names[layer]].double().sum(-1, keepdim=True)  # [batch, pos, 1]
+                x = mlp_input(model, layer, acts[input_names[layer]])
+                x_sum = x.double().sum(-1, keepdim=True)  # [batch, pos, 1]
                 row_grad = (grads[grad_names[layer]].double() * x_sum).sum(1)  # [batch, neuron]
                 total[layer] += row_grad.abs().sum(0).cpu()
             n_markers += sum(len(positions[i]) for i in batch.indices)

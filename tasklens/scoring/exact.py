@@ -161,7 +161,7 @@ class ExactAblation(PatchingOptions):
                     stacklevel=2,
                 )
         if logits is None:
-            with model.hooks(fwd_hooks=[(name, hook), (ModelInfo.unembed_input_name, trim)]):
+            with model.hooks(fwd_hooks=[(name, hook), (ModelInfo.of(model).unembed_input_name, trim)]):
                 logits = model(tokens.repeat_interleave(n_copies, dim=0))
         trimmed = Batch(
             batch.tokens[:, start:], batch.prompt_lengths - start, batch.lengths - start, batch.indices

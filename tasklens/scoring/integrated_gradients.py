@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from tasklens.errors import TasklensError, check_choice
-from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.models import DEFAULT_UNIT, ModelInfo, is_bridge
 from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.tasks.task import Task
@@ -53,15 +53,18 @@ def alphas_and_weights(steps: int, rule: str) -> tuple[Tensor, Tensor]:
 def _prefix(model, tokens: Tensor, names: list[str]):
     """One forward over equal-length prompts: each layer's activation at the last position
     ``[batch, layer, neuron]``, and the key-value cache of the positions before it (None for
-    one-token prompts)."""
+    one-token prompts, and for models without the bridge's cache, which then rerun the
+    whole prompt in the integral)."""
     store: dict[str, Tensor] = {}
     hooks = [(n, lambda act, hook, n=n: store.__setitem__(n, act[:, -1].detach())) for n in names]
+    cached = is_bridge(model) and tokens.shape[1] > 1
     with model.hooks(fwd_hooks=hooks):
-        _, kv = model(tokens, return_type="logits_and_cache")
-    if tokens.shape[1] > 1:
-        kv.crop(-1)  # drop the last position: the integral recomputes it
-    else:
-        kv = None
+        if cached:
+            _, kv = model(tokens, return_type="logits_and_cache")
+            kv.crop(-1)  # drop the last position: the integral recomputes it
+        else:
+            model(tokens, return_type=None)
+            kv = None
     return torch.stack([store[n] for n in names], dim=1), kv
 
 
@@ -152,7 +155,8 @@ class IntegratedGradients:
 
             return hook
 
-        last = tokens[:, -1:].repeat_interleave(copies, dim=0)
+        # with a cache only the last token runs; without one, the whole prompt
+        last = (tokens if kv is None else tokens[:, -1:]).repeat_interleave(copies, dim=0)
         with (
             torch.enable_grad(),
             model.hooks(fwd_hooks=[(n, splice(layer)) for layer, n in enumerate(names)]),
