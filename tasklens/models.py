@@ -153,7 +153,7 @@ def _check_folder(folder: Path) -> None:
     if not config.is_file():
         raise TasklensError(
             f"Model folder {str(folder)!r} has no config.json; a model folder needs "
-            "config.json, *.safetensors weights and tokenizer files (save_pretrained writes them)"
+            "config.json, model.safetensors weights and tokenizer files (save_pretrained writes them)"
         )
     try:
         json.loads(config.read_text())
@@ -161,10 +161,10 @@ def _check_folder(folder: Path) -> None:
         raise TasklensError(
             f"Model folder {str(folder)!r}: config.json is not valid JSON ({error})"
         ) from error
-    if not any(folder.glob("*.safetensors")):
+    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         raise TasklensError(
-            f"Model folder {str(folder)!r} has no *.safetensors weights; save the model with "
-            "save_pretrained(folder) (tasklens never unpickles .bin checkpoints)"
+            f"Model folder {str(folder)!r} has no model.safetensors (or its index); save the model with "
+            "save_pretrained(folder) (tasklens loads safetensors only and never unpickles .bin checkpoints)"
         )
 
 
@@ -206,9 +206,11 @@ def load_model(
     """Load a model as a TransformerLens `TransformerBridge`.
 
     Args:
-        spec: ``"organism"`` (the embedded default), a path to a local Hugging Face
-            folder (config.json + safetensors + tokenizer), or a model name that
-            TransformerLens / Hugging Face can load (needs the hub or a local cache).
+        spec: ``"organism"`` (the embedded default), a model tasklens downloads
+            (``"smollm2-135m"``: `tasklens models download smollm2` first), a path to a
+            local Hugging Face folder (config.json + model.safetensors + tokenizer), or a
+            model name that TransformerLens / Hugging Face can load (needs the hub or a
+            local cache). Local weights are read from safetensors only.
         device: torch device.
         dtype: parameter dtype.
 
@@ -216,20 +218,33 @@ def load_model(
         The bridge in eval mode with Hugging Face numerics (weights not folded),
         ``cfg.model_name`` set to ``spec``.
     """
-    folder = ORGANISM_DIR if spec == ORGANISM else Path(spec).expanduser()
-    is_local = spec == ORGANISM or folder.is_dir()
+    from tasklens import zoo
+
+    if spec == ORGANISM:
+        folder = ORGANISM_DIR
+    elif zoo.is_known(spec):
+        folder = zoo.local_folder(spec)
+    else:
+        folder = Path(spec).expanduser()
+    is_local = spec == ORGANISM or zoo.is_known(spec) or folder.is_dir()
+    hf_model = None
     if is_local:
         _check_folder(folder)
         source = str(folder)
     elif os.sep in spec and spec.startswith((".", "/", "~")):
         raise TasklensError(f"Model folder {spec!r} does not exist; check the path")
     else:
+        from huggingface_hub import constants
+
         source = spec
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        if not _is_cached(spec) and not offline and not _hub_reachable():
+        if not _is_cached(spec) and not constants.HF_HUB_OFFLINE and not _hub_reachable():
             raise _hub_error(spec, "the hub is unreachable from this machine and the model is not cached")
     try:
-        model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+        if is_local:
+            from transformers import AutoModelForCausalLM
+
+            hf_model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype)
+        model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype, hf_model=hf_model)
     except OSError as error:
         if is_local:
             raise TasklensError(f"Could not load the model folder {source!r}: {error}") from error
