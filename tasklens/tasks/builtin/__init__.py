@@ -61,12 +61,24 @@ def builtin_task_splits(name: str) -> tuple[str, ...]:
     return _spec(name).splits
 
 
-def load_builtin(name: str, split: str = "detection") -> Task:
+def load_builtin(
+    name: str, split: str = "detection", style: str = "organism", shots: int = 3, tokenizer=None
+) -> Task:
     """One split of a built-in task, e.g. ``load_builtin("capital_of", "evaluation")``.
+
+    Args:
+        style: ``"organism"`` (default: the templates the organism was trained on),
+            ``"natural"`` (plain sentences with ``shots`` demonstrations, for pretrained
+            models) or ``"chat"`` (the model's chat template; needs ``tokenizer``). See
+            `tasklens.tasks.builtin.natural`.
 
     Raises:
         TasklensError: for an unknown task name or a split the task does not have.
     """
+    if style != "organism":
+        from tasklens.tasks.builtin.natural import load_natural
+
+        return load_natural(name, split, style, shots, tokenizer)
     spec = _spec(name)
     if split not in spec.splits:
         raise TasklensError(

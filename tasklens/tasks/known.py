@@ -1,0 +1,35 @@
+"""Keeping the facts a model knows (the relation paper detects neurons on those only).
+
+A prompt is known when greedy decoding reproduces its answer. Greedy decoding
+produces exactly the answer's tokens if and only if each answer token is the
+argmax given the prompt and the answer tokens before it, so one teacher-forced
+forward pass decides it for a whole batch (`tasklens.metrics.next_token_correct`),
+with no generation. (This is token-exact; `tasklens.evaluate.exact_match`
+additionally forgives case and surrounding spaces of the decoded text.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tasklens.errors import TasklensError
+from tasklens.evaluate import evaluate_prompts
+from tasklens.models import ModelInfo
+from tasklens.tasks.task import Task, check_task
+
+
+def known_by(model, task: Task, batch_size: int = 32) -> Task:
+    """The prompts of ``task`` that ``model`` answers correctly (greedy, token-exact).
+
+    The kept task records ``known_by`` (model name), ``n_known`` and ``n_asked`` in its meta.
+    """
+    task = check_task(task)
+    correct = evaluate_prompts(model, task, "next_token", batch_size) > 0.5
+    keep = correct.nonzero().flatten().tolist()
+    meta = {**task.meta, "known_by": ModelInfo.of(model).name, "n_known": len(keep), "n_asked": len(task)}
+    if not keep:
+        raise TasklensError(
+            f"{ModelInfo.of(model).name} answers none of the {len(task)} prompts of task {task.name!r} "
+            "correctly; try few-shot prompts (load_builtin(..., style='natural', shots=3)) or another task"
+        )
+    return dataclasses.replace(task.subset(keep), meta=meta)
