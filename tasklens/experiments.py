@@ -118,7 +118,12 @@ def interference(
 
 
 def cross_language(
-    model, neurons: NeuronSet, tasks: Sequence[Task], n_controls: int = 5, batch_size: int = 64
+    model,
+    neurons: NeuronSet,
+    tasks: Sequence[Task],
+    n_controls: int = 5,
+    batch_size: int = 64,
+    metric: str = "exact_match",
 ) -> pd.DataFrame:
     """Deactivate one set (e.g. found on English prompts) while the relation is asked in other languages.
 
@@ -129,7 +134,9 @@ def cross_language(
     for task in tasks:
         if len(task) == 0:
             raise TasklensError(f"Task {task.name!r} ({task.language}) has no prompts")
-    result = ablation_matrix(model, [neurons], tasks, n_controls=n_controls, batch_size=batch_size)
+    result = ablation_matrix(
+        model, [neurons], tasks, n_controls=n_controls, batch_size=batch_size, metric=metric
+    )
     return pd.DataFrame(
         [
             dict(

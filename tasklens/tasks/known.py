@@ -33,3 +33,39 @@ def known_by(model, task: Task, batch_size: int = 32) -> Task:
             "correctly; try few-shot prompts (load_builtin(..., style='natural', shots=3)) or another task"
         )
     return dataclasses.replace(task.subset(keep), meta=meta)
+
+
+def default_style(model) -> str:
+    """``"organism"`` for the organism (its training templates), ``"natural"`` for any other model."""
+    from tasklens.models import ORGANISM
+
+    return "organism" if ModelInfo.of(model).name == ORGANISM else "natural"
+
+
+def load_for_model(
+    model,
+    name: str,
+    split: str = "detection",
+    *,
+    known: bool = True,
+    n: int | None = None,
+    style: str | None = None,
+    shots: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> Task:
+    """A built-in task in the form that suits ``model``, optionally only the facts it knows.
+
+    Args:
+        style: ``None`` picks `default_style`; ``"chat"`` uses the model's chat template.
+        shots: demonstrations before each natural or chat prompt (ignored by the organism style).
+        known: keep only the prompts the model answers correctly (greedy, token-exact).
+        n: then keep a deterministic sample of at most ``n`` prompts (``seed``).
+    """
+    from tasklens.tasks.builtin import load_builtin
+
+    style = style or default_style(model)
+    task = load_builtin(name, split, style=style, shots=shots, tokenizer=getattr(model, "tokenizer", None))
+    if known:
+        task = known_by(model, task, batch_size)
+    return task if n is None else task.sample(n, seed)

