@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -36,6 +37,10 @@ class Prepared:
         )
 
 
+def _same(task: Task) -> Task:
+    return task
+
+
 def _known_or_empty(model, task: Task) -> Task | None:
     try:
         return known_by(model, task)
@@ -54,21 +59,23 @@ def prepare(
     known_eval: bool = True,
     asked: int = 300,
     min_known: int = 1,
+    transform: Callable[[Task], Task] | None = None,
 ) -> Prepared:
     """Ask the model at most ``asked`` prompts per split of each task and keep what it knows.
 
     Detection prompts are always known ones (the relation paper detects on those only);
     evaluation prompts are known ones when ``known_eval``, else all. Tasks with fewer
     than ``min_known`` known detection or evaluation prompts are left out (the counts
-    table still lists them).
+    table still lists them). ``transform`` is applied to each split before it is asked.
     """
     out = Prepared()
     rows = []
     for name in names:
         split_tasks = {
-            split: load_for_model(model, name, split, known=False, style=style, shots=shots).sample(asked)
+            split: load_for_model(model, name, split, known=False, style=style, shots=shots)
             for split in ("detection", "evaluation")
         }
+        split_tasks = {split: (transform or _same)(t).sample(asked) for split, t in split_tasks.items()}
         known = {split: _known_or_empty(model, task) for split, task in split_tasks.items()}
         n_known = {split: len(t) if t is not None else 0 for split, t in known.items()}
         rows.append(

@@ -1,122 +1,174 @@
 """Task-specific neurons by gradient attribution (Leng & Xiong, COLING 2025) on a tasklens model.
 
-Gradient attribution |a * dL/da| per task on detection prompts; the top 10 % are
-the task's neurons. The deactivation table: original accuracy, accuracy with as
-many random neurons off (same per-layer counts, several seeds), and with the
-task's neurons off, per task and averaged. The overlap table between task
-groups at 10/30/50/70 % of neurons, and the per-layer parameter similarity of
-the task sets.
+Gradient attribution |a * dL/da| per task on detection prompts the model answers
+correctly; the top 10 % are the task's neurons (the paper's setting). Then:
 
-    python analyses/multitask_neurons.py [--model organism] [--out runs/multitask_neurons]
+- the deactivation table in the paper's shape: original accuracy, accuracy with as
+  many random neurons off (same per-layer counts, mean and std over seeds), and with
+  the task's neurons off, per task and averaged, on held-out prompts (all of them, so
+  "original" is the model's real accuracy), beside the other tasks' accuracy with the
+  same set off (is the set specific?);
+- the overlap (IoU) matrix across tasks and groups at 10/30/50/70 %, and the per-layer
+  parameter similarity of the sets (with a deactivation proxy for transfer, labelled
+  as such: fine-tuning transfer is `tasklens.finetune`'s job);
+- stability: split-half Jaccard of the sets as the number of prompts grows, and each
+  set's effect on the prompts it was found on against held-out ones.
+
+    python analyses/multitask_neurons.py [--model organism|smollm2-135m] [--out runs/multitask_neurons]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import pandas as pd
+from common import describe_counts, prepare, task_names
 
-from tasklens.compare import overlap, parameter_similarity, similarity_transfer_correlation
-from tasklens.matrix import ablation_matrix
-from tasklens.models import load_model
+from tasklens.compare import overlap, overlap_matrix, parameter_similarity, similarity_transfer_correlation
+from tasklens.matrix import evaluation_matrix
+from tasklens.models import ModelInfo, load_model
 from tasklens.outputs import OutputDir
 from tasklens.plots import heatmap
 from tasklens.scoring import GradientAttribution
 from tasklens.selection import top_percent
-from tasklens.tasks.builtin import builtin_task_info, load_builtin
+from tasklens.stability import held_out_effect, stability_curve
+from tasklens.tasks.known import default_style, load_for_model
 
 GROUPS = {"relation": "knowledge", "algorithmic": "algorithmic", "classification": "classification"}
+#: for natural-language models: knowledge, classification and algorithmic tasks SmolLM2 does well above chance
+NATURAL_TASKS = ["continent_of", "country_language", "city_country", "sentiment", "addition", "copy_list"]
+PAPER = {"original": 87.7, "random_off": 84.8, "task_neurons_off": 76.0}  # Llama-2-7B, classification
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/multitask_neurons")
+    parser.add_argument("--tasks", nargs="*", help="default: every task (organism) or NATURAL_TASKS")
     parser.add_argument("--percent", type=float, default=10.0, help="task neurons, %% of all (paper: 10)")
-    parser.add_argument("--detection-prompts", type=int, default=128)
-    parser.add_argument("--eval-prompts", type=int, default=80)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--detection-prompts", type=int, default=64)
+    parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--controls", type=int, default=3)
+    parser.add_argument("--metric", default="next_token", help="next_token = greedy exact match, one pass")
+    parser.add_argument("--stability-task", default="copy_list")
+    parser.add_argument("--stability-sizes", type=int, nargs="*", default=[16, 64, 256])
+    parser.add_argument("--stability-splits", type=int, default=2)
     args = parser.parse_args()
     out = OutputDir(args.out, vars(args))
+    started = time.perf_counter()
     model = load_model(args.model)
-    info = {row["name"]: row for row in builtin_task_info() if row["language"] == "en"}
-    names = sorted(info)
+    info = ModelInfo.of(model)
+    organism = default_style(model) == "organism"
+    names = args.tasks or (task_names(model, tuple(GROUPS)) if organism else NATURAL_TASKS)
+    data = prepare(
+        model,
+        names,
+        args.detection_prompts,
+        args.eval_prompts,
+        shots=args.shots,
+        known_eval=False,
+        min_known=2,
+    )
+    out.table("known_facts", data.counts, index=False)
+    out.finding(describe_counts(data.counts, info.name))
+    names = [n for n in names if n in data.detection]
+    kind = {n: data.detection[n].meta.get("kind") or _kind(n) for n in names}
+
     scores = {}
     for name in names:
-        scores[name] = GradientAttribution().attribute(
-            model, load_builtin(name, "detection").sample(args.detection_prompts)
-        )
+        scores[name] = GradientAttribution().attribute(model, data.detection[name])
         scores[name].save(out.path / "scores" / name)
     sets = [top_percent(scores[n], args.percent).renamed(n) for n in names]
-    evaluation = [load_builtin(n, "evaluation").sample(args.eval_prompts, seed=3) for n in names]
+    evaluation = [data.evaluation[n] for n in names]
 
-    result = ablation_matrix(model, sets, evaluation, n_controls=args.controls)
-    own = [
-        dict(
-            task=name,
-            group=GROUPS[info[name]["kind"]],
-            original=result.baseline[name],
-            random_off=result.controls.loc[name, name],
-            task_neurons_off=result.values.loc[name, name],
-        )
-        for name in names
-    ]
-    table = pd.DataFrame(own)
-    table = pd.concat(
-        [
-            table,
-            pd.DataFrame(
-                [
-                    dict(
-                        task="average",
-                        group="",
-                        **table[["original", "random_off", "task_neurons_off"]].mean().to_dict(),
-                    )
-                ]
-            ),
-        ],
-        ignore_index=True,
+    result = evaluation_matrix(
+        model, sets, evaluation, n_controls=args.controls, metric=args.metric, controls_on="own"
     )
+    result.save(out.path / "deactivation_result.json")
+    out.file("deactivation_result.json")
+    rows = []
+    for name in names:
+        others = [o for o in names if o != name]
+        rows.append(
+            dict(
+                task=name,
+                group=GROUPS.get(kind[name], kind[name]),
+                original=result.baseline[name],
+                random_off=result.controls.loc[name, name],
+                random_std=result.controls_std.loc[name, name],
+                task_neurons_off=result.values.loc[name, name],
+                others_original=result.baseline[others].mean(),
+                others_with_this_set_off=result.values.loc[name, others].mean(),
+            )
+        )
+    table = pd.DataFrame(rows)
+    average = table.drop(columns=["task", "group"]).mean().to_dict()
+    table = pd.concat([table, pd.DataFrame([dict(task="average", group="", **average)])], ignore_index=True)
     out.table("deactivation", table, index=False)
     out.table("deactivation_matrix_long", result.to_frame(), index=False)
-    avg = table.iloc[-1]
+    out.figure("deactivation", result.plot_own_vs_others())
     out.finding(
-        f"average accuracy: original {avg.original:.3f}, random {args.percent:g}% off {avg.random_off:.3f}, "
-        f"task neurons off {avg.task_neurons_off:.3f} (paper, Llama-2-7B classification: 87.7 / 84.8 / 76.0)"
+        f"{args.metric} averaged over {len(names)} tasks: original {average['original']:.3f}, "
+        f"random {args.percent:g} % off {average['random_off']:.3f}, task neurons off "
+        f"{average['task_neurons_off']:.3f}; other tasks with a task's set off "
+        f"{average['others_original']:.3f} -> "
+        f"{average['others_with_this_set_off']:.3f} (paper, Llama-2-7B classification: "
+        + " / ".join(f"{v}" for v in PAPER.values())
+        + ")"
     )
 
-    # overlap between task groups at growing shares of neurons
-    groups = sorted(set(GROUPS[info[n]["kind"]] for n in names))
+    iou = out.table("overlap_iou", overlap_matrix(sets, "jaccard"))
+    out.figure("overlap_iou", heatmap(iou, f"IoU of the tasks' top {args.percent:g} % neurons"))
+    group_overlap(out, scores, names, kind)
+    similarity(model, out, sets, result)
+    stability(model, args, out, scores, sets, data)
+    out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
+    out.close()
+
+
+def _kind(name: str) -> str:
+    from tasklens.tasks.builtin import builtin_task_info
+
+    return next(r["kind"] for r in builtin_task_info() if r["name"] == name)
+
+
+def group_overlap(out: OutputDir, scores, names, kind) -> None:
+    """Mean IoU within and across task groups as the share of neurons grows (the paper's 10-70 %)."""
     rows = []
     for percent in (10, 30, 50, 70):
         chosen = {n: top_percent(scores[n], percent) for n in names}
-        for a in groups:
-            for b in groups:
-                pairs = [
-                    overlap(chosen[x], chosen[y]).jaccard
-                    for x in names
-                    for y in names
-                    if x != y and GROUPS[info[x]["kind"]] == a and GROUPS[info[y]["kind"]] == b
-                ]
-                if pairs:
+        for x in names:
+            for y in names:
+                if x < y:
                     rows.append(
-                        dict(percent=percent, group_a=a, group_b=b, mean_jaccard=sum(pairs) / len(pairs))
+                        dict(
+                            percent=percent,
+                            task_a=x,
+                            task_b=y,
+                            same_group=GROUPS.get(kind[x]) == GROUPS.get(kind[y]),
+                            iou=overlap(chosen[x], chosen[y]).jaccard,
+                        )
                     )
-    overlaps = out.table("group_overlap", pd.DataFrame(rows), index=False)
-    at10 = overlaps[overlaps.percent == 10].pivot(index="group_a", columns="group_b", values="mean_jaccard")
-    out.figure("group_overlap_10pct", heatmap(at10, "mean Jaccard between tasks' top 10% neurons"))
-    within = overlaps[(overlaps.group_a == overlaps.group_b)].groupby("percent").mean_jaccard.mean()
-    across = overlaps[(overlaps.group_a != overlaps.group_b)].groupby("percent").mean_jaccard.mean()
+    frame = out.table("group_overlap", pd.DataFrame(rows), index=False)
+    mean = frame.groupby(["percent", "same_group"]).iou.mean().unstack()
     out.finding(
-        "mean Jaccard within vs across task groups at 10/30/50/70 %: "
-        + ", ".join(f"{p}%: {within[p]:.2f} vs {across[p]:.2f}" for p in within.index)
+        "mean IoU within vs across task groups at 10/30/50/70 %: "
+        + ", ".join(
+            f"{p}%: {mean.loc[p].get(True, float('nan')):.2f} vs {mean.loc[p].get(False, float('nan')):.2f}"
+            for p in mean.index
+        )
     )
 
+
+def similarity(model, out: OutputDir, sets, result) -> None:
     sims = pd.DataFrame(
         [
             dict(
                 task_a=a.name,
                 task_b=b.name,
+                iou=overlap(a, b).jaccard,
                 **{f"layer_{i}": v for i, v in enumerate(parameter_similarity(model, a, b))},
             )
             for a in sets
@@ -126,17 +178,59 @@ def main() -> None:
     )
     layers = [c for c in sims.columns if c.startswith("layer_")]
     sims["mean_similarity"] = sims[layers].mean(axis=1)
-    # cross-task effect of a's neurons on b: the relative accuracy drop on b with a's task neurons off
     drop = result.relative_drop()  # [task evaluated, set switched off]
-    sims["drop_on_b"] = [drop.loc[b, a] for a, b in zip(sims.task_a, sims.task_b, strict=True)]
+    sims["proxy_drop_on_b"] = [drop.loc[b, a] for a, b in zip(sims.task_a, sims.task_b, strict=True)]
     out.table("parameter_similarity", sims, index=False)
-    corr = similarity_transfer_correlation(sims, "mean_similarity", "drop_on_b")
+    corr = similarity_transfer_correlation(sims, "mean_similarity", "proxy_drop_on_b")
     out.finding(
-        f"parameter similarity vs the drop on task b with task a's neurons off, over {corr['n_pairs']} "
-        f"pairs: Pearson {corr['pearson']:.2f}, Spearman {corr['spearman']:.2f} (a deactivation proxy: "
-        "the paper correlates with fine-tuning transfer, which tasklens does not run)"
+        f"parameter similarity vs the deactivation proxy (relative drop on b with a's neurons off), "
+        f"{corr['n_pairs']} pairs: Pearson {corr['pearson']:.2f}, Spearman {corr['spearman']:.2f} "
+        "(a proxy, not the paper's fine-tuning transfer)"
     )
-    out.close()
+
+
+def stability(model, args, out: OutputDir, scores, sets, data) -> None:
+    """Split-half Jaccard as prompts grow (one task), and every set's in-sample vs held-out effect."""
+    name = args.stability_task
+    if name in data.detection:
+        pool = load_for_model(model, name, "detection", shots=args.shots) + load_for_model(
+            model, name, "evaluation", shots=args.shots
+        )
+        curve = stability_curve(
+            model,
+            pool,
+            GradientAttribution(),
+            sizes=args.stability_sizes,
+            rule="top_percent",
+            value=args.percent,
+            n_splits=args.stability_splits,
+        )
+        out.table("stability_curve", curve, index=False)
+        out.finding(
+            f"split-half Jaccard of {name}'s top {args.percent:g} % (gradient attribution), "
+            "by prompts per half: "
+            + ", ".join(
+                f"{r.n_prompts}: {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in curve.itertuples()
+            )
+            + f" (two random sets of that share: {args.percent / (200 - args.percent):.2f})"
+        )
+    effects = pd.concat(
+        [
+            held_out_effect(
+                model, s, data.detection[s.name], data.evaluation[s.name], "logprob", n_controls=2
+            )
+            for s in sets
+        ],
+        ignore_index=True,
+    )
+    out.table("held_out_effect", effects, index=False)
+    pivot = effects.pivot(index="set", columns="sample", values="change")
+    out.finding(
+        "log-prob change with each task's set off, found-on prompts vs held-out: "
+        + ", ".join(
+            f"{r} {pivot.loc[r, 'found_on']:.2f} vs {pivot.loc[r, 'held_out']:.2f}" for r in pivot.index
+        )
+    )
 
 
 if __name__ == "__main__":

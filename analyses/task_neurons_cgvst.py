@@ -1,101 +1,155 @@
 """CGVST task neurons (Song et al., EMNLP 2024) on a tasklens model.
 
-Per task: CGVST scores on prompts carrying format markers ("Q:", "A:",
-"Answer:", ...), the global top 5 % as the task's neurons; the inhibition
-(zero ablation) and amplification task x task matrices; and the same for sets
-of the same size from activation statistics, gradient attribution and random
-neurons.
+Per task: CGVST scores on prompts carrying format markers, the global top 5 % as
+the task's neurons (the paper's setting). On a chat model the prompts come from the
+model's own chat template and the markers are its special tokens and role names
+(SmolLM2: ``<|im_start|>``, ``<|im_end|>``, system/user/assistant; the paper's
+``[INST]`` tokens of Llama-2-chat); on the organism, "Q:"/"A:"-style markers.
+Then inhibition (zero) and amplification (x2 and a stronger factor) of each task's
+set: own task vs other tasks vs random sets of the same per-layer counts, and the
+same for sets of the same size chosen by |a * dL/da| and by activation contrast;
+and the split-half stability of a CGVST set.
 
-    python analyses/task_neurons_cgvst.py [--model organism] [--out runs/task_neurons_cgvst]
+    python analyses/task_neurons_cgvst.py [--model organism|smollm2-135m] [--out runs/task_neurons_cgvst]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import pandas as pd
+from common import describe_counts, prepare
 
 from tasklens.interventions import Intervention
 from tasklens.matrix import evaluation_matrix
-from tasklens.models import load_model
+from tasklens.models import ModelInfo, load_model
 from tasklens.outputs import OutputDir
 from tasklens.scoring import CGVST, ActivationStats, GradientAttribution
-from tasklens.selection import contrast, random_like, top_percent
-from tasklens.tasks.builtin import load_builtin
+from tasklens.selection import contrast, top_percent
+from tasklens.stability import split_half
+from tasklens.tasks.known import default_style
 
-TASKS = [
-    "capital_of",
-    "continent_of",
-    "element_symbol",
-    "addition",
-    "larger_number",
-    "reverse_list",
-    "sentiment",
-]
-MARKERS = ("Q:", "A:", "Question:", "Answer:")
+ORGANISM_TASKS = ["capital_of", "continent_of", "element_symbol", "addition", "larger_number", "sentiment"]
+CHAT_TASKS = ["continent_of", "country_language", "city_country", "sentiment", "addition", "copy_list"]
+ORGANISM_MARKERS = ("Q:", "A:", "Question:", "Answer:")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/task_neurons_cgvst")
+    parser.add_argument("--tasks", nargs="*")
     parser.add_argument("--percent", type=float, default=5.0, help="global top %% (paper: 5)")
-    parser.add_argument("--factor", type=float, default=2.0, help="amplification factor (not published)")
-    parser.add_argument("--detection-prompts", type=int, default=128)
-    parser.add_argument("--eval-prompts", type=int, default=60)
+    parser.add_argument("--factors", type=float, nargs="*", default=[2.0, 5.0], help="amplification factors")
+    parser.add_argument("--shots", type=int, default=1, help="demonstration turns per chat prompt")
+    parser.add_argument("--n-demo", type=int, help="marker positions of the demonstrations (CGVST's split)")
+    parser.add_argument("--detection-prompts", type=int, default=32)
+    parser.add_argument("--eval-prompts", type=int, default=16)
+    parser.add_argument("--controls", type=int, default=3, help="random sets per CGVST set (own task)")
+    parser.add_argument("--metric", default="next_token", help="next_token = greedy exact match, one pass")
+    parser.add_argument("--stability-splits", type=int, default=2)
     args = parser.parse_args()
     out = OutputDir(args.out, vars(args))
+    started = time.perf_counter()
     model = load_model(args.model)
-    detection = {
-        t: load_builtin(t, "detection").marked(MARKERS).sample(args.detection_prompts) for t in TASKS
-    }
-    evaluation = [load_builtin(t, "evaluation").sample(args.eval_prompts, seed=3) for t in TASKS]
+    info = ModelInfo.of(model)
+    organism = default_style(model) == "organism"
+    names = args.tasks or (ORGANISM_TASKS if organism else CHAT_TASKS)
+    data = prepare(
+        model,
+        names,
+        args.detection_prompts,
+        args.eval_prompts,
+        shots=args.shots,
+        style=None if organism else "chat",
+        known_eval=False,
+        min_known=2,
+        transform=(lambda task: task.marked(ORGANISM_MARKERS)) if organism else None,
+    )
+    out.table("known_facts", data.counts, index=False)
+    out.finding(describe_counts(data.counts, info.name) + ("" if organism else " (chat template)"))
+    names = [n for n in names if n in data.detection]
+    if organism:
+        n_demo = args.n_demo or CGVST.n_demo
+    else:
+        # ChatML: the system turn and each demonstration turn carry <|im_start|>, role, <|im_end|>
+        n_demo = args.n_demo or 3 * (1 + 2 * args.shots)
+    detection = data.detection
+    out.finding(
+        f"markers: {list(detection[names[0]].markers)}; demonstration marker positions n_demo = {n_demo}"
+    )
+    evaluation = [data.evaluation[n] for n in names]
 
     methods = {
-        "cgvst": {t: CGVST().attribute(model, detection[t]) for t in TASKS},
+        "cgvst": {t: CGVST(n_demo=n_demo).attribute(model, detection[t]) for t in names},
+        "gradient": {t: GradientAttribution().attribute(model, detection[t]) for t in names},
         "activation": contrast(
-            {t: ActivationStats("mean_abs").attribute(model, detection[t]) for t in TASKS}
+            {t: ActivationStats("mean_abs").attribute(model, detection[t]) for t in names}
         ),
-        "gradient": {t: GradientAttribution().attribute(model, detection[t]) for t in TASKS},
     }
+    for method, scores in methods.items():
+        for t in names:
+            scores[t].save(out.path / "scores" / method / t)
+    interventions = [Intervention("zero")] + [Intervention("amplify", factor=f) for f in args.factors]
     summary = []
-    for kind in ("zero", "amplify"):
-        spec = Intervention(kind, factor=args.factor)
+    for spec in interventions:
         for method, scores in methods.items():
-            sets = [top_percent(scores[t], args.percent).renamed(t) for t in TASKS]
-            result = evaluation_matrix(model, sets, evaluation, n_controls=0, intervention=spec)
-            out.table(f"{kind}_{method}", result.pivot())
-            out.figure(f"{kind}_{method}", result.plot("value"))
-            own = result.own_and_others()
-            summary.append(
-                dict(
-                    intervention=spec.label,
-                    method=method,
-                    own_task=own.value.mean(),
-                    other_tasks=(own.others_change + own.baseline.mean()).mean(),
-                    original=result.baseline.mean(),
-                )
+            if spec.kind == "amplify" and spec.factor != args.factors[0] and method != "cgvst":
+                continue  # the stronger factor only for the paper's method
+            sets = [top_percent(scores[t], args.percent).renamed(t) for t in names]
+            result = evaluation_matrix(
+                model,
+                sets,
+                evaluation,
+                n_controls=args.controls if method == "cgvst" else 0,
+                intervention=spec,
+                metric=args.metric,
+                controls_on="own",
             )
-        randoms = [
-            random_like(top_percent(methods["cgvst"][t], args.percent), seed=0).renamed(t) for t in TASKS
-        ]
-        result = evaluation_matrix(model, randoms, evaluation, n_controls=0, intervention=spec)
-        own = result.own_and_others()
-        summary.append(
-            dict(
+            label = f"{spec.kind}{'' if spec.kind == 'zero' else f'_x{spec.factor:g}'}_{method}"
+            out.table(label, result.pivot())
+            out.figure(label, result.plot("value"))
+            own = pd.Series({t: result.values.loc[t, t] for t in names})
+            others = pd.Series({t: result.values.loc[t, [o for o in names if o != t]].mean() for t in names})
+            row = dict(
                 intervention=spec.label,
-                method="random",
+                method=method,
                 original=result.baseline.mean(),
-                own_task=own.value.mean(),
-                other_tasks=(own.others_change + own.baseline.mean()).mean(),
+                own_task=own.mean(),
+                other_tasks=others.mean(),
             )
+            if method == "cgvst" and args.controls:
+                row["random_own"] = pd.Series({t: result.controls.loc[t, t] for t in names}).mean()
+                row["random_std"] = pd.Series({t: result.controls_std.loc[t, t] for t in names}).mean()
+            summary.append(row)
+    table = out.table("summary", pd.DataFrame(summary), index=False)
+    for row in table.itertuples():
+        control = (
+            f", random sets on the own task {row.random_own:.2f} ± {row.random_std:.2f}"
+            if "random_own" in table and row.random_own == row.random_own
+            else ""
         )
-    result = out.table("summary", pd.DataFrame(summary), index=False)
-    for row in result.itertuples():
         out.finding(
-            f"{row.intervention} {row.method}: own-task accuracy {row.original:.2f} -> {row.own_task:.2f}, "
-            f"other tasks -> {row.other_tasks:.2f}"
+            f"{row.intervention} {row.method}: accuracy {row.original:.2f} -> own task {row.own_task:.2f}, "
+            f"other tasks {row.other_tasks:.2f}{control}"
         )
+
+    first = names[0]
+    stab = split_half(
+        model,
+        detection[first],
+        CGVST(n_demo=n_demo),
+        "top_percent",
+        args.percent,
+        n_splits=args.stability_splits,
+    )
+    out.table("stability", pd.DataFrame([stab.to_dict()]), index=False)
+    out.finding(
+        f"split-half stability of {first}'s CGVST set: {stab!r} "
+        f"(two random sets of that share: {args.percent / (200 - args.percent):.2f})"
+    )
+    out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
 
 

@@ -100,3 +100,13 @@ def test_prompt_longer_than_context_is_a_clear_error(organism):
     long = Task.from_lists("long", ["word " * 500], [" x"])
     with pytest.raises(TasklensError, match="more than the model's context of 64"):
         TokenizedTask.for_model(long, organism)
+
+
+def test_parts_of_one_task_add_up_and_other_tasks_do_not():
+    detection, evaluation = (load_builtin("capital_of", split) for split in ("detection", "evaluation"))
+    both = detection + evaluation
+    assert len(both) == len(detection) + len(evaluation)
+    assert both.prompts[-1] == evaluation.prompts[-1] and both.split == "detection+evaluation"
+    assert len(both.corrupted_prompts) == len(both)
+    with pytest.raises(TasklensError, match="Only parts of one task"):
+        detection + load_builtin("continent_of", "detection")

@@ -194,6 +194,33 @@ class Task:
             raise TasklensError(f"Task {self.name!r}: no prompt contains any of the markers {list(markers)}")
         return replace(self.subset(keep), markers=tuple(markers))
 
+    def __add__(self, other: Task) -> Task:
+        """The prompts of both parts of one task (e.g. its detection and evaluation splits)."""
+        if not isinstance(other, Task):
+            return NotImplemented
+        if (other.name, tuple(other.markers), other.language) != (
+            self.name,
+            tuple(self.markers),
+            self.language,
+        ):
+            raise TasklensError(
+                f"Only parts of one task can be added: {self.name!r} ({self.language}, markers "
+                f"{list(self.markers)}) and {other.name!r} ({other.language}, markers {list(other.markers)})"
+            )
+
+        def join(a: Sequence | None, b: Sequence | None) -> tuple | None:
+            return None if a is None or b is None else (*a, *b)
+
+        return replace(
+            self,
+            prompts=(*self.prompts, *other.prompts),
+            answers=(*self.answers, *other.answers),
+            corrupted_prompts=join(self.corrupted_prompts, other.corrupted_prompts),
+            subjects=join(self.subjects, other.subjects),
+            templates=join(self.templates, other.templates),
+            split=self.split if self.split == other.split else f"{self.split}+{other.split}",
+        )
+
     def sample(self, n: int, seed: int = 0) -> Task:
         """A deterministic sample of at most ``n`` prompts, in task order (all when ``n`` is larger)."""
         import random
