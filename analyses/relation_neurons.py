@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--max-relations", type=int, default=6)
     parser.add_argument("--min-known", type=int, default=100, help="known facts a relation needs")
     parser.add_argument("--unit", default="hook_post")
+    parser.add_argument("--asked", type=int, default=300, help="prompts asked per split (known filter)")
     parser.add_argument("--shots", type=int, default=1, help="demonstrations per natural prompt")
     parser.add_argument("--detection-prompts", type=int, default=100)
     parser.add_argument("--eval-prompts", type=int, default=40, help="held-out known facts (paper 50)")
@@ -77,7 +78,13 @@ def main() -> None:
     # the facts the model knows
     candidates = args.relations or task_names(model, ("relation",))
     data = prepare(
-        model, candidates, args.detection_prompts, args.eval_prompts, shots=args.shots, min_known=2
+        model,
+        candidates,
+        args.detection_prompts,
+        args.eval_prompts,
+        shots=args.shots,
+        asked=args.asked,
+        min_known=2,
     )
     out.table("known_facts", data.counts, index=False)
     out.finding(describe_counts(data.counts, info.name) + f" (asked up to 300 per split, {args.shots}-shot)")
@@ -227,7 +234,14 @@ def main() -> None:
 def versatility(model, args, out: OutputDir, sets, data, relations) -> None:
     """English capital_of neurons off while other languages ask the same relation (if known)."""
     english = next((s for s in sets if s.name == "capital_of"), None)
-    counts = prepare(model, list(LANGUAGES.values()), args.eval_prompts, args.eval_prompts, shots=args.shots)
+    counts = prepare(
+        model,
+        list(LANGUAGES.values()),
+        args.eval_prompts,
+        args.eval_prompts,
+        shots=args.shots,
+        asked=args.asked,
+    )
     out.table("languages_known", counts.counts, index=False)
     usable = [t for t in counts.evaluation if len(counts.evaluation[t]) >= args.min_language_known]
     skipped = [t for t in LANGUAGES.values() if t not in usable]

@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*")
     parser.add_argument("--percent", type=float, default=5.0, help="global top %% (paper: 5)")
     parser.add_argument("--factors", type=float, nargs="*", default=[2.0, 5.0], help="amplification factors")
+    parser.add_argument("--asked", type=int, default=300, help="prompts asked per split (known filter)")
     parser.add_argument("--shots", type=int, default=1, help="demonstration turns per chat prompt")
     parser.add_argument("--n-demo", type=int, help="marker positions of the demonstrations (CGVST's split)")
     parser.add_argument("--detection-prompts", type=int, default=32)
@@ -62,6 +63,7 @@ def main() -> None:
         args.detection_prompts,
         args.eval_prompts,
         shots=args.shots,
+        asked=args.asked,
         style=None if organism else "chat",
         known_eval=False,
         min_known=2,

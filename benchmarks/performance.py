@@ -8,7 +8,13 @@ Prints ratios and writes them to JSON:
 - exact ablation of every neuron vs the naive one-neuron-per-forward loop (target >= 5x);
 - peak memory when scoring 10x more prompts (target <= 10 % higher).
 
-    python benchmarks/performance.py [--out benchmarks/results/performance.json]
+On any other model (``--model smollm2-135m``), the scorers against the plain Hugging
+Face model (``AutoModelForCausalLM``, no TransformerLens) on the same batches of known
+prompts: activation statistics vs a plain forward, gradient scorers vs a plain
+forward + backward (which also computes the parameter gradients the scorers skip),
+the TransformerLens bridge's own overhead, and each run's peak memory.
+
+    python benchmarks/performance.py [--model organism] [--out benchmarks/results/performance.json]
 """
 
 from __future__ import annotations
@@ -117,11 +123,143 @@ def peak_memory(n_prompts: int) -> tuple[float, float]:
     return float(base), float(peak)
 
 
+def machine() -> dict:
+    """Where a figure was measured: cores, load when the run started, torch's threads."""
+    import os
+
+    return {
+        "cores": os.cpu_count(),
+        "load_1min": os.getloadavg()[0],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+class PeakRSS:
+    """Peak resident memory (MB) above the level at entry, sampled every 2 ms in a thread."""
+
+    def __enter__(self):
+        import threading
+
+        self.base, self.peak, self.done = rss(), 0.0, False
+
+        def watch():
+            while not self.done:
+                self.peak = max(self.peak, rss())
+                time.sleep(0.002)
+
+        self.thread = threading.Thread(target=watch)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done = True
+        self.thread.join()
+
+    @property
+    def growth(self) -> float:
+        return max(0.0, self.peak - self.base)
+
+
+def against_plain_hf(name: str, n_prompts: int, batch_size: int, repeats: int) -> dict[str, dict]:
+    """Scorers on ``name`` against the same model loaded by plain Hugging Face, alternated, best of."""
+    from transformers import AutoModelForCausalLM
+
+    from tasklens import zoo
+    from tasklens.tasks.known import load_for_model
+
+    model = load_model(name)
+    folder = zoo.local_folder(name) if zoo.is_known(name) else name
+    hf = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
+    task = load_for_model(model, "continent_of", "detection", n=n_prompts)
+    chat = load_for_model(model, "continent_of", "detection", style="chat", n=n_prompts)
+    batches = {id(t): list(TokenizedTask.for_model(t, model).batches(batch_size)) for t in (task, chat)}
+
+    def hf_forward(data):
+        with torch.no_grad():
+            for batch in batches[id(data)]:
+                hf(input_ids=batch.tokens).logits
+
+    def hf_forward_backward(data):
+        for batch in batches[id(data)]:
+            answer_loss(hf(input_ids=batch.tokens).logits, batch).sum().backward()
+        hf.zero_grad(set_to_none=True)
+
+    tokenized = TokenizedTask.for_model(task, model)
+    runs = {
+        "hf_forward": lambda: hf_forward(task),
+        "bridge_forward": lambda: bare_forward(model, tokenized, batch_size),
+        "activation_stats": lambda: ActivationStats().attribute(model, task, batch_size=batch_size),
+        "hf_forward_backward": lambda: hf_forward_backward(task),
+        "bridge_forward_backward": lambda: bare_forward_backward(model, tokenized, batch_size),
+        "gradient_attribution": lambda: GradientAttribution().attribute(model, task, batch_size=batch_size),
+        "attribution_patching": lambda: AttributionPatching().attribute(model, task, batch_size=batch_size),
+        "hf_forward_backward_chat": lambda: hf_forward_backward(chat),
+        "cgvst_chat": lambda: CGVST(n_demo=9).attribute(model, chat, batch_size=batch_size),
+    }
+    seconds = dict.fromkeys(runs, float("inf"))
+    memory = dict.fromkeys(runs, 0.0)
+    for fn in runs.values():  # warm-up
+        fn()
+    for _ in range(repeats):  # alternated, so that a busy moment of the machine hits every run alike
+        for key, fn in runs.items():
+            with PeakRSS() as watch:
+                start = time.perf_counter()
+                fn()
+                seconds[key] = min(seconds[key], time.perf_counter() - start)
+            memory[key] = max(memory[key], watch.growth)
+    compared = {
+        "activation_stats_vs_hf_forward": ("activation_stats", "hf_forward", "<= 1.2"),
+        "bridge_forward_vs_hf_forward": ("bridge_forward", "hf_forward", "overhead"),
+        "gradient_attribution_vs_hf_forward_backward": (
+            "gradient_attribution",
+            "hf_forward_backward",
+            "<= 1.0",
+        ),
+        "attribution_patching_vs_hf_forward_backward": (
+            "attribution_patching",
+            "hf_forward_backward",
+            "<= 1.0",
+        ),
+        "cgvst_vs_hf_forward_backward_chat": ("cgvst_chat", "hf_forward_backward_chat", "<= 1.0"),
+        "bridge_forward_backward_vs_hf": ("bridge_forward_backward", "hf_forward_backward", "overhead"),
+    }
+    return {
+        label: {
+            "ratio": seconds[run] / seconds[reference],
+            "target": target,
+            "seconds": seconds[run],
+            "reference_seconds": seconds[reference],
+            "peak_growth_mb": memory[run],
+            "reference_peak_growth_mb": memory[reference],
+            "prompts": len(task) if "chat" not in run else len(chat),
+            "tokens": sum(int(b.lengths.sum()) for b in batches[id(chat if "chat" in run else task)]),
+        }
+        for label, (run, reference, target) in compared.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/performance.json")
+    parser.add_argument("--model", default="organism")
+    parser.add_argument(
+        "--prompts", type=int, default=64, help="known prompts (models other than the organism)"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/performance[_MODEL].json")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.model != "organism":
+        results = against_plain_hf(args.model, args.prompts, 32, args.repeats)
+        for name, row in results.items():
+            print(
+                f"{name:<48} {row['ratio']:6.2f}  ({row['seconds']:.2f} s vs {row['reference_seconds']:.2f} s, "
+                f"peak +{row['peak_growth_mb']:.0f} MB vs +{row['reference_peak_growth_mb']:.0f} MB)  "
+                f"target {row['target']}"
+            )
+        out = args.out or f"benchmarks/results/performance_{args.model}.json"
+        write_json(out, {"model": args.model, "machine": machine(), "results": results})
+        return
+    args.out = args.out or "benchmarks/results/performance.json"
     model = load_model("organism")
     task = load_builtin("capital_of", "detection").sample(256, seed=2)
     marked = load_builtin("addition", "detection").sample(128, seed=2)

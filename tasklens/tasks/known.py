@@ -48,6 +48,7 @@ def load_for_model(
     split: str = "detection",
     *,
     known: bool = True,
+    asked: int | None = None,
     n: int | None = None,
     style: str | None = None,
     shots: int = 1,
@@ -60,12 +61,16 @@ def load_for_model(
         style: ``None`` picks `default_style`; ``"chat"`` uses the model's chat template.
         shots: demonstrations before each natural or chat prompt (ignored by the organism style).
         known: keep only the prompts the model answers correctly (greedy, token-exact).
+        asked: first a deterministic sample of at most ``asked`` prompts (``seed``), to bound
+            the cost of the known filter.
         n: then keep a deterministic sample of at most ``n`` prompts (``seed``).
     """
     from tasklens.tasks.builtin import load_builtin
 
     style = style or default_style(model)
     task = load_builtin(name, split, style=style, shots=shots, tokenizer=getattr(model, "tokenizer", None))
+    if asked is not None:
+        task = task.sample(asked, seed)
     if known:
         task = known_by(model, task, batch_size)
     return task if n is None else task.sample(n, seed)
