@@ -123,6 +123,13 @@ def peak_memory(n_prompts: int) -> tuple[float, float]:
     return float(base), float(peak)
 
 
+def rss() -> float:
+    """Resident memory of this process in MB."""
+    import os
+
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def machine() -> dict:
     """Where a figure was measured: cores, load when the run started, torch's threads."""
     import os
@@ -177,7 +184,7 @@ def against_plain_hf(name: str, n_prompts: int, batch_size: int, repeats: int) -
     def hf_forward(data):
         with torch.no_grad():
             for batch in batches[id(data)]:
-                hf(input_ids=batch.tokens).logits
+                hf(input_ids=batch.tokens)
 
     def hf_forward_backward(data):
         for batch in batches[id(data)]:
@@ -252,7 +259,8 @@ def main() -> None:
         results = against_plain_hf(args.model, args.prompts, 32, args.repeats)
         for name, row in results.items():
             print(
-                f"{name:<48} {row['ratio']:6.2f}  ({row['seconds']:.2f} s vs {row['reference_seconds']:.2f} s, "
+                f"{name:<48} {row['ratio']:6.2f}  "
+                f"({row['seconds']:.2f} s vs {row['reference_seconds']:.2f} s, "
                 f"peak +{row['peak_growth_mb']:.0f} MB vs +{row['reference_peak_growth_mb']:.0f} MB)  "
                 f"target {row['target']}"
             )
