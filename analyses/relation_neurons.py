@@ -33,7 +33,7 @@ from tasklens.matrix import evaluation_matrix
 from tasklens.models import ModelInfo, load_model
 from tasklens.outputs import OutputDir
 from tasklens.plots import curves, heatmap
-from tasklens.scoring import AveragePrecisionExpertise
+from tasklens.scoring import AveragePrecisionExpertise, VerifiedPatching
 from tasklens.selection import top_k
 from tasklens.stability import held_out_effect, split_half
 
@@ -44,7 +44,8 @@ LANGUAGES = {"fr": "capital_of_fr", "de": "capital_of_de", "es": "capital_of_es"
 
 
 def scaled_grid(n_neurons: int, k: int) -> list[int]:
-    return sorted({max(1, round(g / PAPER_NEURONS * n_neurons)) for g in PAPER_GRID} | {k})
+    # the paper's 3,000 is the set size itself (k)
+    return sorted({max(1, round(g / PAPER_NEURONS * n_neurons)) for g in PAPER_GRID if g != 3000} | {k})
 
 
 def main() -> None:
@@ -58,6 +59,12 @@ def main() -> None:
     parser.add_argument("--max-relations", type=int, default=6)
     parser.add_argument("--min-known", type=int, default=100, help="known facts a relation needs")
     parser.add_argument("--unit", default="hook_post")
+    parser.add_argument(
+        "--method",
+        default="average_precision",
+        choices=["average_precision", "verified_patching"],
+        help="average_precision (the paper's detector) or verified_patching (causal, AtP + exact check)",
+    )
     parser.add_argument("--asked", type=int, default=300, help="prompts asked per split (known filter)")
     parser.add_argument("--shots", type=int, default=1, help="demonstrations per natural prompt")
     parser.add_argument("--detection-prompts", type=int, default=100)
@@ -103,9 +110,7 @@ def main() -> None:
     scores, sets = {}, []
     for r in relations:
         others = [data.detection[o] for o in relations if o != r]
-        scores[r] = AveragePrecisionExpertise(negatives=others).attribute(
-            model, data.detection[r], unit=args.unit
-        )
+        scores[r] = scorer(args, others, k).attribute(model, data.detection[r], unit=args.unit)
         scores[r].save(out.path / "scores" / r)
         sets.append(top_k(scores[r], k).renamed(r))
         sets[-1].save(out.path / "sets" / r)
@@ -203,7 +208,7 @@ def main() -> None:
     for r in relations[: args.stability_relations]:
         others = [data.detection[o] for o in relations if o != r]
         stab = split_half(
-            model, data.detection[r], AveragePrecisionExpertise(negatives=others), "top_k", k,
+            model, data.detection[r], scorer(args, others, k), "top_k", k,
             n_splits=args.stability_splits, unit=args.unit,
         )  # fmt: skip
         rows.append(stab.to_dict())
@@ -229,6 +234,13 @@ def main() -> None:
     )
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
+
+
+def scorer(args, negatives, k: int):
+    """The paper's AP detector, or the causal alternative with candidates a few times k."""
+    if args.method == "average_precision":
+        return AveragePrecisionExpertise(negatives=negatives)
+    return VerifiedPatching(candidate_percent=2 * args.percent)
 
 
 def versatility(model, args, out: OutputDir, sets, data, relations) -> None:
