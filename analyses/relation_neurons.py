@@ -115,7 +115,8 @@ def main() -> None:
         sets.append(top_k(scores[r], k).renamed(r))
         sets[-1].save(out.path / "sets" / r)
     out.finding(
-        f"top {k} neurons per relation ({args.percent:g} % of {info.n_neurons}); AP of the k-th: "
+        f"top {k} neurons per relation ({args.percent:g} % of {info.n_neurons}); "
+        f"{args.method} score of the k-th: "
         + ", ".join(
             f"{r} {float(scores[r].values.flatten()[scores[r].ranking()[k - 1]]):.2f}" for r in relations
         )
