@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import tomli_w
 import torch
 from pydantic import TypeAdapter, ValidationError
@@ -76,6 +77,9 @@ class RunConfig:
     )
     cumulativity: bool = option(True, "compare: accuracy as the top-k neurons are deactivated.")
     interference: bool = option(True, "compare: each set's effect on every task (acc_drop).")
+    stability_splits: int = option(
+        0, "compare: split-half stability of each set over this many random splits (0: off)."
+    )
     batch_size: int = option(32, "Prompts per forward pass.")
 
     # --- reading and checking -----------------------------------------------------------
@@ -158,8 +162,9 @@ STAGE_FIELDS = {
                "value", "batch_size"),
     "ablate": ("model", "tasks", "plugins", "eval_split", "max_prompts", "intervention", "factor",
                "clamp_value", "controls", "metric", "batch_size"),
-    "compare": ("model", "tasks", "plugins", "eval_split", "max_prompts", "metric", "cumulativity",
-                "interference", "batch_size"),
+    "compare": ("model", "tasks", "plugins", "split", "eval_split", "max_prompts", "method", "params",
+                "unit", "select", "value", "metric", "cumulativity", "interference", "stability_splits",
+                "batch_size"),
 }  # fmt: skip
 
 
@@ -362,7 +367,8 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
     run.record("locate")
     causal = config.cumulativity or config.interference
     tasks = {t.name: t for t in _evaluation_tasks(config)} if causal else {}
-    model = model if model is not None else (load_model(config.model) if causal else None)
+    needs_model = causal or config.stability_splits > 0
+    model = model if model is not None else (load_model(config.model) if needs_model else None)
     sets = load_sets(config.out, model)
     results: dict[str, Any] = {
         "overlap_jaccard": overlap_matrix(sets, "jaccard"),
@@ -398,4 +404,24 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
             out.table("interference", drop)
             out.figure("interference", heatmap(drop, "acc_drop(row | column's neurons off)", center=True))
             results["interference"] = drop
+        if config.stability_splits > 0:
+            results["stability"] = out.table("stability", _stability(config, model), index=False)
     return results
+
+
+def _stability(config: RunConfig, model) -> pd.DataFrame:
+    """Split-half Jaccard of each task's set, found again with the run's scorer and selection."""
+    from tasklens.scoring import get_scorer
+    from tasklens.stability import split_half
+
+    params = resolve_params(config.method, config.params, config.tasks, config.split)
+    scorer = get_scorer(config.method, **params)
+    rows = []
+    for spec in tqdm(config.tasks, desc="stability"):
+        task = load_task(spec, config.split, config.max_prompts)
+        stability = split_half(
+            model, task, scorer, config.select, config.value, n_splits=config.stability_splits,
+            unit=config.unit, batch_size=config.batch_size,
+        )  # fmt: skip
+        rows.append(stability.to_dict())
+    return pd.DataFrame(rows)

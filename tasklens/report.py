@@ -115,6 +115,14 @@ def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
     return rows, evaluation
 
 
+def _stability(files: list[Path]) -> dict[str, str] | None:
+    """Per set, "mean [low, high]" of its split-half Jaccard, when compare measured it."""
+    path = next((p for p in files if p.name == "stability.csv"), None)
+    if path is None:
+        return None
+    return {r.task: f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in pd.read_csv(path).itertuples()}
+
+
 def build_report(
     run: str | Path, model=None, n_neurons: int = 8, n_prompts: int = 6, pages_per_set: int = 3
 ) -> Path:
@@ -187,7 +195,7 @@ def build_report(
         selection=f"{rule['select']} {rule['value']:g}",
         evaluation=evaluation,
         summary=summary,
-        stability=None,
+        stability=_stability(files),
         figures=[_figure(p) for p in figures],
         views=views,
         pages=pages,

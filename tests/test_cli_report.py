@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -23,6 +24,7 @@ method = "attribution_patching"
 select = "top_percent"
 value = 2.0
 controls = 1
+stability_splits = 2
 """
 
 
@@ -59,6 +61,10 @@ def test_run_writes_every_stage_and_its_config(run_folder):
     assert list(manifest["stages"]) == ["locate", "ablate", "compare", "report"]
     assert manifest["stages"]["locate"]["config"]["method"] == "attribution_patching"
     assert all(stage["tasklens_version"] for stage in manifest["stages"].values())
+    stability = pd.read_csv(run_folder / "stability.csv")
+    assert list(stability.task) == ["continent_of", "larger_number"]
+    assert stability["mean"].between(0, 1).all() and (stability.n_prompts == 12).all()
+    assert "split-half stability" in (run_folder / "report.html").read_text()
 
 
 def test_report_is_self_contained(run_folder):
