@@ -1,0 +1,318 @@
+"""Continual learning over a task sequence: SeqFT, NCFT and W-NCFT (Leng & Xiong, methods.md section 8).
+
+- **SeqFT**: fine-tune every parameter on task 1, then task 2, ... (sequential full fine-tuning).
+- **NCFT**: at stage j train only task j's neurons (`NeuronDeltas`), merge, go on.
+- **W-NCFT**: the NCFT training; at inference the weights are a per-input mixture of the
+  per-task parameters: with theta_t the weights right after stage t (theta_0 the base
+  model) and alpha_t(x) the `TaskRouter` weights over the tasks learned so far,
+
+      theta(x) = sum_t alpha_t(x) theta_t = theta_0 + sum_s c_s(x) Delta_s,   c_s = sum_{t >= s} alpha_t
+
+  where Delta_s is stage s's neuron delta. An input routed wholly to task t sees exactly
+  the model as it was after learning t.
+
+Metrics (methods.md): ``a[i, j]`` is the accuracy on task i after stage j (rows: tasks,
+columns: stages, both in sequence order); CL = 100 x mean_i a[i, T];
+FG_j = 100 / (j - 1) x sum_{i<j} a[i, j] / A_i, with A_i the accuracy on task i after
+fine-tuning on task i alone (same method, from the base model). As defined, FG is the
+share of each earlier task's own accuracy that is retained (100 % = nothing forgotten);
+`ContinualResult.fg` is FG_T, after the last stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from tasklens.errors import TasklensError, check_choice
+from tasklens.finetune.config import FinetuneConfig
+from tasklens.finetune.evaluation import DEFAULT_METRIC, accuracies, mixed_accuracy
+from tasklens.finetune.full import preserved
+from tasklens.finetune.routing import TaskRouter, batch_features, task_features
+from tasklens.finetune.trainer import FULL, FinetuneRun
+from tasklens.neurons import NeuronSet
+from tasklens.tasks.task import Task
+
+METHODS = ("SeqFT", "NCFT", "W-NCFT")
+
+
+@dataclass
+class ContinualResult:
+    """One method on one task order.
+
+    Attributes:
+        method: ``"SeqFT"``, ``"NCFT"`` or ``"W-NCFT"``.
+        order: the task sequence.
+        matrix: ``a[i, j]``: rows the tasks, columns the stage (named by the task trained
+            there), both in sequence order; values in [0, 1].
+        alone: A_i, the accuracy after fine-tuning on task i alone.
+        zero_shot: the base model's accuracy per task.
+        seconds: training and evaluation wall time.
+    """
+
+    method: str
+    order: list[str]
+    matrix: pd.DataFrame
+    alone: dict[str, float]
+    zero_shot: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def a(self, i: int, j: int) -> float:
+        """a[i, j] with 1-based i (task) and j (stage), as in the paper."""
+        return float(self.matrix.iat[i - 1, j - 1])
+
+    @property
+    def cl(self) -> float:
+        """Average accuracy after the last stage, in %."""
+        return 100.0 * float(self.matrix.iloc[:, -1].mean())
+
+    def fg_at(self, j: int) -> float:
+        """FG_j in % (j >= 2); NaN when some A_i is 0."""
+        if not 2 <= j <= len(self.order):
+            raise TasklensError(f"FG_j is defined for j in 2..{len(self.order)}, got {j}")
+        ratios = []
+        for i in range(1, j):
+            reference = self.alone[self.order[i - 1]]
+            if reference <= 0:
+                return float("nan")
+            ratios.append(self.a(i, j) / reference)
+        return 100.0 * sum(ratios) / (j - 1)
+
+    @property
+    def fg(self) -> float:
+        """FG_T: FG after the last stage, in %."""
+        return self.fg_at(len(self.order))
+
+    def summary(self) -> dict:
+        return {
+            "method": self.method,
+            "order": " > ".join(self.order),
+            "CL": self.cl,
+            "FG": self.fg,
+            **{f"FG_{j}": self.fg_at(j) for j in range(2, len(self.order) + 1)},
+            "mean_A": 100.0 * sum(self.alone[t] for t in self.order) / len(self.order),
+            "seconds": round(self.seconds, 1),
+        }
+
+    def long(self) -> pd.DataFrame:
+        """One row per (task, stage): method, order, accuracy."""
+        rows = []
+        for j, stage in enumerate(self.order, start=1):
+            for i, task in enumerate(self.order, start=1):
+                rows.append(
+                    {
+                        "method": self.method,
+                        "order": " > ".join(self.order),
+                        "task": task,
+                        "task_index": i,
+                        "stage": j,
+                        "trained": stage,
+                        "accuracy": self.a(i, j),
+                    }
+                )
+        return pd.DataFrame(rows)
+
+
+def summary_table(results: Sequence[ContinualResult]) -> pd.DataFrame:
+    """CL and FG per method and order, then each method's mean over orders."""
+    frame = pd.DataFrame([r.summary() for r in results])
+    means = frame.groupby("method", sort=False)[["CL", "FG", "mean_A"]].mean().reset_index()
+    means["order"] = "mean over orders"
+    return pd.concat([frame, means], ignore_index=True)
+
+
+def _matrix(order: Sequence[str], columns: list[dict[str, float]]) -> pd.DataFrame:
+    data = {stage: [col[task] for task in order] for stage, col in zip(order, columns, strict=True)}
+    frame = pd.DataFrame(data, index=list(order))
+    frame.index.name = "task"
+    frame.columns.name = "after_stage"
+    return frame
+
+
+def _cumulative(alpha: torch.Tensor) -> torch.Tensor:
+    """c_s = sum over t >= s of alpha_t (stages in order along the last dimension)."""
+    return alpha.flip(-1).cumsum(-1).flip(-1)
+
+
+def continual_learning(
+    model,
+    order: Sequence[str],
+    train: Mapping[str, Task],
+    test: Mapping[str, Task],
+    neurons: Mapping[str, NeuronSet],
+    alone: Mapping[str, Mapping[str, float]],
+    configs: Mapping[str, FinetuneConfig] | None = None,
+    methods: Sequence[str] = METHODS,
+    router: TaskRouter | None = None,
+    metric: str = DEFAULT_METRIC,
+    batch_size: int = 64,
+    zero_shot: Mapping[str, float] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[ContinualResult]:
+    """Run the sequence ``order`` with each method; the model is restored afterwards.
+
+    Args:
+        order: task names in training order.
+        train, test: per task, training prompts and held-out prompts.
+        neurons: per task, the neurons NCFT trains at its stage.
+        alone: A_i per scope: ``{"full": {task: acc}, "neurons": {task: acc}}`` (see
+            `SingleTaskRuns.alone`); SeqFT uses ``"full"``, NCFT and W-NCFT ``"neurons"``.
+        configs: hyperparameters for ``"full"`` (SeqFT) and ``"neurons"`` (NCFT).
+        methods: any of `METHODS`.
+        router: W-NCFT's router, fitted on the base model (needed for W-NCFT).
+        metric: teacher-forced evaluation metric.
+    """
+    for method in methods:
+        check_choice("continual-learning method", method, METHODS)
+    if "W-NCFT" in methods and router is None:
+        raise TasklensError("W-NCFT needs a TaskRouter fitted on the base model (TaskRouter.fit)")
+    if len(set(order)) != len(order) or len(order) < 2:
+        raise TasklensError(f"A task order needs at least two distinct tasks, got {list(order)}")
+    configs = dict(configs or {})
+    evaluated = {t: test[t] for t in order}
+    if zero_shot is None:
+        zero_shot = accuracies(model, evaluated, metric, batch_size)
+    say = progress or (lambda text: None)
+    results = []
+    if "SeqFT" in methods:
+        start = time.perf_counter()
+        columns = []
+        with preserved(model):
+            for task in order:
+                FinetuneRun(model, train[task], FULL, configs.get("full"), restorable=False).train()
+                columns.append(accuracies(model, evaluated, metric, batch_size))
+                say(f"SeqFT after {task}: " + ", ".join(f"{k} {v:.2f}" for k, v in columns[-1].items()))
+        results.append(
+            ContinualResult(
+                "SeqFT",
+                list(order),
+                _matrix(order, columns),
+                dict(alone["full"]),
+                dict(zero_shot),
+                time.perf_counter() - start,
+            )
+        )
+    if "NCFT" in methods or "W-NCFT" in methods:
+        results.extend(
+            _neuron_sequence(
+                model,
+                order,
+                train,
+                evaluated,
+                neurons,
+                alone,
+                configs.get("neurons"),
+                methods,
+                router,
+                metric,
+                batch_size,
+                dict(zero_shot),
+                say,
+            )
+        )
+    return results
+
+
+def _neuron_sequence(
+    model,
+    order,
+    train,
+    evaluated,
+    neurons,
+    alone,
+    config,
+    methods,
+    router,
+    metric,
+    batch_size,
+    zero_shot,
+    say,
+) -> list[ContinualResult]:
+    runs: list[FinetuneRun] = []
+    ncft, wncft = [], []
+    seconds = {"NCFT": 0.0, "W-NCFT": 0.0}
+    features = {}
+    if "W-NCFT" in methods:  # the base model's features of the test prompts, computed once
+        start = time.perf_counter()
+        features = {name: task_features(model, task, batch_size) for name, task in evaluated.items()}
+        seconds["W-NCFT"] += time.perf_counter() - start
+    try:
+        for j, task in enumerate(order):
+            start = time.perf_counter()
+            runs.append(FinetuneRun(model, train[task], neurons[task], config).train().merge())
+            trained = time.perf_counter() - start
+            seconds["NCFT"] += trained
+            seconds["W-NCFT"] += trained
+            if "NCFT" in methods:
+                start = time.perf_counter()
+                ncft.append(accuracies(model, evaluated, metric, batch_size))
+                seconds["NCFT"] += time.perf_counter() - start
+                say(f"NCFT after {task}: " + ", ".join(f"{k} {v:.2f}" for k, v in ncft[-1].items()))
+            if "W-NCFT" in methods:
+                start = time.perf_counter()
+                wncft.append(
+                    _routed_column(
+                        model, runs, order[: j + 1], evaluated, features, router, metric, batch_size
+                    )
+                )
+                seconds["W-NCFT"] += time.perf_counter() - start
+                say(f"W-NCFT after {task}: " + ", ".join(f"{k} {v:.2f}" for k, v in wncft[-1].items()))
+    finally:
+        for run in reversed(runs):
+            run.restore()
+    out = []
+    for method, columns in (("NCFT", ncft), ("W-NCFT", wncft)):
+        if method in methods:
+            out.append(
+                ContinualResult(
+                    method,
+                    list(order),
+                    _matrix(order, columns),
+                    dict(alone["neurons"]),
+                    zero_shot,
+                    seconds[method],
+                )
+            )
+    return out
+
+
+def _routed_column(model, runs, seen, evaluated, features, router, metric, batch_size) -> dict[str, float]:
+    """Accuracy on every task with W-NCFT's per-input mixture of the stages learned so far
+    (``features``: per task, the base model's feature of each test prompt)."""
+    for run in reversed(runs):
+        run.restore()
+    try:
+        deltas = [run.trainable for run in runs]
+        out = {}
+        for name, task in evaluated.items():
+
+            def coefficients(batch, name=name):
+                return _cumulative(router.weights(features[name][batch.indices], seen))
+
+            out[name] = mixed_accuracy(model, task, deltas, coefficients, metric, batch_size)
+        return out
+    finally:
+        for run in runs:
+            run.merge()
+
+
+def routing_accuracy(
+    model, router: TaskRouter, tasks: Mapping[str, Task], batch_size: int = 64
+) -> pd.DataFrame:
+    """How W-NCFT routes each task's prompts: mean weight on every task (rows: true task)."""
+    from tasklens.tasks.tokenize import TokenizedTask
+
+    rows = {}
+    with torch.no_grad():
+        for name, task in tasks.items():
+            weights = []
+            for batch in TokenizedTask.for_model(task, model).batches(batch_size, with_answers=False):
+                weights.append(router.weights(batch_features(model, batch), list(tasks)))
+            rows[name] = torch.cat(weights).mean(0).tolist()
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(tasks))
+    frame.index.name = "task"
+    return frame
