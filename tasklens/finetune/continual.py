@@ -52,6 +52,7 @@ class ContinualResult:
         alone: A_i, the accuracy after fine-tuning on task i alone.
         zero_shot: the base model's accuracy per task.
         seconds: training and evaluation wall time.
+        alone_source: ``"single-task runs"`` (methods.md's A_i) or ``"diagonal"`` (a[i, i]).
     """
 
     method: str
@@ -60,6 +61,12 @@ class ContinualResult:
     alone: dict[str, float]
     zero_shot: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    alone_source: str = "single-task runs"
+
+    def __post_init__(self) -> None:
+        if not self.alone:
+            self.alone = {task: self.a(i, i) for i, task in enumerate(self.order, start=1)}
+            self.alone_source = "diagonal"
 
     def a(self, i: int, j: int) -> float:
         """a[i, j] with 1-based i (task) and j (stage), as in the paper."""
@@ -95,6 +102,7 @@ class ContinualResult:
             "FG": self.fg,
             **{f"FG_{j}": self.fg_at(j) for j in range(2, len(self.order) + 1)},
             "mean_A": 100.0 * sum(self.alone[t] for t in self.order) / len(self.order),
+            "A_source": self.alone_source,
             "seconds": round(self.seconds, 1),
         }
 
@@ -133,6 +141,16 @@ def _matrix(order: Sequence[str], columns: list[dict[str, float]]) -> pd.DataFra
     return frame
 
 
+def _alone(alone: Mapping[str, Mapping[str, float]] | None, scope: str) -> dict[str, float]:
+    if alone is None:
+        return {}
+    if scope not in alone:
+        raise TasklensError(
+            f"alone needs A_i for scope {scope!r} (keys 'full' and 'neurons'), got {list(alone)}"
+        )
+    return dict(alone[scope])
+
+
 def _cumulative(alpha: torch.Tensor) -> torch.Tensor:
     """c_s = sum over t >= s of alpha_t (stages in order along the last dimension)."""
     return alpha.flip(-1).cumsum(-1).flip(-1)
@@ -144,7 +162,7 @@ def continual_learning(
     train: Mapping[str, Task],
     test: Mapping[str, Task],
     neurons: Mapping[str, NeuronSet],
-    alone: Mapping[str, Mapping[str, float]],
+    alone: Mapping[str, Mapping[str, float]] | None,
     configs: Mapping[str, FinetuneConfig] | None = None,
     methods: Sequence[str] = METHODS,
     router: TaskRouter | None = None,
@@ -161,6 +179,8 @@ def continual_learning(
         neurons: per task, the neurons NCFT trains at its stage.
         alone: A_i per scope: ``{"full": {task: acc}, "neurons": {task: acc}}`` (see
             `SingleTaskRuns.alone`); SeqFT uses ``"full"``, NCFT and W-NCFT ``"neurons"``.
+            None: use the diagonal a[i, i] (the accuracy right after stage i) instead, which
+            skips the single-task runs; the results then say ``alone_source="diagonal"``.
         configs: hyperparameters for ``"full"`` (SeqFT) and ``"neurons"`` (NCFT).
         methods: any of `METHODS`.
         router: W-NCFT's router, fitted on the base model (needed for W-NCFT).
@@ -191,7 +211,7 @@ def continual_learning(
                 "SeqFT",
                 list(order),
                 _matrix(order, columns),
-                dict(alone["full"]),
+                _alone(alone, "full"),
                 dict(zero_shot),
                 time.perf_counter() - start,
             )
@@ -272,7 +292,7 @@ def _neuron_sequence(
                     method,
                     list(order),
                     _matrix(order, columns),
-                    dict(alone["neurons"]),
+                    _alone(alone, "neurons"),
                     zero_shot,
                     seconds[method],
                 )
