@@ -103,3 +103,22 @@ def describe_counts(counts: pd.DataFrame, model_name: str) -> str:
     return f"{model_name} knows: " + ", ".join(
         f"{r.task} {r.known_total}/{r.asked_detection + r.asked_evaluation}" for r in counts.itertuples()
     )
+
+
+def own_effect_table(result) -> pd.DataFrame:
+    """Per set named after a task: the task's score unmodified, with random sets of the same
+    per-layer counts off (mean, std), with the set off; and the other tasks' mean score
+    unmodified and with the set off (is the set specific to its task?)."""
+    own = result.own_and_others()
+    others_original = [result.baseline.drop(name).mean() for name in own.index]
+    return pd.DataFrame(
+        dict(
+            task=own.index,
+            original=own.baseline.to_numpy(),
+            random_off=(own.baseline + own.control_own_change).to_numpy(),
+            random_std=own.control_own_std.to_numpy(),
+            set_off=own.value.to_numpy(),
+            others_original=others_original,
+            others_off=[o + c for o, c in zip(others_original, own.others_change, strict=True)],
+        )
+    )

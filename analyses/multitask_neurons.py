@@ -23,7 +23,7 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, prepare, task_names
+from common import describe_counts, own_effect_table, prepare, task_names
 
 from tasklens.compare import overlap, overlap_matrix, parameter_similarity, similarity_transfer_correlation
 from tasklens.matrix import evaluation_matrix
@@ -38,7 +38,7 @@ from tasklens.tasks.known import default_style, load_for_model
 GROUPS = {"relation": "knowledge", "algorithmic": "algorithmic", "classification": "classification"}
 #: for natural-language models: knowledge, classification and algorithmic tasks SmolLM2 does well above chance
 NATURAL_TASKS = ["continent_of", "country_language", "city_country", "sentiment", "addition", "copy_list"]
-PAPER = {"original": 87.7, "random_off": 84.8, "task_neurons_off": 76.0}  # Llama-2-7B, classification
+PAPER = {"original": 87.7, "random_off": 84.8, "set_off": 76.0}  # Llama-2-7B, classification
 
 
 def main() -> None:
@@ -90,22 +90,8 @@ def main() -> None:
     )
     result.save(out.path / "deactivation_result.json")
     out.file("deactivation_result.json")
-    rows = []
-    for name in names:
-        others = [o for o in names if o != name]
-        rows.append(
-            dict(
-                task=name,
-                group=GROUPS.get(kind[name], kind[name]),
-                original=result.baseline[name],
-                random_off=result.controls.loc[name, name],
-                random_std=result.controls_std.loc[name, name],
-                task_neurons_off=result.values.loc[name, name],
-                others_original=result.baseline[others].mean(),
-                others_with_this_set_off=result.values.loc[name, others].mean(),
-            )
-        )
-    table = pd.DataFrame(rows)
+    table = own_effect_table(result)
+    table.insert(1, "group", [GROUPS.get(kind[n], kind[n]) for n in table.task])
     average = table.drop(columns=["task", "group"]).mean().to_dict()
     table = pd.concat([table, pd.DataFrame([dict(task="average", group="", **average)])], ignore_index=True)
     out.table("deactivation", table, index=False)
@@ -114,9 +100,9 @@ def main() -> None:
     out.finding(
         f"{args.metric} averaged over {len(names)} tasks: original {average['original']:.3f}, "
         f"random {args.percent:g} % off {average['random_off']:.3f}, task neurons off "
-        f"{average['task_neurons_off']:.3f}; other tasks with a task's set off "
+        f"{average['set_off']:.3f}; other tasks with a task's set off "
         f"{average['others_original']:.3f} -> "
-        f"{average['others_with_this_set_off']:.3f} (paper, Llama-2-7B classification: "
+        f"{average['others_off']:.3f} (paper, Llama-2-7B classification: "
         + " / ".join(f"{v}" for v in PAPER.values())
         + ")"
     )

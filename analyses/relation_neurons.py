@@ -25,7 +25,7 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, prepare, task_names
+from common import describe_counts, own_effect_table, prepare, task_names
 
 from tasklens.compare import overlap, overlap_matrix
 from tasklens.experiments import cross_language, cumulativity
@@ -129,27 +129,12 @@ def main() -> None:
     )
     result.save(out.path / "deactivation_result.json")
     out.file("deactivation_result.json")
-    rows = []
-    for r in relations:
-        others = [o for o in relations if o != r]
-        rows.append(
-            dict(
-                relation=r,
-                n_eval=len(data.evaluation[r]),
-                original=result.baseline[r],
-                own_off=result.values.loc[r, r],
-                random_off=result.controls.loc[r, r],
-                random_std=result.controls_std.loc[r, r],
-                others_original=result.baseline[others].mean(),
-                others_off=result.values.loc[r, others].mean(),
-            )
-        )
-    table = out.table("deactivation", pd.DataFrame(rows), index=False)
+    table = out.table("deactivation", own_effect_table(result), index=False)
     out.figure("deactivation", result.plot_own_vs_others())
     out.finding(
         f"{args.metric} with a relation's top {k} off, own relation: "
         + "; ".join(
-            f"{t.relation} {t.original:.2f} -> {t.own_off:.2f} "
+            f"{t.task} {t.original:.2f} -> {t.set_off:.2f} "
             f"(random {t.random_off:.2f} ± {t.random_std:.2f}, "
             f"other relations {t.others_original:.2f} -> {t.others_off:.2f})"
             for t in table.itertuples()

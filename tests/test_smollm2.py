@@ -116,8 +116,8 @@ def test_relation_analysis_reduced(tmp_path):
         "--percent", "0.1",
     )  # fmt: skip
     deactivation = pd.read_csv(tmp_path / "deactivation.csv")
-    assert set(deactivation.relation) == {"continent_of", "country_language", "city_continent"}
-    for column in ("original", "own_off", "random_off", "others_off"):
+    assert set(deactivation.task) == {"continent_of", "country_language", "city_continent"}
+    for column in ("original", "set_off", "random_off", "others_off"):
         assert deactivation[column].between(0, 1).all(), column
     assert (deactivation.original == 1.0).all()  # held-out known facts only
     assert deactivation.random_std.notna().all()
@@ -138,7 +138,7 @@ def test_multitask_analysis_reduced(tmp_path):
     )  # fmt: skip
     table = pd.read_csv(tmp_path / "deactivation.csv")
     assert list(table.task) == ["continent_of", "sentiment", "copy_list", "average"]
-    for column in ("original", "random_off", "task_neurons_off", "others_with_this_set_off"):
+    for column in ("original", "random_off", "set_off", "others_off"):
         assert table[column].between(0, 1).all(), column
     iou = pd.read_csv(tmp_path / "overlap_iou.csv", index_col=0)
     assert (iou.to_numpy().diagonal() == 1).all()
