@@ -347,6 +347,53 @@ def models_download(name: str = typer.Argument(..., help="The model, e.g. smollm
     download(name, progress=typer.echo)
 
 
+@app.command()
+def finetune(
+    task: str = typer.Argument(
+        ..., help="Task to fine-tune on: a new task (`tasklens.finetune.new_task_names`) or a built-in one."
+    ),
+    model: str = typer.Option("organism", help="Model spec."),
+    scope: str = typer.Option("task_neurons", help="task_neurons, random_neurons or full."),
+    percent: float = typer.Option(5.0, help="Task neurons: top %% by gradient attribution."),
+    steps: int = typer.Option(150, help="Optimizer steps."),
+    lr: float = typer.Option(3e-3, help="AdamW learning rate."),
+    batch_size: int = typer.Option(16, help="Prompts per step."),
+    seed: int = typer.Option(0, help="Data order and random-neuron seed."),
+    test_prompts: int = typer.Option(100, help="Held-out prompts evaluated before and after."),
+    checkpoint_dir: Path = typer.Option(None, help="Checkpoints (safetensors deltas); a killed run resumes."),
+    checkpoint_every: int = typer.Option(50, help="Steps between checkpoints (with --checkpoint-dir)."),
+) -> None:
+    """Fine-tune only a task's neurons (or random ones, or everything) and report held-out accuracy.
+
+    Example: tasklens finetune currency_code --scope task_neurons --steps 150 --checkpoint-dir runs/ft
+    """
+    from tasklens.errors import check_choice
+    from tasklens.finetune import FinetuneConfig, FinetuneRun, accuracies, load_finetune_task, task_neurons
+    from tasklens.models import load_model
+    from tasklens.selection import random_like
+
+    check_choice("scope", scope, ("task_neurons", "random_neurons", "full"))
+    loaded = load_model(model)
+    train, test = load_finetune_task(task, "train"), load_finetune_task(task, "test").sample(test_prompts)
+    chosen = "full"
+    if scope != "full":
+        chosen = task_neurons(loaded, {task: train}, value=percent)[task]
+        if scope == "random_neurons":
+            chosen = random_like(chosen, seed)
+    config = FinetuneConfig(
+        steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+        checkpoint_every=checkpoint_every if checkpoint_dir else 0,
+    )  # fmt: skip
+    before = accuracies(loaded, {task: test})[task]
+    run = FinetuneRun(loaded, train, chosen, config, checkpoint_dir=checkpoint_dir)
+    if run.step:
+        typer.echo(f"resuming from step {run.step} in {checkpoint_dir}")
+    with run.train().merge():
+        after = accuracies(loaded, {task: test})[task]
+    trained = "every parameter" if chosen == "full" else f"{len(chosen)} neurons"
+    typer.echo(f"{task} ({scope}, {trained}, {steps} steps): held-out accuracy {before:.3f} -> {after:.3f}")
+
+
 @organism_app.command("train")
 def organism_train(
     out: Path = typer.Option(Path("organism"), help="Folder to write the checkpoint to."),

@@ -106,3 +106,27 @@ def test_continual_learning_matrix_shows_catastrophic_forgetting(organism):
         assert result.a(1, 1) >= 0.6  # the first task is learned (from 0 zero-shot)
         assert result.a(1, 2) <= result.a(1, 1) - 0.4  # and mostly forgotten after the second
         assert result.cl == pytest.approx(100 * (result.a(1, 2) + result.a(2, 2)) / 2)
+
+
+def test_cli_finetunes_and_resumes_from_its_checkpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from tasklens.cli import app
+
+    args = [
+        "finetune",
+        "currency_code",
+        "--steps",
+        "8",
+        "--checkpoint-dir",
+        str(tmp_path),
+        "--test-prompts",
+        "20",
+    ]
+    first = CliRunner().invoke(app, [*args, "--checkpoint-every", "4"])
+    assert first.exit_code == 0, first.output
+    assert "held-out accuracy 0.000 ->" in first.output and (tmp_path / "deltas.safetensors").is_file()
+    again = CliRunner().invoke(app, [*args, "--checkpoint-every", "4"])
+    assert again.exit_code == 0 and "resuming from step 8" in again.output
+    bad = CliRunner().invoke(app, ["finetune", "currency_code", "--scope", "half"])
+    assert bad.exit_code == 2 and "scope" in bad.output
