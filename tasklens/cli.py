@@ -73,7 +73,13 @@ def main(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Find, test and compare the MLP neurons a language model uses for a task."""
+    """Find, test and compare the MLP neurons a language model uses for a task.
+
+    Under torchrun (torchrun --nproc-per-node N -m tasklens locate ...), the ranks share the prompts.
+    """
+    from tasklens import distributed
+
+    distributed.init()
 
 
 # --- options generated from RunConfig ---------------------------------------------------------
@@ -307,7 +313,6 @@ def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunC
 
     Example: tasklens run analyses/relations.toml
     """
-    from tasklens.models import load_model
     from tasklens.pipeline import RunConfig
     from tasklens.pipeline import ablate as run_ablate
     from tasklens.pipeline import compare as run_compare
@@ -316,7 +321,7 @@ def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunC
 
     start = time.time()
     config = RunConfig.from_toml(config_file)
-    model = load_model(config.model)
+    model = config.load()
     sets = run_locate(config, model)
     run_ablate(config, model)
     run_compare(config, model)

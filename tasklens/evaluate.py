@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tasklens import distributed
 from tasklens.errors import TasklensError
 from tasklens.metrics import METRICS, is_generative
 from tasklens.models import is_bridge
@@ -107,8 +108,12 @@ def exact_match(model, task: Task, batch_size: int = 64) -> Tensor:
     first k generated tokens, as in the papers).
 
     Returns:
-        ``[n_prompts]`` bool tensor.
+        ``[n_prompts]`` bool tensor (under torchrun, each rank generates for its share).
     """
+    return distributed.per_prompt(lambda part: _exact_match(model, part, batch_size), task)
+
+
+def _exact_match(model, task: Task, batch_size: int) -> Tensor:
     tok = TokenizedTask.for_model(task, model)
     correct = torch.zeros(len(tok), dtype=torch.bool)
     # group prompts by answer length so each batch generates only what it needs
@@ -140,6 +145,10 @@ def evaluate_prompts(
     fn = metric if callable(metric) else METRICS.get(metric)
     if is_generative(fn):
         return fn(model, task, batch_size).float()
+    return distributed.per_prompt(lambda part: _teacher_forced(model, part, fn, batch_size), task)
+
+
+def _teacher_forced(model, task: Task, fn: Callable, batch_size: int) -> Tensor:
     out = torch.zeros(len(task), dtype=torch.float64)
     with torch.no_grad():
         for batch in TokenizedTask.for_model(task, model).batches(batch_size):

@@ -21,6 +21,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     existing ``path`` is left as it was.
     """
     path = Path(path)
+    if not _writes():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -36,6 +40,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _writes() -> bool:
+    """Only rank 0 writes under torchrun (the others' results are the same)."""
+    from tasklens.distributed import is_main
+
+    return is_main()
 
 
 def _default_permissions(folder: Path) -> None:
@@ -56,6 +67,10 @@ def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
     that a content hash can detect; never a half-written file.
     """
     targets = [Path(p) for p in paths]
+    if not _writes():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield tuple(Path(scratch) / f"{i}{p.suffix}" for i, p in enumerate(targets))
+        return
     temps = []
     try:
         for path in targets:

@@ -24,7 +24,8 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from tqdm.auto import tqdm
 
-from tasklens.errors import TasklensError
+from tasklens import distributed
+from tasklens.errors import TasklensError, check_choice
 from tasklens.matrix import EvaluationResult
 from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.runs import RunFolder, check_out_folder
@@ -81,6 +82,14 @@ class RunConfig:
         0, "compare: split-half stability of each set over this many random splits (0: off)."
     )
     batch_size: int = option(32, "Prompts per forward pass.")
+    device: str = option("cpu", "Torch device: cpu, cuda, cuda:1...")
+    dtype: str = option("float32", "Parameter dtype: float32, bfloat16 or float16.")
+
+    def load(self):
+        """The config's model on its device, in its dtype."""
+        from tasklens.models import load_model
+
+        return load_model(self.model, device=self.device, dtype=getattr(torch, self.dtype))
 
     # --- reading and checking -----------------------------------------------------------
     @classmethod
@@ -138,6 +147,7 @@ class RunConfig:
         METRICS.get(self.metric)
         if self.unit not in UNITS:
             raise TasklensError(f"Unknown neuron unit {self.unit!r}; choose one of {list(UNITS)}")
+        check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         for name, minimum in (("max_prompts", 1), ("batch_size", 1), ("controls", 0)):
             if getattr(self, name) < minimum:
                 raise TasklensError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
@@ -159,12 +169,12 @@ class RunConfig:
 #: the fields each stage uses (its record in the run's manifest)
 STAGE_FIELDS = {
     "locate": ("model", "tasks", "plugins", "split", "max_prompts", "method", "params", "unit", "select",
-               "value", "batch_size"),
+               "value", "batch_size", "dtype"),
     "ablate": ("model", "tasks", "plugins", "eval_split", "max_prompts", "intervention", "factor",
-               "clamp_value", "controls", "metric", "batch_size"),
+               "clamp_value", "controls", "metric", "batch_size", "dtype"),
     "compare": ("model", "tasks", "plugins", "split", "eval_split", "max_prompts", "method", "params",
                 "unit", "select", "value", "metric", "cumulativity", "interference", "stability_splits",
-                "batch_size"),
+                "batch_size", "dtype"),
 }  # fmt: skip
 
 
@@ -269,13 +279,13 @@ def locate(config: RunConfig, model=None) -> list[NeuronSet]:
     """Score every task's neurons and select them; writes ``scores/``, ``sets/`` and
     ``config.toml``. Tasks whose scores a killed run already completed (same model,
     data, method and parameters) are not scored again."""
-    from tasklens.models import ModelInfo, load_model
+    from tasklens.models import ModelInfo
     from tasklens.scoring import get_scorer
     from tasklens.selection import select
 
     config.check()
     tasks = [load_task(spec, config.split, config.max_prompts) for spec in config.tasks]
-    model = model if model is not None else load_model(config.model)
+    model = model if model is not None else config.load()
     info = ModelInfo.of(model)
     info.check_unit(config.unit)
     probe = NeuronScores(torch.zeros(info.shape), model=info.name, task="check", method="check")
@@ -289,7 +299,9 @@ def locate(config: RunConfig, model=None) -> list[NeuronSet]:
             path = out.path / "scores" / task.name
             scores = _reusable(path, scorer, model, task, config.unit)
             if scores is None:
-                scores = scorer.attribute(model, task, unit=config.unit, batch_size=config.batch_size)
+                scores = distributed.attribute(
+                    scorer, model, task, unit=config.unit, batch_size=config.batch_size
+                )
                 scores.save(path)
             neurons = select(scores, config.select, config.value).renamed(task.name)
             neurons.save(out.path / "sets" / task.name)
@@ -323,13 +335,12 @@ def ablate(config: RunConfig, model=None) -> EvaluationResult:
     """The evaluation matrix of the run's sets on every task; writes ``matrix.*``."""
     from tasklens.interventions import Intervention
     from tasklens.matrix import evaluation_matrix
-    from tasklens.models import load_model
 
     config.check()
     run = RunFolder(config.out)
     run.record("locate")
     tasks = _evaluation_tasks(config)
-    model = model if model is not None else load_model(config.model)
+    model = model if model is not None else config.load()
     sets = load_sets(config.out, model)
     spec = Intervention(config.intervention, factor=config.factor, value=config.clamp_value)
     with run.stage("ablate", config.to_dict(STAGE_FIELDS["ablate"])) as out:
@@ -359,7 +370,7 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
     """Overlap and sharing of the run's sets; cumulativity and interference with the model."""
     from tasklens.compare import overlap_matrix, sharing_table
     from tasklens.experiments import cumulativity, exclusive_vs_shared, interference, k_grid
-    from tasklens.models import ModelInfo, load_model
+    from tasklens.models import ModelInfo
     from tasklens.plots import curves, heatmap, layer_bars
 
     config.check()
@@ -368,7 +379,7 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
     causal = config.cumulativity or config.interference
     tasks = {t.name: t for t in _evaluation_tasks(config)} if causal else {}
     needs_model = causal or config.stability_splits > 0
-    model = model if model is not None else (load_model(config.model) if needs_model else None)
+    model = model if model is not None else (config.load() if needs_model else None)
     sets = load_sets(config.out, model)
     results: dict[str, Any] = {
         "overlap_jaccard": overlap_matrix(sets, "jaccard"),

@@ -134,10 +134,17 @@ class RunFolder:
     def stage(self, stage: str, config: dict[str, Any]) -> Iterator[OutputDir]:
         """Run one stage: yields an `OutputDir` whose written files become the stage's record
         when the block finishes without error."""
+        from tasklens.distributed import barrier, is_main
+
+        if not is_main():  # under torchrun rank 0 writes; the others wait for its record
+            yield OutputDir(self.path, config, write_config=False)
+            barrier()
+            return
         with self.lock():
             out = OutputDir(self.path, config, write_config=False)
             yield out
             self._commit(stage, config, out.written)
+        barrier()
 
     def _commit(self, stage: str, config: dict[str, Any], written: list[Path]) -> None:
         manifest = self.manifest()
