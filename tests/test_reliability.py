@@ -728,8 +728,11 @@ def test_organism_train_cli_keeps_a_foreign_folder(tmp_path):
 
 
 ROOT = Path(__file__).parents[1]
-SCRIPTS = sorted(
-    str(p.relative_to(ROOT)) for folder in ("analyses", "benchmarks") for p in (ROOT / folder).glob("*.py")
+SCRIPTS = sorted(  # the runnable ones: shared modules such as analyses/common.py have no main
+    str(p.relative_to(ROOT))
+    for folder in ("analyses", "benchmarks")
+    for p in (ROOT / folder).glob("*.py")
+    if '__name__ == "__main__"' in p.read_text()
 )
 
 

@@ -125,7 +125,7 @@ def test_relation_analysis_reduced(tmp_path):
     assert interference.shape == (3, 3)
     curve = pd.read_csv(tmp_path / "cumulativity_continent_of.csv")
     assert curve.k.is_monotonic_increasing and curve.k.iloc[0] == 0
-    assert any(line.startswith("cross-language") for line in findings)
+    assert any(line.startswith("- cross-language") for line in findings), findings
     assert json.loads((tmp_path / "config.json").read_text())["model"] == NAME
 
 
