@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from tasklens.errors import TasklensError
+from tasklens.stability import held_out_effect
 from tasklens.tasks.builtin import builtin_task_info
 from tasklens.tasks.builtin.natural import natural_tasks
 from tasklens.tasks.known import default_style, known_by, load_for_model
@@ -122,3 +123,27 @@ def own_effect_table(result) -> pd.DataFrame:
             others_off=[o + c for o, c in zip(others_original, own.others_change, strict=True)],
         )
     )
+
+
+def held_out_effects(model, sets, data: Prepared, out, n_controls: int) -> pd.DataFrame:
+    """Each set's log-prob change on the prompts it was found on vs its task's held-out
+    prompts (random sets of the same per-layer counts beside each), as a table and a finding."""
+    effects = pd.concat(
+        [
+            held_out_effect(
+                model, s, data.detection[s.name], data.evaluation[s.name], "logprob", n_controls=n_controls
+            )
+            for s in sets
+        ],
+        ignore_index=True,
+    )
+    out.table("held_out_effect", effects, index=False)
+    pivot = effects.pivot(index="set", columns="sample", values="change")
+    out.finding(
+        "log-prob change with each set off, on the prompts it was found on vs held-out prompts: "
+        + ", ".join(
+            f"{s.name} {pivot.loc[s.name, 'found_on']:.2f} vs {pivot.loc[s.name, 'held_out']:.2f}"
+            for s in sets
+        )
+    )
+    return effects

@@ -23,7 +23,7 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, own_effect_table, prepare, task_names
+from common import describe_counts, held_out_effects, own_effect_table, prepare, task_names
 
 from tasklens.compare import overlap, overlap_matrix, parameter_similarity, similarity_transfer_correlation
 from tasklens.matrix import evaluation_matrix
@@ -32,7 +32,7 @@ from tasklens.outputs import OutputDir
 from tasklens.plots import heatmap
 from tasklens.scoring import GradientAttribution
 from tasklens.selection import top_percent
-from tasklens.stability import held_out_effect, stability_curve
+from tasklens.stability import stability_curve
 from tasklens.tasks.known import default_style, load_for_model
 
 GROUPS = {"relation": "knowledge", "algorithmic": "algorithmic", "classification": "classification"}
@@ -202,23 +202,7 @@ def stability(model, args, out: OutputDir, scores, sets, data) -> None:
             )
             + f" (two random sets of that share: {args.percent / (200 - args.percent):.2f})"
         )
-    effects = pd.concat(
-        [
-            held_out_effect(
-                model, s, data.detection[s.name], data.evaluation[s.name], "logprob", n_controls=2
-            )
-            for s in sets
-        ],
-        ignore_index=True,
-    )
-    out.table("held_out_effect", effects, index=False)
-    pivot = effects.pivot(index="set", columns="sample", values="change")
-    out.finding(
-        "log-prob change with each task's set off, found-on prompts vs held-out: "
-        + ", ".join(
-            f"{r} {pivot.loc[r, 'found_on']:.2f} vs {pivot.loc[r, 'held_out']:.2f}" for r in pivot.index
-        )
-    )
+    held_out_effects(model, sets, data, out, n_controls=2)
 
 
 if __name__ == "__main__":

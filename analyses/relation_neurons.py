@@ -25,7 +25,7 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, own_effect_table, prepare, task_names
+from common import describe_counts, held_out_effects, own_effect_table, prepare, task_names
 
 from tasklens.compare import overlap, overlap_matrix
 from tasklens.experiments import cross_language, cumulativity
@@ -35,7 +35,7 @@ from tasklens.outputs import OutputDir
 from tasklens.plots import curves, heatmap
 from tasklens.scoring import AveragePrecisionExpertise, VerifiedPatching
 from tasklens.selection import top_k
-from tasklens.stability import held_out_effect, split_half
+from tasklens.stability import split_half
 
 #: the paper's grid (10 ... 50k of 835,584 neurons) as shares of all neurons
 PAPER_GRID = (10, 50, 200, 500, 1000, 3000, 10000, 20000)
@@ -201,23 +201,7 @@ def main() -> None:
         out.finding(f"split-half stability of {r}'s set: {stab!r}")
     if rows:
         out.table("stability", pd.DataFrame(rows), index=False)
-    effects = pd.concat(
-        [
-            held_out_effect(
-                model, s, data.detection[s.name], data.evaluation[s.name], metric="logprob", n_controls=3
-            )
-            for s in sets
-        ],
-        ignore_index=True,
-    )
-    out.table("held_out_effect", effects, index=False)
-    pivot = effects.pivot(index="set", columns="sample", values="change")
-    out.finding(
-        "log-prob change with each set off, on the prompts it was found on vs held-out facts: "
-        + ", ".join(
-            f"{r} {pivot.loc[r, 'found_on']:.2f} vs {pivot.loc[r, 'held_out']:.2f}" for r in relations
-        )
-    )
+    held_out_effects(model, sets, data, out, n_controls=3)
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from tasklens import distributed
 from tasklens.errors import TasklensError
 from tasklens.metrics import METRICS, is_generative
-from tasklens.models import is_bridge
+from tasklens.models import cache_filled, is_bridge
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -59,6 +59,9 @@ def greedy_generate(
         tokens, mask = _left_pad(prompt_ids[start : start + batch_size], pad_id)
         tokens, mask = tokens.to(device), mask.to(device)
         logits, cache = model(tokens, attention_mask=mask, return_type="logits_and_cache")
+        if not cache_filled(model, cache, tokens.shape[1]):
+            rest = prompt_ids[start:]
+            return out + _generate_without_cache(model, rest, max_new_tokens, batch_size)
         new = [logits[:, -1].argmax(-1)]
         for _ in range(max_new_tokens - 1):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -76,9 +79,10 @@ def greedy_generate(
 def _generate_without_cache(
     model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int
 ) -> list[list[int]]:
-    """Greedy decoding for models without the bridge's key-value cache (a classic
-    HookedTransformer): prompts of equal length go together, so there is no padding,
-    and every step reruns the sequence (answers are a few tokens)."""
+    """Greedy decoding without the bridge's key-value cache (a classic HookedTransformer, or
+    a bridge whose cache comes back empty, see `cache_filled`): prompts of equal length go
+    together, so there is no padding, and every step reruns the sequence (answers are a few
+    tokens)."""
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(prompt_ids):
         by_length.setdefault(len(ids), []).append(i)

@@ -63,6 +63,33 @@ def test_generation_under_ablation_matches_a_reference_loop(organism):
     assert batched != greedy_generate(organism, prompts, max_new_tokens=4)
 
 
+def test_an_empty_key_value_cache_falls_back_to_exact_reruns(organism, monkeypatch):
+    # TransformerLens 4.3 with transformers 5.24 hands back an empty cache; decoding on it
+    # would ignore the prompt. Forced here, so the fallback is tested on every version.
+    from transformers import DynamicCache
+
+    from tasklens.scoring import IntegratedGradients
+
+    task = Task.from_lists("t", [PROMPT, "What is 12 plus 30? Answer:", "reverse: a b c ->"], [" x"] * 3)
+    prompts = TokenizedTask.for_model(task, organism).prompt_ids
+    cached = greedy_generate(organism, prompts, max_new_tokens=4)
+    facts = Task.from_lists(
+        "f", ["Q: What is the capital of Peru? A:", "Element: Iron. Symbol:"], [" Lima", " Fe"]
+    )
+    ig = IntegratedGradients(steps=4).per_prompt(organism, facts)
+    forward = organism.forward
+
+    def empty_cache(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        return (out[0], DynamicCache()) if kwargs.get("return_type") == "logits_and_cache" else out
+
+    monkeypatch.setattr(organism, "forward", empty_cache)
+    with pytest.warns(UserWarning, match="empty key-value cache"):
+        assert greedy_generate(organism, prompts, max_new_tokens=4) == cached
+    with pytest.warns(UserWarning, match="empty key-value cache"):
+        torch.testing.assert_close(IntegratedGradients(steps=4).per_prompt(organism, facts), ig)
+
+
 def test_bad_intervention_inputs(organism):
     with pytest.raises(TasklensError, match="another model"):
         with ablate(organism, NeuronSet.from_pairs([(0, 0)], (12, 3072))):

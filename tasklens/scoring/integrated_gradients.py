@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from tasklens.errors import TasklensError, check_choice
-from tasklens.models import DEFAULT_UNIT, ModelInfo, is_bridge
+from tasklens.models import DEFAULT_UNIT, ModelInfo, cache_filled, is_bridge
 from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.tasks.task import Task
@@ -53,15 +53,18 @@ def alphas_and_weights(steps: int, rule: str) -> tuple[Tensor, Tensor]:
 def _prefix(model, tokens: Tensor, names: list[str]):
     """One forward over equal-length prompts: each layer's activation at the last position
     ``[batch, layer, neuron]``, and the key-value cache of the positions before it (None for
-    one-token prompts, and for models without the bridge's cache, which then rerun the
-    whole prompt in the integral)."""
+    one-token prompts, for models without the bridge's cache and where it comes back empty,
+    see `cache_filled`: those rerun the whole prompt in the integral)."""
     store: dict[str, Tensor] = {}
     hooks = [(n, lambda act, hook, n=n: store.__setitem__(n, act[:, -1].detach())) for n in names]
     cached = is_bridge(model) and tokens.shape[1] > 1
     with model.hooks(fwd_hooks=hooks):
         if cached:
             _, kv = model(tokens, return_type="logits_and_cache")
-            kv.crop(-1)  # drop the last position: the integral recomputes it
+            if cache_filled(model, kv, tokens.shape[1]):
+                kv.crop(-1)  # drop the last position: the integral recomputes it
+            else:
+                kv = None
         else:
             model(tokens, return_type=None)
             kv = None
