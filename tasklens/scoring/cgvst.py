@@ -30,19 +30,24 @@ from tasklens.tasks.tokenize import Batch, TokenizedTask, marker_positions
 
 
 def marker_loss(logits: Tensor, batch: Batch, positions: list[list[int]], n_demo: int) -> Tensor:
-    """Per prompt: mean CE over the first ``n_demo`` marker tokens + mean CE over the rest."""
-    logprobs = logits.log_softmax(-1)
-    losses = []
+    """Per prompt: mean CE over the first ``n_demo`` marker tokens + mean CE over the rest.
+
+    The log-softmax runs only on the rows that predict a marker: on a real vocabulary the
+    full ``[batch, pos, vocab]`` log-softmax (and its backward) costs as much as the model."""
+    rows, predicting, weights = [], [], []
     for row, index in enumerate(batch.indices):
         targets = [t for t in positions[index] if t >= 1]
-        groups = [targets[:n_demo], targets[n_demo:]]
-        total = logits.new_zeros(())
-        for group in groups:
-            if group:
-                t = torch.tensor(group, device=logits.device)
-                total = total - logprobs[row, t - 1, batch.tokens[row, t].to(logits.device)].mean()
-        losses.append(total)
-    return torch.stack(losses)
+        for group in (targets[:n_demo], targets[n_demo:]):
+            for t in group:
+                rows.append(row)
+                predicting.append(t - 1)
+                weights.append(1.0 / len(group))
+    rows_t, at = torch.tensor(rows, dtype=torch.long), torch.tensor(predicting, dtype=torch.long)
+    targets_t = batch.tokens[rows_t, at + 1].to(logits.device)
+    rows_t, at = rows_t.to(logits.device), at.to(logits.device)
+    nll = -logits[rows_t, at].log_softmax(-1).gather(-1, targets_t[:, None])[:, 0]
+    weighted = nll * torch.tensor(weights, dtype=nll.dtype, device=nll.device)
+    return logits.new_zeros(len(batch.indices)).index_add(0, rows_t, weighted)
 
 
 @SCORERS.register()
