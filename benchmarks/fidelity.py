@@ -76,6 +76,12 @@ def main() -> None:
     k = max(1, round(0.01 * int(mask.sum())))
     organism = default_style(model) == "organism"
     rows, timings = [], {}
+    out = args.out or f"benchmarks/results/fidelity{'' if organism else '_' + args.model}.json"
+
+    def save(complete: bool) -> None:  # after every row, so a run killed late keeps what it measured
+        record = {"model": args.model, "prompts_per_sample": args.prompts, "layers": layers, "k": k}
+        write_json(out, {**record, "complete": complete, "rows": rows, "timings_seconds": timings})
+
     for name in args.tasks or (builtin_task_names() if organism else NATURAL_TASKS):
         pool = load_for_model(model, name, "detection", asked=8 * args.prompts, seed=1)
         if len(pool) < 2 * args.prompts:
@@ -105,6 +111,7 @@ def main() -> None:
                     cost_vs_exact=round(seconds / timings[f"{name}/exact_per_sample"], 4),
                 )
             )
+            save(complete=False)
         print(name, "done", flush=True)
     frame = pd.DataFrame(rows)
     columns = ["spearman", "recall_in_sample", "recall_held_out", "exact_split_half", "cost_vs_exact"]
@@ -112,17 +119,7 @@ def main() -> None:
     print(frame.pivot(index="task", columns="scorer", values="recall_held_out").to_string())
     print()
     print(summary.round(3).to_string())
-    write_json(
-        args.out or f"benchmarks/results/fidelity{'' if organism else '_' + args.model}.json",
-        {
-            "model": args.model,
-            "prompts_per_sample": args.prompts,
-            "layers": layers,
-            "k": k,
-            "rows": rows,
-            "timings_seconds": timings,
-        },
-    )
+    save(complete=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,23 +137,24 @@ def cache_filled(model, cache, n_positions: int) -> bool:
     TransformerLens 4.3's attention bridge reads Hugging Face's cache from the keyword
     ``past_key_values``; transformers 5.24 passes it as ``cache``, so the bridge hands back
     an empty cache and a decoding step would attend to the new token alone. Callers fall
-    back to rerunning the whole sequence, which is exact on any version."""
+    back to rerunning the whole sequence, which is exact on any version. Warns once per model."""
     if cache is not None and cache.get_seq_length() == n_positions:
         return True
-    warnings.warn(
-        f"{type(model).__name__} returned an empty key-value cache (TransformerLens "
-        f"{_version('transformer-lens')} with transformers {_version('transformers')}): "
-        "tasklens reruns whole sequences instead, which gives the same results more slowly; "
-        'pip install "transformers<5.24" restores the cache',
-        stacklevel=3,
-    )
+    if model not in _WARNED_EMPTY_CACHE:
+        _WARNED_EMPTY_CACHE.add(model)
+        from importlib.metadata import version
+
+        warnings.warn(
+            f"{type(model).__name__} returned an empty key-value cache (TransformerLens "
+            f"{version('transformer-lens')} with transformers {version('transformers')}): "
+            "tasklens reruns whole sequences instead, which gives the same results more slowly; "
+            'pip install "transformers<5.24" restores the cache',
+            stacklevel=3,
+        )
     return False
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
+_WARNED_EMPTY_CACHE: weakref.WeakSet = weakref.WeakSet()
 
 
 def mlp_input(model, layer: int, hooked: Tensor) -> Tensor:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import warnings
+import weakref
+
 import pytest
 import torch
 
+import tasklens.models
 from tasklens.errors import TasklensError
 from tasklens.evaluate import greedy_generate
 from tasklens.interventions import ablate, amplify
@@ -84,10 +88,15 @@ def test_an_empty_key_value_cache_falls_back_to_exact_reruns(organism, monkeypat
         return (out[0], DynamicCache()) if kwargs.get("return_type") == "logits_and_cache" else out
 
     monkeypatch.setattr(organism, "forward", empty_cache)
+    monkeypatch.setattr(tasklens.models, "_WARNED_EMPTY_CACHE", weakref.WeakSet())
     with pytest.warns(UserWarning, match="empty key-value cache"):
         assert greedy_generate(organism, prompts, max_new_tokens=4) == cached
-    with pytest.warns(UserWarning, match="empty key-value cache"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         torch.testing.assert_close(IntegratedGradients(steps=4).per_prompt(organism, facts), ig)
+        # one scaled copy per pass (max_tokens below a prompt's length) gives the same integral
+        torch.testing.assert_close(IntegratedGradients(steps=4, max_tokens=5).per_prompt(organism, facts), ig)
+    assert not [w for w in caught if "key-value cache" in str(w.message)]  # warned once per model
 
 
 def test_bad_intervention_inputs(organism):

@@ -10,7 +10,9 @@ is integrated:
 Speed: in a causal model, scaling only the target position leaves every earlier
 position unchanged, so the prompt prefix is run once and its key-value cache is
 shared by all L x m scaled copies of the target token, which run as one batch of
-single-token forward passes with one backward pass.
+single-token forward passes with one backward pass. Without a usable cache (a
+``HookedTransformer``, or see `tasklens.models.cache_filled`) the copies rerun whole
+prompts, in passes of at most ``max_tokens`` tokens.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class IntegratedGradients:
             weights them 1/m).
         baseline: ``"zero"`` (default) or ``"mean"`` (the activation's mean at the
             target position over the task's prompts).
+        max_tokens: tokens per forward pass of the scaled copies when they rerun whole
+            prompts (no usable key-value cache); bounds memory, not the result.
 
     Scores are summed over prompts; `per_prompt` gives ``[n_prompts, n_layers, d_mlp]``
     for the knowledge-neuron refinement (`tasklens.multitask.knowledge_neurons`).
@@ -92,11 +96,14 @@ class IntegratedGradients:
     steps: int = 20
     rule: str = "riemann_left"
     baseline: str = "zero"
+    max_tokens: int = 2048
     name: ClassVar[str] = "integrated_gradients"
 
     def __post_init__(self) -> None:
         alphas_and_weights(self.steps, self.rule)
         check_choice("baseline", self.baseline, ("zero", "mean"))
+        if self.max_tokens < 1:
+            raise TasklensError(f"max_tokens must be at least 1, got {self.max_tokens}")
 
     def per_prompt(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 16) -> Tensor:
         """IG per prompt: ``[n_prompts, n_layers, d_mlp]``."""
@@ -136,44 +143,41 @@ class IntegratedGradients:
         n_layers, m, batch = len(names), len(alphas), len(idx)
         tokens = torch.tensor([tokenized.prompt_ids[i] for i in idx], device=device)
         gold = torch.tensor([tokenized.answer_ids[i][0] for i in idx], device=device)
-        copies = n_layers * m  # per prompt: row = layer * m + k
-        if kv is not None:
-            kv.batch_repeat_interleave(copies)
+        copies = n_layers * m  # per prompt: row = b * copies + layer * m + k
         diff = (acts - base).to(device)  # [batch, layer, neuron]
-        leaves = [
-            (base[None, layer].to(device) + alphas.to(device)[:, None, None] * diff[None, :, layer])
-            .reshape(m * batch, -1)
-            .clone()
-            .requires_grad_(True)  # [m * batch, neuron], row = k * batch + b
-            for layer in range(n_layers)
-        ]
-        rows = torch.arange(batch * copies, device=device).view(batch, n_layers, m)
+        rows = torch.arange(batch * copies, device=device)
+        b_of, layer_of, k_of = rows // copies, rows % copies // m, rows % m
+        if kv is not None:  # single-token copies on the shared prefix: one pass holds them all
+            kv.batch_repeat_interleave(copies)
+            chunks = [rows]
+        else:  # whole prompts: as many copies per pass as fit max_tokens
+            chunks = list(rows.split(max(1, self.max_tokens // tokens.shape[1])))
+        alphas, w = alphas.to(device), weights.to(device).double()
+        out = torch.zeros(batch, n_layers, diff.shape[-1], dtype=torch.float64, device=device)
+        for chunk in chunks:
+            b, layer, k = b_of[chunk], layer_of[chunk], k_of[chunk]
+            leaf = (base.to(device)[layer] + alphas[k, None] * diff[b, layer]).requires_grad_(True)
+            present = layer.unique().tolist()
 
-        def splice(layer: int):
-            def hook(act: Tensor, hook) -> Tensor:
-                act = act.clone()
-                sel = rows[:, layer, :].T.reshape(-1)  # k-major, matching the leaf's rows
-                act[sel, -1] = leaves[layer].to(act.dtype)
-                return act
+            def splice(at: int, layer=layer, leaf=leaf):
+                mine = (layer == at).nonzero().squeeze(1)
 
-            return hook
+                def hook(act: Tensor, hook) -> Tensor:
+                    act = act.clone()
+                    act[mine, -1] = leaf[mine].to(act.dtype)
+                    return act
 
-        # with a cache only the last token runs; without one, the whole prompt
-        last = (tokens if kv is None else tokens[:, -1:]).repeat_interleave(copies, dim=0)
-        with (
-            torch.enable_grad(),
-            model.hooks(fwd_hooks=[(n, splice(layer)) for layer, n in enumerate(names)]),
-        ):
+                return hook
+
+            inputs = tokens[b] if kv is None else tokens[b, -1:]
             kwargs = {"past_key_values": kv} if kv is not None else {}
-            logits = model(last, return_type="logits", **kwargs)
-            probs = logits[:, -1].softmax(-1)[torch.arange(len(last)), gold.repeat_interleave(copies)]
-            grads = torch.autograd.grad(probs.sum(), leaves)
-        w = weights.to(device).double()
-        out = torch.zeros(batch, n_layers, diff.shape[-1], dtype=torch.float64)
-        for layer, grad in enumerate(grads):
-            integrated = (grad.double().view(m, batch, -1) * w[:, None, None]).sum(0)
-            out[:, layer] = (diff[:, layer].double() * integrated).cpu()
-        return out
+            with torch.enable_grad(), model.hooks(fwd_hooks=[(names[at], splice(at)) for at in present]):
+                logits = model(inputs, return_type="logits", **kwargs)
+                probs = logits[:, -1].softmax(-1)[torch.arange(len(chunk), device=device), gold[b]]
+                (grad,) = torch.autograd.grad(probs.sum(), leaf)
+            contribution = grad.double() * w[k, None] * diff[b, layer].double()
+            out.index_put_((b, layer), contribution, accumulate=True)
+        return out.cpu()
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 16) -> NeuronScores:
         per_prompt = self.per_prompt(model, task, unit=unit, batch_size=batch_size)
