@@ -38,6 +38,12 @@ from tasklens.outputs import OutputDir
 from tasklens.plots import heatmap
 
 TASKS = ["continent_code", "currency_code", "subtraction", "smaller_number"]
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
 PAPER = "Llama-2-7B: task neurons 83.2, random neurons 54.8, zero-shot 53.3; NCFT CL 71.3 vs SeqFT 47.1"
 
 
@@ -64,7 +70,7 @@ def main() -> None:
         "neurons": FinetuneConfig(steps=args.steps, lr=args.lr_neurons),
     }
 
-    runs = single_task_runs(model, train, test, neurons, configs=configs)
+    runs = single_task_runs(model, train, test, neurons, configs=configs, progress=say)
     out.table("single_task_results", runs.results, index=False)
     table = out.table("fine_tuning", fine_tuning_table(runs))
     average = table.loc["average"]
@@ -87,7 +93,16 @@ def main() -> None:
     results = []
     for order in (list(args.tasks), list(reversed(args.tasks))):
         for result in continual_learning(
-            model, order, train, test, neurons, alone, configs, methods=args.methods, router=router
+            model,
+            order,
+            train,
+            test,
+            neurons,
+            alone,
+            configs,
+            methods=args.methods,
+            router=router,
+            progress=say,
         ):
             results.append(result)
             label = f"{result.method}_{'forward' if order == args.tasks else 'reverse'}"
