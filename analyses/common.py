@@ -42,9 +42,9 @@ def _same(task: Task) -> Task:
     return task
 
 
-def _known_or_empty(model, task: Task) -> Task | None:
+def _known_or_empty(model, task: Task, need: int) -> Task | None:
     try:
-        return known_by(model, task)
+        return known_by(model, task, need=need)
     except TasklensError:  # the model knows none of them
         return None
 
@@ -62,38 +62,51 @@ def prepare(
     min_known: int = 1,
     transform: Callable[[Task], Task] | None = None,
 ) -> Prepared:
-    """Ask the model at most ``asked`` prompts per split of each task and keep what it knows.
+    """Detection prompts the model knows, and evaluation prompts (known ones when ``known_eval``).
 
-    Detection prompts are always known ones (the relation paper detects on those only);
-    evaluation prompts are known ones when ``known_eval``, else all. Tasks with fewer
-    than ``min_known`` known detection or evaluation prompts are left out (the counts
-    table still lists them). ``transform`` is applied to each split before it is asked.
+    Each split is asked in a random order until enough known prompts are found
+    (``detection_prompts``, ``eval_prompts``) or ``asked`` prompts were asked, so a
+    well-known task costs few questions and the counts table reports the share known
+    among those asked (the relation paper detects on known facts only). With
+    ``known_eval=False`` the evaluation split is not asked at all: it is all prompts, so
+    "original" accuracy is the model's real one. Tasks with fewer than ``min_known`` known
+    prompts in a split that needs them are left out (the counts table still lists them).
+    ``transform`` is applied to each split before it is asked.
     """
     out = Prepared()
     rows = []
     for name in names:
         split_tasks = {
-            split: load_for_model(model, name, split, known=False, style=style, shots=shots)
+            split: (transform or _same)(
+                load_for_model(model, name, split, known=False, style=style, shots=shots)
+            )
             for split in ("detection", "evaluation")
         }
-        split_tasks = {split: (transform or _same)(t).sample(asked) for split, t in split_tasks.items()}
-        known = {split: _known_or_empty(model, task) for split, task in split_tasks.items()}
+        need = {"detection": detection_prompts, "evaluation": eval_prompts if known_eval else 0}
+        known = {
+            split: _known_or_empty(model, task.sample(asked), need[split])
+            for split, task in split_tasks.items()
+            if need[split]
+        }
         n_known = {split: len(t) if t is not None else 0 for split, t in known.items()}
+        n_asked = {
+            split: t.meta["n_asked"] if t is not None else min(asked, len(split_tasks[split]))
+            for split, t in known.items()
+        }
         rows.append(
             dict(
                 task=name,
-                asked_detection=len(split_tasks["detection"]),
+                asked_detection=n_asked["detection"],
                 known_detection=n_known["detection"],
-                asked_evaluation=len(split_tasks["evaluation"]),
-                known_evaluation=n_known["evaluation"],
-                known_total=n_known["detection"] + n_known["evaluation"],
-                share_known=(n_known["detection"] + n_known["evaluation"])
-                / (len(split_tasks["detection"]) + len(split_tasks["evaluation"])),
+                asked_evaluation=n_asked.get("evaluation", 0),
+                known_evaluation=n_known.get("evaluation", 0),
+                known_total=sum(n_known.values()),
+                share_known=sum(n_known.values()) / max(sum(n_asked.values()), 1),
             )
         )
         if min(n_known.values()) < min_known:
             continue
-        out.detection[name] = known["detection"].sample(detection_prompts)
+        out.detection[name] = known["detection"]
         evaluation = known["evaluation"] if known_eval else split_tasks["evaluation"]
         out.evaluation[name] = evaluation.sample(eval_prompts, seed=3)
     out.counts = pd.DataFrame(rows)
@@ -101,8 +114,12 @@ def prepare(
 
 
 def describe_counts(counts: pd.DataFrame, model_name: str) -> str:
-    return f"{model_name} knows: " + ", ".join(
-        f"{r.task} {r.known_total}/{r.asked_detection + r.asked_evaluation}" for r in counts.itertuples()
+    return (
+        f"{model_name} knows: "
+        + ", ".join(
+            f"{r.task} {r.known_total}/{r.asked_detection + r.asked_evaluation}" for r in counts.itertuples()
+        )
+        + " (known/asked; asking stops once a split has enough known prompts)"
     )
 
 
@@ -127,11 +144,17 @@ def own_effect_table(result) -> pd.DataFrame:
 
 def held_out_effects(model, sets, data: Prepared, out, n_controls: int) -> pd.DataFrame:
     """Each set's log-prob change on the prompts it was found on vs its task's held-out
-    prompts (random sets of the same per-layer counts beside each), as a table and a finding."""
+    prompts (as many of each; random sets of the same per-layer counts beside each), as a
+    table and a finding."""
     effects = pd.concat(
         [
             held_out_effect(
-                model, s, data.detection[s.name], data.evaluation[s.name], "logprob", n_controls=n_controls
+                model,
+                s,
+                data.detection[s.name].sample(len(data.evaluation[s.name]), seed=5),
+                data.evaluation[s.name],
+                "logprob",
+                n_controls=n_controls,
             )
             for s in sets
         ],

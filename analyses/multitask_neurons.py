@@ -63,55 +63,64 @@ def main() -> None:
     info = ModelInfo.of(model)
     organism = default_style(model) == "organism"
     names = args.tasks or (task_names(model, tuple(GROUPS)) if organism else NATURAL_TASKS)
-    data = prepare(
-        model,
-        names,
-        args.detection_prompts,
-        args.eval_prompts,
-        shots=args.shots,
-        asked=args.asked,
-        known_eval=False,
-        min_known=2,
-    )
-    out.table("known_facts", data.counts, index=False)
-    out.finding(describe_counts(data.counts, info.name))
-    names = [n for n in names if n in data.detection]
-    kind = {n: data.detection[n].meta.get("kind") or _kind(n) for n in names}
+    with out.stage("known facts"):
+        data = prepare(
+            model,
+            names,
+            args.detection_prompts,
+            args.eval_prompts,
+            shots=args.shots,
+            asked=args.asked,
+            known_eval=False,
+            min_known=2,
+        )
+        out.table("known_facts", data.counts, index=False)
+        out.finding(describe_counts(data.counts, info.name))
+        names = [n for n in names if n in data.detection]
+        kind = {n: data.detection[n].meta.get("kind") or _kind(n) for n in names}
 
-    scores = {}
-    for name in names:
-        scores[name] = GradientAttribution().attribute(model, data.detection[name])
-        scores[name].save(out.path / "scores" / name)
-    sets = [top_percent(scores[n], args.percent).renamed(n) for n in names]
-    evaluation = [data.evaluation[n] for n in names]
+    with out.stage("detection"):
+        scores = {}
+        for name in names:
+            scores[name] = GradientAttribution().attribute(model, data.detection[name])
+            scores[name].save(out.path / "scores" / name)
+        sets = [top_percent(scores[n], args.percent).renamed(n) for n in names]
+        evaluation = [data.evaluation[n] for n in names]
 
-    result = evaluation_matrix(
-        model, sets, evaluation, n_controls=args.controls, metric=args.metric, controls_on="own"
-    )
-    result.save(out.path / "deactivation_result.json")
-    out.file("deactivation_result.json")
-    table = own_effect_table(result)
-    table.insert(1, "group", [GROUPS.get(kind[n], kind[n]) for n in table.task])
-    average = table.drop(columns=["task", "group"]).mean().to_dict()
-    table = pd.concat([table, pd.DataFrame([dict(task="average", group="", **average)])], ignore_index=True)
-    out.table("deactivation", table, index=False)
-    out.table("deactivation_matrix_long", result.to_frame(), index=False)
-    out.figure("deactivation", result.plot_own_vs_others())
-    out.finding(
-        f"{args.metric} averaged over {len(names)} tasks: original {average['original']:.3f}, "
-        f"random {args.percent:g} % off {average['random_off']:.3f}, task neurons off "
-        f"{average['set_off']:.3f}; other tasks with a task's set off "
-        f"{average['others_original']:.3f} -> "
-        f"{average['others_off']:.3f} (paper, Llama-2-7B classification: "
-        + " / ".join(f"{v}" for v in PAPER.values())
-        + ")"
-    )
+    with out.stage("deactivation"):
+        result = evaluation_matrix(
+            model, sets, evaluation, n_controls=args.controls, metric=args.metric, controls_on="own"
+        )
+        result.save(out.path / "deactivation_result.json")
+        out.file("deactivation_result.json")
+        table = own_effect_table(result)
+        table.insert(1, "group", [GROUPS.get(kind[n], kind[n]) for n in table.task])
+        average = table.drop(columns=["task", "group"]).mean().to_dict()
+        table = pd.concat(
+            [table, pd.DataFrame([dict(task="average", group="", **average)])], ignore_index=True
+        )
+        out.table("deactivation", table, index=False)
+        out.table("deactivation_matrix_long", result.to_frame(), index=False)
+        out.figure("deactivation", result.plot_own_vs_others())
+        out.finding(
+            f"{args.metric} averaged over {len(names)} tasks: original {average['original']:.3f}, "
+            f"random {args.percent:g} % off {average['random_off']:.3f}, task neurons off "
+            f"{average['set_off']:.3f}; other tasks with a task's set off "
+            f"{average['others_original']:.3f} -> "
+            f"{average['others_off']:.3f} (paper, Llama-2-7B classification: "
+            + " / ".join(f"{v}" for v in PAPER.values())
+            + ")"
+        )
 
-    iou = out.table("overlap_iou", overlap_matrix(sets, "jaccard"))
-    out.figure("overlap_iou", heatmap(iou, f"IoU of the tasks' top {args.percent:g} % neurons"))
-    group_overlap(out, scores, names, kind)
-    similarity(model, out, sets, result)
-    stability(model, args, out, scores, sets, data)
+    with out.stage("overlaps and similarity"):
+        iou = out.table("overlap_iou", overlap_matrix(sets, "jaccard"))
+        out.figure("overlap_iou", heatmap(iou, f"IoU of the tasks' top {args.percent:g} % neurons"))
+        group_overlap(out, scores, names, kind)
+        similarity(model, out, sets, result)
+    with out.stage("stability curve"):
+        stability(model, args, out, data)
+    with out.stage("held-out effect"):
+        held_out_effects(model, sets, data, out, n_controls=2)
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
 
@@ -177,8 +186,8 @@ def similarity(model, out: OutputDir, sets, result) -> None:
     )
 
 
-def stability(model, args, out: OutputDir, scores, sets, data) -> None:
-    """Split-half Jaccard as prompts grow (one task), and every set's in-sample vs held-out effect."""
+def stability(model, args, out: OutputDir, data) -> None:
+    """Split-half Jaccard of one task's set as prompts grow."""
     name = args.stability_task
     if name in data.detection:
         pool = load_for_model(model, name, "detection", shots=args.shots) + load_for_model(
@@ -202,7 +211,6 @@ def stability(model, args, out: OutputDir, scores, sets, data) -> None:
             )
             + f" (two random sets of that share: {args.percent / (200 - args.percent):.2f})"
         )
-    held_out_effects(model, sets, data, out, n_controls=2)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def main() -> None:
     )
     parser.add_argument("--relations", nargs="*", help="default: the known relations with the most facts")
     parser.add_argument("--max-relations", type=int, default=6)
-    parser.add_argument("--min-known", type=int, default=100, help="known facts a relation needs")
+    parser.add_argument(
+        "--min-known", type=int, default=100, help="known facts a relation needs (detection + evaluation)"
+    )
     parser.add_argument("--unit", default="hook_post")
     parser.add_argument(
         "--method",
@@ -76,6 +78,11 @@ def main() -> None:
     parser.add_argument("--stability-relations", type=int, default=2)
     parser.add_argument("--min-language-known", type=int, default=20)
     args = parser.parse_args()
+    if args.min_known > args.detection_prompts + args.eval_prompts:
+        parser.error(
+            f"--min-known {args.min_known} can never be reached: at most --detection-prompts + "
+            f"--eval-prompts = {args.detection_prompts + args.eval_prompts} known facts are kept per relation"
+        )
     out = OutputDir(args.out, vars(args))
     started = time.perf_counter()
     model = load_model(args.model)
@@ -83,125 +90,138 @@ def main() -> None:
     k = max(1, round(args.percent / 100 * info.n_neurons))
 
     # the facts the model knows
-    candidates = args.relations or task_names(model, ("relation",))
-    data = prepare(
-        model,
-        candidates,
-        args.detection_prompts,
-        args.eval_prompts,
-        shots=args.shots,
-        asked=args.asked,
-        min_known=2,
-    )
-    out.table("known_facts", data.counts, index=False)
-    out.finding(describe_counts(data.counts, info.name) + f" (asked up to 300 per split, {args.shots}-shot)")
-    enough = data.counts[data.counts.known_total >= args.min_known].sort_values(
-        "known_total", ascending=False
-    )
-    relations = [r for r in enough.task if r in data.detection][: args.max_relations]
-    if len(relations) < 2:
-        raise SystemExit(
-            f"{info.name} knows >= {args.min_known} facts of only {relations}: lower --min-known"
+    with out.stage("known facts"):
+        candidates = args.relations or task_names(model, ("relation",))
+        data = prepare(
+            model,
+            candidates,
+            args.detection_prompts,
+            args.eval_prompts,
+            shots=args.shots,
+            asked=args.asked,
+            min_known=2,
         )
-    data = data.keep(relations)
-    out.finding(f"relations analysed (>= {args.min_known} known facts): {', '.join(relations)}")
+        out.table("known_facts", data.counts, index=False)
+        out.finding(
+            describe_counts(data.counts, info.name) + f" (at most {args.asked} per split, {args.shots}-shot)"
+        )
+        enough = data.counts[data.counts.known_total >= args.min_known].sort_values(
+            ["known_total", "share_known"], ascending=False
+        )
+        relations = [r for r in enough.task if r in data.detection][: args.max_relations]
+        if len(relations) < 2:
+            raise SystemExit(
+                f"{info.name} knows >= {args.min_known} facts of only {relations}: lower --min-known"
+            )
+        data = data.keep(relations)
+        out.finding(f"relations analysed (>= {args.min_known} known facts): {', '.join(relations)}")
 
     # the paper's detector
-    scores, sets = {}, []
-    for r in relations:
-        others = [data.detection[o] for o in relations if o != r]
-        scores[r] = scorer(args, others, k).attribute(model, data.detection[r], unit=args.unit)
-        scores[r].save(out.path / "scores" / r)
-        sets.append(top_k(scores[r], k).renamed(r))
-        sets[-1].save(out.path / "sets" / r)
-    out.finding(
-        f"top {k} neurons per relation ({args.percent:g} % of {info.n_neurons}); "
-        f"{args.method} score of the k-th: "
-        + ", ".join(
-            f"{r} {float(scores[r].values.flatten()[scores[r].ranking()[k - 1]]):.2f}" for r in relations
+    with out.stage("detection"):
+        scores, sets = {}, []
+        for r in relations:
+            others = [data.detection[o] for o in relations if o != r]
+            scores[r] = scorer(args, others, k).attribute(model, data.detection[r], unit=args.unit)
+            scores[r].save(out.path / "scores" / r)
+            sets.append(top_k(scores[r], k).renamed(r))
+            sets[-1].save(out.path / "sets" / r)
+        out.finding(
+            f"top {k} neurons per relation ({args.percent:g} % of {info.n_neurons}); "
+            f"{args.method} score of the k-th: "
+            + ", ".join(
+                f"{r} {float(scores[r].values.flatten()[scores[r].ranking()[k - 1]]):.2f}" for r in relations
+            )
         )
-    )
-    evaluation = [data.evaluation[r] for r in relations]
+        evaluation = [data.evaluation[r] for r in relations]
 
     # deactivation and interference (one matrix: every set x every relation, controls on the own one)
-    result = evaluation_matrix(
-        model, sets, evaluation, n_controls=args.controls, metric=args.metric, controls_on="own"
-    )
-    result.save(out.path / "deactivation_result.json")
-    out.file("deactivation_result.json")
-    table = out.table("deactivation", own_effect_table(result), index=False)
-    out.figure("deactivation", result.plot_own_vs_others())
-    out.finding(
-        f"{args.metric} with a relation's top {k} off, own relation: "
-        + "; ".join(
-            f"{t.task} {t.original:.2f} -> {t.set_off:.2f} "
-            f"(random {t.random_off:.2f} ± {t.random_std:.2f}, "
-            f"other relations {t.others_original:.2f} -> {t.others_off:.2f})"
-            for t in table.itertuples()
+    with out.stage("deactivation and interference"):
+        result = evaluation_matrix(
+            model, sets, evaluation, n_controls=args.controls, metric=args.metric, controls_on="own"
         )
-    )
-    drop = out.table("interference", result.relative_drop())  # the paper's acc_drop, no second pass
-    out.figure("interference", heatmap(drop, "acc_drop(row relation | column's neurons off)", center=True))
-    negative = [
-        (i, j, drop.loc[i, j]) for i in drop.index for j in drop.columns if i != j and drop.loc[i, j] < 0
-    ]
-    diag = pd.Series({r: drop.loc[r, r] for r in relations})
-    off = pd.Series({r: drop.loc[relations, r].drop(r).mean() for r in relations})
-    out.finding(
-        f"interference: mean own acc_drop {diag.mean():.2f} vs {off.mean():.2f} on the other relations; "
-        f"{len(negative)} negative cells (deactivating helped)"
-        + (": " + ", ".join(f"{i} | {j}'s off {v:.2f}" for i, j, v in negative[:6]) if negative else "")
-    )
+        result.save(out.path / "deactivation_result.json")
+        out.file("deactivation_result.json")
+        table = out.table("deactivation", own_effect_table(result), index=False)
+        out.figure("deactivation", result.plot_own_vs_others())
+        out.finding(
+            f"{args.metric} with a relation's top {k} off, own relation: "
+            + "; ".join(
+                f"{t.task} {t.original:.2f} -> {t.set_off:.2f} "
+                f"(random {t.random_off:.2f} ± {t.random_std:.2f}, "
+                f"other relations {t.others_original:.2f} -> {t.others_off:.2f})"
+                for t in table.itertuples()
+            )
+        )
+        drop = out.table("interference", result.relative_drop())  # the paper's acc_drop, no second pass
+        out.figure(
+            "interference", heatmap(drop, "acc_drop(row relation | column's neurons off)", center=True)
+        )
+        negative = [
+            (i, j, drop.loc[i, j]) for i in drop.index for j in drop.columns if i != j and drop.loc[i, j] < 0
+        ]
+        diag = pd.Series({r: drop.loc[r, r] for r in relations})
+        off = pd.Series({r: drop.loc[relations, r].drop(r).mean() for r in relations})
+        out.finding(
+            f"interference: mean own acc_drop {diag.mean():.2f} vs {off.mean():.2f} on the other relations; "
+            f"{len(negative)} negative cells (deactivating helped)"
+            + (": " + ", ".join(f"{i} | {j}'s off {v:.2f}" for i, j, v in negative[:6]) if negative else "")
+        )
 
     # cumulativity
-    grid = scaled_grid(info.n_neurons, k)
-    frames = {}
-    for r in relations:
-        others = [data.evaluation[o].sample(args.other_prompts) for o in relations if o != r]
-        frames[r] = cumulativity(model, scores[r], data.evaluation[r], others, grid, metric=args.metric)
-        out.table(f"cumulativity_{r}", frames[r], index=False)
-    out.figure(
-        "cumulativity", curves(frames, "k", ["accuracy", "others_accuracy"], "Top-k relation neurons off")
-    )
-    out.finding(
-        "cumulativity (accuracy as the top k grow, "
-        + f"k = {grid}): "
-        + "; ".join(
-            f"{r} {f.accuracy.iloc[0]:.2f} -> {f.accuracy.iloc[-1]:.2f} "
-            f"(others {f.others_accuracy.iloc[0]:.2f} -> {f.others_accuracy.iloc[-1]:.2f}), "
-            f"mean score {f.cumulativity.mean():.2f}"
-            for r, f in frames.items()
+    with out.stage("cumulativity"):
+        grid = scaled_grid(info.n_neurons, k)
+        frames = {}
+        for r in relations:
+            others = [data.evaluation[o].sample(args.other_prompts) for o in relations if o != r]
+            frames[r] = cumulativity(model, scores[r], data.evaluation[r], others, grid, metric=args.metric)
+            out.table(f"cumulativity_{r}", frames[r], index=False)
+        out.figure(
+            "cumulativity", curves(frames, "k", ["accuracy", "others_accuracy"], "Top-k relation neurons off")
         )
-    )
+        out.finding(
+            "cumulativity (accuracy as the top k grow, "
+            + f"k = {grid}): "
+            + "; ".join(
+                f"{r} {f.accuracy.iloc[0]:.2f} -> {f.accuracy.iloc[-1]:.2f} "
+                f"(others {f.others_accuracy.iloc[0]:.2f} -> {f.others_accuracy.iloc[-1]:.2f}), "
+                f"mean score {f.cumulativity.mean():.2f}"
+                for r, f in frames.items()
+            )
+        )
 
     # versatility: overlaps and other languages
-    jaccard = out.table("overlap_jaccard", overlap_matrix(sets, "jaccard"))
-    out.table("overlap_shared", overlap_matrix(sets, "shared"))
-    out.table("overlap_p_value", overlap_matrix(sets, "p_value"))
-    out.figure("overlap", heatmap(jaccard, f"Jaccard of top-{k} AP neurons"))
-    pairs = [(a.name, b.name, overlap(a, b)) for i, a in enumerate(sets) for b in sets[i + 1 :]]
-    significant = [p for p in pairs if p[2].p_value < 0.01 / len(pairs)]
-    best = max(pairs, key=lambda p: p[2].shared)
-    out.finding(
-        f"overlaps: {len(significant)} of {len(pairs)} pairs share more neurons than chance "
-        f"(hypergeometric p < 0.01 / {len(pairs)}); largest {best[0]} / {best[1]}: {best[2].shared} of {k} "
-        f"(chance {best[2].expected:.1f}, p = {best[2].p_value:.2g})"
-    )
-    versatility(model, args, out, sets, data, relations)
+    with out.stage("overlaps"):
+        jaccard = out.table("overlap_jaccard", overlap_matrix(sets, "jaccard"))
+        out.table("overlap_shared", overlap_matrix(sets, "shared"))
+        out.table("overlap_p_value", overlap_matrix(sets, "p_value"))
+        out.figure("overlap", heatmap(jaccard, f"Jaccard of top-{k} AP neurons"))
+        pairs = [(a.name, b.name, overlap(a, b)) for i, a in enumerate(sets) for b in sets[i + 1 :]]
+        significant = [p for p in pairs if p[2].p_value < 0.01 / len(pairs)]
+        best = max(pairs, key=lambda p: p[2].shared)
+        out.finding(
+            f"overlaps: {len(significant)} of {len(pairs)} pairs share more neurons than chance "
+            f"(hypergeometric p < 0.01 / {len(pairs)}); "
+            f"largest {best[0]} / {best[1]}: {best[2].shared} of {k} "
+            f"(chance {best[2].expected:.1f}, p = {best[2].p_value:.2g})"
+        )
+    with out.stage("other languages"):
+        versatility(model, args, out, sets, data, relations)
 
     # stability
-    rows = []
-    for r in relations[: args.stability_relations]:
-        others = [data.detection[o] for o in relations if o != r]
-        stab = split_half(
-            model, data.detection[r], scorer(args, others, k), "top_k", k,
-            n_splits=args.stability_splits, unit=args.unit,
-        )  # fmt: skip
-        rows.append(stab.to_dict())
-        out.finding(f"split-half stability of {r}'s set: {stab!r}")
-    if rows:
-        out.table("stability", pd.DataFrame(rows), index=False)
-    held_out_effects(model, sets, data, out, n_controls=3)
+    with out.stage("stability"):
+        rows = []
+        for r in relations[: args.stability_relations]:
+            others = [data.detection[o] for o in relations if o != r]
+            stab = split_half(
+                model, data.detection[r], scorer(args, others, k), "top_k", k,
+                n_splits=args.stability_splits, unit=args.unit,
+            )  # fmt: skip
+            rows.append(stab.to_dict())
+            out.finding(f"split-half stability of {r}'s set: {stab!r}")
+        if rows:
+            out.table("stability", pd.DataFrame(rows), index=False)
+    with out.stage("held-out effect"):
+        held_out_effects(model, sets, data, out, n_controls=3)
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
 

@@ -57,21 +57,22 @@ def main() -> None:
     info = ModelInfo.of(model)
     organism = default_style(model) == "organism"
     names = args.tasks or (ORGANISM_TASKS if organism else CHAT_TASKS)
-    data = prepare(
-        model,
-        names,
-        args.detection_prompts,
-        args.eval_prompts,
-        shots=args.shots,
-        asked=args.asked,
-        style=None if organism else "chat",
-        known_eval=False,
-        min_known=2,
-        transform=(lambda task: task.marked(ORGANISM_MARKERS)) if organism else None,
-    )
-    out.table("known_facts", data.counts, index=False)
-    out.finding(describe_counts(data.counts, info.name) + ("" if organism else " (chat template)"))
-    names = [n for n in names if n in data.detection]
+    with out.stage("known facts"):
+        data = prepare(
+            model,
+            names,
+            args.detection_prompts,
+            args.eval_prompts,
+            shots=args.shots,
+            asked=args.asked,
+            style=None if organism else "chat",
+            known_eval=False,
+            min_known=2,
+            transform=(lambda task: task.marked(ORGANISM_MARKERS)) if organism else None,
+        )
+        out.table("known_facts", data.counts, index=False)
+        out.finding(describe_counts(data.counts, info.name) + ("" if organism else " (chat template)"))
+        names = [n for n in names if n in data.detection]
     if organism:
         n_demo = args.n_demo or CGVST.n_demo
     else:
@@ -83,74 +84,80 @@ def main() -> None:
     )
     evaluation = [data.evaluation[n] for n in names]
 
-    methods = {
-        "cgvst": {t: CGVST(n_demo=n_demo).attribute(model, detection[t]) for t in names},
-        "gradient": {t: GradientAttribution().attribute(model, detection[t]) for t in names},
-        "activation": contrast(
-            {t: ActivationStats("mean_abs").attribute(model, detection[t]) for t in names}
-        ),
-    }
-    for method, scores in methods.items():
-        for t in names:
-            scores[t].save(out.path / "scores" / method / t)
-    interventions = [Intervention("zero")] + [Intervention("amplify", factor=f) for f in args.factors]
-    summary = []
-    for spec in interventions:
+    with out.stage("detection"):
+        methods = {
+            "cgvst": {t: CGVST(n_demo=n_demo).attribute(model, detection[t]) for t in names},
+            "gradient": {t: GradientAttribution().attribute(model, detection[t]) for t in names},
+            "activation": contrast(
+                {t: ActivationStats("mean_abs").attribute(model, detection[t]) for t in names}
+            ),
+        }
         for method, scores in methods.items():
-            if spec.kind == "amplify" and spec.factor != args.factors[0] and method != "cgvst":
-                continue  # the stronger factor only for the paper's method
-            sets = [top_percent(scores[t], args.percent).renamed(t) for t in names]
-            result = evaluation_matrix(
-                model,
-                sets,
-                evaluation,
-                n_controls=args.controls if method == "cgvst" else 0,
-                intervention=spec,
-                metric=args.metric,
-                controls_on="own",
+            for t in names:
+                scores[t].save(out.path / "scores" / method / t)
+    with out.stage("interventions"):
+        interventions = [Intervention("zero")] + [Intervention("amplify", factor=f) for f in args.factors]
+        summary = []
+        for spec in interventions:
+            for method, scores in methods.items():
+                if spec.kind == "amplify" and spec.factor != args.factors[0] and method != "cgvst":
+                    continue  # the stronger factor only for the paper's method
+                sets = [top_percent(scores[t], args.percent).renamed(t) for t in names]
+                result = evaluation_matrix(
+                    model,
+                    sets,
+                    evaluation,
+                    n_controls=args.controls if method == "cgvst" else 0,
+                    intervention=spec,
+                    metric=args.metric,
+                    controls_on="own",
+                )
+                label = f"{spec.kind}{'' if spec.kind == 'zero' else f'_x{spec.factor:g}'}_{method}"
+                out.table(label, result.pivot())
+                out.figure(label, result.plot("value"))
+                own = pd.Series({t: result.values.loc[t, t] for t in names})
+                others = pd.Series(
+                    {t: result.values.loc[t, [o for o in names if o != t]].mean() for t in names}
+                )
+                row = dict(
+                    intervention=spec.label,
+                    method=method,
+                    original=result.baseline.mean(),
+                    own_task=own.mean(),
+                    other_tasks=others.mean(),
+                )
+                if method == "cgvst" and args.controls:
+                    row["random_own"] = pd.Series({t: result.controls.loc[t, t] for t in names}).mean()
+                    row["random_std"] = pd.Series({t: result.controls_std.loc[t, t] for t in names}).mean()
+                summary.append(row)
+        table = out.table("summary", pd.DataFrame(summary), index=False)
+        for row in table.itertuples():
+            control = (
+                f", random sets on the own task {row.random_own:.2f} ± {row.random_std:.2f}"
+                if "random_own" in table and row.random_own == row.random_own
+                else ""
             )
-            label = f"{spec.kind}{'' if spec.kind == 'zero' else f'_x{spec.factor:g}'}_{method}"
-            out.table(label, result.pivot())
-            out.figure(label, result.plot("value"))
-            own = pd.Series({t: result.values.loc[t, t] for t in names})
-            others = pd.Series({t: result.values.loc[t, [o for o in names if o != t]].mean() for t in names})
-            row = dict(
-                intervention=spec.label,
-                method=method,
-                original=result.baseline.mean(),
-                own_task=own.mean(),
-                other_tasks=others.mean(),
+            out.finding(
+                f"{row.intervention} {row.method}: accuracy {row.original:.2f} "
+                f"-> own task {row.own_task:.2f}, "
+                f"other tasks {row.other_tasks:.2f}{control}"
             )
-            if method == "cgvst" and args.controls:
-                row["random_own"] = pd.Series({t: result.controls.loc[t, t] for t in names}).mean()
-                row["random_std"] = pd.Series({t: result.controls_std.loc[t, t] for t in names}).mean()
-            summary.append(row)
-    table = out.table("summary", pd.DataFrame(summary), index=False)
-    for row in table.itertuples():
-        control = (
-            f", random sets on the own task {row.random_own:.2f} ± {row.random_std:.2f}"
-            if "random_own" in table and row.random_own == row.random_own
-            else ""
-        )
-        out.finding(
-            f"{row.intervention} {row.method}: accuracy {row.original:.2f} -> own task {row.own_task:.2f}, "
-            f"other tasks {row.other_tasks:.2f}{control}"
-        )
 
-    first = names[0]
-    stab = split_half(
-        model,
-        detection[first],
-        CGVST(n_demo=n_demo),
-        "top_percent",
-        args.percent,
-        n_splits=args.stability_splits,
-    )
-    out.table("stability", pd.DataFrame([stab.to_dict()]), index=False)
-    out.finding(
-        f"split-half stability of {first}'s CGVST set: {stab!r} "
-        f"(two random sets of that share: {args.percent / (200 - args.percent):.2f})"
-    )
+    with out.stage("stability"):
+        first = names[0]
+        stab = split_half(
+            model,
+            detection[first],
+            CGVST(n_demo=n_demo),
+            "top_percent",
+            args.percent,
+            n_splits=args.stability_splits,
+        )
+        out.table("stability", pd.DataFrame([stab.to_dict()]), index=False)
+        out.finding(
+            f"split-half stability of {first}'s CGVST set: {stab!r} "
+            f"(two random sets of that share: {args.percent / (200 - args.percent):.2f})"
+        )
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
 

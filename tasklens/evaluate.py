@@ -155,7 +155,7 @@ def evaluate_prompts(
 def _teacher_forced(model, task: Task, fn: Callable, batch_size: int) -> Tensor:
     out = torch.zeros(len(task), dtype=torch.float64)
     with torch.no_grad():
-        for batch in TokenizedTask.for_model(task, model).batches(batch_size):
+        for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True):
             values = fn(model(batch.tokens.to(model.cfg.device)), batch)
             out[batch.indices] = values.double().cpu()
     return out

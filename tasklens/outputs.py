@@ -12,6 +12,9 @@ import json
 import platform
 import shlex
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,7 @@ class OutputDir:
         self.write_config = write_config
         self.findings: list[str] = []
         self.written: list[Path] = []
+        self.timings: list[dict[str, Any]] = []
 
     def _written(self, path: Path) -> Path:
         self.written.append(path)
@@ -97,8 +101,23 @@ class OutputDir:
         self.findings.append(text)
         print(text, flush=True)
 
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one stage of the run (printed; ``timings.csv`` and a finding when the run closes)."""
+        print(f"[{name}]", flush=True)
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.timings.append(dict(stage=name, seconds=round(seconds, 1)))
+        print(f"[{name}] done in {seconds:.0f} s", flush=True)
+
     def close(self) -> None:
-        """Write ``findings.md`` (and ``config.json``): the run finished."""
+        """Write ``findings.md`` (and ``config.json``, ``timings.csv``): the run finished."""
+        if self.timings:
+            self.table("timings", pd.DataFrame(self.timings), index=False)
+            self.finding(
+                "seconds per stage: " + ", ".join(f"{t['stage']} {t['seconds']:.0f}" for t in self.timings)
+            )
         if self.findings:
             path = self.path / "findings.md"
             atomic_write_text(path, "\n".join(f"- {f}" for f in self.findings) + "\n")

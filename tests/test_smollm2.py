@@ -126,6 +126,12 @@ def test_relation_analysis_reduced(tmp_path):
     curve = pd.read_csv(tmp_path / "cumulativity_continent_of.csv")
     assert curve.k.is_monotonic_increasing and curve.k.iloc[0] == 0
     assert any(line.startswith("- cross-language") for line in findings), findings
+    known = pd.read_csv(tmp_path / "known_facts.csv")  # asking stops at 12 known detection facts
+    assert (known.known_detection <= 12).all() and (known.asked_detection <= 40).all()
+    assert (known.known_detection <= known.asked_detection).all()
+    timings = pd.read_csv(tmp_path / "timings.csv")
+    assert {"known facts", "detection", "deactivation and interference", "cumulativity"} <= set(timings.stage)
+    assert (timings.seconds > 0).all()
     assert json.loads((tmp_path / "config.json").read_text())["model"] == NAME
 
 

@@ -6,8 +6,10 @@ import datasets
 import pytest
 
 from tasklens.errors import TasklensError
+from tasklens.evaluate import evaluate_prompts
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import load_builtin
+from tasklens.tasks.known import known_by, load_for_model
 from tasklens.tasks.tokenize import TokenizedTask
 
 PROMPTS = ["The capital of France is", "The capital of Peru is"]
@@ -94,6 +96,26 @@ def test_tokenisation_positions(organism):
     # the target positions predict exactly the answer tokens
     targets = batch.tokens[:, 1:][batch.target_mask()[:, :-1]]
     assert targets.tolist() == tok.answer_ids[0] + tok.answer_ids[1]
+
+
+def test_known_filter_stops_once_it_has_enough(organism):
+    task = load_for_model(organism, "capital_of", "detection", known=False)
+    every = known_by(organism, task)
+    some = known_by(organism, task, batch_size=8, need=5)
+    assert len(some) == 5 and some.meta["n_known"] == 5
+    assert 5 <= some.meta["n_asked"] < len(task)
+    assert set(some.prompts) <= set(every.prompts)
+    assert some.prompts != every.prompts[:5]  # asked in a random order, not the task's first ones
+    with pytest.raises(TasklensError, match="need must be at least 1"):
+        known_by(organism, task, need=0)
+
+
+def test_batches_sorted_by_length_give_each_prompt_its_own_value(organism):
+    task = load_for_model(organism, "capital_of", "detection", known=False).sample(24)
+    lengths = [len(p) for p in TokenizedTask.for_model(task, organism).prompt_ids]
+    assert len(set(lengths)) > 1  # batches sorted by length really reorder the prompts
+    one_by_one = evaluate_prompts(organism, task, "logprob", batch_size=1)
+    assert evaluate_prompts(organism, task, "logprob", batch_size=8).sub(one_by_one).abs().max() < 1e-4
 
 
 def test_prompt_longer_than_context_is_a_clear_error(organism):

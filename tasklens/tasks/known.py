@@ -11,6 +11,7 @@ additionally forgives case and surrounding spaces of the decoded text.)
 from __future__ import annotations
 
 import dataclasses
+import random
 
 from tasklens.errors import TasklensError
 from tasklens.evaluate import evaluate_prompts
@@ -18,18 +19,36 @@ from tasklens.models import ModelInfo
 from tasklens.tasks.task import Task, check_task
 
 
-def known_by(model, task: Task, batch_size: int = 32) -> Task:
+def known_by(model, task: Task, batch_size: int = 32, need: int | None = None, seed: int = 0) -> Task:
     """The prompts of ``task`` that ``model`` answers correctly (greedy, token-exact).
 
-    The kept task records ``known_by`` (model name), ``n_known`` and ``n_asked`` in its meta.
+    With ``need``, prompts are asked in a random order (``seed``), a batch at a time, until
+    ``need`` known ones are found (or the task runs out): a random sample of the known
+    prompts, at the cost of asking only about ``need / share known`` of them.
+
+    The kept task records ``known_by`` (model name), ``n_known`` and ``n_asked`` (prompts
+    actually asked) in its meta.
     """
     task = check_task(task)
-    correct = evaluate_prompts(model, task, "next_token", batch_size) > 0.5
-    keep = correct.nonzero().flatten().tolist()
-    meta = {**task.meta, "known_by": ModelInfo.of(model).name, "n_known": len(keep), "n_asked": len(task)}
+    if need is not None and need < 1:
+        raise TasklensError(f"need must be at least 1 known prompt, got {need}")
+    order = list(range(len(task)))
+    if need is not None:
+        random.Random(seed).shuffle(order)
+    keep: list[int] = []
+    asked = 0
+    step = len(order) if need is None else batch_size
+    while asked < len(order) and (need is None or len(keep) < need):
+        chunk = order[asked : asked + step]
+        correct = evaluate_prompts(model, task.subset(chunk), "next_token", batch_size) > 0.5
+        keep += [i for i, ok in zip(chunk, correct.tolist(), strict=True) if ok]
+        asked += len(chunk)
+    keep = sorted(keep[:need])
+    name = ModelInfo.of(model).name
+    meta = {**task.meta, "known_by": name, "n_known": len(keep), "n_asked": asked}
     if not keep:
         raise TasklensError(
-            f"{ModelInfo.of(model).name} answers none of the {len(task)} prompts of task {task.name!r} "
+            f"{name} answers none of the {asked} prompts of task {task.name!r} it was asked "
             "correctly; try few-shot prompts (load_builtin(..., style='natural', shots=3)) or another task"
         )
     return dataclasses.replace(task.subset(keep), meta=meta)

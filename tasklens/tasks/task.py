@@ -231,11 +231,12 @@ class Task:
             return self
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), n)))
 
-    def known_by(self, model, batch_size: int = 32) -> Task:
-        """The prompts ``model`` answers correctly (greedy, token-exact): `tasklens.tasks.known.known_by`."""
+    def known_by(self, model, batch_size: int = 32, need: int | None = None) -> Task:
+        """The prompts ``model`` answers correctly (greedy, token-exact), all of them or the
+        first ``need`` found in a random order: `tasklens.tasks.known.known_by`."""
         from tasklens.tasks.known import known_by
 
-        return known_by(model, self, batch_size)
+        return known_by(model, self, batch_size, need=need)
 
     def head(self, n: int) -> Task:
         """The first ``n`` prompts (all of them when ``n`` is larger)."""

@@ -88,17 +88,24 @@ class TokenizedTask:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
-    def batches(self, batch_size: int, with_answers: bool = True, by_length: bool = False) -> Iterator[Batch]:
-        """Right-padded batches in task order; with ``by_length``, batches of equal-length
-        sequences (no padding), shortest first."""
+    def batches(
+        self, batch_size: int, with_answers: bool = True, by_length: bool = False, sort: bool = False
+    ) -> Iterator[Batch]:
+        """Right-padded batches in task order; with ``sort``, of sequences sorted by length
+        (little padding; `Batch.indices` says which prompts each holds); with ``by_length``,
+        batches of equal-length sequences (no padding), shortest first."""
         if batch_size < 1:
             raise TasklensError(f"batch_size must be at least 1, got {batch_size}")
-        groups = [list(range(len(self)))]
+        lengths = [
+            len(p) + (len(a) if with_answers else 0)
+            for p, a in zip(self.prompt_ids, self.answer_ids, strict=True)
+        ]
+        groups = [sorted(range(len(self)), key=lengths.__getitem__) if sort else list(range(len(self)))]
         if by_length:
-            lengths: dict[int, list[int]] = {}
-            for i, (p, a) in enumerate(zip(self.prompt_ids, self.answer_ids, strict=True)):
-                lengths.setdefault(len(p) + (len(a) if with_answers else 0), []).append(i)
-            groups = [lengths[n] for n in sorted(lengths)]
+            same: dict[int, list[int]] = {}
+            for i, n in enumerate(lengths):
+                same.setdefault(n, []).append(i)
+            groups = [same[n] for n in sorted(same)]
         for group in groups:
             for start in range(0, len(group), batch_size):
                 yield self._batch(group[start : start + batch_size], with_answers)
