@@ -33,7 +33,7 @@ from tasklens.matrix import evaluation_matrix
 from tasklens.models import ModelInfo, load_model
 from tasklens.outputs import OutputDir
 from tasklens.plots import curves, heatmap
-from tasklens.scoring import AveragePrecisionExpertise, VerifiedPatching
+from tasklens.scoring import AveragePrecisionExpertise, PromptMeans, VerifiedPatching
 from tasklens.selection import top_k
 from tasklens.stability import split_half
 
@@ -88,6 +88,7 @@ def main() -> None:
     model = load_model(args.model)
     info = ModelInfo.of(model)
     k = max(1, round(args.percent / 100 * info.n_neurons))
+    means = PromptMeans()
 
     # the facts the model knows
     with out.stage("known facts"):
@@ -121,7 +122,7 @@ def main() -> None:
         scores, sets = {}, []
         for r in relations:
             others = [data.detection[o] for o in relations if o != r]
-            scores[r] = scorer(args, others, k).attribute(model, data.detection[r], unit=args.unit)
+            scores[r] = scorer(args, others, k, means).attribute(model, data.detection[r], unit=args.unit)
             scores[r].save(out.path / "scores" / r)
             sets.append(top_k(scores[r], k).renamed(r))
             sets[-1].save(out.path / "sets" / r)
@@ -213,7 +214,7 @@ def main() -> None:
         for r in relations[: args.stability_relations]:
             others = [data.detection[o] for o in relations if o != r]
             stab = split_half(
-                model, data.detection[r], scorer(args, others, k), "top_k", k,
+                model, data.detection[r], scorer(args, others, k, means), "top_k", k,
                 n_splits=args.stability_splits, unit=args.unit,
             )  # fmt: skip
             rows.append(stab.to_dict())
@@ -226,10 +227,11 @@ def main() -> None:
     out.close()
 
 
-def scorer(args, negatives, k: int):
-    """The paper's AP detector, or the causal alternative with candidates a few times k."""
+def scorer(args, negatives, k: int, means: PromptMeans):
+    """The paper's AP detector (each prompt's mean activations computed once per run, in
+    ``means``), or the causal alternative with candidates a few times k."""
     if args.method == "average_precision":
-        return AveragePrecisionExpertise(negatives=negatives)
+        return AveragePrecisionExpertise(negatives=negatives, means=means)
     return VerifiedPatching(candidate_percent=2 * args.percent)
 
 

@@ -18,11 +18,13 @@ from tasklens.scoring import (
     ExactAblation,
     GradientAttribution,
     IntegratedGradients,
+    PromptMeans,
     get_scorer,
 )
 from tasklens.scoring.cgvst import marker_loss
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import load_builtin
+from tasklens.tasks.known import load_for_model
 from tasklens.tasks.tokenize import TokenizedTask, marker_positions
 
 
@@ -205,6 +207,21 @@ def test_scorers_work_unchanged_on_other_architectures(tiny_model):
             assert scores.shape == (2, model.cfg.d_mlp) and scores.values.abs().sum() > 0, (arch, scorer)
         with pytest.raises(TasklensError, match="exists only in gated"):
             ActivationStats().attribute(model, task, unit="hook_pre_linear")
+
+
+def test_shared_prompt_means_give_the_same_expertise_and_compute_each_prompt_once(organism):
+    names = ("capital_of", "continent_of", "currency_of")
+    tasks = {n: load_for_model(organism, n, "detection", known=False).sample(12) for n in names}
+    means = PromptMeans()
+    for name, task in tasks.items():
+        others = [t for n, t in tasks.items() if n != name]
+        alone = AveragePrecisionExpertise(negatives=others).attribute(organism, task)
+        shared = AveragePrecisionExpertise(negatives=others, means=means).attribute(organism, task)
+        assert (alone.values - shared.values).abs().max() < 1e-3, name
+        assert "means" not in shared.params and shared.params["negative_ratio"] == 4
+    assert len(means) == len({p for t in tasks.values() for p in t.prompts})  # each prompt once
+    with pytest.raises(TasklensError, match="another model"):
+        means(object(), tasks["capital_of"], "hook_post", 8)
 
 
 def test_bad_scorer_inputs(organism, capitals):

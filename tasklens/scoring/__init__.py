@@ -16,7 +16,7 @@ from tasklens.scoring.attribution import GradientAttribution
 from tasklens.scoring.base import SCORERS, Scorer
 from tasklens.scoring.cgvst import CGVST
 from tasklens.scoring.exact import ExactAblation, VerifiedPatching
-from tasklens.scoring.expertise import AveragePrecisionExpertise
+from tasklens.scoring.expertise import AveragePrecisionExpertise, PromptMeans
 from tasklens.scoring.integrated_gradients import IntegratedGradients
 from tasklens.scoring.patching import AttributionPatching
 
@@ -29,7 +29,7 @@ def scorer_parameters(name: str) -> dict[str, Any]:
     return {
         f.name: f.default if f.default is not dataclasses.MISSING else None
         for f in dataclasses.fields(cls)
-        if f.init
+        if f.init and f.metadata.get("record", True)
     }
 
 
@@ -57,6 +57,7 @@ __all__ = [
     "ExactAblation",
     "GradientAttribution",
     "IntegratedGradients",
+    "PromptMeans",
     "Scorer",
     "VerifiedPatching",
     "get_scorer",

@@ -39,9 +39,12 @@ SCORERS: Registry[type] = Registry("scorer")
 
 
 def scorer_params(scorer: Any) -> dict[str, Any]:
-    """A scorer's parameters as plain data (for provenance); tasks appear by name and hash."""
+    """A scorer's parameters as plain data (for provenance); tasks appear by name and hash;
+    fields marked ``metadata={"record": False}`` (caches) are left out."""
     fields = (
-        {f.name: getattr(scorer, f.name) for f in dc_fields(scorer)} if is_dataclass(scorer) else vars(scorer)
+        {f.name: getattr(scorer, f.name) for f in dc_fields(scorer) if f.metadata.get("record", True)}
+        if is_dataclass(scorer)
+        else vars(scorer)
     )
     return plain(fields)
 

@@ -36,6 +36,37 @@ def prompt_means(model, task: Task, unit: str, batch_size: int) -> Float[Tensor,
     return torch.cat(out)
 
 
+class PromptMeans:
+    """Mean activations per prompt (`prompt_means`), computed once for one model and shared.
+
+    The relation paper scores every relation against negatives drawn from the other
+    relations, so the same prompts recur across relations and across split halves; give
+    one `PromptMeans` to each `AveragePrecisionExpertise` of a run to compute each
+    prompt's means once. A prompt's means do not depend on the other prompts of its batch.
+    """
+
+    def __init__(self) -> None:
+        self._model_id: int | None = None
+        self._store: dict[tuple[str, str], Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __call__(self, model, task: Task, unit: str, batch_size: int) -> Float[Tensor, "prompt layer neuron"]:
+        if self._model_id not in (None, id(model)):
+            raise TasklensError("This PromptMeans holds another model's activations: make one per model")
+        self._model_id = id(model)
+        missing: dict[str, int] = {}  # prompt -> its first index in the task
+        for i, prompt in enumerate(task.prompts):
+            if (unit, prompt) not in self._store:
+                missing.setdefault(prompt, i)
+        if missing:
+            fresh = task.subset(list(missing.values()))
+            for prompt, row in zip(missing, prompt_means(model, fresh, unit, batch_size), strict=True):
+                self._store[(unit, prompt)] = row
+        return torch.stack([self._store[(unit, p)] for p in task.prompts])
+
+
 def average_precision(
     scores: Float[Tensor, "sample neuron"], labels: Bool[Tensor, " sample"], chunk: int = 65536
 ) -> Float[Tensor, " neuron"]:
@@ -75,11 +106,14 @@ class AveragePrecisionExpertise:
         negatives: tasks the negative prompts are sampled from (e.g. the other relations).
         negative_ratio: negatives per positive (4 in the paper).
         seed: sampling seed.
+        means: a `PromptMeans` shared by the scorers of one run, so each prompt's mean
+            activations are computed once (a cache: not a parameter of the method).
     """
 
     negatives: Sequence[Task] = field(default_factory=list)
     negative_ratio: int = 4
     seed: int = 0
+    means: PromptMeans | None = field(default=None, repr=False, compare=False, metadata={"record": False})
     name: ClassVar[str] = "average_precision"
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
@@ -97,8 +131,9 @@ class AveragePrecisionExpertise:
             prompts=tuple(t.prompts[i] for t, i in picked),
             answers=tuple(t.answers[i] for t, i in picked),
         )
-        pos = prompt_means(model, task, unit, batch_size)
-        neg = prompt_means(model, negative, unit, batch_size)
+        means = self.means if self.means is not None else PromptMeans()
+        pos = means(model, task, unit, batch_size)
+        neg = means(model, negative, unit, batch_size)
         scores = torch.cat([pos, neg]).flatten(1)
         labels = torch.cat([torch.ones(len(pos), dtype=torch.bool), torch.zeros(len(neg), dtype=torch.bool)])
         ap = average_precision(scores, labels).view(pos.shape[1:])
