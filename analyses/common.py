@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from tasklens.errors import TasklensError
-from tasklens.stability import held_out_effect
+from tasklens.stability import held_out_effect, split_half
 from tasklens.tasks.builtin import builtin_task_info
 from tasklens.tasks.builtin.natural import natural_tasks
 from tasklens.tasks.known import default_style, known_by, load_for_model
@@ -170,3 +170,37 @@ def held_out_effects(model, sets, data: Prepared, out, n_controls: int) -> pd.Da
         )
     )
     return effects
+
+
+def set_stability(
+    model,
+    detection: dict[str, Task],
+    scorer_for: Callable[[str], object],
+    rule: str,
+    value: float,
+    n_neurons: int,
+    out,
+    n_splits: int,
+    unit: str | None = None,
+) -> pd.DataFrame:
+    """Split-half stability of every task's set: Jaccard of the sets ``scorer_for(task)`` and
+    ``rule`` find on two disjoint halves of its detection prompts, over ``n_splits`` random
+    splits, as ``stability.csv`` and one finding (beside two random sets of the same size)."""
+    rows = []
+    for name, task in detection.items():
+        kwargs = {} if unit is None else {"unit": unit}
+        rows.append(
+            split_half(model, task, scorer_for(name), rule, value, n_splits=n_splits, **kwargs).to_dict()
+        )
+    table = out.table("stability", pd.DataFrame(rows), index=False)
+    size = table["sizes"].map(lambda s: sum(s) / len(s)).mean()
+    out.finding(
+        f"split-half stability of each set ({table.method.iloc[0]}, {rule} {value:g}, "
+        f"mean Jaccard [interval] over {n_splits} splits of the detection prompts): "
+        + ", ".join(
+            f"{r.task} {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}] ({r.n_prompts}+{r.n_prompts} prompts)"
+            for r in table.itertuples()
+        )
+        + f"; two random sets of that size: {size / (2 * n_neurons - size):.3f}"
+    )
+    return table

@@ -11,8 +11,8 @@ correctly; the top 10 % are the task's neurons (the paper's setting). Then:
 - the overlap (IoU) matrix across tasks and groups at 10/30/50/70 %, and the per-layer
   parameter similarity of the sets (with a deactivation proxy for transfer, labelled
   as such: fine-tuning transfer is `tasklens.finetune`'s job);
-- stability: split-half Jaccard of the sets as the number of prompts grows, and each
-  set's effect on the prompts it was found on against held-out ones.
+- stability: split-half Jaccard of every set, and of one task's set as the number of
+  prompts grows; each set's effect on the prompts it was found on against held-out ones.
 
     python analyses/multitask_neurons.py [--model organism|smollm2-135m] [--out runs/multitask_neurons]
 """
@@ -23,7 +23,7 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, held_out_effects, own_effect_table, prepare, task_names
+from common import describe_counts, held_out_effects, own_effect_table, prepare, set_stability, task_names
 
 from tasklens.compare import overlap, overlap_matrix, parameter_similarity, similarity_transfer_correlation
 from tasklens.matrix import evaluation_matrix
@@ -117,6 +117,11 @@ def main() -> None:
         out.figure("overlap_iou", heatmap(iou, f"IoU of the tasks' top {args.percent:g} % neurons"))
         group_overlap(out, scores, names, kind)
         similarity(model, out, sets, result)
+    with out.stage("stability"):
+        set_stability(
+            model, data.detection, lambda _: GradientAttribution(), "top_percent", args.percent,
+            info.n_neurons, out, args.stability_splits,
+        )  # fmt: skip
     with out.stage("stability curve"):
         stability(model, args, out, data)
     with out.stage("held-out effect"):

@@ -13,7 +13,7 @@ paper's 3,000 of Llama-2-7B's 835,584; 166 of SmolLM2's 46,080). Then:
   knows enough of those facts: the counts are reported, and a language is skipped
   otherwise);
 - interference: the acc_drop matrix, negative cells included;
-- stability: split-half Jaccard of each set, and its effect on the prompts it was
+- stability: split-half Jaccard of every set, and its effect on the prompts it was
   found on against held-out ones.
 
     python analyses/relation_neurons.py [--model organism|smollm2-135m] [--out runs/relation_neurons]
@@ -25,7 +25,7 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, held_out_effects, own_effect_table, prepare, task_names
+from common import describe_counts, held_out_effects, own_effect_table, prepare, set_stability, task_names
 
 from tasklens.compare import overlap, overlap_matrix
 from tasklens.experiments import cross_language, cumulativity
@@ -35,7 +35,6 @@ from tasklens.outputs import OutputDir
 from tasklens.plots import curves, heatmap
 from tasklens.scoring import AveragePrecisionExpertise, PromptMeans, VerifiedPatching
 from tasklens.selection import top_k
-from tasklens.stability import split_half
 
 #: the paper's grid (10 ... 50k of 835,584 neurons) as shares of all neurons
 PAPER_GRID = (10, 50, 200, 500, 1000, 3000, 10000, 20000)
@@ -75,7 +74,6 @@ def main() -> None:
     parser.add_argument("--controls", type=int, default=10, help="random sets (paper 10)")
     parser.add_argument("--metric", default="next_token", help="next_token = greedy exact match, one pass")
     parser.add_argument("--stability-splits", type=int, default=3)
-    parser.add_argument("--stability-relations", type=int, default=2)
     parser.add_argument("--min-language-known", type=int, default=20)
     args = parser.parse_args()
     if args.min_known > args.detection_prompts + args.eval_prompts:
@@ -210,17 +208,17 @@ def main() -> None:
 
     # stability
     with out.stage("stability"):
-        rows = []
-        for r in relations[: args.stability_relations]:
-            others = [data.detection[o] for o in relations if o != r]
-            stab = split_half(
-                model, data.detection[r], scorer(args, others, k, means), "top_k", k,
-                n_splits=args.stability_splits, unit=args.unit,
-            )  # fmt: skip
-            rows.append(stab.to_dict())
-            out.finding(f"split-half stability of {r}'s set: {stab!r}")
-        if rows:
-            out.table("stability", pd.DataFrame(rows), index=False)
+        set_stability(
+            model,
+            data.detection,
+            lambda r: scorer(args, [data.detection[o] for o in relations if o != r], k, means),
+            "top_k",
+            k,
+            info.n_neurons,
+            out,
+            args.stability_splits,
+            unit=args.unit,
+        )
     with out.stage("held-out effect"):
         held_out_effects(model, sets, data, out, n_controls=3)
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")

@@ -8,7 +8,8 @@ model's own chat template and the markers are its special tokens and role names
 Then inhibition (zero) and amplification (x2 and a stronger factor) of each task's
 set: own task vs other tasks vs random sets of the same per-layer counts, and the
 same for sets of the same size chosen by |a * dL/da| and by activation contrast;
-and the split-half stability of a CGVST set.
+the split-half stability of every CGVST set and its effect on the prompts it was
+found on against held-out ones.
 
     python analyses/task_neurons_cgvst.py [--model organism|smollm2-135m] [--out runs/task_neurons_cgvst]
 """
@@ -19,7 +20,7 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, prepare
+from common import describe_counts, held_out_effects, prepare, set_stability
 
 from tasklens.interventions import Intervention
 from tasklens.matrix import evaluation_matrix
@@ -27,7 +28,6 @@ from tasklens.models import ModelInfo, load_model
 from tasklens.outputs import OutputDir
 from tasklens.scoring import CGVST, ActivationStats, GradientAttribution
 from tasklens.selection import contrast, top_percent
-from tasklens.stability import split_half
 from tasklens.tasks.known import default_style
 
 ORGANISM_TASKS = ["capital_of", "continent_of", "element_symbol", "addition", "larger_number", "sentiment"]
@@ -144,20 +144,13 @@ def main() -> None:
             )
 
     with out.stage("stability"):
-        first = names[0]
-        stab = split_half(
-            model,
-            detection[first],
-            CGVST(n_demo=n_demo),
-            "top_percent",
-            args.percent,
-            n_splits=args.stability_splits,
-        )
-        out.table("stability", pd.DataFrame([stab.to_dict()]), index=False)
-        out.finding(
-            f"split-half stability of {first}'s CGVST set: {stab!r} "
-            f"(two random sets of that share: {args.percent / (200 - args.percent):.2f})"
-        )
+        set_stability(
+            model, detection, lambda _: CGVST(n_demo=n_demo), "top_percent", args.percent,
+            info.n_neurons, out, args.stability_splits,
+        )  # fmt: skip
+    with out.stage("held-out effect"):
+        cgvst_sets = [top_percent(methods["cgvst"][t], args.percent).renamed(t) for t in names]
+        held_out_effects(model, cgvst_sets, data, out, n_controls=2)
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
 

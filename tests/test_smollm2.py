@@ -112,7 +112,7 @@ def test_relation_analysis_reduced(tmp_path):
         "relation_neurons.py", tmp_path,
         "--relations", "continent_of", "country_language", "city_continent",
         "--asked", "40", "--min-known", "10", "--detection-prompts", "12", "--eval-prompts", "8",
-        "--controls", "2", "--other-prompts", "4", "--stability-relations", "1", "--stability-splits", "1",
+        "--controls", "2", "--other-prompts", "4", "--stability-splits", "1",
         "--percent", "0.1",
     )  # fmt: skip
     deactivation = pd.read_csv(tmp_path / "deactivation.csv")
@@ -132,6 +132,8 @@ def test_relation_analysis_reduced(tmp_path):
     timings = pd.read_csv(tmp_path / "timings.csv")
     assert {"known facts", "detection", "deactivation and interference", "cumulativity"} <= set(timings.stage)
     assert (timings.seconds > 0).all()
+    stability = pd.read_csv(tmp_path / "stability.csv")  # every set's split-half Jaccard
+    assert set(stability.task) == set(deactivation.task) and stability["mean"].between(0, 1).all()
     assert json.loads((tmp_path / "config.json").read_text())["model"] == NAME
 
 
@@ -149,6 +151,7 @@ def test_multitask_analysis_reduced(tmp_path):
     iou = pd.read_csv(tmp_path / "overlap_iou.csv", index_col=0)
     assert (iou.to_numpy().diagonal() == 1).all()
     assert pd.read_csv(tmp_path / "stability_curve.csv")["mean"].between(0, 1).all()
+    assert list(pd.read_csv(tmp_path / "stability.csv").task) == ["continent_of", "sentiment", "copy_list"]
 
 
 def test_cgvst_analysis_reduced(tmp_path):
@@ -163,3 +166,6 @@ def test_cgvst_analysis_reduced(tmp_path):
     assert set(summary.method) == {"cgvst", "gradient", "activation"}
     assert summary[["original", "own_task", "other_tasks"]].stack().between(0, 1).all()
     assert summary[summary.method == "cgvst"].random_own.notna().all()
+    assert list(pd.read_csv(tmp_path / "stability.csv").task) == ["continent_of", "sentiment"]
+    effects = pd.read_csv(tmp_path / "held_out_effect.csv")
+    assert set(effects["sample"]) == {"found_on", "held_out"} and effects.random_change.notna().all()
