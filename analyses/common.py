@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from tasklens.errors import TasklensError
@@ -73,6 +74,11 @@ def prepare(
     prompts in a split that needs them are left out (the counts table still lists them).
     ``transform`` is applied to each split before it is asked.
     """
+    if detection_prompts < 1 or eval_prompts < 1:
+        raise SystemExit(
+            "--detection-prompts and --eval-prompts must be at least 1 "
+            f"(got {detection_prompts}, {eval_prompts})"
+        )
     out = Prepared()
     rows = []
     for name in names:
@@ -98,8 +104,8 @@ def prepare(
                 task=name,
                 asked_detection=n_asked["detection"],
                 known_detection=n_known["detection"],
-                asked_evaluation=n_asked.get("evaluation", 0),
-                known_evaluation=n_known.get("evaluation", 0),
+                asked_evaluation=n_asked.get("evaluation", float("nan")),  # not asked: all prompts used
+                known_evaluation=n_known.get("evaluation", float("nan")),
                 known_total=sum(n_known.values()),
                 share_known=sum(n_known.values()) / max(sum(n_asked.values()), 1),
             )
@@ -117,7 +123,8 @@ def describe_counts(counts: pd.DataFrame, model_name: str) -> str:
     return (
         f"{model_name} knows: "
         + ", ".join(
-            f"{r.task} {r.known_total}/{r.asked_detection + r.asked_evaluation}" for r in counts.itertuples()
+            f"{r.task} {r.known_total}/{r.asked_detection + np.nan_to_num(r.asked_evaluation):.0f}"
+            for r in counts.itertuples()
         )
         + " (known/asked; asking stops once a split has enough known prompts)"
     )
@@ -146,20 +153,21 @@ def held_out_effects(model, sets, data: Prepared, out, n_controls: int) -> pd.Da
     """Each set's log-prob change on the prompts it was found on vs its task's held-out
     prompts (as many of each; random sets of the same per-layer counts beside each), as a
     table and a finding."""
-    effects = pd.concat(
-        [
+    frames = []
+    for s in sets:
+        found_on, held_out = data.detection[s.name], data.evaluation[s.name]
+        n = min(len(found_on), len(held_out))
+        frames.append(
             held_out_effect(
                 model,
                 s,
-                data.detection[s.name].sample(len(data.evaluation[s.name]), seed=5),
-                data.evaluation[s.name],
+                found_on.sample(n, seed=5),
+                held_out.sample(n, seed=5),
                 "logprob",
                 n_controls=n_controls,
             )
-            for s in sets
-        ],
-        ignore_index=True,
-    )
+        )
+    effects = pd.concat(frames, ignore_index=True)
     out.table("held_out_effect", effects, index=False)
     pivot = effects.pivot(index="set", columns="sample", values="change")
     out.finding(
@@ -186,6 +194,9 @@ def set_stability(
     """Split-half stability of every task's set: Jaccard of the sets ``scorer_for(task)`` and
     ``rule`` find on two disjoint halves of its detection prompts, over ``n_splits`` random
     splits, as ``stability.csv`` and one finding (beside two random sets of the same size)."""
+    if n_splits < 1:
+        out.finding("split-half stability: off (--stability-splits 0)")
+        return pd.DataFrame()
     rows = []
     for name, task in detection.items():
         kwargs = {} if unit is None else {"unit": unit}

@@ -47,7 +47,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/multitask_neurons")
     parser.add_argument("--tasks", nargs="*", help="default: every task (organism) or NATURAL_TASKS")
     parser.add_argument("--percent", type=float, default=10.0, help="task neurons, %% of all (paper: 10)")
-    parser.add_argument("--asked", type=int, default=300, help="prompts asked per split (known filter)")
+    parser.add_argument(
+        "--asked",
+        type=int,
+        default=300,
+        help="most prompts asked per split (known filter; stops at enough known)",
+    )
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--detection-prompts", type=int, default=64)
     parser.add_argument("--eval-prompts", type=int, default=40)

@@ -54,7 +54,11 @@ def main() -> None:
     parser.add_argument(
         "--percent", type=float, default=0.36, help="neurons per relation, %% of all (paper 0.36)"
     )
-    parser.add_argument("--relations", nargs="*", help="default: the known relations with the most facts")
+    parser.add_argument(
+        "--relations",
+        nargs="*",
+        help="default: those with the most known facts (up to what the run uses), then the best-known share",
+    )
     parser.add_argument("--max-relations", type=int, default=6)
     parser.add_argument(
         "--min-known", type=int, default=100, help="known facts a relation needs (detection + evaluation)"
@@ -66,7 +70,12 @@ def main() -> None:
         choices=["average_precision", "verified_patching"],
         help="average_precision (the paper's detector) or verified_patching (causal, AtP + exact check)",
     )
-    parser.add_argument("--asked", type=int, default=300, help="prompts asked per split (known filter)")
+    parser.add_argument(
+        "--asked",
+        type=int,
+        default=300,
+        help="most prompts asked per split (known filter; stops at enough known)",
+    )
     parser.add_argument("--shots", type=int, default=1, help="demonstrations per natural prompt")
     parser.add_argument("--detection-prompts", type=int, default=100)
     parser.add_argument("--eval-prompts", type=int, default=40, help="held-out known facts (paper 50)")

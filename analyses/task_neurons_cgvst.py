@@ -42,7 +42,12 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*")
     parser.add_argument("--percent", type=float, default=5.0, help="global top %% (paper: 5)")
     parser.add_argument("--factors", type=float, nargs="*", default=[2.0, 5.0], help="amplification factors")
-    parser.add_argument("--asked", type=int, default=300, help="prompts asked per split (known filter)")
+    parser.add_argument(
+        "--asked",
+        type=int,
+        default=300,
+        help="most prompts asked per split (known filter; stops at enough known)",
+    )
     parser.add_argument("--shots", type=int, default=1, help="demonstration turns per chat prompt")
     parser.add_argument("--n-demo", type=int, help="marker positions of the demonstrations (CGVST's split)")
     parser.add_argument("--detection-prompts", type=int, default=32)

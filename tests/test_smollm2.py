@@ -131,7 +131,7 @@ def test_relation_analysis_reduced(tmp_path):
     assert (known.known_detection <= known.asked_detection).all()
     timings = pd.read_csv(tmp_path / "timings.csv")
     assert {"known facts", "detection", "deactivation and interference", "cumulativity"} <= set(timings.stage)
-    assert (timings.seconds > 0).all()
+    assert (timings.seconds >= 0).all() and timings.seconds.sum() > 0
     stability = pd.read_csv(tmp_path / "stability.csv")  # every set's split-half Jaccard
     assert set(stability.task) == set(deactivation.task) and stability["mean"].between(0, 1).all()
     assert json.loads((tmp_path / "config.json").read_text())["model"] == NAME

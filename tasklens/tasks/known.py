@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.evaluate import evaluate_prompts
 from tasklens.models import ModelInfo
 from tasklens.tasks.task import Task, check_task
@@ -26,8 +27,9 @@ def known_by(model, task: Task, batch_size: int = 32, need: int | None = None, s
     ``need`` known ones are found (or the task runs out): a random sample of the known
     prompts, at the cost of asking only about ``need / share known`` of them.
 
-    The kept task records ``known_by`` (model name), ``n_known`` and ``n_asked`` (prompts
-    actually asked) in its meta.
+    The kept task records ``known_by`` (model name), ``n_known`` and ``n_asked`` in its
+    meta; with ``need``, ``n_asked`` counts the prompts up to the ``need``-th known one, so
+    ``n_known / n_asked`` estimates the share known.
     """
     task = check_task(task)
     if need is not None and need < 1:
@@ -38,12 +40,17 @@ def known_by(model, task: Task, batch_size: int = 32, need: int | None = None, s
     keep: list[int] = []
     asked = 0
     step = len(order) if need is None else batch_size
-    while asked < len(order) and (need is None or len(keep) < need):
-        chunk = order[asked : asked + step]
-        correct = evaluate_prompts(model, task.subset(chunk), "next_token", batch_size) > 0.5
-        keep += [i for i, ok in zip(chunk, correct.tolist(), strict=True) if ok]
-        asked += len(chunk)
-    keep = sorted(keep[:need])
+    with warnings.catch_warnings():
+        while asked < len(order) and (need is None or len(keep) < need):
+            chunk = order[asked : asked + step]
+            correct = evaluate_prompts(model, task.subset(chunk), "next_token", batch_size) > 0.5
+            for i, ok in zip(chunk, correct.tolist(), strict=True):
+                asked += 1
+                keep += [i] if ok else []
+                if need is not None and len(keep) == need:
+                    break  # the prompts after the need-th known one count as not asked
+            warnings.simplefilter("ignore", TasklensWarning)  # a task's warnings once, not per batch
+    keep = sorted(keep)
     name = ModelInfo.of(model).name
     meta = {**task.meta, "known_by": name, "n_known": len(keep), "n_asked": asked}
     if not keep:
