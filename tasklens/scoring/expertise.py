@@ -42,7 +42,9 @@ class PromptMeans:
     The relation paper scores every relation against negatives drawn from the other
     relations, so the same prompts recur across relations and across split halves; give
     one `PromptMeans` to each `AveragePrecisionExpertise` of a run to compute each
-    prompt's means once. A prompt's means do not depend on the other prompts of its batch.
+    prompt's means once (a prompt's means do not depend on the other prompts of its
+    batch, up to float rounding). It knows the model by identity only: make a new one
+    after changing the weights, or around hooks that change activations.
     """
 
     def __init__(self) -> None:
