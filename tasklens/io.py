@@ -7,20 +7,46 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tasklens.errors import TasklensError
+
+
+def check_replaceable(path: str | Path, owned: Callable[[Path], bool], what: str) -> Path:
+    """``path`` resolved, if tasklens may replace it: missing, an empty folder, or a folder for
+    which ``owned`` says tasklens wrote it. Anything else (a file, the user's own folder, the
+    working folder) raises a `TasklensError` naming ``what`` the folder was meant to hold."""
+    path = Path(path).expanduser().absolute()
+    if not path.exists() and not path.is_symlink():
+        return path
+    if path.is_symlink() or not path.is_dir():
+        raise TasklensError(
+            f"{str(path)!r} exists and is not a folder; choose a new or empty folder for the {what}"
+        )
+    if path == Path.cwd() or path in Path.cwd().parents:
+        raise TasklensError(
+            f"{str(path)!r} is the working folder (or holds it); choose a new or empty folder for the {what}"
+        )
+    if any(path.iterdir()) and not owned(path):
+        raise TasklensError(
+            f"{str(path)!r} already holds files that are not a {what} tasklens wrote; tasklens "
+            "replaces the folder it writes, so choose a new or empty folder"
+        )
+    return path
+
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, owned: Callable[[Path], bool], what: str) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path``.
 
-    On an exception (or interruption) the temporary folder is removed and any
-    existing ``path`` is left as it was.
+    ``path`` is checked first with `check_replaceable` (so only a missing or empty folder, or
+    one that ``owned`` recognises as tasklens's, is ever replaced). On an exception (or
+    interruption) the temporary folder is removed and any existing ``path`` is left as it was.
     """
-    path = Path(path)
+    path = check_replaceable(path, owned, what)
     if not _writes():
         with tempfile.TemporaryDirectory() as scratch:
             yield Path(scratch)
@@ -30,10 +56,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _default_permissions(tmp)
+        check_replaceable(path, owned, what)  # it may have changed while the content was made
         old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old{os.getpid()}")
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

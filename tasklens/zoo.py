@@ -159,7 +159,7 @@ def download(name: str, progress=print) -> Path:
                 "or not the pinned release: delete it and download again"
             )
         progress("dequantizing to a Hugging Face folder (float32 safetensors)")
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, lambda p: (p / MARKER).is_file(), "downloaded model") as tmp:
             _convert(gguf, tmp)
             record = {
                 "name": source.name,

@@ -87,14 +87,22 @@ def build_tiny(folder, arch: str, n_layers: int = 2, seed: int = 0):
     return folder
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("reliability") is not None:
+            item.user_properties.append(("reliability", True))
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Print how many reliability cases (tests/test_reliability.py) were replayed."""
+    """Print how many reliability cases (tests marked ``reliability``, beside the tests of the
+    module each exercises) were replayed."""
     outcomes = {}
     for key in ("passed", "failed", "error", "skipped"):
         for report in terminalreporter.stats.get(key, []):
-            if "test_reliability.py" in report.nodeid and report.when in ("call", "setup"):
-                if key != "passed" or report.when == "call":
-                    outcomes[key] = outcomes.get(key, 0) + 1
+            if ("reliability", True) not in getattr(report, "user_properties", ()):
+                continue
+            if report.when == "call" or (key != "passed" and report.when == "setup"):
+                outcomes[key] = outcomes.get(key, 0) + 1
     if outcomes:
         total = sum(outcomes.values())
         parts = ", ".join(f"{n} {k}" for k, n in outcomes.items())

@@ -33,6 +33,8 @@ from tasklens.selection import per_layer_top_k, top_k, top_percent
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import load_builtin
 
+pytestmark = pytest.mark.reliability
+
 GRID = (4, 512)
 
 

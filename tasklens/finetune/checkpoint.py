@@ -47,7 +47,7 @@ def write_checkpoint(
         **meta,
         "files": {name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()},
     }
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, has_checkpoint, "fine-tuning checkpoint") as tmp:
         for name, blob in data.items():
             (tmp / name).write_bytes(blob)
         (tmp / META).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n", encoding="utf-8")

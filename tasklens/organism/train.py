@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tasklens.errors import TasklensError
+from tasklens import io
 from tasklens.io import atomic_dir
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import encode
@@ -113,16 +114,7 @@ def check_replaceable(out_dir: str | Path) -> None:
 
     Anything else is refused before training starts, so nothing the user keeps there is deleted.
     """
-    folder = Path(out_dir)
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise TasklensError(f"--out {str(folder)!r} is a file; choose a new or empty folder")
-    if any(folder.iterdir()) and not is_organism_checkpoint(folder):
-        raise TasklensError(
-            f"--out {str(folder)!r} already holds files that are not an organism checkpoint; tasklens "
-            "replaces the folder it trains into, so choose a new or empty folder"
-        )
+    io.check_replaceable(out_dir, is_organism_checkpoint, "organism checkpoint")
 
 
 def train_organism(
@@ -230,7 +222,7 @@ def train_organism(
         "loss_last_50": sum(losses[-50:]) / len(losses[-50:]),
         "tasks": {task.name: len(task) for task in tasks},
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, is_organism_checkpoint, "organism checkpoint") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=2))
