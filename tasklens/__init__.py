@@ -15,7 +15,7 @@ The main entry points, re-exported here:
 __version__ = "0.2.0"
 
 from tasklens.errors import TasklensError, TasklensWarning
-from tasklens.evaluate import accuracy, evaluate, exact_match
+from tasklens.evaluate import accuracy, evaluate, exact_match, greedy_match
 from tasklens.interventions import INTERVENTIONS, Intervention, ablate, amplify, clamp
 from tasklens.matrix import EvaluationResult, evaluation_matrix
 from tasklens.metrics import METRICS
@@ -34,7 +34,7 @@ def list_scorers() -> list[str]:
 
 
 def list_metrics() -> list[str]:
-    """Names of the registered metrics (`tasklens.metrics`; ``exact_match`` decodes greedily)."""
+    """Names of the registered metrics (`tasklens.metrics`; ``greedy_match`` decodes greedily)."""
     return METRICS.names()
 
 
@@ -88,6 +88,7 @@ __all__ = [
     "evaluation_matrix",
     "exact_match",
     "get_scorer",
+    "greedy_match",
     "list_interventions",
     "list_metrics",
     "list_scorers",

@@ -1,4 +1,4 @@
-"""Evaluating a model on a task: batched greedy decoding and exact match.
+"""Evaluating a model on a task: exact match in one pass, and batched greedy decoding.
 
 Greedy decoding advances every prompt of a batch together with the key-value
 cache (prompts left-padded, positions derived from the attention mask by the
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tasklens import distributed
@@ -104,20 +104,41 @@ def normalize(text: str) -> str:
     return text.strip().lower()
 
 
-def exact_match(model, task: Task, batch_size: int = 64) -> Tensor:
-    """Greedy exact match per prompt.
+def exact_match(model, task: Task, batch_size: int = 64) -> Bool[Tensor, " prompt"]:
+    """Greedy exact match per prompt, token-exact, in one teacher-forced forward pass.
 
-    For each prompt, generate as many tokens as its answer has, decode them, and
-    compare with the answer after stripping and lower-casing (prefix match of the
-    first k generated tokens, as in the papers).
+    Greedy decoding produces exactly the answer's tokens if and only if every answer token
+    is the argmax given the prompt and the answer tokens before it, so one forward pass over
+    prompt + answer decides it (`tasklens.metrics.next_token_correct`), with no generation.
+    `greedy_match` decodes instead and compares normalised text (it also forgives case).
+
+    Returns:
+        ``[n_prompts]`` bool tensor.
+
+    Example:
+        >>> from tasklens import load_builtin, load_model
+        >>> model = load_model("organism")
+        >>> exact_match(model, load_builtin("continent_of", "evaluation").head(8)).tolist()
+        [True, True, True, True, True, True, True, True]
+    """
+    return evaluate_prompts(model, task, "exact_match", batch_size) > 0.5
+
+
+def greedy_match(model, task: Task, batch_size: int = 64) -> Bool[Tensor, " prompt"]:
+    """Greedy decoding per prompt, compared as text with the answer.
+
+    For each prompt, generate as many tokens as its answer has, decode them, and compare
+    with the answer after stripping and lower-casing (prefix match of the first k generated
+    tokens, as in the papers). Slower than `exact_match` (a forward per generated token) and
+    forgiving of case; use it where the decoded text matters.
 
     Returns:
         ``[n_prompts]`` bool tensor (under torchrun, each rank generates for its share).
     """
-    return distributed.per_prompt(lambda part: _exact_match(model, part, batch_size), task)
+    return distributed.per_prompt(lambda part: _greedy_match(model, part, batch_size), task)
 
 
-def _exact_match(model, task: Task, batch_size: int) -> Tensor:
+def _greedy_match(model, task: Task, batch_size: int) -> Tensor:
     tok = TokenizedTask.for_model(task, model)
     correct = torch.zeros(len(tok), dtype=torch.bool)
     # group prompts by answer length so each batch generates only what it needs
@@ -132,20 +153,20 @@ def _exact_match(model, task: Task, batch_size: int) -> Tensor:
     return correct
 
 
-exact_match.generative = True  # read off generated text: `evaluate` calls it with the model
+greedy_match.generative = True  # read off generated text: `evaluate` calls it with the model
 
 
 def accuracy(model, task: Task, batch_size: int = 64) -> float:
-    """Fraction of prompts answered exactly (greedy exact match)."""
+    """Fraction of prompts answered exactly (greedy, token-exact: see `exact_match`)."""
     return float(exact_match(model, task, batch_size).float().mean())
 
 
 def evaluate_prompts(
     model, task: Task, metric: str | Callable = "exact_match", batch_size: int = 64
 ) -> Float[Tensor, " prompt"]:
-    """``metric`` per prompt: greedy ``exact_match`` (default) or a teacher-forced metric
-    registered in `tasklens.metrics.METRICS` (``logprob``, ``next_token``...), by name or
-    as a function."""
+    """``metric`` per prompt: ``exact_match`` (default; greedy and token-exact, one pass), a
+    teacher-forced metric registered in `tasklens.metrics.METRICS` (``logprob``...) or
+    ``greedy_match`` (decoded text), by name or as a function."""
     fn = metric if callable(metric) else METRICS.get(metric)
     if is_generative(fn):
         return fn(model, task, batch_size).float()
@@ -166,4 +187,4 @@ def evaluate(model, task: Task, metric: str | Callable = "exact_match", batch_si
     return float(evaluate_prompts(model, task, metric, batch_size).mean())
 
 
-METRICS.register("exact_match", exact_match)
+METRICS.register("greedy_match", greedy_match)

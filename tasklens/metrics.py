@@ -90,12 +90,13 @@ for _name, _fn in {
     "prob": first_token_prob,
     "logit_diff": logit_diff,
     "next_token": next_token_correct,
+    "exact_match": next_token_correct,
 }.items():
     METRICS.register(_name, _fn)
 
 
 def is_generative(metric) -> bool:
-    """Whether a metric is read off generated text (``exact_match``) rather than one forward pass."""
+    """Whether a metric is read off generated text (``greedy_match``) rather than one forward pass."""
     return bool(getattr(metric, "generative", False))
 
 
@@ -106,6 +107,6 @@ def get_metric(name) -> Metric:
     if is_generative(metric):
         raise TasklensError(
             f"Metric {name!r} is read off generated text and has no gradient; gradient and patching "
-            "scorers need a teacher-forced metric such as 'logprob', 'loss' or 'next_token'"
+            "scorers need a continuous teacher-forced metric such as 'logprob', 'loss' or 'logit_diff'"
         )
     return metric

@@ -470,7 +470,7 @@ def test_evaluation_results_are_typed_round_trip_and_merge(organism):
 
 def test_a_generative_metric_cannot_be_differentiated():
     with pytest.raises(TasklensError, match="read off generated text"):
-        AttributionPatching(metric="exact_match")
+        AttributionPatching(metric="greedy_match")
 
 
 def test_registries_name_what_they_know_and_refuse_duplicates():

@@ -4,8 +4,8 @@ A prompt is known when greedy decoding reproduces its answer. Greedy decoding
 produces exactly the answer's tokens if and only if each answer token is the
 argmax given the prompt and the answer tokens before it, so one teacher-forced
 forward pass decides it for a whole batch (`tasklens.metrics.next_token_correct`),
-with no generation. (This is token-exact; `tasklens.evaluate.exact_match`
-additionally forgives case and surrounding spaces of the decoded text.)
+with no generation (`tasklens.evaluate.exact_match` is the same check;
+`tasklens.evaluate.greedy_match` decodes and also forgives case and surrounding spaces).
 """
 
 from __future__ import annotations
