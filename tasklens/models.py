@@ -280,9 +280,13 @@ def load_model(
     except Exception as error:  # corrupt weights or configs surface as many types
         if not is_local:
             raise
+        fix = (
+            f"run `tasklens models download {zoo.source_of(spec).command_name} --force`"
+            if zoo.is_known(spec)
+            else "re-create it with save_pretrained, or use spec='organism'"
+        )
         raise TasklensError(
-            f"The model folder {source!r} is corrupt or incomplete ({type(error).__name__}: "
-            f"{error}); re-create it with save_pretrained, or use spec='organism'"
+            f"The model folder {source!r} is corrupt or incomplete ({type(error).__name__}: {error}); {fix}"
         ) from error
     model.eval()
     model.cfg.model_name = spec

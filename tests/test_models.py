@@ -67,3 +67,19 @@ def test_missing_and_corrupt_folders(tmp_path):
     (broken_config / "config.json").write_text("{ not json")
     with pytest.raises(TasklensError, match="not valid JSON"):
         load_model(str(broken_config))
+
+
+@pytest.mark.reliability
+def test_a_corrupt_downloaded_model_names_the_command_that_repairs_it(tmp_path, monkeypatch):
+    """A folder downloaded before sizes were recorded: loading fails with the repair command."""
+    from tasklens import zoo
+
+    monkeypatch.setenv("TASKLENS_HOME", str(tmp_path))
+    folder = tmp_path / "models" / "smollm2-135m"
+    shutil.copytree(ORGANISM_DIR, folder)
+    (folder / zoo.MARKER).write_text('{"name": "smollm2-135m"}')
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    repair = r"corrupt or incomplete.*run `tasklens models download smollm2 --force`$"
+    with pytest.raises(TasklensError, match=repair):
+        load_model("smollm2-135m")
