@@ -18,21 +18,20 @@ from tasklens.errors import TasklensError
 def check_replaceable(path: str | Path, owned: Callable[[Path], bool], what: str) -> Path:
     """``path`` resolved, if tasklens may replace it: missing, an empty folder, or a folder for
     which ``owned`` says tasklens wrote it. Anything else (a file, the user's own folder, the
-    working folder) raises a `TasklensError` naming ``what`` the folder was meant to hold."""
+    working folder) raises a `TasklensError` naming ``what`` the folder was meant to hold (with its article:
+    ``"an organism checkpoint"``)."""
     path = Path(path).expanduser().absolute()
     if not path.exists() and not path.is_symlink():
         return path
     if path.is_symlink() or not path.is_dir():
-        raise TasklensError(
-            f"{str(path)!r} exists and is not a folder; choose a new or empty folder for the {what}"
-        )
+        raise TasklensError(f"{str(path)!r} is a file, not a folder; choose a new or empty folder for {what}")
     if path == Path.cwd() or path in Path.cwd().parents:
         raise TasklensError(
-            f"{str(path)!r} is the working folder (or holds it); choose a new or empty folder for the {what}"
+            f"{str(path)!r} is the working folder (or holds it); choose a new or empty folder for {what}"
         )
     if any(path.iterdir()) and not owned(path):
         raise TasklensError(
-            f"{str(path)!r} already holds files that are not a {what} tasklens wrote; tasklens "
+            f"{str(path)!r} already holds files and is not {what} written by tasklens; tasklens "
             "replaces the folder it writes, so choose a new or empty folder"
         )
     return path

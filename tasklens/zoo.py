@@ -303,7 +303,7 @@ def _disk_full_error(source: ModelSource, where: str) -> TasklensError:
 
 def _check_target(source: ModelSource, target: Path) -> None:
     try:
-        check_replaceable(target, _owned, "downloaded model")
+        check_replaceable(target, _owned, "a downloaded model")
     except TasklensError as error:
         raise TasklensError(
             f"{str(target)!r} is where tasklens keeps {source.name}, but it holds something tasklens "

@@ -114,7 +114,7 @@ def check_replaceable(out_dir: str | Path) -> None:
 
     Anything else is refused before training starts, so nothing the user keeps there is deleted.
     """
-    io.check_replaceable(out_dir, is_organism_checkpoint, "organism checkpoint")
+    io.check_replaceable(out_dir, is_organism_checkpoint, "an organism checkpoint")
 
 
 def train_organism(
@@ -222,7 +222,7 @@ def train_organism(
         "loss_last_50": sum(losses[-50:]) / len(losses[-50:]),
         "tasks": {task.name: len(task) for task in tasks},
     }
-    with atomic_dir(out_dir, is_organism_checkpoint, "organism checkpoint") as tmp:
+    with atomic_dir(out_dir, is_organism_checkpoint, "an organism checkpoint") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=2))
