@@ -31,7 +31,7 @@ from torch import Tensor
 
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.neurons import NeuronSet
+from tasklens.neurons import NeuronSet, check_shape
 from tasklens.provenance import plain
 from tasklens.registry import Registry
 from tasklens.tasks.task import Task
@@ -146,6 +146,19 @@ class Intervention:
             fields_["positions"] = tuple(fields_["positions"])
         return cls(**fields_, neurons=neurons)
 
+    def check(self, model) -> Intervention:
+        """Refuse, before any forward pass, what cannot be applied to ``model``: an empty set, a
+        set of another grid or found on another model, a ``mean`` of another shape or with NaN."""
+        info = ModelInfo.of(model)
+        info.check_unit(self.unit)
+        if self.neurons is not None:
+            if len(self.neurons) == 0:
+                raise TasklensError(f"Neuron set {self.neurons.name!r} is empty; select at least one neuron")
+            self.neurons.check_model(model)
+        if self.kind == "mean" and self.mean is not None:
+            check_mean(self.mean, info.shape)
+        return self
+
     @contextmanager
     def apply(self, model) -> Iterator[Intervention]:
         """Apply to ``model`` inside a ``with`` block; hooks are removed on exit, even on error."""
@@ -153,11 +166,7 @@ class Intervention:
             raise TasklensError(
                 f"This {self.label} has no neurons; give neurons=, or use .on(neurons) to apply it to a set"
             )
-        info = ModelInfo.of(model)
-        info.check_unit(self.unit)
-        self.neurons.check_fits(info.shape)
-        if len(self.neurons) == 0:
-            raise TasklensError(f"Neuron set {self.neurons.name!r} is empty; select at least one neuron")
+        self.check(model)
         edit = INTERVENTIONS.get(self.kind)(model, self)
         with edit_neurons(model, self.neurons, edit, self.unit, self.positions):
             yield self
@@ -204,6 +213,23 @@ def _positions(positions: Sequence[int], length: int) -> Tensor:
     return torch.tensor(list(positions))
 
 
+def check_mean(mean: Any, shape: tuple[int, int]) -> Tensor:
+    """``mean`` if it is a finite tensor of the model's neuron grid ``shape``."""
+    if not isinstance(mean, Tensor):
+        raise TasklensError(
+            f"mean must be a torch tensor of shape {tuple(shape)} (n_layers, d_mlp), got "
+            f"{type(mean).__name__}; convert it with torch.as_tensor"
+        )
+    check_shape(mean, shape, "The mean for mean ablation")
+    bad = ~torch.isfinite(mean)
+    if bad.any():
+        raise TasklensError(
+            f"The mean for mean ablation holds NaN or inf at {int(bad.sum())} neurons (first: layer, "
+            f"neuron {tuple(bad.nonzero()[0].tolist())}); recompute it (or give source= to compute it)"
+        )
+    return mean
+
+
 # --- the built-in kinds ---------------------------------------------------------------
 @INTERVENTIONS.register("zero")
 def _zero(model, intervention: Intervention) -> Edit:
@@ -232,7 +258,7 @@ def _mean(model, intervention: Intervention) -> Edit:
             "Mean ablation needs source= (the Task whose mean activation is used) or mean= "
             "(a [n_layers, d_mlp] tensor)"
         )
-    mean = mean.detach()
+    mean = check_mean(mean, ModelInfo.of(model).shape).detach()
     return lambda layer, idx, current: mean[layer, idx].to(current.device, current.dtype).expand_as(current)
 
 

@@ -312,9 +312,11 @@ def evaluation_matrix(
             ``n_controls x (tasks - 1)`` evaluations per set on a large model.
     """
     spec = intervention if isinstance(intervention, Intervention) else Intervention(intervention)
-    spec = spec.prepared(model)
     METRICS.get(metric)
-    tasks = [check_task(t) for t in tasks]
+    sets = [sets] if isinstance(sets, NeuronSet) else list(sets)
+    tasks = [check_task(t) for t in ([tasks] if isinstance(tasks, Task) else tasks)]
+    if not tasks:
+        raise TasklensError("evaluation_matrix got no tasks; give at least one Task to evaluate the sets on")
     if not isinstance(n_controls, int) or isinstance(n_controls, bool) or n_controls < 0:
         raise TasklensError(f"n_controls must be a whole number >= 0, got {n_controls!r}")
     for what, names in (("sets", [s.name for s in sets]), ("tasks", [t.name for t in tasks])):
@@ -322,6 +324,9 @@ def evaluation_matrix(
             raise TasklensError(f"The {what} need distinct names, got {names}")
 
     check_choice("controls_on", controls_on, ("all", "own"))
+    spec = spec.prepared(model)
+    for neurons in sets:
+        spec.on(neurons).check(model)
 
     def measure(only: str | None = None) -> dict[str, float]:
         return {

@@ -32,6 +32,8 @@ from tasklens.provenance import plain, tensor_hash
 
 #: how a score combines over prompts, for `NeuronScores.__add__`
 REDUCTIONS = ("sum", "mean", "none")
+#: a set's meta key: the fingerprint of the model it was loaded for with ``allow_other_model=True``
+ALLOWED_ON = "allowed_on_model_fingerprint"
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -95,8 +97,15 @@ def check_shape(tensor: Tensor, shape: tuple[int, int], what: str) -> None:
         )
 
 
-def _check_model(meta: dict[str, Any], model, what: str, allow_other_model: bool) -> None:
-    """Compare an artifact's recorded model with ``model``; raise unless allowed."""
+def _check_model(
+    meta: dict[str, Any],
+    model,
+    what: str,
+    allow_other_model: bool,
+    anyway: str = "pass allow_other_model=True to use it anyway",
+) -> bool:
+    """Compare an artifact's recorded model with ``model``: True when it is the same, False
+    (with a warning) when another model is allowed; otherwise an error ending in ``anyway``."""
     from tasklens.models import ModelInfo
     from tasklens.provenance import model_fingerprint
 
@@ -107,14 +116,15 @@ def _check_model(meta: dict[str, Any], model, what: str, allow_other_model: bool
     else:  # files written before fingerprints: compare the model specs
         same = name in (None, "", info.name)
     if same:
-        return
+        return True
     message = (
         f"{what} was made on model {name!r} but is being used with {info.name!r}, a model with other "
-        "weights; recompute it on this model, or pass allow_other_model=True to use it anyway"
+        f"weights; recompute it on this model, or {anyway}"
     )
     if not allow_other_model:
         raise TasklensError(message)
     warnings.warn(message, TasklensWarning, stacklevel=3)
+    return False
 
 
 def _load_checked(
@@ -133,7 +143,12 @@ def _load_checked(
     if shape is not None:
         check_shape(values, shape, what)
     if model is not None:
-        _check_model(meta.get("meta", meta) if kind == "NeuronSet" else meta, model, what, allow_other_model)
+        recorded = meta.get("meta", meta) if kind == "NeuronSet" else meta
+        if not _check_model(recorded, model, what, allow_other_model) and kind == "NeuronSet":
+            from tasklens.provenance import model_fingerprint
+
+            # interventions accept the set on this model, as its loader allowed
+            meta.setdefault("meta", {})[ALLOWED_ON] = model_fingerprint(model)
     return values, meta
 
 
@@ -444,6 +459,22 @@ class NeuronSet(_Artifact):
 
     def check_fits(self, shape: tuple[int, int]) -> NeuronSet:
         check_shape(self.mask, shape, f"Neuron set {self.name!r}")
+        return self
+
+    def check_model(self, model) -> NeuronSet:
+        """Refuse ``model`` unless it has the set's grid and is the model the set was found on
+        (as its ``meta`` records; a set without that record fits any model of its grid)."""
+        from tasklens.models import ModelInfo
+        from tasklens.provenance import model_fingerprint
+
+        self.check_fits(ModelInfo.of(model).shape)
+        if ALLOWED_ON in self.meta and self.meta[ALLOWED_ON] == model_fingerprint(model):
+            return self
+        anyway = (
+            "to use it anyway, load it with allow_other_model=True or drop its provenance: "
+            "NeuronSet(neurons.mask, neurons.name)"
+        )
+        _check_model(self.meta, model, f"Neuron set {self.name!r}", False, anyway)
         return self
 
     def summary(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ ordering, `tasklens.neurons.ranking` (ties broken by neuron index).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -36,10 +37,20 @@ def _from_flat(scores: NeuronScores, idx: torch.Tensor, rule: dict) -> NeuronSet
     return NeuronSet(mask.view_as(scores.values), name=scores.task, meta=meta)
 
 
+def finite_number(value: object, what: str) -> float | int:
+    """``value`` as a Python int or float if it is a finite real number (NumPy numbers too);
+    True / False and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TasklensError(
+            f"{what} must be a finite number (e.g. 1.0), got {value!r} ({type(value).__name__})"
+        )
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
 def whole_number(value: object, what: str) -> int:
     """``value`` as an int, refusing fractions (``2.0`` is 2; ``2.7`` is an error)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TasklensError(f"{what} must be a whole number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TasklensError(f"{what} must be a whole number, got {value!r} ({type(value).__name__})")
     if value != int(value):
         raise TasklensError(f"{what} must be a whole number, got {value}; round it yourself")
     return int(value)
@@ -58,6 +69,7 @@ def top_k(scores: NeuronScores, k: int | float) -> NeuronSet:
 @SELECTIONS.register("top_percent")
 def top_percent(scores: NeuronScores, percent: int | float) -> NeuronSet:
     """The top ``percent`` % of all neurons (at least one)."""
+    percent = finite_number(percent, "percent")
     if not 0 < percent <= 100:
         raise TasklensError(f"percent must be in (0, 100], got {percent}")
     k = max(1, round(scores.values.numel() * percent / 100))
@@ -82,8 +94,7 @@ def per_layer_top_k(scores: NeuronScores, k: int | float) -> NeuronSet:
 @SELECTIONS.register("threshold")
 def threshold(scores: NeuronScores, value: int | float) -> NeuronSet:
     """Every neuron whose score is at least ``value``."""
-    if not math.isfinite(value):
-        raise TasklensError(f"threshold must be a finite number, got {value}")
+    value = finite_number(value, "threshold")
     scores.ranking()  # refuses NaN
     idx = (scores.values.flatten() >= value).nonzero().flatten()
     return _from_flat(scores, idx, {"rule": "threshold", "value": value})
@@ -92,6 +103,7 @@ def threshold(scores: NeuronScores, value: int | float) -> NeuronSet:
 @SELECTIONS.register("fraction_of_max")
 def fraction_of_max(scores: NeuronScores, fraction: int | float) -> NeuronSet:
     """Every neuron scoring at least ``fraction`` x the maximum score (knowledge-neuron rule)."""
+    fraction = finite_number(fraction, "fraction")
     if not 0 < fraction <= 1:
         raise TasklensError(f"fraction must be in (0, 1], got {fraction}")
     selected = threshold(scores, fraction * float(scores.values.max()))

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import tasklens.models
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.evaluate import greedy_generate
 from tasklens.interventions import ablate, amplify
-from tasklens.neurons import NeuronSet
+from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.tasks import Task
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -135,3 +135,42 @@ def test_mean_resample_and_position_ablation(organism):
     with pytest.raises(TasklensError, match="needs source"):
         with ablate(organism, neurons, mode="resample"):
             pass
+
+
+@pytest.mark.reliability
+def test_a_mean_of_another_shape_or_with_nan_is_refused(organism):
+    neurons = NeuronSet.from_pairs([(1, 3)], (4, 512), "s")
+    nan = torch.zeros(4, 512)
+    nan[2, 7] = float("nan")
+    for mean, message in [
+        (torch.zeros(12, 3072), r"mean for mean ablation has shape \(12, 3072\) but the model's neuron grid"),
+        (nan, r"NaN or inf at 1 neurons \(first: layer, neuron \(2, 7\)\)"),
+    ]:
+        with pytest.raises(TasklensError, match=message):
+            with ablate(organism, neurons, mode="mean", mean=mean):
+                pass
+
+
+@pytest.mark.reliability
+def test_a_set_found_on_another_model_is_refused_in_memory(organism, tmp_path):
+    from tasklens.provenance import model_fingerprint
+    from tasklens.selection import top_k
+
+    def found_on(fingerprint: str) -> NeuronSet:
+        values = torch.arange(4 * 512, dtype=torch.float32).view(4, 512)
+        scores = NeuronScores(values, model="organism", task="t", method="m", model_fingerprint=fingerprint)
+        return top_k(scores, 3)
+
+    elsewhere = found_on("0123456789abcdef")
+    with pytest.raises(TasklensError, match="other weights; recompute it on this model, or to use it anyway"):
+        with ablate(organism, elsewhere):
+            pass
+    with ablate(organism, found_on(model_fingerprint(organism))):  # found on this model
+        assert torch.all(post(organism, 3)[..., -3:] == 0)
+    with ablate(organism, NeuronSet(elsewhere.mask, elsewhere.name)):  # provenance dropped: the user's call
+        assert torch.all(post(organism, 3)[..., -3:] == 0)
+    elsewhere.save(tmp_path / "s")
+    with pytest.warns(TasklensWarning, match="other weights"):
+        allowed = NeuronSet.load(tmp_path / "s", model=organism, allow_other_model=True)
+    with ablate(organism, allowed):  # loaded for this model with allow_other_model=True
+        assert torch.all(post(organism, 3)[..., -3:] == 0)

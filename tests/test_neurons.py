@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,3 +61,20 @@ def test_save_load_round_trip_and_shape_check(tmp_path):
 def test_nan_scores_name_the_layer():
     with pytest.raises(TasklensError, match=r"layer\(s\) \[1\]"):
         scores([[0.0, 1.0], [float("nan"), 0.0]])
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("rule", "value"),
+    [
+        (top_percent, True),
+        (top_percent, float("nan")),
+        (threshold, False),
+        (fraction_of_max, True),
+    ],
+)
+def test_selection_rules_refuse_bools_and_non_finite_values(rule, value):
+    s = scores([[0.1, 0.9, 0.3], [0.8, 0.2, 0.5]])
+    with pytest.raises(TasklensError, match=f"must be a finite number.*got {value!r}"):
+        rule(s, value)
+    assert top_percent(s, np.float64(50.0)).pairs() == top_percent(s, 50).pairs()  # numpy numbers still do

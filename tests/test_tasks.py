@@ -138,3 +138,64 @@ def test_parts_of_one_task_add_up_and_other_tasks_do_not():
     assert len(both.corrupted_prompts) == len(both)
     with pytest.raises(TasklensError, match="Only parts of one task"):
         detection + load_builtin("continent_of", "detection")
+
+
+@pytest.mark.reliability
+def test_task_files_are_read_as_written_not_as_inferred_types(tmp_path):
+    path = tmp_path / "sums.jsonl"
+    rows = [
+        '{"prompt": "2 + 2 =", "answer": 4, "note": 1}',
+        '{"prompt": "9 / 2 =", "answer": 4.50, "note": "half"}',  # the unused column changes type
+        '{"prompt": "1 + 1 =", "answer": " 2", "note": {"k": [1]}}',  # int and string answers mixed
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    assert Task.from_file(path).answers == ("4", "4.50", " 2")  # not 4.0 / 4.5
+
+
+BOOL = '{"prompt": "a", "answer": true}\n'
+LIST = '{"prompt": "a", "answer": [" Paris", " Lyon"]}\n'
+NAN = '{"prompt": "a", "answer": " b"}\n{"prompt": "c", "answer": NaN}\n'
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bool.jsonl", BOOL, r'row 1, column .answer. holds bool true, .*e\.g\. "true"'),
+        ("list.jsonl", LIST, r"row 1, column .answer. holds a list \(\[' Paris', ' Lyon'\]\)"),
+        ("nan.jsonl", NAN, r"row 2, column 'answer' is NaN .*fill in the answer"),
+        ("extra.csv", "prompt,answer\na, b\nc, Paris, France\n", r"line 3: 3 fields but the header has 2"),
+    ],
+)
+def test_task_values_that_are_not_text_are_refused_naming_row_and_column(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(TasklensError, match=message):
+        Task.from_file(tmp_path / name)
+
+
+@pytest.mark.reliability
+def test_pretty_printed_json_is_read_and_pretty_printed_jsonl_is_explained(tmp_path):
+    records = [{"prompt": p, "answer": a} for p, a in zip(PROMPTS, ANSWERS, strict=True)]
+    (tmp_path / "array.json").write_text(json.dumps(records, indent=2))
+    (tmp_path / "object.json").write_text(json.dumps({"name": "capitals", "examples": records}, indent=2))
+    for name in ("array.json", "object.json"):
+        task = Task.from_file(tmp_path / name)
+        assert task.prompts == tuple(PROMPTS) and task.answers == tuple(ANSWERS)
+    (tmp_path / "pretty.jsonl").write_text(json.dumps(records, indent=2))
+    with pytest.raises(TasklensError, match=r"pretty-printed JSON.*one object per line; save it as \.json"):
+        Task.from_file(tmp_path / "pretty.jsonl")
+
+
+@pytest.mark.reliability
+def test_a_folder_given_as_task_file_is_called_a_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from tasklens.cli import app
+
+    (tmp_path / "tasks.jsonl").mkdir()
+    with pytest.raises(TasklensError, match="is a folder, not a file"):
+        Task.from_file(tmp_path / "tasks.jsonl")
+    for folder in (tmp_path / "tasks.jsonl", tmp_path):
+        result = CliRunner().invoke(app, ["locate", "--task", str(folder), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.output.strip().count("\n") == 0 and "is a folder, not a file" in result.output

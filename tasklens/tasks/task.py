@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -106,7 +107,8 @@ class Task:
         subject_column: str | None = None,
         **extras: Any,
     ) -> Task:
-        """Build a task from a Hugging Face ``datasets.Dataset``, naming its columns."""
+        """Build a task from a Hugging Face ``datasets.Dataset``, naming its columns (only
+        those columns are read; each value must be text)."""
         source = extras.pop("source", f"Dataset for task {name!r}")
         columns = list(dataset.column_names)
         wanted = {"prompt_column": prompt_column, "answer_column": answer_column}
@@ -122,14 +124,7 @@ class Task:
                 )
 
         def column(key: str, what: str) -> tuple[str, ...]:
-            values = list(dataset[key])
-            for row, value in enumerate(values):
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    raise TasklensError(
-                        f"{source}: row {row + 1} has no {what} (column {key!r} is empty or null); "
-                        f"every row needs one: fill it in or remove the row"
-                    )
-            return tuple(str(v) for v in values)
+            return tuple(_text(value, row, key, what, source) for row, value in enumerate(dataset[key], 1))
 
         return cls(
             name=name,
@@ -143,23 +138,18 @@ class Task:
     @classmethod
     def from_file(cls, path: str | Path, name: str | None = None, **columns: Any) -> Task:
         """Build a task from a local JSONL (one JSON object per line), JSON (an array of
-        objects) or CSV file.
+        objects, or an object holding one) or CSV file.
 
         The file needs a ``prompt`` and an ``answer`` column (rename with
-        ``prompt_column=`` / ``answer_column=``). The task is named after the file
+        ``prompt_column=`` / ``answer_column=``); other columns are ignored. Values are
+        the text written in the file: a JSON number ``4.50`` is the text ``"4.50"``, and
+        other non-strings (``true``, lists) are refused. The task is named after the file
         unless ``name`` is given. The file is read anew on every call (no cache).
         """
-        import datasets
-
         path = Path(path)
-        if not path.is_file():
-            raise TasklensError(f"Task file {str(path)!r} does not exist; check the path")
-        rows = read_rows(path)
+        check_task_path(path)
         return cls.from_dataset(
-            datasets.Dataset.from_list(rows),
-            name=name or path.stem,
-            source=f"Task file {str(path)!r}",
-            **columns,
+            _Records(read_rows(path)), name=name or path.stem, source=f"Task file {str(path)!r}", **columns
         )
 
     # --- derived ------------------------------------------------------------------
@@ -261,11 +251,69 @@ def check_task(value: Any) -> Task:
     raise TasklensError(f"Expected a tasklens Task, got {type(value).__name__} {value!r:.60}{hint}")
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSONL, JSON or CSV task file, with errors that name the line."""
-    import csv
-    import io
+class _Records:
+    """A task file's rows, read by column like a ``datasets.Dataset`` (a missing key is None)."""
 
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        self.column_names = list(dict.fromkeys(key for row in rows for key in row))
+
+    def __getitem__(self, column: str) -> list[Any]:
+        return [row.get(column) for row in self.rows]
+
+
+class _Number(str):
+    """A JSON number as the text written in the file."""
+
+
+#: `json.loads` keywords that keep numbers as written and turn NaN / Infinity into floats
+#: (refused by `_text`, with the row and column)
+_AS_WRITTEN = {"parse_int": _Number, "parse_float": _Number, "parse_constant": float}
+
+
+def _text(value: Any, row: int, column: str, what: str, source: str) -> str:
+    """``value`` of ``column`` in ``row`` as text, or an error naming the row, column and fix."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise TasklensError(
+            f"{source}: row {row} has no {what} (column {column!r} is empty or null); "
+            f"every row needs one: fill it in or remove the row"
+        )
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool):  # a Dataset's integer column
+        return str(value)
+    where = f"{source}: row {row}, column {column!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TasklensError(
+            f"{where} is {json.dumps(value)} (a missing value?), not text; fill in the {what} "
+            "or remove the row"
+        )
+    if isinstance(value, bool | float):
+        literal = json.dumps(value)
+        raise TasklensError(
+            f"{where} holds {type(value).__name__} {literal}, not text; write the {what} as a string "
+            f"in quotes, e.g. {json.dumps(literal)}"
+        )
+    raise TasklensError(
+        f"{where} holds a {type(value).__name__} ({str(value)[:40]}), not text; give one {what} per row, "
+        'as a string in quotes (e.g. " Paris")'
+    )
+
+
+def check_task_path(path: Path) -> None:
+    """Refuse a task path that is not an existing file, saying what it is instead."""
+    if path.is_dir():
+        raise TasklensError(
+            f"Task file {str(path)!r} is a folder, not a file; give the path of a .jsonl, .json or .csv "
+            "file (inside it, if that is where the task is)"
+        )
+    if not path.is_file():
+        raise TasklensError(f"Task file {str(path)!r} does not exist; check the path")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL, JSON or CSV task file, values as written (CSV cells as text,
+    JSON numbers as `_Number` text), with errors that name the line."""
     where = f"Task file {str(path)!r}"
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv"):
@@ -281,32 +329,89 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if not text.strip():
         raise TasklensError(f"{where} is empty; it needs one record per line with 'prompt' and 'answer'")
     if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        rows = [dict(row) for row in reader]
-        if not rows:
-            raise TasklensError(
-                f"{where} has a header ({', '.join(reader.fieldnames or [])}) but no rows; "
-                "add one row per prompt"
-            )
-        return [{k: (v if v != "" else None) for k, v in row.items()} for row in rows]
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except ValueError as error:
-            raise TasklensError(f"{where} is not valid JSON: {error}") from error
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as error:
-                raise TasklensError(
-                    f"{where}, line {number}: not valid JSON ({error.msg}): {line[:80]!r}; "
-                    'each line must be one object like {"prompt": ..., "answer": ...}'
-                ) from error
+        return _csv_rows(text, where)
+    rows = _json_rows(text, where) if suffix == ".json" else None
+    if rows is None:
+        rows = _json_lines(text, where)
     for number, row in enumerate(rows, start=1):
+        if isinstance(row, list) and suffix == ".jsonl":
+            raise TasklensError(_pretty_jsonl(where))
         if not isinstance(row, dict):
-            raise TasklensError(f"{where}: record {number} is {type(row).__name__}, not an object")
+            raise TasklensError(
+                f"{where}: record {number} is {type(row).__name__}, not an object; "
+                'write each record as {"prompt": ..., "answer": ...}'
+            )
     return rows
+
+
+def _csv_rows(text: str, where: str) -> list[dict[str, Any]]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    for row in reader:
+        if None in row:  # more fields than the header names
+            raise TasklensError(
+                f"{where}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields but the "
+                f"header has {len(reader.fieldnames)} ({', '.join(reader.fieldnames)}); put text that "
+                'holds a comma in double quotes ("Paris, France")'
+            )
+        rows.append({k: (v if v != "" else None) for k, v in row.items()})
+    if not rows:
+        raise TasklensError(
+            f"{where} has a header ({', '.join(reader.fieldnames or [])}) but no rows; add one row per prompt"
+        )
+    return rows
+
+
+def _json_rows(text: str, where: str) -> list[Any] | None:
+    """The records of a whole-file JSON value (an array, an object holding one array of
+    objects, or one object); None when the file holds several values (JSON lines)."""
+    try:
+        data = json.loads(text, **_AS_WRITTEN)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":
+            return None
+        raise TasklensError(
+            f"{where} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); fix it "
+            'there: the file should hold an array of objects like [{"prompt": ..., "answer": ...}]'
+        ) from error
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, dict):
+        raise TasklensError(
+            f"{where} holds a JSON {type(data).__name__}, not records; write an array of objects like "
+            '[{"prompt": ..., "answer": ...}]'
+        )
+    lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
+    if len(lists) > 1:
+        raise TasklensError(
+            f"{where} holds several lists of records ({', '.join(lists)}); keep the task's records in "
+            "one list, or save each list as its own file"
+        )
+    return data[lists[0]] if lists else [data]
+
+
+def _json_lines(text: str, where: str) -> list[Any]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line, **_AS_WRITTEN))
+        except ValueError as error:
+            if line.strip() in ("{", "[", "[{"):
+                raise TasklensError(_pretty_jsonl(where)) from error
+            raise TasklensError(
+                f"{where}, line {number}: not valid JSON ({error.msg}): {line[:80]!r}; "
+                'each line must be one object like {"prompt": ..., "answer": ...}'
+            ) from error
+    return rows
+
+
+def _pretty_jsonl(where: str) -> str:
+    return (
+        f"{where} looks like a JSON array or pretty-printed JSON, but a .jsonl file holds one object per "
+        'line; save it as .json, or write each record on one line like {"prompt": ..., "answer": ...}'
+    )
