@@ -96,8 +96,7 @@ def main() -> None:
         result = evaluation_matrix(
             model, sets, evaluation, n_controls=args.controls, metric=args.metric, controls_on="own"
         )
-        result.save(out.path / "deactivation_result.json")
-        out.file("deactivation_result.json")
+        result.save(out.file("deactivation_result.json"))
         table = own_effect_table(result)
         table.insert(1, "group", [GROUPS.get(kind[n], kind[n]) for n in table.task])
         average = table.drop(columns=["task", "group"]).mean().to_dict()

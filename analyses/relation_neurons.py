@@ -147,8 +147,7 @@ def main() -> None:
         result = evaluation_matrix(
             model, sets, evaluation, n_controls=args.controls, metric=args.metric, controls_on="own"
         )
-        result.save(out.path / "deactivation_result.json")
-        out.file("deactivation_result.json")
+        result.save(out.file("deactivation_result.json"))
         table = out.table("deactivation", own_effect_table(result), index=False)
         out.figure("deactivation", result.plot_own_vs_others())
         out.finding(

@@ -315,7 +315,7 @@ def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunC
 
     Example: tasklens run analyses/relations.toml
     """
-    from tasklens.pipeline import RunConfig
+    from tasklens.pipeline import RunConfig, check_writable
     from tasklens.pipeline import ablate as run_ablate
     from tasklens.pipeline import compare as run_compare
     from tasklens.pipeline import locate as run_locate
@@ -323,6 +323,7 @@ def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunC
 
     start = time.time()
     config = RunConfig.from_toml(config_file)
+    check_writable(config)
     model = config.load()
     sets = run_locate(config, model)
     run_ablate(config, model)

@@ -28,7 +28,7 @@ from tasklens import distributed
 from tasklens.errors import TasklensError, check_choice
 from tasklens.matrix import EvaluationResult
 from tasklens.neurons import NeuronScores, NeuronSet
-from tasklens.runs import RunFolder, check_out_folder
+from tasklens.runs import STAGES, RunFolder, check_out_folder
 from tasklens.tasks.task import Task
 
 TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -148,6 +148,7 @@ class RunConfig:
         if self.unit not in UNITS:
             raise TasklensError(f"Unknown neuron unit {self.unit!r}; choose one of {list(UNITS)}")
         check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_device(self.device, self.dtype)
         for name, minimum in (("max_prompts", 1), ("batch_size", 1), ("controls", 0)):
             if getattr(self, name) < minimum:
                 raise TasklensError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
@@ -176,6 +177,70 @@ STAGE_FIELDS = {
                 "unit", "select", "value", "metric", "cumulativity", "interference", "stability_splits",
                 "batch_size", "dtype"),
 }  # fmt: skip
+
+
+def check_device(device: str, dtype: str = "float32") -> None:
+    """``device`` names a torch device this machine has, one that can hold ``dtype``."""
+    kind, colon, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (colon and not (kind == "cuda" and index.isdigit())):
+        raise TasklensError(f"Unknown device {device!r}; choose cpu, cuda, cuda:N (N a GPU's number) or mps")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[kind]:
+        raise TasklensError(f'device {device!r}: {kind.upper()} is not available here; use device = "cpu"')
+    if colon and int(index) >= torch.cuda.device_count():
+        raise TasklensError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}; choose one of them"
+        )
+    if kind == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise TasklensError(
+            f'device {device!r} cannot compute in bfloat16; use dtype = "float16" or "float32"'
+        )
+
+
+def stage_files(config: RunConfig, stage: str) -> list[str]:
+    """The files a stage writes into the run folder (checked before any work is done)."""
+    names = task_names(config.tasks)
+
+    def table(*tables: str) -> list[str]:
+        return [f"{t}.{suffix}" for t in tables for suffix in ("csv", "json")]
+
+    if stage == "locate":
+        pairs = [
+            f"{kind}/{n}.{suffix}"
+            for n in names
+            for kind in ("scores", "sets")
+            for suffix in ("safetensors", "json")
+        ]
+        return [*pairs, "config.toml"]
+    if stage == "ablate":
+        return [
+            "matrix_result.json",
+            *table("matrix", "matrix_long", "effects"),
+            "matrix_change.png",
+            "effects.png",
+        ]
+    if stage == "compare":
+        files = [
+            *table("sharing", "overlap_jaccard", "overlap_shared", "overlap_p_value"),
+            "sharing.png",
+            "overlap.png",
+        ]
+        if config.cumulativity:
+            files += [*table(*(f"cumulativity_{n}" for n in names)), "cumulativity.png"]
+        if (config.cumulativity or config.interference) and len(names) > 1:
+            files += table("exclusive_vs_shared")
+        if config.interference and len(names) > 1:
+            files += [*table("interference"), "interference.png"]
+        if config.stability_splits > 0:
+            files += table("stability")
+        return files
+    return ["report.html"] if stage == "report" else []
+
+
+def check_writable(config: RunConfig, stages: tuple[str, ...] = STAGES) -> None:
+    """Refuse before any work if a file of the user's is where one of ``stages`` writes."""
+    RunFolder(config.out).check_writable([name for stage in stages for name in stage_files(config, stage)])
 
 
 def _without_none(value: Any) -> Any:
@@ -284,6 +349,8 @@ def locate(config: RunConfig, model=None) -> list[NeuronSet]:
     from tasklens.selection import select
 
     config.check()
+    run = RunFolder(config.out)
+    run.check_writable(stage_files(config, "locate"))
     tasks = [load_task(spec, config.split, config.max_prompts) for spec in config.tasks]
     model = model if model is not None else config.load()
     info = ModelInfo.of(model)
@@ -292,10 +359,12 @@ def locate(config: RunConfig, model=None) -> list[NeuronSet]:
     select(probe, config.select, config.value)  # the value is valid before any scoring
     params = resolve_params(config.method, config.params, config.tasks, config.split)
     scorer = get_scorer(config.method, **params)
-    run = RunFolder(config.out)
     sets = []
-    with run.stage("locate", config.to_dict(STAGE_FIELDS["locate"])) as out:
+    with run.stage("locate", config.to_dict(STAGE_FIELDS["locate"]), stage_files(config, "locate")) as out:
         for task in tqdm(tasks, desc=f"locating ({config.method})"):
+            for name in (f"scores/{task.name}", f"sets/{task.name}"):  # checked before reading or writing
+                out.file(f"{name}.safetensors")
+                out.file(f"{name}.json")
             path = out.path / "scores" / task.name
             scores = _reusable(path, scorer, model, task, config.unit)
             if scores is None:
@@ -305,9 +374,6 @@ def locate(config: RunConfig, model=None) -> list[NeuronSet]:
                 scores.save(path)
             neurons = select(scores, config.select, config.value).renamed(task.name)
             neurons.save(out.path / "sets" / task.name)
-            for name in (f"scores/{task.name}", f"sets/{task.name}"):
-                out.file(f"{name}.safetensors")
-                out.file(f"{name}.json")
             sets.append(neurons)
         from tasklens.io import atomic_write_text
 
@@ -339,11 +405,12 @@ def ablate(config: RunConfig, model=None) -> EvaluationResult:
     config.check()
     run = RunFolder(config.out)
     run.record("locate")
+    run.check_writable(stage_files(config, "ablate"))
     tasks = _evaluation_tasks(config)
     model = model if model is not None else config.load()
     sets = load_sets(config.out, model)
     spec = Intervention(config.intervention, factor=config.factor, value=config.clamp_value)
-    with run.stage("ablate", config.to_dict(STAGE_FIELDS["ablate"])) as out:
+    with run.stage("ablate", config.to_dict(STAGE_FIELDS["ablate"]), stage_files(config, "ablate")) as out:
         bar = tqdm(total=len(sets), desc=f"{spec.label} matrix")
         result = evaluation_matrix(
             model,
@@ -376,6 +443,7 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
     config.check()
     run = RunFolder(config.out)
     run.record("locate")
+    run.check_writable(stage_files(config, "compare"))
     causal = config.cumulativity or config.interference
     tasks = {t.name: t for t in _evaluation_tasks(config)} if causal else {}
     needs_model = causal or config.stability_splits > 0
@@ -386,7 +454,7 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
         "overlap_shared": overlap_matrix(sets, "shared"),
         "overlap_p_value": overlap_matrix(sets, "p_value"),
     }
-    with run.stage("compare", config.to_dict(STAGE_FIELDS["compare"])) as out:
+    with run.stage("compare", config.to_dict(STAGE_FIELDS["compare"]), stage_files(config, "compare")) as out:
         sharing = out.table("sharing", sharing_table(sets), index=False)
         out.figure("sharing", layer_bars(sharing, "exclusive vs shared neurons per layer"))
         out.figure("overlap", heatmap(results["overlap_jaccard"], "Jaccard overlap"))

@@ -139,6 +139,7 @@ def build_report(
 
     folder = RunFolder(run)
     locate = folder.record("locate")
+    folder.check_writable(["report.html"])
     config = locate["config"]
     stages = folder.manifest()["stages"]
     written = [folder.files(stage) for stage in stages if stage != "report"]
@@ -214,7 +215,7 @@ def build_report(
         ],
         scores=provenance.to_html(index=False, border=0) if len(provenance) else "",
     )
-    with folder.stage("report", {"n_neurons": n_neurons, "n_prompts": n_prompts}) as out:
+    with folder.stage("report", {"n_neurons": n_neurons, "n_prompts": n_prompts}, ["report.html"]) as out:
         path = out.file("report.html")
         atomic_write_text(path, page)
     return path

@@ -4,15 +4,18 @@ Guarantees, for every stage (``locate``, ``ablate``, ``compare``, ...):
 
 - one writer at a time: a stage holds an exclusive lock on the folder, so two
   processes cannot interleave their files;
-- all or nothing: a stage's files are listed (with their SHA-256) in
+- all or nothing: a stage's files are listed (with their SHA-256) in its record in
   ``manifest.json`` only once the stage has finished; readers use only the files
-  the manifest names, so stale sets from an earlier run or the partial output of a
-  killed run are never picked up;
+  the records name, so stale sets from an earlier run or the partial output of a
+  killed run are never picked up (a running stage lists the files it is writing
+  under ``unfinished``, so a later run knows them as tasklens's);
 - a stage's record holds its own configuration, written only on success;
 - re-running a stage replaces its record and deletes the files of its previous
   record that it did not write again; the records of the stages after it (which
   used the old files) are dropped;
-- nothing tasklens did not write is ever deleted.
+- nothing tasklens did not write is ever deleted or overwritten: a file is deleted or
+  replaced only if it lies inside the folder, a record names it and it still has the
+  recorded hash; a manifest naming a path outside the folder is refused as damaged.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import tasklens
 from tasklens.errors import TasklensError
 from tasklens.io import file_sha256, write_json
-from tasklens.outputs import OutputDir
+from tasklens.outputs import Ledger, OutputDir, inside, unchanged
 
 MANIFEST = "manifest.json"
 LOCK = ".tasklens.lock"
@@ -66,15 +69,55 @@ class RunFolder:
     # --- reading ----------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
         file = self.path / MANIFEST
-        if not file.is_file():
+        if not file.exists() and not file.is_symlink():
             return {"kind": "tasklens-run", "stages": {}}
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            data = json.loads(file.read_text(encoding="utf-8")) if unchanged(file, None) else None
         except ValueError as error:
-            raise TasklensError(f"{str(file)!r} is damaged ({error}); re-run `tasklens locate`") from error
-        if data.get("kind") != "tasklens-run" or not isinstance(data.get("stages"), dict):
-            raise TasklensError(f"{str(file)!r} is not a tasklens run manifest")
+            raise TasklensError(
+                f"{str(file)!r} is damaged ({error}); choose another --out for a new run"
+            ) from error
+        if not isinstance(data, dict) or data.get("kind") != "tasklens-run":
+            raise TasklensError(
+                f"{str(file)!r} is not a tasklens run manifest; choose another --out for the run"
+            )
+        problem = self._problem(data)
+        if problem:
+            raise TasklensError(f"{str(file)!r} is damaged ({problem}); choose another --out for a new run")
         return data
+
+    def _problem(self, data: dict[str, Any]) -> str | None:
+        """What is wrong with a manifest's structure, or None."""
+        stages, unfinished = data.get("stages"), data.get("unfinished", {})
+        if not isinstance(stages, dict) or not isinstance(unfinished, dict):
+            return "it has no table of stages"
+        lists = [(s, r.get("files") if isinstance(r, dict) else None, False) for s, r in stages.items()]
+        lists += [(s, files, True) for s, files in unfinished.items()]
+        for stage, files, partial in lists:
+            if not isinstance(files, dict):
+                return f"stage {stage!r} has no table of files"
+            for name, digest in files.items():
+                if inside(self.path, name) is None:
+                    return f"stage {stage!r} names {name!r}, which is not a file inside the run folder"
+                if not (isinstance(digest, str) or (partial and digest is None)):
+                    return f"stage {stage!r} has no hash for {name!r}"
+        return None
+
+    def owned(self, manifest: dict[str, Any]) -> dict[str, str | None]:
+        """Every file a manifest says tasklens wrote (name -> SHA-256, None while being written)."""
+        owned: dict[str, str | None] = {}
+        for files in manifest.get("unfinished", {}).values():
+            owned.update(files)
+        for record in manifest["stages"].values():
+            owned.update(record["files"])
+        return owned
+
+    def check_writable(self, names: list[str]) -> None:
+        """Refuse, before any work, if a file of the user's is where a stage writes one of ``names``."""
+        if self.path.is_dir():
+            ledger = Ledger(self.path, self.owned(self.manifest()))
+            for name in names:
+                ledger.check(name)
 
     def record(self, stage: str) -> dict[str, Any]:
         """The finished stage's record (config, files), or a clear error if it has none."""
@@ -97,8 +140,13 @@ class RunFolder:
         for name, digest in sorted(record["files"].items()):
             if not (name.startswith(prefix) and name.endswith(suffix)):
                 continue
-            path = self.path / name
-            if not path.is_file() or file_sha256(path) != digest:
+            path = inside(self.path, name)
+            if path is None:
+                raise TasklensError(
+                    f"{str(self.path / MANIFEST)!r} is damaged ({name!r} is not inside the run folder); "
+                    "choose another --out for a new run"
+                )
+            if not unchanged(path, digest):
                 raise TasklensError(
                     f"{str(path)!r}, written by `{stage}`, is missing or was changed since; "
                     f"re-run `tasklens {stage}`"
@@ -131,36 +179,48 @@ class RunFolder:
             handle.close()
 
     @contextmanager
-    def stage(self, stage: str, config: dict[str, Any]) -> Iterator[OutputDir]:
+    def stage(self, stage: str, config: dict[str, Any], names: list[str] = ()) -> Iterator[OutputDir]:
         """Run one stage: yields an `OutputDir` whose written files become the stage's record
-        when the block finishes without error."""
+        when the block finishes without error. ``names``: files it will write, checked first."""
         from tasklens.distributed import barrier, is_main
 
         if not is_main():  # under torchrun rank 0 writes; the others wait for its record
-            yield OutputDir(self.path, config, write_config=False)
+            yield OutputDir(self.path, config, write_config=False, ledger=Ledger(self.path, None))
             barrier()
             return
         with self.lock():
-            out = OutputDir(self.path, config, write_config=False)
+            manifest = self.manifest()
+            pending = manifest.setdefault("unfinished", {}).setdefault(stage, {})
+            ledger = Ledger(
+                self.path, self.owned(manifest), pending, lambda: write_json(self.path / MANIFEST, manifest)
+            )
+            for name in names:
+                ledger.check(name)
+            out = OutputDir(self.path, config, write_config=False, ledger=ledger)
             yield out
             self._commit(stage, config, out.written)
         barrier()
 
     def _commit(self, stage: str, config: dict[str, Any], written: list[Path]) -> None:
         manifest = self.manifest()
-        stages = manifest["stages"]
+        stages, unfinished = manifest["stages"], manifest.pop("unfinished", {})
         files = {str(p.relative_to(self.path)): file_sha256(p) for p in sorted(set(written))}
-        previous = stages.get(stage, {}).get("files", {})
         later = STAGES[STAGES.index(stage) + 1 :] if stage in STAGES else ()
-        stale = [n for n in previous if n not in files]
+        stale = {**unfinished.pop(stage, {}), **stages.get(stage, {}).get("files", {})}
         for dropped in later:
-            stale += [n for n in stages.pop(dropped, {}).get("files", {}) if n not in files]
+            stale.update(unfinished.pop(dropped, {}))
+            stale.update(stages.pop(dropped, {}).get("files", {}))
         stages[stage] = {
             "config": config,
             "files": files,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "tasklens_version": tasklens.__version__,
         }
+        if unfinished:  # other stages' killed runs: their files stay known as tasklens's
+            manifest["unfinished"] = unfinished
         write_json(self.path / MANIFEST, manifest)
-        for name in stale:  # tasklens wrote these (they were in its manifest)
-            (self.path / name).unlink(missing_ok=True)
+        kept = self.owned(manifest)
+        for name, digest in stale.items():  # only files tasklens wrote and nobody changed since
+            path = inside(self.path, name)
+            if name not in kept and path is not None and digest is not None and unchanged(path, digest):
+                path.unlink()
