@@ -13,18 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasklens.errors import TasklensError, check_choice
-from tasklens.evaluate import evaluate
+from tasklens.evaluate import evaluate_prompts
 from tasklens.interventions import Intervention
 from tasklens.io import write_json
 from tasklens.metrics import METRICS
 from tasklens.neurons import NeuronSet
 from tasklens.selection import random_like
+from tasklens.stats import ALPHA, bootstrap_interval, holm, mean_interval, specificity_test, verdict
 from tasklens.tasks.task import Task, check_task
 
 BASELINE = "unmodified"
+PROMPT_COLUMNS = ["set", "task", "prompt", "value"]
+CONTROL_COLUMNS = ["set", "run", "task", "value"]
 
 
 @dataclass
@@ -43,6 +47,11 @@ class EvaluationResult:
         n_controls: random controls per set; their seeds are ``seed .. seed + n_controls - 1``.
         seed: first control seed.
         sets: each set's `NeuronSet.summary`, by name.
+        prompt_values: long table (``set``, ``task``, ``prompt``, ``value``) of the metric per
+            prompt, the unmodified model as set ``"unmodified"``: what the intervals are
+            computed from.
+        control_values: long table (``set``, ``run``, ``task``, ``value``) of every random
+            control's mean per task: the null distribution the tests compare with.
     """
 
     metric: str
@@ -55,6 +64,8 @@ class EvaluationResult:
     n_controls: int = 0
     seed: int = 0
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prompt_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROMPT_COLUMNS))
+    control_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONTROL_COLUMNS))
 
     # --- views ------------------------------------------------------------------------
     @property
@@ -99,10 +110,12 @@ class EvaluationResult:
         """Per set named after a task: its effect on its own task against the other tasks and
         against its random controls.
 
-        Columns: ``size``, ``baseline`` (own task, unmodified), ``value`` (own task, set
-        intervened), ``own_change``, ``others_change`` (mean change on the other tasks),
-        ``control_own_change`` and ``control_own_std`` (random sets on the own task),
-        ``control_others_change``.
+        Columns: ``size``, ``n_prompts`` (own task), ``baseline`` (own task, unmodified),
+        ``value`` (own task, set intervened) with ``value_low``/``value_high`` (its 95 % interval
+        over prompts), ``control_value_low``/``control_value_high`` (2.5 and 97.5 percentiles of
+        the random sets' own-task values), ``own_change``, ``others_change`` (mean change on the
+        other tasks), ``control_own_change`` and ``control_own_std`` (random sets on the own
+        task), ``control_others_change``.
         """
         names = [n for n in self.set_names if n in self.tasks]
         if not names:
@@ -110,15 +123,27 @@ class EvaluationResult:
                 f"own_and_others needs sets named after tasks; sets {self.set_names}, tasks {self.tasks}"
             )
         change, control = self.change(), self.control_change()
+        counts = self.n_prompts() if not self.prompt_values.empty else None
         rows = []
         for n in names:
             others = [t for t in self.tasks if t != n]
+            low, high = (
+                mean_interval(self._prompts(n, n)) if counts is not None else (float("nan"), float("nan"))
+            )
+            runs = self.control_values[
+                (self.control_values["set"] == n) & (self.control_values["task"] == n)
+            ]["value"]
             rows.append(
                 dict(
                     set=n,
                     size=int(self.sizes[n]),
+                    n_prompts=int(counts[n]) if counts is not None else 0,
                     baseline=float(self.baseline[n]),
                     value=float(self.values.loc[n, n]),
+                    value_low=low,
+                    value_high=high,
+                    control_value_low=float(runs.quantile(ALPHA / 2)) if len(runs) else float("nan"),
+                    control_value_high=float(runs.quantile(1 - ALPHA / 2)) if len(runs) else float("nan"),
                     own_change=float(change.loc[n, n]),
                     others_change=float(change.loc[n, others].mean()) if others else float("nan"),
                     control_own_change=float(control.loc[n, n]),
@@ -127,6 +152,90 @@ class EvaluationResult:
                 )
             )
         return pd.DataFrame(rows).set_index("set")
+
+    # --- uncertainty ---------------------------------------------------------------------
+    def _prompts(self, name: str, task: str) -> np.ndarray:
+        rows = self.prompt_values
+        picked = rows[(rows["set"] == name) & (rows["task"] == task)].sort_values("prompt")
+        return picked["value"].to_numpy(dtype=float)
+
+    def _require_prompts(self) -> None:
+        if self.prompt_values.empty:
+            raise TasklensError(
+                "This result holds no per-prompt values (saved by an older tasklens); re-run the evaluation"
+            )
+
+    def n_prompts(self) -> pd.Series:
+        """``[task]`` the number of prompts each task was evaluated on."""
+        return pd.Series({t: len(self._prompts(BASELINE, t)) for t in self.tasks}, dtype=int)
+
+    def _changes(self, name: str, task: str) -> np.ndarray:
+        """Per-prompt change (set on minus unmodified), paired by prompt."""
+        return self._prompts(name, task) - self._prompts(BASELINE, task)
+
+    def intervals(self, value: str = "value", alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(low, high)`` tables (sets x tasks; the unmodified model first for ``"value"``) of the
+        ``1 - alpha`` interval over prompts: Wilson for a 0/1 metric's accuracy, a bootstrap of the
+        mean otherwise; for ``"change"`` a bootstrap of the paired per-prompt changes.
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.selection import top_k
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "evaluation").head(20)
+            >>> scores = tasklens.scoring.ActivationStats().attribute(model, task)
+            >>> result = evaluation_matrix(model, [top_k(scores, 20).renamed("continent_of")], [task], 2)
+            >>> low, high = result.intervals()
+            >>> bool(low.loc["unmodified", "continent_of"] <= result.baseline["continent_of"])
+            True
+        """
+        check_choice("interval of", value, ("value", "change"))
+        self._require_prompts()
+        names = ([BASELINE] if value == "value" else []) + self.set_names
+        low = pd.DataFrame(index=names, columns=self.tasks, dtype=float)
+        high = low.copy()
+        for name in names:
+            for task in self.tasks:
+                if value == "value":
+                    interval = mean_interval(self._prompts(name, task), alpha)
+                else:
+                    interval = bootstrap_interval(self._changes(name, task), alpha)
+                low.loc[name, task], high.loc[name, task] = interval
+        return low, high
+
+    def specificity(self, alpha: float = ALPHA) -> pd.DataFrame:
+        """Per set named after a task: is its effect specific to that task, beyond random sets?
+
+        The statistic is the mean change on the other tasks minus the change on the own task
+        (positive: the own task falls more), with a bootstrap interval over prompts; each random
+        control of the set gives the same statistic, and `tasklens.stats.specificity_test`
+        compares the two. p-values are one-sided and Holm-corrected across the sets
+        (``p_holm``); ``verdict`` says it in words. Needs controls on every task
+        (``controls_on="all"``) and at least two of them.
+        """
+        names = [n for n in self.set_names if n in self.tasks]
+        if not names or len(self.tasks) < 2:
+            raise TasklensError(
+                "Specificity needs sets named after tasks and at least two tasks; "
+                f"sets {self.set_names}, tasks {self.tasks}"
+            )
+        self._require_prompts()
+        baseline = self.baseline
+        rows = []
+        for name in names:
+            others = [t for t in self.tasks if t != name]
+            runs = self.control_values[self.control_values["set"] == name]
+            table = runs.pivot(index="run", columns="task", values="value").reindex(columns=self.tasks)
+            change = table - baseline
+            null = (change[others].mean(axis=1) - change[name]).dropna().to_numpy()
+            test = specificity_test(
+                self._changes(name, name), [self._changes(name, t) for t in others], null, alpha
+            )
+            rows.append({"set": name, "n_prompts": len(self._prompts(BASELINE, name)), **test.to_dict()})
+        frame = pd.DataFrame(rows).set_index("set")
+        frame["p_holm"] = holm(frame["p_value"].to_numpy(), alpha)
+        frame["verdict"] = [verdict(p, alpha) for p in frame["p_holm"]]
+        return frame
 
     def to_frame(self) -> pd.DataFrame:
         """Long form: one row per (set or its controls, task), with ``baseline`` and ``change``."""
@@ -191,6 +300,8 @@ class EvaluationResult:
             "n_controls": self.n_controls,
             "seed": self.seed,
             "sets": self.sets,
+            "prompt_values": self.prompt_values.to_dict(orient="list"),
+            "control_values": self.control_values.to_dict(orient="list"),
         }
 
     @classmethod
@@ -213,6 +324,8 @@ class EvaluationResult:
             n_controls=int(data["n_controls"]),
             seed=int(data.get("seed", 0)),
             sets=data.get("sets", {}),
+            prompt_values=pd.DataFrame(data.get("prompt_values") or {c: [] for c in PROMPT_COLUMNS}),
+            control_values=pd.DataFrame(data.get("control_values") or {c: [] for c in CONTROL_COLUMNS}),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -260,6 +373,11 @@ class EvaluationResult:
             n_controls=self.n_controls,
             seed=self.seed,
             sets={**self.sets, **other.sets},
+            prompt_values=pd.concat(
+                [self.prompt_values, other.prompt_values[other.prompt_values["set"] != BASELINE]],
+                ignore_index=True,
+            ),
+            control_values=pd.concat([self.control_values, other.control_values], ignore_index=True),
         )
 
     def _repr_html_(self) -> str:
@@ -288,7 +406,7 @@ def evaluation_matrix(
     model,
     sets: Sequence[NeuronSet],
     tasks: Sequence[Task],
-    n_controls: int = 3,
+    n_controls: int = 10,
     seed: int = 0,
     intervention: Intervention | str = "zero",
     metric: str = "exact_match",
@@ -302,10 +420,12 @@ def evaluation_matrix(
         sets: the neuron sets (distinct names).
         tasks: the tasks evaluated (distinct names).
         n_controls: random sets per set with the same per-layer counts (seeds
-            ``seed .. seed + n_controls - 1``), reported as mean and std.
+            ``seed .. seed + n_controls - 1``), reported as mean and std, each kept
+            (`EvaluationResult.control_values`) for the tests against random sets.
         intervention: an `Intervention` template (its neurons are replaced by each set)
             or a registered kind's name (``"zero"``, ``"amplify"``...).
-        metric: ``exact_match`` (greedy decoding) or a teacher-forced metric name.
+        metric: ``exact_match`` (greedy and token-exact, one pass), another teacher-forced
+            metric name (``logprob``...) or ``greedy_match`` (decoded text).
         progress: called with each set's name before it is evaluated.
         controls_on: ``"all"`` tasks, or ``"own"``: random controls only on the task named
             like the set (the others' control cells are NaN), which saves
@@ -328,24 +448,37 @@ def evaluation_matrix(
     for neurons in sets:
         spec.on(neurons).check(model)
 
-    def measure(only: str | None = None) -> dict[str, float]:
-        return {
-            task.name: evaluate(model, task, metric, batch_size)
-            for task in tasks
-            if only is None or task.name == only
-        }
+    prompt_rows: list[dict[str, Any]] = []
 
-    baseline = pd.Series(measure(), dtype=float)
+    def measure(only: str | None = None, record: str | None = None) -> dict[str, float]:
+        means = {}
+        for task in tasks:
+            if only is not None and task.name != only:
+                continue
+            per_prompt = evaluate_prompts(model, task, metric, batch_size).double()
+            means[task.name] = float(per_prompt.mean())
+            if record is not None:
+                prompt_rows.extend(
+                    {"set": record, "task": task.name, "prompt": i, "value": float(v)}
+                    for i, v in enumerate(per_prompt.tolist())
+                )
+        return means
+
+    baseline = pd.Series(measure(record=BASELINE), dtype=float)
     values, controls, spread = {}, {}, {}
+    control_rows: list[dict[str, Any]] = []
     for neurons in sets:
         if progress:
             progress(neurons.name)
         with spec.on(neurons).apply(model):
-            values[neurons.name] = measure()
+            values[neurons.name] = measure(record=neurons.name)
         runs = []
         for i in range(n_controls):
             with spec.on(random_like(neurons, seed + i)).apply(model):
                 runs.append(measure(neurons.name if controls_on == "own" else None))
+            control_rows.extend(
+                {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in runs[-1].items()
+            )
         runs_frame = pd.DataFrame(runs, columns=baseline.index, dtype=float)
         controls[neurons.name] = runs_frame.mean() if runs else pd.Series(float("nan"), baseline.index)
         spread[neurons.name] = runs_frame.std(ddof=0) if runs else pd.Series(float("nan"), baseline.index)
@@ -368,9 +501,11 @@ def evaluation_matrix(
         n_controls=n_controls,
         seed=seed,
         sets={s.name: s.summary() for s in sets},
+        prompt_values=pd.DataFrame(prompt_rows, columns=PROMPT_COLUMNS),
+        control_values=pd.DataFrame(control_rows, columns=CONTROL_COLUMNS),
     )
 
 
 def ablation_matrix(model, sets, tasks, **kwargs) -> EvaluationResult:
-    """`evaluation_matrix` under zero ablation (greedy exact match by default)."""
+    """`evaluation_matrix` under zero ablation (exact match by default)."""
     return evaluation_matrix(model, sets, tasks, intervention="zero", **kwargs)

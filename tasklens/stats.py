@@ -64,6 +64,21 @@ def mean_interval(
         return (math.nan, math.nan)
     if is_binary(array):
         return proportion_interval(int(array.sum()), array.size, alpha)
+    return bootstrap_interval(array, alpha, seed)
+
+
+def bootstrap_interval(
+    values: Sequence[float] | np.ndarray, alpha: float = ALPHA, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a mean over prompts (e.g. paired per-prompt changes).
+
+    >>> bootstrap_interval([0.0, 0.0, 0.0])
+    (0.0, 0.0)
+    """
+    array = np.asarray(values, dtype=float)
+    array = array[np.isfinite(array)]
+    if array.size == 0:
+        return (math.nan, math.nan)
     return _bootstrap((array,), lambda x, axis: x.mean(axis=axis), alpha, seed)[:2]
 
 
