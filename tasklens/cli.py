@@ -378,17 +378,22 @@ def models_verify(
 @app.command()
 def finetune(
     task: str = typer.Argument(
-        ..., help="Task to fine-tune on: a new task (`tasklens.finetune.new_task_names`) or a built-in one."
+        ...,
+        help="Task to fine-tune on: a new task (`tasklens.finetune.new_task_names`), a built-in one, "
+        "or a JSONL/JSON/CSV file with prompt and answer columns (split deterministically, "
+        "80 % train, 20 % test).",
     ),
     model: str = typer.Option("organism", help="Model spec."),
     scope: str = typer.Option("task_neurons", help="task_neurons, random_neurons or full."),
-    percent: float = typer.Option(5.0, help="Task neurons: top %% by gradient attribution."),
+    percent: float = typer.Option(5.0, help="Task neurons: top % by gradient attribution."),
     steps: int = typer.Option(150, help="Optimizer steps."),
     lr: float = typer.Option(3e-3, help="AdamW learning rate."),
     batch_size: int = typer.Option(16, help="Prompts per step."),
     seed: int = typer.Option(0, help="Data order and random-neuron seed."),
     test_prompts: int = typer.Option(100, help="Held-out prompts evaluated before and after."),
-    checkpoint_dir: Path = typer.Option(None, help="Checkpoints (safetensors deltas); a killed run resumes."),
+    checkpoint_dir: Path = typer.Option(
+        None, help="Checkpoints (safetensors deltas): a new or empty folder, or one to resume from."
+    ),
     checkpoint_every: int = typer.Option(50, help="Steps between checkpoints (with --checkpoint-dir)."),
 ) -> None:
     """Fine-tune only a task's neurons (or random ones, or everything) and report held-out accuracy.
@@ -397,10 +402,17 @@ def finetune(
     """
     from tasklens.errors import check_choice
     from tasklens.finetune import FinetuneConfig, FinetuneRun, accuracies, load_finetune_task, task_neurons
+    from tasklens.finetune.checkpoint import check_checkpoint_dir
     from tasklens.models import load_model
     from tasklens.selection import random_like
 
     check_choice("scope", scope, ("task_neurons", "random_neurons", "full"))
+    config = FinetuneConfig(
+        steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+        checkpoint_every=checkpoint_every if checkpoint_dir else 0,
+    )  # fmt: skip
+    if checkpoint_dir is not None:
+        check_checkpoint_dir(checkpoint_dir)
     loaded = load_model(model)
     train, test = load_finetune_task(task, "train"), load_finetune_task(task, "test").sample(test_prompts)
     chosen = "full"
@@ -408,18 +420,33 @@ def finetune(
         chosen = task_neurons(loaded, {task: train}, value=percent)[task]
         if scope == "random_neurons":
             chosen = random_like(chosen, seed)
-    config = FinetuneConfig(
-        steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-        checkpoint_every=checkpoint_every if checkpoint_dir else 0,
-    )  # fmt: skip
     before = accuracies(loaded, {task: test})[task]
     run = FinetuneRun(loaded, train, chosen, config, checkpoint_dir=checkpoint_dir)
     if run.step:
         typer.echo(f"resuming from step {run.step} in {checkpoint_dir}")
-    with run.train().merge():
+    every = max(1, steps // 10)
+
+    def report(current: FinetuneRun) -> None:
+        if current.step % every == 0 or current.step == steps:
+            typer.echo(f"step {current.step}/{steps}: loss {current.losses[-1]:.3f}")
+
+    with run.train(report).merge():
         after = accuracies(loaded, {task: test})[task]
     trained = "every parameter" if chosen == "full" else f"{len(chosen)} neurons"
-    typer.echo(f"{task} ({scope}, {trained}, {steps} steps): held-out accuracy {before:.3f} -> {after:.3f}")
+    first, last = run.summary()["loss_first"], run.summary()["loss_last10"]
+    typer.echo(
+        f"{train.name} ({scope}, {trained}, {steps} steps): training loss {first:.3f} -> {last:.3f} "
+        f"(last 10 steps), held-out accuracy {before:.3f} -> {after:.3f}"
+    )
+    # the same loss on different batches means the outputs no longer depend on the prompt
+    stuck = len(run.losses) >= 4 and len(set(run.losses[-3:])) == 1
+    if last >= first or stuck:
+        typer.secho(
+            f"warning: the training loss {'stopped changing' if stuck else 'did not fall'}; the "
+            "learning rate may be too large (try a smaller --lr) or the steps too few",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 @organism_app.command("train")

@@ -8,7 +8,9 @@
 
 The folder is replaced atomically (`tasklens.io.atomic_dir`), so a run killed
 while writing leaves the previous checkpoint; the JSON names the tensor files'
-SHA-256, so a reader never mixes files of two checkpoints.
+SHA-256, and each tensor file's metadata names the step and the SHA-256 of the
+JSON's content, so a reader never mixes files of two checkpoints nor trusts an
+edited JSON.
 """
 
 from __future__ import annotations
@@ -24,16 +26,35 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 from tasklens.errors import TasklensError
-from tasklens.io import atomic_dir
+from tasklens.io import atomic_dir, check_replaceable
 
 META = "checkpoint.json"
 TRAINED = "deltas.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 KIND = "FinetuneCheckpoint"
+WHAT = "a fine-tuning checkpoint"
 
 
-def _bytes(tensors: dict[str, Tensor]) -> bytes:
-    return save_tensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+def _meta_hash(meta: dict[str, Any]) -> str:
+    """SHA-256 of the provenance's content (not of its formatting), without the file hashes."""
+    content = {k: v for k, v in meta.items() if k != "files"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def _bytes(tensors: dict[str, Tensor], binding: dict[str, str]) -> bytes:
+    return save_tensors(
+        {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=binding
+    )
+
+
+def _binding(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file: its header is an 8-byte length and JSON."""
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + size])
+        return dict(header.get("__metadata__") or {})
+    except (ValueError, AttributeError):
+        return {}
 
 
 def write_checkpoint(
@@ -41,21 +62,39 @@ def write_checkpoint(
 ) -> Path:
     """Write (or atomically replace) the checkpoint folder; returns its path."""
     folder = Path(folder)
-    data = {TRAINED: _bytes(trained), OPTIMIZER: _bytes(optimizer)}
-    meta = {
-        "kind": KIND,
-        **meta,
-        "files": {name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()},
-    }
-    with atomic_dir(folder, has_checkpoint, "fine-tuning checkpoint") as tmp:
+    meta = {"kind": KIND, **meta}
+    binding = {"kind": KIND, "step": str(meta["step"]), "checkpoint_sha256": _meta_hash(meta)}
+    data = {TRAINED: _bytes(trained, binding), OPTIMIZER: _bytes(optimizer, binding)}
+    meta["files"] = {name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()}
+    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+    with atomic_dir(folder, is_checkpoint_folder, WHAT) as tmp:
         for name, blob in data.items():
             (tmp / name).write_bytes(blob)
-        (tmp / META).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        (tmp / META).write_text(text, encoding="utf-8")
     return folder
 
 
 def has_checkpoint(folder: str | Path) -> bool:
     return (Path(folder) / META).is_file()
+
+
+def is_checkpoint_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a tasklens fine-tuning checkpoint and nothing else (so replacing
+    it loses nothing of the user's)."""
+    folder = Path(folder)
+    if {p.name for p in folder.iterdir()} - {META, TRAINED, OPTIMIZER}:
+        return False
+    try:
+        read_meta(folder)
+    except TasklensError:
+        return False
+    return True
+
+
+def check_checkpoint_dir(folder: str | Path) -> Path:
+    """``folder`` (resolved) if checkpoints may be written there: missing, empty, or a tasklens
+    fine-tuning checkpoint; raises a `TasklensError` before any training otherwise."""
+    return check_replaceable(folder, is_checkpoint_folder, WHAT)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -77,6 +116,7 @@ def read_checkpoint(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, Te
     """The trained tensors, the optimizer/RNG tensors and the provenance of a checkpoint."""
     folder = Path(folder)
     meta = read_meta(folder)
+    recover = f"restore {META} as it was, or delete the folder and train again"
     out = []
     for name in (TRAINED, OPTIMIZER):
         blob = (folder / name).read_bytes() if (folder / name).is_file() else b""
@@ -84,6 +124,17 @@ def read_checkpoint(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, Te
             raise TasklensError(
                 f"{str(folder / name)!r} is missing or does not match {META} (hash differs); "
                 "the checkpoint is damaged: delete the folder and train again"
+            )
+        binding = _binding(blob)
+        if binding.get("step") != str(meta.get("step")):
+            raise TasklensError(
+                f"{META} in {str(folder)!r} says step {meta.get('step')!r} but {name} was written at step "
+                f"{binding.get('step', 'unknown')}: the checkpoint was edited or mixed from two; {recover}"
+            )
+        if binding.get("checkpoint_sha256") != _meta_hash(meta):
+            raise TasklensError(
+                f"{META} in {str(folder)!r} was edited after the checkpoint was written (its content no "
+                f"longer matches {name}); {recover}"
             )
         try:
             out.append(load_tensors(blob))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from tasklens.errors import TasklensError
+
+#: settings `tasklens finetune` takes as options
+CLI_OPTIONS = ("steps", "lr", "batch_size", "seed", "checkpoint_every")
 
 
 @dataclass
@@ -47,22 +51,35 @@ class FinetuneConfig:
         self.check()
 
     def check(self) -> FinetuneConfig:
+        """Raise a `TasklensError` naming the first setting out of range (and its range)."""
+
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                option = f"--{name.replace('_', '-')}" if name in CLI_OPTIONS else f"{name}="
+                raise TasklensError(
+                    f"FinetuneConfig.{name} must be {what}, got {getattr(self, name)!r}; "
+                    f"pass a value in that range ({option})"
+                )
+
+        def integer(name: str) -> bool:
+            value = getattr(self, name)
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def number(name: str) -> bool:
+            value = getattr(self, name)
+            return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
         for name in ("steps", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise TasklensError(
-                    f"FinetuneConfig.{name} must be a positive integer, got {getattr(self, name)!r}"
-                )
+            need(integer(name) and getattr(self, name) >= 1, name, "a positive integer")
         for name in ("warmup", "checkpoint_every", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise TasklensError(
-                    f"FinetuneConfig.{name} must be an integer >= 0, got {getattr(self, name)!r}"
-                )
-        if not self.lr > 0:
-            raise TasklensError(f"FinetuneConfig.lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
-            raise TasklensError("FinetuneConfig: weight_decay and grad_clip must be >= 0 and eps > 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise TasklensError(f"FinetuneConfig: betas must be in [0, 1), got {self.beta1}, {self.beta2}")
+            need(integer(name) and getattr(self, name) >= 0, name, "an integer >= 0")
+        for name in ("lr", "eps"):
+            need(number(name) and getattr(self, name) > 0, name, "a finite number > 0")
+        for name in ("weight_decay", "grad_clip"):
+            need(number(name) and getattr(self, name) >= 0, name, "a finite number >= 0 (0: none)")
+        for name in ("beta1", "beta2"):
+            need(number(name) and 0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
+        need(isinstance(self.bias, bool), "bias", "True or False")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ Each task has two splits with no subject (relations) or instance (algorithmic)
 in common: ``"train"`` (at most 2,000 prompts) and ``"test"`` (at most 400).
 `load_finetune_task` also reads built-in tasks, mapping ``"train"`` to their
 ``"detection"`` split and ``"test"`` to ``"evaluation"`` (disjoint subjects or
-instances as well).
+instances as well), and task files, split by `file_split`.
 """
 
 from __future__ import annotations
@@ -208,18 +208,41 @@ def new_task_names() -> list[str]:
 
 
 def load_finetune_task(name: str, split: str = "train") -> Task:
-    """A fine-tuning split (``"train"`` or ``"test"``) of a new task or a built-in one.
+    """A fine-tuning split (``"train"`` or ``"test"``) of a new task, a built-in one or a task
+    file (JSONL, JSON or CSV with ``prompt`` and ``answer`` columns: `Task.from_file`).
+
+    A file's prompts are split by `file_split`.
 
     Raises:
         TasklensError: for an unknown name or split.
     """
+    from tasklens.pipeline import is_task_file
+
     if split not in SPLITS:
         raise TasklensError(f"Fine-tuning splits are {list(SPLITS)}, not {split!r}")
     if name in NEW_TASKS:
         return NEW_TASKS[name].build(split)
     if name in builtin_task_names():
         return load_builtin(name, BUILTIN_SPLITS[split])
+    if is_task_file(name):
+        return file_split(Task.from_file(name), split)
     raise TasklensError(
         f"Unknown task {name!r}; choose a new task ({', '.join(NEW_TASKS)}) or a built-in one "
-        f"({', '.join(builtin_task_names())}), or pass a JSONL/CSV file"
+        f"({', '.join(builtin_task_names())}), or pass a JSONL/JSON/CSV file"
     )
+
+
+def file_split(task: Task, split: str) -> Task:
+    """The ``"train"`` or ``"test"`` part of a task read from a file: the subjects (or, without
+    subjects, the prompts) ranked by a hash of their text, the first ``TEST_FRACTION`` (at least
+    one) for testing. The same file gives the same split on every run, whatever its row order,
+    and the two parts share no subject or prompt."""
+    keys = task.subjects or task.prompts
+    distinct = sorted(set(keys), key=lambda key: (stable_int("tasklens-finetune-split", key), key))
+    if len(distinct) < 2:
+        raise TasklensError(
+            f"Task {task.name!r} has {len(distinct)} different prompt(s); fine-tuning splits it into "
+            "train and test prompts, so give it at least 2 (better dozens)"
+        )
+    test = set(distinct[: max(1, round(TEST_FRACTION * len(distinct)))])
+    return task.subset([i for i, key in enumerate(keys) if (key in test) == (split == "test")], split)

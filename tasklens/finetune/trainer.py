@@ -15,7 +15,9 @@ same weights, bit for bit, as one that never stopped.
 
 from __future__ import annotations
 
+import math
 import time
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +28,13 @@ from torch import Tensor
 
 import tasklens
 from tasklens.errors import TasklensError
-from tasklens.finetune.checkpoint import has_checkpoint, read_checkpoint, read_meta, write_checkpoint
+from tasklens.finetune.checkpoint import (
+    check_checkpoint_dir,
+    has_checkpoint,
+    read_checkpoint,
+    read_meta,
+    write_checkpoint,
+)
 from tasklens.finetune.config import FinetuneConfig
 from tasklens.finetune.deltas import NeuronDeltas
 from tasklens.finetune.full import FullParameters
@@ -82,8 +90,10 @@ class FinetuneRun:
         task: the training prompts and answers.
         neurons: a `NeuronSet` (train only its neurons) or ``"full"``.
         config: hyperparameters.
-        checkpoint_dir: folder for checkpoints; when it holds a checkpoint of this same run
-            (model, task, neurons, hyperparameters), training resumes from it.
+        checkpoint_dir: folder for checkpoints: missing, empty or a checkpoint of tasklens's
+            (anything else raises a `TasklensError` before training); when it holds a
+            checkpoint of this same run (model, task, neurons, hyperparameters), training
+            resumes from it.
         restorable: full fine-tuning keeps a copy of the original weights for `restore`
             (neuron deltas are always restorable, at the cost of their own rows).
 
@@ -107,11 +117,17 @@ class FinetuneRun:
         self.config = (config or FinetuneConfig()).check()
         self.neurons = neurons
         self.scope = FULL if isinstance(neurons, str) else "neurons"
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.checkpoint_dir = None if checkpoint_dir is None else check_checkpoint_dir(checkpoint_dir)
         self.fingerprint = model_fingerprint(model)
         self.tokenized = TokenizedTask.for_model(task, model)
         self.trainable = make_trainable(model, neurons, self.config.bias, restorable)
         c = self.config
+        largest = min((torch.finfo(p.dtype).max for p in self.trainable.parameters()), default=math.inf)
+        if c.lr > largest:
+            raise TasklensError(
+                f"FinetuneConfig.lr {c.lr:g} is larger than the trained weights' type can hold "
+                f"({largest:g}); pass a far smaller learning rate (--lr), e.g. 1e-3"
+            )
         self.optimizer = torch.optim.AdamW(
             self.trainable.parameters(),
             lr=c.lr,
@@ -237,18 +253,39 @@ class FinetuneRun:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
         loss = answer_loss(self.model, batch).mean()
+        if not math.isfinite(float(loss.detach())):
+            self._diverged(f"the loss became {float(loss.detach())}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if not all(bool(torch.isfinite(p).all()) for p in self.trainable.parameters()):
+            self._diverged("the trained weights became infinite or NaN")
         return float(loss.detach())
+
+    def _diverged(self, what: str) -> typing.NoReturn:
+        kept = ""
+        if self.checkpoint_dir is not None and has_checkpoint(self.checkpoint_dir):
+            step = read_meta(self.checkpoint_dir).get("step")
+            kept = (
+                f" in a new checkpoint folder (the last good one, step {step}, "
+                f"is kept in {str(self.checkpoint_dir)!r})"
+            )
+        raise TasklensError(
+            f"Training diverged at step {self.step + 1}: {what} (learning rate {self.config.lr:g}); "
+            f"train again with a smaller learning rate (--lr){kept}"
+        )
 
     def train(self, on_step: Callable[[FinetuneRun], None] | None = None) -> FinetuneRun:
         """Take the remaining steps up to ``config.steps`` (checkpointing as configured).
 
         Args:
             on_step: called after every step with the run (progress bars, early stops).
+
+        Raises:
+            TasklensError: when the loss or the trained weights become infinite or NaN (before
+                that step's checkpoint, so the last one written is a good one).
         """
         if isinstance(self.trainable, NeuronDeltas) and self.trainable.merged:
             raise TasklensError("This run is merged into the model; restore() it before training further")
