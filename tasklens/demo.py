@@ -1,8 +1,9 @@
 """`tasklens demo`: locate task neurons with activation statistics and ablate them.
 
 For each task: score every neuron on the task's detection prompts, keep the top
-``percent`` %, zero-ablate the set and measure greedy exact match on every
-task's evaluation prompts, beside random sets with the same per-layer counts.
+``percent`` %, zero-ablate the set and measure exact match on every task's
+evaluation prompts, beside random sets with the same per-layer counts; each set's
+own-task drop is tested against theirs (`EvaluationResult.specificity`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,43 @@ class DemoResult:
     result: EvaluationResult
 
     def table(self) -> pd.DataFrame:
+        """Exact match on every task (columns) with each set off (rows), the unmodified model first."""
         return self.result.pivot()
+
+    def controls(self) -> pd.DataFrame:
+        """Per set: its own task with the set off (and 95 % interval over prompts) beside random
+        sets of the same per-layer counts (their mean and 2.5-97.5 percentile range), the mean
+        change on the other tasks, and the specificity test (Holm-corrected p, verdict)."""
+        own = self.result.own_and_others()
+        test = self.result.specificity()
+        return pd.DataFrame(
+            {
+                "neurons": own["size"],
+                "prompts": own["n_prompts"],
+                "unmodified": own["baseline"],
+                "set off": own["value"],
+                "set off 95% CI": _intervals(own["value_low"], own["value_high"]),
+                "random sets": own["baseline"] + own["control_own_change"],
+                "random 95% range": _intervals(own["control_value_low"], own["control_value_high"]),
+                "others change": own["others_change"],
+                "p (Holm)": test["p_holm"],
+                "verdict": [v.split(" (")[0] for v in test["verdict"]],
+            }
+        )
+
+    def to_dict(self) -> dict:
+        """Plain data for scripts (``tasklens demo --json``)."""
+        return {
+            "sets": {s.name: s.summary() for s in self.sets},
+            "exact_match": {k: v for k, v in self.table().to_dict(orient="index").items()},
+            "controls": self.controls().to_dict(orient="index"),
+            "n_controls": self.result.n_controls,
+            "metric": self.result.metric,
+        }
+
+
+def _intervals(low: pd.Series, high: pd.Series) -> list[str]:
+    return [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(low, high, strict=True)]
 
 
 def run_demo(
@@ -42,7 +79,7 @@ def run_demo(
     percent: float = 1.0,
     statistic: str = "mean_abs",
     positions: str = "last_prompt",
-    n_controls: int = 3,
+    n_controls: int = 10,
     max_prompts: int = 150,
     batch_size: int = 64,
     model=None,

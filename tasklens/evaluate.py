@@ -17,7 +17,7 @@ from torch import Tensor
 from tasklens import distributed
 from tasklens.errors import TasklensError
 from tasklens.metrics import METRICS, is_generative
-from tasklens.models import cache_filled, is_bridge
+from tasklens.models import cache_filled, cached_calls, enable_kv_cache, is_bridge
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -51,6 +51,14 @@ def greedy_generate(
         raise TasklensError(f"batch_size must be at least 1, got {batch_size}")
     if not is_bridge(model):
         return _generate_without_cache(model, prompt_ids, max_new_tokens, batch_size)
+    enable_kv_cache(model)
+    with cached_calls():
+        return _generate_with_cache(model, prompt_ids, max_new_tokens, batch_size)
+
+
+def _generate_with_cache(
+    model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int
+) -> list[list[int]]:
     pad_id = model.tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
     out: list[list[int]] = []

@@ -12,6 +12,7 @@ import json
 import os
 import warnings
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from tasklens.errors import TasklensError, check_choice
+from tasklens.errors import TasklensError, TasklensWarning, check_choice
 
 ORGANISM = "organism"
 ORGANISM_DIR = Path(__file__).parent / "organism" / "checkpoint"
@@ -131,13 +132,53 @@ def is_bridge(model) -> bool:
     return isinstance(model, TransformerBridge)
 
 
+def _cache_as_past_key_values(module, args, kwargs):
+    if (
+        kwargs.get("cache") is not None
+        and kwargs.get("past_key_values") is None
+        and "layer_past" not in kwargs
+    ):
+        kwargs["past_key_values"] = kwargs["cache"]
+    return args, kwargs
+
+
+def enable_kv_cache(model) -> None:
+    """Let a bridge's attention read the key-value cache transformers hands it.
+
+    transformers 5.24 passes each layer's cache to the attention module as ``cache=``;
+    TransformerLens 4.3's attention bridge reads only ``past_key_values`` (or
+    ``layer_past``), so without help its cache stays empty. A forward pre-hook on every
+    attention bridge passes ``cache`` on as ``past_key_values``; transformers that pass
+    ``past_key_values`` themselves never trigger it. Idempotent; TransformerLens hooks
+    (``model.hooks``, ``run_with_cache``) are not touched."""
+    if not is_bridge(model) or getattr(model, "_tasklens_kv_cache", False):
+        return
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    except ImportError:  # a TransformerLens without this module: nothing to adapt
+        return
+    for module in model.modules():
+        if isinstance(module, AttentionBridge):
+            module.register_forward_pre_hook(_cache_as_past_key_values, with_kwargs=True)
+    model._tasklens_kv_cache = True
+
+
+@contextmanager
+def cached_calls():
+    """Silence transformers' notice that the bridge's own ``past_key_values`` argument is
+    deprecated (it is how TransformerLens passes the cache on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        yield
+
+
 def cache_filled(model, cache, n_positions: int) -> bool:
     """Whether the key-value cache a bridge returned holds all ``n_positions`` positions.
 
-    TransformerLens 4.3's attention bridge reads Hugging Face's cache from the keyword
-    ``past_key_values``; transformers 5.24 passes it as ``cache``, so the bridge hands back
-    an empty cache and a decoding step would attend to the new token alone. Callers fall
-    back to rerunning the whole sequence, which is exact on any version. Warns once per model."""
+    `enable_kv_cache` makes the bridges tasklens uses keep their cache; a model whose
+    cache still comes back short (a TransformerLens or transformers tasklens does not
+    know) makes callers rerun the whole sequence, which is exact on any version. Warns
+    once per model."""
     if cache is not None and cache.get_seq_length() == n_positions:
         return True
     if model not in _WARNED_EMPTY_CACHE:
@@ -147,8 +188,8 @@ def cache_filled(model, cache, n_positions: int) -> bool:
         warnings.warn(
             f"{type(model).__name__} returned an empty key-value cache (TransformerLens "
             f"{version('transformer-lens')} with transformers {version('transformers')}): "
-            "tasklens reruns whole sequences instead, which gives the same results more slowly; "
-            'pip install "transformers<5.24" restores the cache',
+            "tasklens reruns whole sequences instead, which gives the same results more slowly",
+            TasklensWarning,
             stacklevel=3,
         )
     return False
@@ -273,6 +314,7 @@ def load_model(
 
             hf_model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype)
         model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype, hf_model=hf_model)
+        enable_kv_cache(model)
     except OSError as error:
         if is_local:
             raise TasklensError(f"Could not load the model folder {source!r}: {error}") from error

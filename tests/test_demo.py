@@ -9,7 +9,7 @@ from tasklens.demo import DEMO_TASKS, run_demo
 
 @pytest.fixture(scope="module")
 def demo(organism):
-    return run_demo(model=organism, n_controls=3, progress=False)
+    return run_demo(model=organism, n_controls=10, progress=False)
 
 
 def test_sets_are_top_one_percent(demo):
@@ -32,3 +32,19 @@ def test_unablated_row_is_the_baseline(demo):
     table = demo.table()
     assert all(demo.result.baseline[task] >= 0.9 for task in DEMO_TASKS)
     assert (table.iloc[0] == demo.result.baseline).all()
+
+
+def test_the_demo_shows_each_set_beside_its_random_controls(demo):
+    controls = demo.controls()
+    assert list(controls.index) == list(DEMO_TASKS)
+    assert (controls["prompts"] == 150).all() and (controls["neurons"] == 20).all()
+    own = demo.result.own_and_others()
+    for task in DEMO_TASKS:
+        assert controls.loc[task, "set off"] == pytest.approx(demo.result.values.loc[task, task])
+        runs = demo.result.control_values.query("set == @task and task == @task")["value"]
+        assert len(runs) == 10 and controls.loc[task, "random sets"] == pytest.approx(runs.mean())
+        assert controls.loc[task, "random sets"] == pytest.approx(
+            own.loc[task, "baseline"] + own.loc[task, "control_own_change"]
+        )
+    assert set(controls["verdict"]) <= {"specific at p < 0.05 after Holm", "not distinguishable from random"}
+    assert demo.to_dict()["controls"]["continent_of"]["verdict"] == controls.loc["continent_of", "verdict"]

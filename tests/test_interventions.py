@@ -67,6 +67,24 @@ def test_generation_under_ablation_matches_a_reference_loop(organism):
     assert batched != greedy_generate(organism, prompts, max_new_tokens=4)
 
 
+def test_the_bridge_keeps_its_key_value_cache_and_decoding_warns_nothing(organism):
+    """On the transformers pip resolves (5.24 passes the cache as ``cache=``) as on earlier
+    ones: the prompt's cache is filled, and cached decoding equals rerunning whole sequences."""
+    from tasklens.evaluate import _generate_without_cache
+    from tasklens.models import cached_calls
+
+    task = Task.from_lists("t", [PROMPT, "What is 12 plus 30? Answer:", "reverse: a b c ->"], [" x"] * 3)
+    prompts = TokenizedTask.for_model(task, organism).prompt_ids
+    tokens = torch.tensor([prompts[0]])
+    with cached_calls():
+        _, kv = organism(tokens, return_type="logits_and_cache")
+    assert kv.get_seq_length() == tokens.shape[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cached = greedy_generate(organism, prompts, max_new_tokens=5)
+    assert cached == _generate_without_cache(organism, prompts, 5, batch_size=8)
+
+
 def test_an_empty_key_value_cache_falls_back_to_exact_reruns(organism, monkeypatch):
     # TransformerLens 4.3 with transformers 5.24 hands back an empty cache; decoding on it
     # would ignore the prompt. Forced here, so the fallback is tested on every version.

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from tasklens.errors import TasklensError, check_choice
-from tasklens.models import DEFAULT_UNIT, ModelInfo, cache_filled, is_bridge
+from tasklens.models import DEFAULT_UNIT, ModelInfo, cache_filled, cached_calls, enable_kv_cache, is_bridge
 from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.tasks.task import Task
@@ -60,7 +60,8 @@ def _prefix(model, tokens: Tensor, names: list[str]):
     store: dict[str, Tensor] = {}
     hooks = [(n, lambda act, hook, n=n: store.__setitem__(n, act[:, -1].detach())) for n in names]
     cached = is_bridge(model) and tokens.shape[1] > 1
-    with model.hooks(fwd_hooks=hooks):
+    enable_kv_cache(model)
+    with model.hooks(fwd_hooks=hooks), cached_calls():
         if cached:
             _, kv = model(tokens, return_type="logits_and_cache")
             if cache_filled(model, kv, tokens.shape[1]):
@@ -171,7 +172,8 @@ class IntegratedGradients:
 
             inputs = tokens[b] if kv is None else tokens[b, -1:]
             kwargs = {"past_key_values": kv} if kv is not None else {}
-            with torch.enable_grad(), model.hooks(fwd_hooks=[(names[at], splice(at)) for at in present]):
+            splices = [(names[at], splice(at)) for at in present]
+            with torch.enable_grad(), model.hooks(fwd_hooks=splices), cached_calls():
                 logits = model(inputs, return_type="logits", **kwargs)
                 probs = logits[:, -1].softmax(-1)[torch.arange(len(chunk), device=device), gold[b]]
                 (grad,) = torch.autograd.grad(probs.sum(), leaf)
