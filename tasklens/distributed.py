@@ -6,9 +6,9 @@ all-reduced in float64 and per-prompt values gathered in prompt order, so a resu
 equals a single process's to float rounding whatever N is. Only rank 0 writes files
 (`tasklens.io` turns other ranks' writes into no-ops) and run stages end on a barrier.
 
-Without ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) every function here is a
-no-op and tasklens runs in one process. In a notebook or script launched by torchrun,
-call `init()` first.
+Without ``torchrun`` (no ``WORLD_SIZE`` > 1 with the rest of torchrun's environment) every
+function here is a no-op and tasklens runs in one process. In a notebook or script launched
+by torchrun, call `init()` first.
 
 Covered: every scorer whose scores add up over prompts (``reduction`` ``"sum"`` or
 ``"mean"``: activation means and rates, gradient attribution, CGVST, attribution
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -30,24 +31,125 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
+from tasklens.errors import TasklensError, TasklensWarning
+
 #: how long a rank waits for the others before giving up (a dead rank must not hang the rest)
 DEFAULT_TIMEOUT = timedelta(minutes=10)
+#: how long the ranks wait for each other to start
+JOIN_TIMEOUT = timedelta(minutes=5)
+#: what torchrun sets for every rank; without all of them tasklens runs in one process
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_warned = False
 
 
 def requested() -> bool:
-    """Whether this process was launched as one of several ranks (``WORLD_SIZE`` > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether this process was launched as one of several ranks: ``WORLD_SIZE`` > 1 and the rest
+    of torchrun's environment present (a stray ``WORLD_SIZE`` alone warns once and is ignored)."""
+    global _warned
+    size = os.environ.get("WORLD_SIZE", "").strip()
+    if size in ("", "0", "1"):
+        return False
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name, "").strip()]
+    if missing:
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"WORLD_SIZE={size} is set but {', '.join(missing)} not, so this is not a torchrun launch: "
+                "running in one process (unset WORLD_SIZE to silence this, or launch with torchrun)",
+                TasklensWarning,
+                stacklevel=2,
+            )
+        return False
+    return True
 
 
-def init(backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT) -> bool:
-    """Join the process group torchrun set up (gloo on CPU, NCCL with CUDA); False when alone."""
+def _environment() -> dict[str, int | str]:
+    values: dict[str, int | str] = {"MASTER_ADDR": os.environ["MASTER_ADDR"].strip()}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT"):
+        text = os.environ[name].strip()
+        if not (text.isascii() and text.isdigit()):
+            raise TasklensError(
+                f"{name}={text!r} is not a whole number; launch with torchrun (which sets it) "
+                "or unset WORLD_SIZE to run in one process"
+            )
+        values[name] = int(text)
+    if values["RANK"] >= values["WORLD_SIZE"]:
+        raise TasklensError(
+            f"RANK={values['RANK']} is not below WORLD_SIZE={values['WORLD_SIZE']}; give every rank "
+            "the same WORLD_SIZE and ranks 0 to WORLD_SIZE - 1 (torchrun does)"
+        )
+    return values
+
+
+def _join(env: dict[str, int | str], timeout: timedelta) -> dist.Store:
+    """The rendezvous store, once every rank has checked that the others agree on the world size."""
+    rank_, size = int(env["RANK"]), int(env["WORLD_SIZE"])
+    where = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+    under_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts the store
+    store = dist.TCPStore(
+        str(env["MASTER_ADDR"]),
+        int(env["MASTER_PORT"]),
+        is_master=rank_ == 0 and not under_agent,
+        timeout=timeout,
+        wait_for_workers=False,
+        multi_tenant=not under_agent,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    checks = dist.PrefixStore(f"tasklens/attempt_{attempt}/", store)
+    if checks.add(f"rank{rank_}", 1) > 1:
+        raise TasklensError(
+            f"Two processes were started as RANK={rank_} at {where}; "
+            "give each rank its own RANK (torchrun does)"
+        )
+    checks.set(f"world_size{rank_}", str(size))
+    others = [f"world_size{r}" for r in range(1, size)] if rank_ == 0 else ["world_size0"]
+    for key in others:
+        try:
+            checks.wait([key], timeout)
+        except RuntimeError as error:
+            raise TasklensError(
+                f"Rank {key.removeprefix('world_size')} did not join at {where} within "
+                f"{timeout.total_seconds():.0f} s; start all {size} ranks (with torchrun) "
+                "or unset WORLD_SIZE to run in one process"
+            ) from error
+        theirs = int(checks.get(key))
+        if theirs != size:
+            raise TasklensError(
+                f"The ranks disagree on the world size: rank {key.removeprefix('world_size')} has "
+                f"WORLD_SIZE={theirs}, rank {rank_} has {size}; start every rank with the same WORLD_SIZE "
+                "(torchrun does)"
+            )
+    return store
+
+
+def init(
+    backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT, join_timeout: timedelta = JOIN_TIMEOUT
+) -> bool:
+    """Join the process group torchrun set up (gloo on CPU, NCCL with CUDA); False when alone.
+
+    Ranks that disagree on the world size, or that do not all start within ``join_timeout``,
+    fail with a `TasklensError` instead of waiting on each other.
+    """
     if not requested():
         return False
     if not dist.is_initialized():
+        env = _environment()
+        try:
+            store = _join(env, join_timeout)
+        except (RuntimeError, OSError) as error:
+            raise TasklensError(
+                f"Could not join the other ranks at {env['MASTER_ADDR']}:{env['MASTER_PORT']} "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                "check MASTER_ADDR and MASTER_PORT (torchrun sets them) "
+                "or unset WORLD_SIZE to run in one process"
+            ) from error
+        store.set_timeout(timeout)
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend, timeout=timeout)
+        dist.init_process_group(
+            backend, store=store, rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), timeout=timeout
+        )
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(int(env["LOCAL_RANK"]))
     return True
 
 

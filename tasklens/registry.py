@@ -14,11 +14,16 @@ works by name everywhere. Plug-ins arrive three ways:
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, TasklensWarning
 
 T = TypeVar("T")
 ENTRY_POINT_GROUP = "tasklens.plugins"
@@ -98,20 +103,80 @@ class Registry(Generic[T]):
 def load_plugins(modules: Iterable[str]) -> list[str]:
     """Import modules that register plug-ins (e.g. a run's ``plugins`` list).
 
+    Each is a module name (found on the Python path or in the working folder) or the path of
+    a ``.py`` file, imported under its file name.
+
     Returns:
         The modules imported.
     """
     loaded = []
     for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise TasklensError(
-                f"Could not import plug-in module {module!r} ({error}); give an importable module "
-                "name (on the Python path, e.g. a file my_plugins.py in the working folder)"
-            ) from error
+        if module.endswith(".py") or "/" in module or os.sep in module:
+            _import_file(module)
+        else:
+            _import_module(module)
         loaded.append(module)
     return loaded
+
+
+def _import_module(module: str) -> None:
+    working = os.getcwd()
+    if working not in sys.path and "" not in sys.path:
+        # the console script does not put the working folder on the path as `python -m` does
+        sys.path.append(working)
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name and module.split(".")[0] != error.name.split(".")[0]:
+            raise _failed(module, error) from error
+        raise TasklensError(
+            f"Could not import plug-in module {module!r}: no module of that name on the Python path or in "
+            "the working folder; give an importable module name (e.g. my_plugins for a file my_plugins.py "
+            "in the working folder) or the path of a .py file"
+        ) from error
+    except Exception as error:
+        raise _failed(module, error) from error
+
+
+def _import_file(module: str) -> None:
+    path = Path(module)
+    if path.suffix != ".py" or not path.is_file():
+        problem = "is not a .py file" if path.exists() else "does not exist"
+        raise TasklensError(
+            f"Plug-in {module!r} {problem}; give the path of a .py file or an importable module name"
+        )
+    name = path.stem
+    if not name.isidentifier():
+        raise TasklensError(
+            f"Plug-in file {module!r} cannot be imported as a module; rename it to a valid Python name "
+            "(letters, digits, underscores, e.g. my_plugins.py)"
+        )
+    resolved = path.resolve()
+    present = sys.modules.get(name)
+    if present is not None:
+        if Path(getattr(present, "__file__", "") or "").resolve() == resolved:
+            return
+        raise TasklensError(
+            f"Plug-in file {module!r} is named like the module {name!r} already imported; rename the file"
+        )
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[name] = loaded
+    try:
+        spec.loader.exec_module(loaded)
+    except Exception as error:
+        del sys.modules[name]
+        raise _failed(module, error) from error
+
+
+def _failed(module: str, error: Exception) -> TasklensError:
+    where, detail = "", str(error)
+    if isinstance(error, SyntaxError):
+        where, detail = f" at {error.filename}:{error.lineno}", error.msg
+    return TasklensError(
+        f"Plug-in module {module!r} failed while importing{where} ({type(error).__name__}: {detail}); "
+        "fix the module or leave it out"
+    )
 
 
 def _load_entry_points() -> None:
@@ -120,7 +185,16 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for point in entry_points(group=ENTRY_POINT_GROUP):
-        point.load()
+        try:
+            point.load()
+        except Exception as error:
+            package = f" of package {point.dist.name!r}" if point.dist is not None else ""
+            warnings.warn(
+                f"Skipped the {ENTRY_POINT_GROUP} entry point {point.name!r} = {point.value!r}{package}: "
+                f"it failed to load ({type(error).__name__}: {error}); fix or uninstall that package",
+                TasklensWarning,
+                stacklevel=2,
+            )
 
 
 def describe(registry: Registry[Any], doc: Callable[[Any], str] | None = None) -> dict[str, str]:

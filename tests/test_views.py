@@ -14,7 +14,7 @@ from tasklens.errors import TasklensError
 from tasklens.neurons import NeuronSet
 from tasklens.tasks.tokenize import TokenizedTask
 from tasklens.views.contexts import top_contexts
-from tasklens.views.page import neuron_pages, parse_neuron
+from tasklens.views.page import NeuronPage, neuron_pages, parse_neuron
 from tasklens.views.vocab import NeuronVocab, decode_neurons
 
 GRID = (4, 512)
@@ -179,3 +179,93 @@ def test_a_task_is_a_context_source(organism):
     task = Task.from_lists("t", ["Q: What is 2 + 2? A:"], [" 4"])
     found = top_contexts(organism, task, NeuronSet.from_pairs([(2, 2)], GRID), k=3, window=1)
     assert torch.isfinite(found.values).all()
+
+
+def one_line_error(result, fragment: str) -> None:
+    """Exit 2, one error line, ending the output (after the model's loading bar, if it loaded)."""
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert fragment in lines[-1] and [line for line in lines if "error" in line] == lines[-1:], result.output
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("spec", ["²1.3", "1.³", "١.٢"])
+def test_neuron_names_take_ascii_digits_only(spec):
+    one_line_error(CliRunner().invoke(app, ["neuron", spec]), "LAYER.INDEX")
+    for wrong in (spec, "1.", "L1", "1.2.3"):
+        with pytest.raises(TasklensError, match=r"LAYER\.INDEX"):
+            parse_neuron(wrong)
+    assert parse_neuron("l3n17") == parse_neuron(" 3.17 ") == (3, 17)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--n-contexts", "-1"], "n_contexts must be a whole number of at least 1, got -1"),
+        (["--n-tokens", "0"], "n_tokens must be a whole number of at least 1, got 0"),
+        (["--n-tokens", "100000"], "n_tokens=100000 is more than the 2048 tokens in the vocabulary"),
+    ],
+)
+def test_neuron_page_counts_are_checked(organism, option, message):
+    result = CliRunner().invoke(app, ["neuron", "0.1", "-t", "addition", "--max-prompts", "2", *option])
+    one_line_error(result, message)
+
+
+@pytest.mark.reliability
+def test_a_huge_context_count_shows_what_there_is(organism):
+    task = Task.from_lists("t", ["Q: What is 2 + 2? A:"], [" 4"])
+    page = neuron_pages(organism, [(0, 1)], [task], n_contexts=10**9)[0]
+    tokenized = TokenizedTask.for_model(task, organism)
+    n_tokens = len(tokenized.prompt_ids[0]) + len(tokenized.answer_ids[0])
+    assert len(page.contexts) == n_tokens
+
+
+@pytest.mark.reliability
+def test_control_characters_in_model_text_are_escaped_when_printed():
+    page = NeuronPage(
+        layer=0,
+        index=1,
+        model="organism",
+        promotes=[("\x1b[2J", 1.0)],
+        suppresses=[("\x00", -1.0)],
+        contexts=[
+            {"value": 2.0, "tokens": ["a\x07", "b\u202e", "\n", "é"], "activations": [0] * 4, "centre": 1}
+        ],
+    )
+    text = page.to_text()
+    assert "   2.000: a\\x07[b\\u202e]\\né" in text and "\\x1b[2J" in text and "\\x00" in text
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in text.replace("\n", ""))
+
+
+@pytest.mark.reliability
+def test_bad_context_sources_are_clear_errors(organism, tmp_path):
+    only = NeuronSet.from_pairs([(0, 1)], GRID)
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)))
+    (tmp_path / "notext.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
+    (tmp_path / "folder.txt").mkdir()
+    cases = [
+        ("binary.txt", r"'.*binary\.txt' is not UTF-8 text \(byte 128\)"),
+        ("notext.jsonl", r'Line 2 of .*notext\.jsonl.* has no "text" string'),
+        ("broken.jsonl", r"Line 2 of .*broken\.jsonl.* is not JSON"),
+        ("folder.txt", r"'.*folder\.txt' is a folder; give a \.txt or \.jsonl file"),
+    ]
+    for name, message in cases:
+        with pytest.raises(TasklensError, match=message):
+            top_contexts(organism, tmp_path / name, only)
+    for k in (-1, 0):
+        with pytest.raises(TasklensError, match=f"k must be a whole number of at least 1, got {k}"):
+            top_contexts(organism, ["some text"], only, k=k)
+    with pytest.raises(TasklensError, match="window must be"):
+        top_contexts(organism, ["some text"], only, window=-2)
+    with pytest.raises(TasklensError, match="k=5000 is more than the 2048 tokens"):
+        decode_neurons(organism, k=5000, neurons=only)
+
+
+@pytest.mark.reliability
+def test_the_views_package_exports_what_the_readme_names():
+    import tasklens.views
+
+    assert tasklens.views.top_contexts is top_contexts and tasklens.views.decode_neurons is decode_neurons
+    assert tasklens.views.neuron_pages is neuron_pages

@@ -38,6 +38,7 @@ def sequences(model, source: Any, max_tokens: int = 64) -> list[list[int]]:
     (one document per line) or ``.jsonl`` file (a ``text`` field per line). Longer
     documents are cut into consecutive pieces.
     """
+    check_count("max_tokens", max_tokens)
     if isinstance(source, Task):
         tokenized = TokenizedTask.for_model(source, model)
         return [(p + a)[:max_tokens] for p, a in zip(tokenized.prompt_ids, tokenized.answer_ids, strict=True)]
@@ -46,19 +47,66 @@ def sequences(model, source: Any, max_tokens: int = 64) -> list[list[int]]:
         raise TasklensError("The text source is empty; give at least one non-empty text")
     bos = [] if model.tokenizer.bos_token_id is None else [int(model.tokenizer.bos_token_id)]
     piece = max_tokens - len(bos)
+    if piece < 1:
+        raise TasklensError(f"max_tokens={max_tokens} leaves no room for text after BOS; give at least 2")
     return [
         bos + ids[i : i + piece] for ids in encode(model.tokenizer, texts) for i in range(0, len(ids), piece)
     ]
 
 
+def check_count(name: str, value: int, most: int | None = None, what: str = "") -> None:
+    """Refuse a count that is not a whole number from 1 to ``most`` (``what`` names the bound)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TasklensError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if most is not None and value > most:
+        raise TasklensError(f"{name}={value} is more than the {most} {what}; give at most {most}")
+
+
+def _read_lines(path: Path) -> list[str]:
+    if path.is_dir():
+        raise TasklensError(f"Text source {str(path)!r} is a folder; give a .txt or .jsonl file")
+    if not path.is_file():
+        raise TasklensError(f"Text source {str(path)!r} does not exist; give a .txt or .jsonl file")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise TasklensError(
+            f"Text source {str(path)!r} is not UTF-8 text (byte {error.start}); give a .txt or .jsonl file "
+            "of UTF-8 text"
+        ) from error
+    except OSError as error:
+        raise TasklensError(
+            f"Cannot read text source {str(path)!r} ({error.strerror}); check the file"
+        ) from error
+
+
+def _jsonl_texts(path: Path, lines: list[str]) -> list[str]:
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise TasklensError(
+                f"Line {number} of {str(path)!r} is not JSON ({error}); fix the line"
+            ) from error
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise TasklensError(
+                f'Line {number} of {str(path)!r} has no "text" string; give each line a "text" field'
+            )
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
 def _texts(source: Any) -> Iterable[str]:
     if isinstance(source, str | Path):
         path = Path(source)
-        if not path.is_file():
-            raise TasklensError(f"Text source {str(path)!r} does not exist; give a .txt or .jsonl file")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_lines(path)
         if path.suffix == ".jsonl":
-            return (json.loads(line)["text"] for line in lines if line.strip())
+            return _jsonl_texts(path, lines)
         return (line for line in lines if line.strip())
     if hasattr(source, "column_names"):
         if "text" not in source.column_names:
@@ -179,11 +227,17 @@ def top_contexts(
 
     Args:
         neurons: the neurons tracked (default: every neuron of the model).
-        k: contexts kept per neuron.
+        k: contexts kept per neuron (at most one per token of the source).
         window: tokens kept on each side of a context's centre.
     """
     info = ModelInfo.of(model)
     info.check_unit(unit)
+    check_count("k", k)
+    check_count("batch_size", batch_size)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise TasklensError(f"window must be a whole number of at least 0, got {window!r}")
+    seqs = sequences(model, source, max_tokens)
+    k = min(k, sum(map(len, seqs)))  # no more contexts than positions
     mask = (
         neurons.check_fits(info.shape).mask
         if neurons is not None
@@ -214,7 +268,6 @@ def top_contexts(
     ]
     pad_id = model.tokenizer.pad_token_id or 0
     n_tokens = 0
-    seqs = sequences(model, source, max_tokens)
     with model.hooks(fwd_hooks=hooks):
         for tokens in _batches(seqs, batch_size):
             real = tokens != PAD

@@ -10,6 +10,8 @@ the report (contexts as circuitsvis coloured tokens, escaped, inline bundle).
 from __future__ import annotations
 
 import html
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,17 +24,29 @@ from tasklens.interventions import ablate
 from tasklens.models import ModelInfo
 from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.tasks.task import Task
-from tasklens.views.contexts import TopContexts, top_contexts
+from tasklens.views.contexts import TopContexts, check_count, top_contexts
 from tasklens.views.vocab import NeuronVocab, decode_neurons
 
 
 def parse_neuron(spec: str) -> tuple[int, int]:
     """``"3.17"`` or ``"L3N17"`` -> (3, 17)."""
-    text = spec.strip().upper().removeprefix("L").replace("N", ".")
-    layer, _, index = text.partition(".")
-    if not (layer.isdigit() and index.isdigit()):
+    match = re.fullmatch(r"L?([0-9]+)[.N]([0-9]+)", spec.strip(), re.IGNORECASE)
+    if match is None:
         raise TasklensError(f"Name a neuron as LAYER.INDEX (e.g. 3.17) or L3N17, got {spec!r}")
-    return int(layer), int(index)
+    return int(match[1]), int(match[2])
+
+
+def printable(text: str) -> str:
+    """``text`` with control, format and line-separator characters escaped (``\\x07``, ``\\n``,
+    ``\\u202e``), so that model text cannot act on the terminal it is printed to."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if _invisible(unicodedata.category(char)) else char
+        for char in text
+    )
+
+
+def _invisible(category: str) -> bool:
+    return category[0] == "C" or category in ("Zl", "Zp")
 
 
 @dataclass
@@ -73,9 +87,7 @@ class NeuronPage:
         if self.contexts:
             lines.append("top contexts (activation: text, [centre token]):")
             for c in self.contexts:
-                text = "".join(
-                    f"[{t}]" if i == c["centre"] else t for i, t in enumerate(c["tokens"])
-                ).replace("\n", "\\n")
+                text = "".join(f"[{t}]" if i == c["centre"] else t for i, t in enumerate(c["tokens"]))
                 lines.append(f"  {c['value']:7.3f}: {text}")
         if self.ablation:
             lines.append("zero-ablating this neuron alone (mean over prompts):")
@@ -84,7 +96,7 @@ class NeuronPage:
                 f"next-token accuracy {a['accuracy']:.3f} -> {a['accuracy_ablated']:.3f}"
                 for a in self.ablation
             ]
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)
 
     def to_html(self) -> str:
         """The page as an HTML fragment (for the report)."""
@@ -189,6 +201,8 @@ def neuron_pages(
     for layer, index in neurons:
         if not (0 <= layer < info.n_layers and 0 <= index < info.d_mlp):
             raise TasklensError(f"Neuron L{layer}N{index} is outside {info.name!r}'s grid {info.shape}")
+    check_count("n_tokens", n_tokens, int(model.cfg.d_vocab), "tokens in the vocabulary")
+    check_count("n_contexts", n_contexts)
     chosen = NeuronSet.from_pairs(neurons, info.shape, "pages")
     vocab = vocab or decode_neurons(model, "output", k=n_tokens, neurons=chosen)
     reads = decode_neurons(model, "hook_pre", k=n_tokens, neurons=chosen)

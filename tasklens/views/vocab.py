@@ -37,6 +37,7 @@ from tasklens.errors import TasklensError, check_choice
 from tasklens.models import ModelInfo
 from tasklens.neurons import NeuronSet, _load, _save
 from tasklens.provenance import model_fingerprint
+from tasklens.views.contexts import check_count
 
 SIDES = ("output", "hook_pre", "hook_pre_linear")
 
@@ -168,6 +169,8 @@ def decode_neurons(
         neurons: decode only these (the others keep token 0 and score 0); default all.
     """
     check_choice("side", side, SIDES)
+    check_count("k", k, int(model.cfg.d_vocab), "tokens in the vocabulary")
+    check_count("chunk", chunk)
     info = ModelInfo.of(model)
     if side != "output":
         info.check_unit(side)
