@@ -23,14 +23,24 @@ import typer
 
 from tasklens.errors import TasklensError
 
+#: errors of the operating system about a path the user gave
+PATH_ERRORS = (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
 
 def fail(error: Exception) -> typing.NoReturn:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    """Print ``error`` as one line on stderr and exit with code 2."""
+    message = str(error)
+    if isinstance(error, PATH_ERRORS):
+        fix = "check its permissions" if isinstance(error, PermissionError) else "check the path"
+        where = f": {str(error.filename)!r}" if error.filename is not None else ""
+        message = f"{error.strerror or type(error).__name__}{where}; {fix}"
+    typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
 class TasklensApp(typer.Typer):
-    """A Typer app whose every command turns a `TasklensError` into a message and exit code 2."""
+    """A Typer app whose every command turns a `TasklensError`, or an operating-system error about a
+    path, into a one-line message and exit code 2 (programming errors keep their traceback)."""
 
     def command(self, *args, **kwargs):
         register = super().command(*args, **kwargs)
@@ -40,7 +50,7 @@ class TasklensApp(typer.Typer):
             def wrapped(*a, **k):
                 try:
                     return fn(*a, **k)
-                except TasklensError as error:
+                except (TasklensError, *PATH_ERRORS) as error:
                     fail(error)
 
             return register(wrapped)
@@ -81,7 +91,10 @@ def main(
     """
     from tasklens import distributed
 
-    distributed.init()
+    try:
+        distributed.init()
+    except TasklensError as error:
+        fail(error)
 
 
 # --- options generated from RunConfig ---------------------------------------------------------
@@ -294,9 +307,13 @@ def neuron(
     from tasklens.pipeline import load_scores, load_sets, load_task
     from tasklens.runs import RunFolder
     from tasklens.tasks.builtin import builtin_task_names
+    from tasklens.views.contexts import check_count
     from tasklens.views.page import neuron_pages, parse_neuron
 
     layer, index = parse_neuron(spec)
+    check_count("n_tokens", n_tokens)  # the vocabulary's size is checked once the model is loaded
+    check_count("n_contexts", n_contexts)
+    check_count("max_prompts", max_prompts)
     specs = list(task)
     if not specs and run is not None:
         specs = RunFolder(run).record("locate")["config"]["tasks"]
