@@ -214,21 +214,31 @@ def list_plugins(
 def demo(
     model: str = typer.Option("organism", help="Model spec: 'organism', a local HF folder, or a hub name."),
     percent: float = typer.Option(1.0, help="Top percentage of neurons selected per task."),
-    controls: int = typer.Option(3, help="Random control sets per task (same per-layer counts)."),
+    controls: int = typer.Option(10, help="Random control sets per task (same per-layer counts)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only (for scripts)."),
 ) -> None:
-    """Locate each task's top neurons (activation statistics), ablate them, print the table.
+    """Locate each task's top neurons (activation statistics), ablate them, print the table
+    beside random sets of the same per-layer counts.
 
-    Example: tasklens demo --percent 1 --controls 3
+    Example: tasklens demo --percent 1 --controls 10
     """
     from tasklens.demo import run_demo
 
+    if controls < 2:
+        raise TasklensError(f"--controls must be at least 2 (the test uses their spread), got {controls}")
     start = time.time()
-    result = run_demo(model, percent=percent, n_controls=controls)
-    typer.echo("\nGreedy exact match on each task's evaluation prompts (rows: neurons zero-ablated)\n")
+    result = run_demo(model, percent=percent, n_controls=controls, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "seconds": round(time.time() - start, 1)}, indent=2))
+        return
+    typer.echo("\nExact match on each task's held-out prompts (rows: neurons zero-ablated)\n")
     typer.echo(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
     typer.echo(
-        f"\nsets: {', '.join(f'{s.name}={len(s)}' for s in result.sets)} neurons; {time.time() - start:.0f} s"
+        f"\nEach set on its own task, beside {controls} random sets of the same per-layer counts; "
+        "'others change' is the mean change on the other tasks, p the specificity test (Holm)\n"
     )
+    typer.echo(result.controls().to_string(float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"\n{time.time() - start:.0f} s")
 
 
 LOCATE = ("model", "tasks", "out", "plugins", "split", "max_prompts", "method", "params", "unit", "select",

@@ -285,12 +285,17 @@ def task_names(specs: list[str]) -> list[str]:
 def check_task_spec(spec: str, splits: tuple[str, ...]) -> None:
     """A task spec names an existing file or a built-in task with the given splits."""
     from tasklens.tasks.builtin import builtin_task_splits
+    from tasklens.tasks.task import check_task_path
 
     if is_task_file(spec):
-        if not Path(spec).is_file():
-            raise TasklensError(f"Task file {spec!r} does not exist; check the path")
+        check_task_path(Path(spec))
         return
-    available = builtin_task_splits(spec)
+    try:
+        available = builtin_task_splits(spec)
+    except TasklensError:
+        if Path(spec).is_dir():
+            check_task_path(Path(spec))  # a folder given for a task file: say so
+        raise
     for split in splits:
         if split not in available:
             raise TasklensError(
