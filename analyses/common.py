@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tasklens.analysis.stability import held_out_effect, split_half
 from tasklens.errors import TasklensError
-from tasklens.stability import held_out_effect, split_half
+from tasklens.evaluation.known import default_style, known_by, load_for_model
 from tasklens.tasks.builtin import builtin_task_info
 from tasklens.tasks.builtin.natural import natural_tasks
-from tasklens.tasks.known import default_style, known_by, load_for_model
 from tasklens.tasks.task import Task
 
 

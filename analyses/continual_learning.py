@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from tasklens.analysis.plots import heatmap
 from tasklens.finetune import (
     FinetuneConfig,
     TaskRouter,
@@ -34,8 +35,7 @@ from tasklens.finetune import (
     transfer_pairs,
 )
 from tasklens.models import ModelInfo, load_model
-from tasklens.outputs import OutputDir
-from tasklens.plots import heatmap
+from tasklens.runs.outputs import OutputDir
 
 TASKS = ["continent_code", "currency_code", "subtraction", "smaller_number"]
 

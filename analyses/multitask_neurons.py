@@ -25,15 +25,20 @@ import time
 import pandas as pd
 from common import describe_counts, held_out_effects, own_effect_table, prepare, set_stability, task_names
 
-from tasklens.compare import overlap, overlap_matrix, parameter_similarity, similarity_transfer_correlation
-from tasklens.matrix import evaluation_matrix
+from tasklens.analysis.compare import (
+    overlap,
+    overlap_matrix,
+    parameter_similarity,
+    similarity_transfer_correlation,
+)
+from tasklens.analysis.matrix import evaluation_matrix
+from tasklens.analysis.plots import heatmap
+from tasklens.analysis.stability import stability_curve
+from tasklens.evaluation.known import default_style, load_for_model
 from tasklens.models import ModelInfo, load_model
-from tasklens.outputs import OutputDir
-from tasklens.plots import heatmap
+from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import GradientAttribution
 from tasklens.selection import top_percent
-from tasklens.stability import stability_curve
-from tasklens.tasks.known import default_style, load_for_model
 
 GROUPS = {"relation": "knowledge", "algorithmic": "algorithmic", "classification": "classification"}
 #: for natural-language models: knowledge, classification and algorithmic tasks SmolLM2 does well above chance

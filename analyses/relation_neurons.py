@@ -27,12 +27,12 @@ import time
 import pandas as pd
 from common import describe_counts, held_out_effects, own_effect_table, prepare, set_stability, task_names
 
-from tasklens.compare import overlap, overlap_matrix
-from tasklens.experiments import cross_language, cumulativity
-from tasklens.matrix import evaluation_matrix
+from tasklens.analysis.compare import overlap, overlap_matrix
+from tasklens.analysis.experiments import cross_language, cumulativity
+from tasklens.analysis.matrix import evaluation_matrix
+from tasklens.analysis.plots import curves, heatmap
 from tasklens.models import ModelInfo, load_model
-from tasklens.outputs import OutputDir
-from tasklens.plots import curves, heatmap
+from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import AveragePrecisionExpertise, PromptMeans, VerifiedPatching
 from tasklens.selection import top_k
 

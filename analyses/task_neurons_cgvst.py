@@ -22,13 +22,13 @@ import time
 import pandas as pd
 from common import describe_counts, held_out_effects, prepare, set_stability
 
+from tasklens.analysis.matrix import evaluation_matrix
+from tasklens.evaluation.known import default_style
 from tasklens.interventions import Intervention
-from tasklens.matrix import evaluation_matrix
 from tasklens.models import ModelInfo, load_model
-from tasklens.outputs import OutputDir
+from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import CGVST, ActivationStats, GradientAttribution
 from tasklens.selection import contrast, top_percent
-from tasklens.tasks.known import default_style
 
 ORGANISM_TASKS = ["capital_of", "continent_of", "element_symbol", "addition", "larger_number", "sentiment"]
 CHAT_TASKS = ["continent_of", "country_language", "city_country", "sentiment", "addition", "copy_list"]

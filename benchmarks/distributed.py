@@ -25,7 +25,7 @@ def work(model_name: str, n_prompts: int, out: str) -> None:
     import torch
 
     from tasklens import distributed
-    from tasklens.evaluate import evaluate
+    from tasklens.evaluation.evaluate import evaluate
     from tasklens.models import load_model
     from tasklens.scoring import GradientAttribution
     from tasklens.tasks.builtin import load_builtin

@@ -25,9 +25,10 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from tasklens.data.neurons import NeuronSet, ranking
+from tasklens.evaluation.known import default_style, load_for_model
 from tasklens.io import write_json
 from tasklens.models import ModelInfo, load_model
-from tasklens.neurons import NeuronSet, ranking
 from tasklens.scoring import (
     ActivationStats,
     AttributionPatching,
@@ -37,7 +38,6 @@ from tasklens.scoring import (
     VerifiedPatching,
 )
 from tasklens.tasks.builtin import builtin_task_names
-from tasklens.tasks.known import default_style, load_for_model
 
 CHEAP = {
     "verified_atp_5pct": lambda: VerifiedPatching(candidate_percent=5.0),

@@ -35,11 +35,11 @@ except ImportError:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from references import captum_reference
 
+from tasklens.data.neurons import NeuronSet
+from tasklens.evaluation.metrics import answer_logprob, answer_loss
 from tasklens.interventions import ablate
 from tasklens.io import write_json
-from tasklens.metrics import answer_logprob, answer_loss
 from tasklens.models import load_model
-from tasklens.neurons import NeuronSet
 from tasklens.scoring import (
     CGVST,
     ActivationStats,
@@ -171,8 +171,8 @@ def against_plain_hf(name: str, n_prompts: int, batch_size: int, repeats: int) -
     """Scorers on ``name`` against the same model loaded by plain Hugging Face, alternated, best of."""
     from transformers import AutoModelForCausalLM
 
-    from tasklens import zoo
-    from tasklens.tasks.known import load_for_model
+    from tasklens.evaluation.known import load_for_model
+    from tasklens.models import zoo
 
     model = load_model(name)
     folder = zoo.local_folder(name) if zoo.is_known(name) else name

@@ -12,20 +12,22 @@ The main entry points, re-exported here:
   same for metrics, selections and interventions.
 """
 
-__version__ = "0.2.0"
-
+from tasklens import _moved
+from tasklens._version import __version__
+from tasklens.analysis.matrix import EvaluationResult, evaluation_matrix
+from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError, TasklensWarning
-from tasklens.evaluate import accuracy, evaluate, exact_match, greedy_match
+from tasklens.evaluation.evaluate import accuracy, evaluate, exact_match, greedy_match
+from tasklens.evaluation.metrics import METRICS
 from tasklens.interventions import INTERVENTIONS, Intervention, ablate, amplify, clamp
-from tasklens.matrix import EvaluationResult, evaluation_matrix
-from tasklens.metrics import METRICS
 from tasklens.models import ModelInfo, load_model
-from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.registry import load_plugins
 from tasklens.scoring import SCORERS, get_scorer
 from tasklens.selection import SELECTIONS
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import load_builtin
+
+_moved.install()
 
 
 def list_scorers() -> list[str]:
@@ -34,7 +36,7 @@ def list_scorers() -> list[str]:
 
 
 def list_metrics() -> list[str]:
-    """Names of the registered metrics (`tasklens.metrics`; ``greedy_match`` decodes greedily)."""
+    """Names of the registered metrics (`tasklens.evaluation.metrics`; ``greedy_match`` decodes greedily)."""
     return METRICS.names()
 
 
@@ -80,6 +82,7 @@ __all__ = [
     "Task",
     "TasklensError",
     "TasklensWarning",
+    "__version__",
     "ablate",
     "accuracy",
     "amplify",

@@ -73,9 +73,9 @@ app.add_typer(models_app, name="models")
 
 def _version(value: bool) -> None:
     if value:
-        import tasklens
+        from tasklens._version import __version__
 
-        typer.echo(f"tasklens {tasklens.__version__}")
+        typer.echo(f"tasklens {__version__}")
         raise typer.Exit()
 
 
@@ -114,7 +114,7 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 def _config_parameters(fields: tuple[str, ...], from_run: tuple[str, ...]) -> list[inspect.Parameter]:
     """One typer option per RunConfig field; fields in ``from_run`` default to the run's own."""
-    from tasklens.pipeline import RunConfig
+    from tasklens.runs.pipeline import RunConfig
 
     hints = typing.get_type_hints(RunConfig)
     by_name = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -141,8 +141,8 @@ def _config_parameters(fields: tuple[str, ...], from_run: tuple[str, ...]) -> li
 
 def _build_config(values: dict[str, Any], from_run: tuple[str, ...]):
     """A checked RunConfig from CLI values; fields left unset in ``from_run`` come from the run."""
-    from tasklens.pipeline import RunConfig
     from tasklens.runs import RunFolder
+    from tasklens.runs.pipeline import RunConfig
 
     values = {k: v for k, v in values.items() if not (k in from_run and v is None)}
     if "params" in values:
@@ -191,9 +191,9 @@ def list_plugins(
 
     Example: tasklens list --plugin my_plugins
     """
-    import tasklens  # noqa: F401 (registers the built-in plug-ins)
+    import tasklens.evaluation.evaluate  # noqa: F401 (registers greedy_match)
+    from tasklens.evaluation.metrics import METRICS
     from tasklens.interventions import INTERVENTIONS
-    from tasklens.metrics import METRICS
     from tasklens.registry import describe, load_plugins
     from tasklens.scoring import SCORERS
     from tasklens.selection import SELECTIONS
@@ -222,7 +222,7 @@ def demo(
 
     Example: tasklens demo --percent 1 --controls 10
     """
-    from tasklens.demo import run_demo
+    from tasklens.runs.demo import run_demo
 
     if controls < 2:
         raise TasklensError(f"--controls must be at least 2 (the test uses their spread), got {controls}")
@@ -256,7 +256,7 @@ def locate(config) -> None:
 
     Example: tasklens locate -t continent_of -t addition --method gradient_attribution --value 2
     """
-    from tasklens.pipeline import locate as run_locate
+    from tasklens.runs.pipeline import locate as run_locate
 
     sets = run_locate(config)
     typer.echo(f"{len(sets)} sets ({', '.join(f'{s.name}={len(s)}' for s in sets)}) in {config.out}")
@@ -268,7 +268,7 @@ def ablate(config) -> None:
 
     Example: tasklens ablate --out runs/x --intervention amplify --factor 3
     """
-    from tasklens.pipeline import ablate as run_ablate
+    from tasklens.runs.pipeline import ablate as run_ablate
 
     result = run_ablate(config)
     typer.echo(result.pivot().to_string(float_format=lambda v: f"{v:.3f}"))
@@ -280,7 +280,7 @@ def compare(config) -> None:
 
     Example: tasklens compare --out runs/relations --no-cumulativity
     """
-    from tasklens.pipeline import compare as run_compare
+    from tasklens.runs.pipeline import compare as run_compare
 
     results = run_compare(config)
     typer.echo(results["overlap_jaccard"].to_string(float_format=lambda v: f"{v:.3f}"))
@@ -292,7 +292,7 @@ def report(run: Path = typer.Argument(..., help="A run folder.")) -> None:
 
     Example: tasklens report runs/tasklens
     """
-    from tasklens.report import build_report
+    from tasklens.runs.report import build_report
 
     typer.echo(f"wrote {build_report(run)}")
 
@@ -314,8 +314,8 @@ def neuron(
     Example: tasklens neuron 0.21 -t continent_of -t currency_of
     """
     from tasklens.models import load_model
-    from tasklens.pipeline import load_scores, load_sets, load_task
     from tasklens.runs import RunFolder
+    from tasklens.runs.pipeline import load_scores, load_sets, load_task
     from tasklens.tasks.builtin import builtin_task_names
     from tasklens.views.contexts import check_count
     from tasklens.views.page import neuron_pages, parse_neuron
@@ -342,11 +342,11 @@ def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunC
 
     Example: tasklens run analyses/relations.toml
     """
-    from tasklens.pipeline import RunConfig, check_writable
-    from tasklens.pipeline import ablate as run_ablate
-    from tasklens.pipeline import compare as run_compare
-    from tasklens.pipeline import locate as run_locate
-    from tasklens.report import build_report
+    from tasklens.runs.pipeline import RunConfig, check_writable
+    from tasklens.runs.pipeline import ablate as run_ablate
+    from tasklens.runs.pipeline import compare as run_compare
+    from tasklens.runs.pipeline import locate as run_locate
+    from tasklens.runs.report import build_report
 
     start = time.time()
     config = RunConfig.from_toml(config_file)
@@ -365,7 +365,7 @@ def models_list() -> None:
 
     Example: tasklens models list
     """
-    from tasklens.zoo import list_models
+    from tasklens.models.zoo import list_models
 
     for row in list_models():
         typer.echo(f"{row['name']:<14} {row['status']:<24} {row['where']}\n{'':<14} {row['description']}")
@@ -384,7 +384,7 @@ def models_download(
 
     Example: tasklens models download smollm2
     """
-    from tasklens.zoo import download
+    from tasklens.models.zoo import download
 
     download(name, progress=typer.echo, force=force)
 
@@ -397,7 +397,7 @@ def models_verify(
 
     Example: tasklens models verify smollm2
     """
-    from tasklens.zoo import verify
+    from tasklens.models.zoo import verify
 
     verify(name, progress=typer.echo)
 

@@ -29,10 +29,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tasklens.data.neurons import NeuronSet, check_shape
+from tasklens.data.provenance import plain
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.neurons import NeuronSet, check_shape
-from tasklens.provenance import plain
+from tasklens.models.hooks import mean_activations, stream_activations
 from tasklens.registry import Registry
 from tasklens.tasks.task import Task
 
@@ -102,10 +103,7 @@ class Intervention:
         """The same intervention with its data-dependent parts computed once for ``model``
         (the ``mean`` of ``source``), for applying it to many sets."""
         if self.kind == "mean" and self.mean is None and self.source is not None:
-            from tasklens.scoring.activation import ActivationStats
-
-            sums = ActivationStats("mean", "all").accumulate(model, self.source, unit=self.unit)
-            return dataclasses.replace(self, mean=sums.statistic("mean").float())
+            return dataclasses.replace(self, mean=mean_activations(model, self.source, self.unit))
         return self
 
     @property
@@ -267,8 +265,6 @@ def _resample(model, intervention: Intervention) -> Edit:
     """Replace each position's values by those of a random token of ``source``."""
     if intervention.source is None:
         raise TasklensError("Resample ablation needs source=: the Task whose activations are drawn")
-    from tasklens.scoring.base import stream_activations
-
     info = ModelInfo.of(model)
     names = info.hook_names(intervention.unit)
     mask = intervention.neurons.mask

@@ -1,4 +1,5 @@
-"""Atomic writes: a file or folder appears whole or not at all."""
+"""Files: atomic writes (a file or folder appears whole or not at all) and artifacts
+(a tensor as safetensors beside its JSON provenance, bound by the tensor file's hash)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import Tensor
 
 from tasklens.errors import TasklensError
 
@@ -140,3 +146,61 @@ def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes, read in blocks."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def artifact_paths(path: str | Path) -> tuple[Path, Path]:
+    """The ``.safetensors`` and ``.json`` files of the artifact at ``path`` (either suffix, or none)."""
+    base = Path(path)
+    if base.suffix in (".safetensors", ".json"):
+        base = base.with_suffix("")
+    return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+
+def save_artifact(path: str | Path, tensor: Tensor, meta: dict[str, Any]) -> Path:
+    """Write an artifact: ``tensor`` as safetensors and ``meta`` as its JSON sidecar.
+
+    Both files are complete before either is renamed into place, and the JSON names the
+    tensor file's SHA-256, so `load_artifact` never pairs halves of two writes."""
+    tensor_path, json_path = artifact_paths(path)
+    data = save_tensors({"values": tensor.detach().cpu().contiguous()})
+    meta = {**meta, "sha256": hashlib.sha256(data).hexdigest()}
+    text = json.dumps(meta, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    with atomic_paths(tensor_path, json_path) as (tmp_tensor, tmp_json):
+        tmp_tensor.write_bytes(data)
+        tmp_json.write_text(text, encoding="utf-8")
+    return tensor_path
+
+
+def load_artifact(path: str | Path, kind: str) -> tuple[Tensor, dict[str, Any]]:
+    """An artifact's tensor and metadata, checked: both files there, the JSON's ``kind`` as
+    expected, the tensor file's hash as the JSON records. Nothing is unpickled."""
+    tensor_path, json_path = artifact_paths(path)
+    for p in (tensor_path, json_path):
+        if not p.is_file():
+            raise TasklensError(f"Cannot load {kind}: {str(p)!r} does not exist (need .safetensors + .json)")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise TasklensError(
+            f"{str(json_path)!r} is not valid JSON ({error}); the file is damaged: recompute the {kind}"
+        ) from error
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+        raise TasklensError(f"{str(json_path)!r} holds a {found!r}, not a {kind}")
+    data = tensor_path.read_bytes()
+    expected = meta.get("sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise TasklensError(
+            f"{str(tensor_path)!r} does not match its sidecar {json_path.name!r} (the tensor's hash "
+            "differs): the pair comes from two different runs or a write was interrupted; recompute it"
+        )
+    try:
+        tensors = load_tensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise TasklensError(
+            f"{str(tensor_path)!r} is not a readable safetensors file ({error}); it is empty, truncated "
+            f"or damaged: recompute the {kind}"
+        ) from error
+    if "values" not in tensors:
+        raise TasklensError(f"{str(tensor_path)!r} has no 'values' tensor; it was not written by tasklens")
+    return tensors["values"], meta

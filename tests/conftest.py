@@ -87,8 +87,19 @@ def build_tiny(folder, arch: str, n_layers: int = 2, seed: int = 0):
     return folder
 
 
+TIERS = ("unit", "integration", "acceptance")
+
+
 def pytest_collection_modifyitems(items):
+    """Tiers by folder (TransformerLens's split): ``tests/unit`` (no model), ``tests/integration``
+    (the organism or tiny random models), ``tests/acceptance`` (whole commands, notebooks, real
+    models, several processes: marked ``slow``). ``pytest -m "not slow"`` is the fast loop."""
     for item in items:
+        tier = next((t for t in TIERS if f"/{t}/" in item.path.as_posix()), None)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+        if tier == "acceptance":
+            item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("reliability") is not None:
             item.user_properties.append(("reliability", True))
 

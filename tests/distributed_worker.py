@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from tasklens import distributed
-from tasklens.evaluate import evaluate_prompts, exact_match
+from tasklens.data.neurons import NeuronSet
+from tasklens.evaluation.evaluate import evaluate_prompts, exact_match
 from tasklens.models import load_model
-from tasklens.neurons import NeuronSet
 from tasklens.scoring import ActivationStats, ExactAblation, GradientAttribution
 from tasklens.tasks.builtin import load_builtin
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, check_choice
 from tasklens.finetune.config import FinetuneConfig
 from tasklens.finetune.evaluation import DEFAULT_METRIC, accuracies, mixed_accuracy
 from tasklens.finetune.full import preserved
 from tasklens.finetune.routing import TaskRouter, batch_features, task_features
 from tasklens.finetune.trainer import FULL, FinetuneRun
-from tasklens.neurons import NeuronSet
 from tasklens.tasks.task import Task
 
 METHODS = ("SeqFT", "NCFT", "W-NCFT")

@@ -25,10 +25,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.finetune.projections import Projection, mlp_projections
 from tasklens.models import ModelInfo
-from tasklens.neurons import NeuronSet
 
 
 def _scale(add: Tensor, coefficient: Tensor | None) -> Tensor:

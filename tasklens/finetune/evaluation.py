@@ -4,7 +4,7 @@ The default metric is ``"next_token"``: every answer token is the argmax given t
 prompt and the earlier answer tokens (teacher forcing). That is greedy decoding
 producing the answer's tokens exactly, read off one forward pass instead of one per
 token (and with logits only at the answer positions, `tasklens.finetune.objective`).
-Any other metric of `tasklens.metrics` works too; ``"exact_match"`` (greedy decoding
+Any other metric of `tasklens.evaluation.metrics` works too; ``"exact_match"`` (greedy decoding
 and text comparison) for plain evaluation only.
 """
 
@@ -18,10 +18,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tasklens.errors import TasklensError
-from tasklens.evaluate import evaluate
+from tasklens.evaluation.evaluate import evaluate
+from tasklens.evaluation.metrics import METRICS, is_generative
 from tasklens.finetune.deltas import NeuronDeltas
 from tasklens.finetune.objective import answer_correct
-from tasklens.metrics import METRICS, is_generative
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
 

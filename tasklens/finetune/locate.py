@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tasklens.neurons import NeuronSet
+from tasklens.data.neurons import NeuronSet
 from tasklens.scoring import get_scorer
 from tasklens.selection import select
 from tasklens.tasks.task import Task

@@ -27,7 +27,7 @@ from tasklens.tasks.builtin.algorithmic import letter_lists
 from tasklens.tasks.builtin.assemble import Fact, make_task, package_source
 from tasklens.tasks.builtin.splits import stable_int
 from tasklens.tasks.builtin.templates import Template, english_templates
-from tasklens.tasks.task import Task
+from tasklens.tasks.task import Task, is_task_file
 
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.2
@@ -216,8 +216,6 @@ def load_finetune_task(name: str, split: str = "train") -> Task:
     Raises:
         TasklensError: for an unknown name or split.
     """
-    from tasklens.pipeline import is_task_file
-
     if split not in SPLITS:
         raise TasklensError(f"Fine-tuning splits are {list(SPLITS)}, not {split!r}")
     if name in NEW_TASKS:

@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import tasklens
+from tasklens._version import __version__
+from tasklens.data.neurons import NeuronSet
+from tasklens.data.provenance import model_fingerprint
 from tasklens.errors import TasklensError
 from tasklens.finetune.checkpoint import (
     check_checkpoint_dir,
@@ -40,8 +42,6 @@ from tasklens.finetune.deltas import NeuronDeltas
 from tasklens.finetune.full import FullParameters
 from tasklens.finetune.objective import answer_loss
 from tasklens.models import ModelInfo
-from tasklens.neurons import NeuronSet
-from tasklens.provenance import model_fingerprint
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
 
@@ -157,7 +157,7 @@ class FinetuneRun:
             "neurons": neurons,
             "n_trained_parameters": self.trainable.n_parameters(),
             "config": self.config.to_dict(),
-            "tasklens_version": tasklens.__version__,
+            "tasklens_version": __version__,
         }
 
     def _check_same(self, meta: dict[str, Any]) -> None:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from tasklens.compare import overlap, parameter_similarity, similarity_transfer_correlation
+from tasklens.analysis.compare import overlap, parameter_similarity, similarity_transfer_correlation
+from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, check_choice
 from tasklens.finetune.config import FinetuneConfig
 from tasklens.finetune.evaluation import DEFAULT_METRIC, accuracies
 from tasklens.finetune.trainer import FULL, FinetuneRun
-from tasklens.neurons import NeuronSet
 from tasklens.selection import random_like
 from tasklens.tasks.task import Task
 

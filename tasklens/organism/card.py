@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import tasklens
+from tasklens._version import __version__
 from tasklens.io import atomic_write_text, write_json
 
 
@@ -14,7 +14,7 @@ def write_card(folder: str | Path, accuracy: dict[str, dict[str, float]]) -> dic
     folder = Path(folder)
     training = json.loads((folder / "training.json").read_text())
     card = {
-        "tasklens_version": tasklens.__version__,
+        "tasklens_version": __version__,
         "config": training["config"],
         "n_parameters": training["n_parameters"],
         "training_seconds": training["seconds"],

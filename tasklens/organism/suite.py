@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasklens.evaluate import accuracy
+from tasklens.evaluation.evaluate import accuracy
 from tasklens.tasks.builtin import builtin_task_info, load_builtin
 
 #: evaluation key -> built-in split it is measured on

@@ -19,8 +19,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tasklens.errors import TasklensError
 from tasklens import io
+from tasklens.errors import TasklensError
 from tasklens.io import atomic_dir
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import encode

@@ -12,10 +12,10 @@ from typing import ClassVar
 
 import torch
 
+from tasklens.data.neurons import NeuronScores
 from tasklens.errors import check_choice
-from tasklens.metrics import get_metric
+from tasklens.evaluation.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.scoring.gradients import stream_gradients
 from tasklens.tasks.task import Task

@@ -7,21 +7,17 @@ entry point, ``attribute(model, task, unit=..., batch_size=...)``, returning
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import fields as dc_fields
 from dataclasses import is_dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-import torch
-from jaxtyping import Float
 from torch import Tensor
 
+from tasklens.data.neurons import NeuronScores
+from tasklens.data.provenance import model_fingerprint, plain
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.neurons import NeuronScores
-from tasklens.provenance import model_fingerprint, plain
 from tasklens.registry import Registry
 from tasklens.tasks.task import Task
-from tasklens.tasks.tokenize import Batch, TokenizedTask
 
 
 @runtime_checkable
@@ -74,26 +70,3 @@ def make_scores(
         reduction=reduction,
         model_fingerprint=model_fingerprint(model),
     )
-
-
-def stream_activations(
-    model, task: Task, names: Sequence[str], batch_size: int, with_answers: bool = True
-) -> Iterator[tuple[Batch, dict[str, Float[Tensor, "batch pos neuron"]]]]:
-    """Forward passes over ``task`` in batches, yielding the named activations.
-
-    Memory is one batch's activations, whatever the number of prompts.
-    """
-    tokenized = TokenizedTask.for_model(task, model)
-    store: dict[str, Tensor] = {}
-
-    def keep(name: str):
-        def hook(act: Tensor, hook) -> None:
-            store[name] = act.detach()
-
-        return hook
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(n, keep(n)) for n in names]):
-        for batch in tokenized.batches(batch_size, with_answers=with_answers):
-            store.clear()
-            model(batch.tokens.to(model.cfg.device), return_type=None)
-            yield batch, dict(store)

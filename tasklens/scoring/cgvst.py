@@ -20,9 +20,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo, mlp_input, weights_folded
-from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.scoring.gradients import forward_backward
 from tasklens.tasks.task import Task

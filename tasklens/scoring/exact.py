@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensWarning
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.scoring.patching import PatchingOptions
 from tasklens.tasks.task import Task

@@ -17,10 +17,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.neurons import NeuronScores
-from tasklens.scoring.base import SCORERS, make_scores, stream_activations
+from tasklens.models.hooks import stream_activations
+from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.tasks.task import Task
 
 

@@ -23,9 +23,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo, cache_filled, cached_calls, enable_kv_cache, is_bridge
-from tasklens.neurons import NeuronScores
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask
@@ -91,7 +91,7 @@ class IntegratedGradients:
             prompts (no usable key-value cache); bounds memory, not the result.
 
     Scores are summed over prompts; `per_prompt` gives ``[n_prompts, n_layers, d_mlp]``
-    for the knowledge-neuron refinement (`tasklens.multitask.knowledge_neurons`).
+    for the knowledge-neuron refinement (`tasklens.selection.knowledge_neurons`).
     """
 
     steps: int = 20

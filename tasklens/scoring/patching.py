@@ -18,10 +18,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError, TasklensWarning, check_choice
-from tasklens.metrics import get_metric
+from tasklens.evaluation.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.neurons import NeuronScores
 from tasklens.scoring.activation import ActivationStats
 from tasklens.scoring.base import SCORERS, make_scores
 from tasklens.scoring.gradients import forward_backward

@@ -153,6 +153,10 @@ class Task:
         )
 
     # --- derived ------------------------------------------------------------------
+    def provenance(self) -> dict[str, Any]:
+        """How the task appears in an artifact's provenance: name, data hash, size."""
+        return {"task": self.name, "task_hash": self.data_hash(), "n_prompts": len(self)}
+
     def data_hash(self) -> str:
         """SHA-256 of the prompts, answers and corrupted prompts: the provenance key."""
         payload = json.dumps(
@@ -220,13 +224,6 @@ class Task:
         if len(self) <= n:
             return self
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), n)))
-
-    def known_by(self, model, batch_size: int = 32, need: int | None = None) -> Task:
-        """The prompts ``model`` answers correctly (greedy, token-exact), all of them or the
-        first ``need`` found in a random order: `tasklens.tasks.known.known_by`."""
-        from tasklens.tasks.known import known_by
-
-        return known_by(model, self, batch_size, need=need)
 
     def head(self, n: int) -> Task:
         """The first ``n`` prompts (all of them when ``n`` is larger)."""
@@ -309,6 +306,16 @@ def check_task_path(path: Path) -> None:
         )
     if not path.is_file():
         raise TasklensError(f"Task file {str(path)!r} does not exist; check the path")
+
+
+#: the suffixes of the task files tasklens reads
+TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def is_task_file(spec: str) -> bool:
+    """Whether a task spec names a file (by its suffix, or because it exists) rather than a
+    built-in task."""
+    return spec.endswith(TASK_FILE_SUFFIXES) or Path(spec).is_file()
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

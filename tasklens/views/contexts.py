@@ -19,11 +19,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-import tasklens
+from tasklens._version import __version__
+from tasklens.data.neurons import NeuronSet
+from tasklens.data.provenance import model_fingerprint
 from tasklens.errors import TasklensError
+from tasklens.io import load_artifact, save_artifact
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.neurons import NeuronSet, _load, _save
-from tasklens.provenance import model_fingerprint
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask, encode
 
@@ -142,7 +143,7 @@ class TopContexts:
     seconds: float = 0.0
     model: str = ""
     model_fingerprint: str = ""
-    version: str = field(default=tasklens.__version__)
+    version: str = field(default=__version__)
 
     def row(self, layer: int, neuron: int) -> int:
         match = ((self.neurons[:, 0] == layer) & (self.neurons[:, 1] == neuron)).nonzero()
@@ -183,11 +184,11 @@ class TopContexts:
             "model_fingerprint": self.model_fingerprint,
             "version": self.version,
         }
-        return _save(path, packed, meta)
+        return save_artifact(path, packed, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> TopContexts:
-        packed, meta = _load(path, "TopContexts")
+        packed, meta = load_artifact(path, "TopContexts")
         width = (packed.shape[-1] - 1) // 2
         return cls(
             neurons=torch.tensor(meta["neurons"], dtype=torch.long).view(-1, 2),

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError
-from tasklens.evaluate import evaluate
+from tasklens.evaluation.evaluate import evaluate
 from tasklens.interventions import ablate
 from tasklens.models import ModelInfo
-from tasklens.neurons import NeuronScores, NeuronSet
 from tasklens.tasks.task import Task
 from tasklens.views.contexts import TopContexts, check_count, top_contexts
 from tasklens.views.vocab import NeuronVocab, decode_neurons

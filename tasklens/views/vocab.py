@@ -32,11 +32,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-import tasklens
+from tasklens._version import __version__
+from tasklens.data.neurons import NeuronSet
+from tasklens.data.provenance import model_fingerprint
 from tasklens.errors import TasklensError, check_choice
+from tasklens.io import load_artifact, save_artifact
 from tasklens.models import ModelInfo
-from tasklens.neurons import NeuronSet, _load, _save
-from tasklens.provenance import model_fingerprint
 from tasklens.views.contexts import check_count
 
 SIDES = ("output", "hook_pre", "hook_pre_linear")
@@ -84,7 +85,7 @@ class NeuronVocab:
     model: str = ""
     model_fingerprint: str = ""
     seconds: float = 0.0
-    version: str = tasklens.__version__
+    version: str = __version__
 
     def top(self, layer: int, neuron: int) -> list[tuple[str, float]]:
         return [
@@ -130,11 +131,11 @@ class NeuronVocab:
             "version": self.version,
             "tokens": self.tokens,
         }
-        return _save(path, packed, meta)
+        return save_artifact(path, packed, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronVocab:
-        packed, meta = _load(path, "NeuronVocab")
+        packed, meta = load_artifact(path, "NeuronVocab")
         return cls(
             top_ids=packed[0].long(),
             top_values=packed[1],

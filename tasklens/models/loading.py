@@ -1,0 +1,227 @@
+"""Loading models as TransformerLens bridges.
+
+`load_model` is the one way in: ``"organism"`` (the embedded default), a model
+downloaded by name (`tasklens.models.zoo`), a local Hugging Face folder, or any
+name TransformerLens / Hugging Face accepts. Also here: the bridge's key-value
+cache on the transformers that pip resolves (`enable_kv_cache`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from tasklens.errors import TasklensError, TasklensWarning
+from tasklens.models import zoo
+from tasklens.models.info import is_bridge
+from tasklens.models.zoo import ORGANISM, ORGANISM_DIR
+
+
+def _cache_as_past_key_values(module, args, kwargs):
+    if (
+        kwargs.get("cache") is not None
+        and kwargs.get("past_key_values") is None
+        and "layer_past" not in kwargs
+    ):
+        kwargs["past_key_values"] = kwargs["cache"]
+    return args, kwargs
+
+
+def enable_kv_cache(model) -> None:
+    """Let a bridge's attention read the key-value cache transformers hands it.
+
+    transformers 5.24 passes each layer's cache to the attention module as ``cache=``;
+    TransformerLens 4.3's attention bridge reads only ``past_key_values`` (or
+    ``layer_past``), so without help its cache stays empty. A forward pre-hook on every
+    attention bridge passes ``cache`` on as ``past_key_values``; transformers that pass
+    ``past_key_values`` themselves never trigger it. Idempotent; TransformerLens hooks
+    (``model.hooks``, ``run_with_cache``) are not touched."""
+    if not is_bridge(model) or getattr(model, "_tasklens_kv_cache", False):
+        return
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    except ImportError:  # a TransformerLens without this module: nothing to adapt
+        return
+    for module in model.modules():
+        if isinstance(module, AttentionBridge):
+            module.register_forward_pre_hook(_cache_as_past_key_values, with_kwargs=True)
+    model._tasklens_kv_cache = True
+
+
+@contextmanager
+def cached_calls():
+    """Silence transformers' notice that the bridge's own ``past_key_values`` argument is
+    deprecated (it is how TransformerLens passes the cache on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        yield
+
+
+def cache_filled(model, cache, n_positions: int) -> bool:
+    """Whether the key-value cache a bridge returned holds all ``n_positions`` positions.
+
+    `enable_kv_cache` makes the bridges tasklens uses keep their cache; a model whose
+    cache still comes back short (a TransformerLens or transformers tasklens does not
+    know) makes callers rerun the whole sequence, which is exact on any version. Warns
+    once per model."""
+    if cache is not None and cache.get_seq_length() == n_positions:
+        return True
+    if model not in _WARNED_EMPTY_CACHE:
+        _WARNED_EMPTY_CACHE.add(model)
+        from importlib.metadata import version
+
+        warnings.warn(
+            f"{type(model).__name__} returned an empty key-value cache (TransformerLens "
+            f"{version('transformer-lens')} with transformers {version('transformers')}): "
+            "tasklens reruns whole sequences instead, which gives the same results more slowly",
+            TasklensWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+_WARNED_EMPTY_CACHE: weakref.WeakSet = weakref.WeakSet()
+
+
+def mlp_input(model, layer: int, hooked: Tensor) -> Tensor:
+    """What layer ``layer``'s MLP reads, from the value at `ModelInfo.mlp_input_name`: the
+    same on a bridge; times the norm's weight (plus its bias) on a HookedTransformer."""
+    if is_bridge(model):
+        return hooked
+    norm = model.blocks[layer].ln2
+    weight, bias = getattr(norm, "w", None), getattr(norm, "b", None)
+    out = hooked if weight is None else hooked * weight.to(hooked.dtype)
+    return out if bias is None else out + bias.to(hooked.dtype)
+
+
+def weights_folded(model) -> bool:
+    """Whether the model's norms were folded into the weights (compatibility mode, or a
+    ``HookedTransformer`` loaded with ``fold_ln``): W_in / W_up then differ from the model's own."""
+    if is_bridge(model):
+        return bool(getattr(model, "compatibility_mode", False))
+    return str(getattr(model.cfg, "normalization_type", "")).endswith("Pre")
+
+
+def _check_folder(folder: Path) -> None:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise TasklensError(
+            f"Model folder {str(folder)!r} has no config.json; a model folder needs "
+            "config.json, model.safetensors weights and tokenizer files (save_pretrained writes them)"
+        )
+    try:
+        json.loads(config.read_text())
+    except ValueError as error:
+        raise TasklensError(
+            f"Model folder {str(folder)!r}: config.json is not valid JSON ({error})"
+        ) from error
+    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise TasklensError(
+            f"Model folder {str(folder)!r} has no model.safetensors (or its index); save the model with "
+            "save_pretrained(folder) (tasklens loads safetensors only and never unpickles .bin checkpoints)"
+        )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all (one TCP connect, no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _is_cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id is simply not cached
+        return False
+
+
+def _hub_error(spec: str, detail: str) -> TasklensError:
+    return TasklensError(
+        f"Could not load {spec!r}: it is not a local folder and the model hub could not provide "
+        f"it ({detail}). Offline, use the embedded model with spec='organism', or pass the path "
+        "of a local Hugging Face folder (config.json + safetensors + tokenizer files)."
+    )
+
+
+def load_model(
+    spec: str = ORGANISM, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> TransformerBridge:
+    """Load a model as a TransformerLens `TransformerBridge`.
+
+    Args:
+        spec: ``"organism"`` (the embedded default), a model tasklens downloads
+            (``"smollm2-135m"``: `tasklens models download smollm2` first), a path to a
+            local Hugging Face folder (config.json + model.safetensors + tokenizer), or a
+            model name that TransformerLens / Hugging Face can load (needs the hub or a
+            local cache). Local weights are read from safetensors only.
+        device: torch device.
+        dtype: parameter dtype.
+
+    Returns:
+        The bridge in eval mode with Hugging Face numerics (weights not folded),
+        ``cfg.model_name`` set to ``spec``.
+    """
+
+    if spec == ORGANISM:
+        folder = ORGANISM_DIR
+    elif zoo.is_known(spec):
+        folder = zoo.local_folder(spec)
+    else:
+        folder = Path(spec).expanduser()
+    is_local = spec == ORGANISM or zoo.is_known(spec) or folder.is_dir()
+    hf_model = None
+    if is_local:
+        _check_folder(folder)
+        source = str(folder)
+    elif os.sep in spec and spec.startswith((".", "/", "~")):
+        raise TasklensError(f"Model folder {spec!r} does not exist; check the path")
+    else:
+        from huggingface_hub import constants
+
+        source = spec
+        if not _is_cached(spec) and not constants.HF_HUB_OFFLINE and not _hub_reachable():
+            raise _hub_error(spec, "the hub is unreachable from this machine and the model is not cached")
+    try:
+        if is_local:
+            from transformers import AutoModelForCausalLM
+
+            hf_model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype)
+        model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype, hf_model=hf_model)
+        enable_kv_cache(model)
+    except OSError as error:
+        if is_local:
+            raise TasklensError(f"Could not load the model folder {source!r}: {error}") from error
+        raise _hub_error(spec, f"not cached, and: {error}") from error
+    except Exception as error:  # corrupt weights or configs surface as many types
+        if not is_local:
+            raise
+        fix = (
+            f"run `tasklens models download {zoo.source_of(spec).command_name} --force`"
+            if zoo.is_known(spec)
+            else "re-create it with save_pretrained, or use spec='organism'"
+        )
+        raise TasklensError(
+            f"The model folder {source!r} is corrupt or incomplete ({type(error).__name__}: {error}); {fix}"
+        ) from error
+    model.eval()
+    model.cfg.model_name = spec
+    return model

@@ -1,0 +1,506 @@
+"""A whole run described by one plain config: locate, ablate, compare, report.
+
+`RunConfig` is plain data: every field has a type, a default and a help text,
+written once here; the CLI's options and the TOML schema (`tasklens run
+CONFIG`) are generated from it, and the whole config is validated (types, names,
+values, the output folder) before any model is loaded. Each stage writes into a
+`tasklens.runs.RunFolder` and reads only what the previous stage's manifest
+names, so stages can be rerun alone (`tasklens locate`, `tasklens ablate`,
+`tasklens compare`, `tasklens report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import tomli_w
+import torch
+from pydantic import TypeAdapter, ValidationError
+from tqdm.auto import tqdm
+
+from tasklens import distributed
+from tasklens.errors import TasklensError, check_choice
+from tasklens.analysis.matrix import EvaluationResult
+from tasklens.data.neurons import NeuronScores, NeuronSet
+from tasklens.runs import STAGES, RunFolder, check_out_folder
+from tasklens.tasks.task import is_task_file, Task
+
+
+
+def option(default: Any, help: str, *, flags: tuple[str, ...] = ()) -> Any:
+    """A `RunConfig` field: its default, its help text and (optionally) its CLI flags."""
+    meta = {"help": help, "flags": flags}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; each field is a CLI option and a TOML key of the same name."""
+
+    model: str = option(
+        "organism", "Model: 'organism', 'smollm2-135m', a local Hugging Face folder or a hub name."
+    )
+    tasks: list[str] = option(
+        ["continent_of", "currency_of", "larger_number", "addition"],
+        "Built-in task names or JSONL/CSV task files (names must be distinct).",
+        flags=("--task", "-t"),
+    )
+    out: str = option("runs/tasklens", "Run folder (scores/, sets/, tables, figures, manifest).")
+    plugins: list[str] = option(
+        [],
+        "Python modules to import first; they register their own scorers, metrics, selections.",
+        flags=("--plugin",),
+    )
+    split: str = option("detection", "Built-in split the neurons are located on.")
+    eval_split: str = option("evaluation", "Built-in split the interventions are evaluated on.")
+    max_prompts: int = option(150, "Prompts per task and split (a deterministic sample).")
+    method: str = option("attribution_patching", "Scorer (`tasklens list`).")
+    params: dict[str, Any] = option({}, "Scorer parameters, key=value (repeatable).", flags=("--param",))
+    unit: str = option("hook_post", "Neuron unit: hook_post, hook_pre, or hook_pre_linear (gated MLPs).")
+    select: str = option("top_percent", "Selection rule (`tasklens list`).")
+    value: float = option(1.0, "The selection's value (a percent, k, a threshold...).")
+    intervention: str = option("zero", "Intervention kind: zero, mean, resample, amplify, clamp...")
+    factor: float = option(2.0, "Amplification factor (intervention 'amplify').")
+    clamp_value: float = option(0.0, "Value the neurons are set to (intervention 'clamp').")
+    controls: int = option(3, "Random control sets per set (same per-layer counts).")
+    metric: str = option(
+        "exact_match",
+        "Metric: exact_match (greedy decoding), next_token, logprob, loss... (`tasklens list`).",
+    )
+    cumulativity: bool = option(True, "compare: accuracy as the top-k neurons are deactivated.")
+    interference: bool = option(True, "compare: each set's effect on every task (acc_drop).")
+    stability_splits: int = option(
+        0, "compare: split-half stability of each set over this many random splits (0: off)."
+    )
+    batch_size: int = option(32, "Prompts per forward pass.")
+    device: str = option("cpu", "Torch device: cpu, cuda, cuda:1...")
+    dtype: str = option("float32", "Parameter dtype: float32, bfloat16 or float16.")
+
+    def load(self):
+        """The config's model on its device, in its dtype."""
+        from tasklens.models import load_model
+
+        return load_model(self.model, device=self.device, dtype=getattr(torch, self.dtype))
+
+    # --- reading and checking -----------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
+        """Build and fully check a config from plain data (e.g. a parsed TOML file)."""
+        if not isinstance(data, dict):
+            raise TasklensError(f"{source} must be a table of settings, got {type(data).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise TasklensError(f"{source} has unknown keys {unknown}; known keys: {sorted(known)}")
+        hints = _field_types()
+        for key, value in data.items():
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=True)
+            except ValidationError as error:
+                expected = getattr(hints[key], "__name__", str(hints[key]))
+                raise TasklensError(
+                    f"{source}: {key} = {value!r} is not a valid {expected} "
+                    f"({error.errors()[0]['msg']}); e.g. {key} = {_toml_repr(known[key])}"
+                ) from error
+        config = cls(**data)
+        config.check()
+        return config
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise TasklensError(f"Config file {str(path)!r} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise TasklensError(f"Config file {str(path)!r} is not valid TOML: {error}") from error
+        return cls.from_dict(data, source=f"Config file {str(path)!r}")
+
+    def check(self) -> None:
+        """Validate every name and value that can be checked without the model."""
+        from tasklens.interventions import INTERVENTIONS
+        from tasklens.evaluation.metrics import METRICS
+        from tasklens.models import UNITS
+        from tasklens.registry import load_plugins
+        from tasklens.scoring import get_scorer
+        from tasklens.selection import SELECTIONS
+
+        load_plugins(self.plugins)
+        if not self.tasks:
+            raise TasklensError("A run needs at least one task (a built-in name or a JSONL/CSV file)")
+        task_names(self.tasks)
+        for spec in self.tasks:
+            check_task_spec(spec, (self.split, self.eval_split))
+        get_scorer(self.method, **resolve_params(self.method, self.params, self.tasks, None))
+        SELECTIONS.get(self.select)
+        INTERVENTIONS.get(self.intervention)
+        METRICS.get(self.metric)
+        if self.unit not in UNITS:
+            raise TasklensError(f"Unknown neuron unit {self.unit!r}; choose one of {list(UNITS)}")
+        check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_device(self.device, self.dtype)
+        for name, minimum in (("max_prompts", 1), ("batch_size", 1), ("controls", 0)):
+            if getattr(self, name) < minimum:
+                raise TasklensError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        for name in ("value", "factor", "clamp_value"):
+            if not math.isfinite(getattr(self, name)):
+                raise TasklensError(f"{name} must be a finite number, got {getattr(self, name)}")
+        check_out_folder(self.out)
+
+    # --- writing ------------------------------------------------------------------------
+    def to_dict(self, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return data if fields is None else {k: data[k] for k in fields}
+
+    def to_toml(self) -> str:
+        """The config as TOML (which has no null: keys holding None are left out)."""
+        return tomli_w.dumps(_without_none(self.to_dict()))
+
+
+#: the fields each stage uses (its record in the run's manifest)
+STAGE_FIELDS = {
+    "locate": ("model", "tasks", "plugins", "split", "max_prompts", "method", "params", "unit", "select",
+               "value", "batch_size", "dtype"),
+    "ablate": ("model", "tasks", "plugins", "eval_split", "max_prompts", "intervention", "factor",
+               "clamp_value", "controls", "metric", "batch_size", "dtype"),
+    "compare": ("model", "tasks", "plugins", "split", "eval_split", "max_prompts", "method", "params",
+                "unit", "select", "value", "metric", "cumulativity", "interference", "stability_splits",
+                "batch_size", "dtype"),
+}  # fmt: skip
+
+
+def check_device(device: str, dtype: str = "float32") -> None:
+    """``device`` names a torch device this machine has, one that can hold ``dtype``."""
+    kind, colon, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (colon and not (kind == "cuda" and index.isdigit())):
+        raise TasklensError(f"Unknown device {device!r}; choose cpu, cuda, cuda:N (N a GPU's number) or mps")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[kind]:
+        raise TasklensError(f'device {device!r}: {kind.upper()} is not available here; use device = "cpu"')
+    if colon and int(index) >= torch.cuda.device_count():
+        raise TasklensError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}; choose one of them"
+        )
+    if kind == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise TasklensError(
+            f'device {device!r} cannot compute in bfloat16; use dtype = "float16" or "float32"'
+        )
+
+
+def stage_files(config: RunConfig, stage: str) -> list[str]:
+    """The files a stage writes into the run folder (checked before any work is done)."""
+    names = task_names(config.tasks)
+
+    def table(*tables: str) -> list[str]:
+        return [f"{t}.{suffix}" for t in tables for suffix in ("csv", "json")]
+
+    if stage == "locate":
+        pairs = [
+            f"{kind}/{n}.{suffix}"
+            for n in names
+            for kind in ("scores", "sets")
+            for suffix in ("safetensors", "json")
+        ]
+        return [*pairs, "config.toml"]
+    if stage == "ablate":
+        return [
+            "matrix_result.json",
+            *table("matrix", "matrix_long", "effects"),
+            "matrix_change.png",
+            "effects.png",
+        ]
+    if stage == "compare":
+        files = [
+            *table("sharing", "overlap_jaccard", "overlap_shared", "overlap_p_value"),
+            "sharing.png",
+            "overlap.png",
+        ]
+        if config.cumulativity:
+            files += [*table(*(f"cumulativity_{n}" for n in names)), "cumulativity.png"]
+        if (config.cumulativity or config.interference) and len(names) > 1:
+            files += table("exclusive_vs_shared")
+        if config.interference and len(names) > 1:
+            files += [*table("interference"), "interference.png"]
+        if config.stability_splits > 0:
+            files += table("stability")
+        return files
+    return ["report.html"] if stage == "report" else []
+
+
+def check_writable(config: RunConfig, stages: tuple[str, ...] = STAGES) -> None:
+    """Refuse before any work if a file of the user's is where one of ``stages`` writes."""
+    RunFolder(config.out).check_writable([name for stage in stages for name in stage_files(config, stage)])
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value if v is not None]
+    return value
+
+
+def _field_types() -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(RunConfig)
+
+
+def _toml_repr(f: dataclasses.Field) -> str:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if isinstance(default, dict):
+        return '{ key = "value" }'
+    return tomli_w.dumps({"x": default}).split("=", 1)[1].strip()
+
+
+def task_names(specs: list[str]) -> list[str]:
+    """The task name each spec gives (a file's stem); duplicates are an error."""
+    names = [Path(s).stem if is_task_file(s) else s for s in specs]
+    seen: dict[str, str] = {}
+    for spec, name in zip(specs, names, strict=True):
+        if name in seen:
+            raise TasklensError(
+                f"Tasks {seen[name]!r} and {spec!r} are both named {name!r}, so their results would "
+                "overwrite each other; rename one file"
+            )
+        seen[name] = spec
+    return names
+
+
+def check_task_spec(spec: str, splits: tuple[str, ...]) -> None:
+    """A task spec names an existing file or a built-in task with the given splits."""
+    from tasklens.tasks.builtin import builtin_task_splits
+    from tasklens.tasks.task import check_task_path
+
+    if is_task_file(spec):
+        check_task_path(Path(spec))
+        return
+    try:
+        available = builtin_task_splits(spec)
+    except TasklensError:
+        if Path(spec).is_dir():
+            check_task_path(Path(spec))  # a folder given for a task file: say so
+        raise
+    for split in splits:
+        if split not in available:
+            raise TasklensError(
+                f"Built-in task {spec!r} has no split {split!r}; its splits are: {', '.join(available)}"
+            )
+
+
+def load_task(spec: str, split: str, max_prompts: int) -> Task:
+    """A built-in task's split, or a task file, sampled to ``max_prompts``."""
+    from tasklens.tasks.builtin import load_builtin
+
+    task = Task.from_file(spec) if is_task_file(spec) else load_builtin(spec, split)
+    return task.sample(max_prompts)
+
+
+def resolve_params(method: str, params: dict[str, Any], tasks: list[str], split: str | None) -> dict:
+    """Scorer parameters with task names turned into tasks: average precision's ``negatives``
+    default to the run's other tasks (each scored task excludes itself)."""
+    if method != "average_precision":
+        return dict(params)
+    negatives = params.get("negatives", tasks)
+    if isinstance(negatives, str):
+        negatives = [negatives]
+    if split is None:  # checking only: the names must be loadable
+        for spec in negatives:
+            check_task_spec(spec, ())
+        return {k: v for k, v in params.items() if k != "negatives"}
+    return {**params, "negatives": [load_task(spec, split, 10**9) for spec in negatives]}
+
+
+# --- the stages ---------------------------------------------------------------------------------
+def _reusable(path: Path, scorer, model, task: Task, unit: str) -> NeuronScores | None:
+    """Scores a killed or earlier run left at ``path``, if complete and made the same way."""
+    from tasklens.scoring.base import scorer_params
+
+    try:
+        scores = NeuronScores.load(path, model=model)
+    except TasklensError:
+        return None
+    own = scorer_params(scorer)
+    same = (
+        scores.method == scorer.name
+        and scores.unit == unit
+        and scores.task_hash == task.data_hash()
+        and {k: scores.params.get(k) for k in own} == own
+    )
+    return scores if same else None
+
+
+def locate(config: RunConfig, model=None) -> list[NeuronSet]:
+    """Score every task's neurons and select them; writes ``scores/``, ``sets/`` and
+    ``config.toml``. Tasks whose scores a killed run already completed (same model,
+    data, method and parameters) are not scored again."""
+    from tasklens.models import ModelInfo
+    from tasklens.scoring import get_scorer
+    from tasklens.selection import select
+
+    config.check()
+    run = RunFolder(config.out)
+    run.check_writable(stage_files(config, "locate"))
+    tasks = [load_task(spec, config.split, config.max_prompts) for spec in config.tasks]
+    model = model if model is not None else config.load()
+    info = ModelInfo.of(model)
+    info.check_unit(config.unit)
+    probe = NeuronScores(torch.zeros(info.shape), model=info.name, task="check", method="check")
+    select(probe, config.select, config.value)  # the value is valid before any scoring
+    params = resolve_params(config.method, config.params, config.tasks, config.split)
+    scorer = get_scorer(config.method, **params)
+    sets = []
+    with run.stage("locate", config.to_dict(STAGE_FIELDS["locate"]), stage_files(config, "locate")) as out:
+        for task in tqdm(tasks, desc=f"locating ({config.method})"):
+            for name in (f"scores/{task.name}", f"sets/{task.name}"):  # checked before reading or writing
+                out.file(f"{name}.safetensors")
+                out.file(f"{name}.json")
+            path = out.path / "scores" / task.name
+            scores = _reusable(path, scorer, model, task, config.unit)
+            if scores is None:
+                scores = distributed.attribute(
+                    scorer, model, task, unit=config.unit, batch_size=config.batch_size
+                )
+                scores.save(path)
+            neurons = select(scores, config.select, config.value).renamed(task.name)
+            neurons.save(out.path / "sets" / task.name)
+            sets.append(neurons)
+        from tasklens.io import atomic_write_text
+
+        atomic_write_text(out.file("config.toml"), config.to_toml())
+    return sets
+
+
+def load_sets(run: str | Path, model=None, allow_other_model: bool = False) -> list[NeuronSet]:
+    """The neuron sets of a run's finished `locate` stage (checked against ``model``)."""
+    files = RunFolder(run).files("locate", "sets/", ".safetensors")
+    return [NeuronSet.load(f, model=model, allow_other_model=allow_other_model) for f in files]
+
+
+def load_scores(run: str | Path, model=None, allow_other_model: bool = False) -> dict[str, NeuronScores]:
+    """The scores of a run's finished `locate` stage, by task name."""
+    files = RunFolder(run).files("locate", "scores/", ".safetensors")
+    return {f.stem: NeuronScores.load(f, model=model, allow_other_model=allow_other_model) for f in files}
+
+
+def _evaluation_tasks(config: RunConfig) -> list[Task]:
+    return [load_task(spec, config.eval_split, config.max_prompts) for spec in config.tasks]
+
+
+def ablate(config: RunConfig, model=None) -> EvaluationResult:
+    """The evaluation matrix of the run's sets on every task; writes ``matrix.*``."""
+    from tasklens.interventions import Intervention
+    from tasklens.analysis.matrix import evaluation_matrix
+
+    config.check()
+    run = RunFolder(config.out)
+    run.record("locate")
+    run.check_writable(stage_files(config, "ablate"))
+    tasks = _evaluation_tasks(config)
+    model = model if model is not None else config.load()
+    sets = load_sets(config.out, model)
+    spec = Intervention(config.intervention, factor=config.factor, value=config.clamp_value)
+    with run.stage("ablate", config.to_dict(STAGE_FIELDS["ablate"]), stage_files(config, "ablate")) as out:
+        bar = tqdm(total=len(sets), desc=f"{spec.label} matrix")
+        result = evaluation_matrix(
+            model,
+            sets,
+            tasks,
+            n_controls=config.controls,
+            metric=config.metric,
+            intervention=spec,
+            batch_size=config.batch_size,
+            progress=lambda _: bar.update(),
+        )
+        bar.close()
+        out.json("matrix_result", result.to_dict())
+        out.table("matrix", result.pivot())
+        out.table("matrix_long", result.to_frame(), index=False)
+        out.figure("matrix_change", result.plot("change"))
+        if any(s.name in result.tasks for s in sets):
+            out.table("effects", result.own_and_others())
+            out.figure("effects", result.plot_own_vs_others())
+    return result
+
+
+def compare(config: RunConfig, model=None) -> dict[str, Any]:
+    """Overlap and sharing of the run's sets; cumulativity and interference with the model."""
+    from tasklens.analysis.compare import overlap_matrix, sharing_table
+    from tasklens.analysis.experiments import cumulativity, exclusive_vs_shared, interference, k_grid
+    from tasklens.models import ModelInfo
+    from tasklens.analysis.plots import curves, heatmap, layer_bars
+
+    config.check()
+    run = RunFolder(config.out)
+    run.record("locate")
+    run.check_writable(stage_files(config, "compare"))
+    causal = config.cumulativity or config.interference
+    tasks = {t.name: t for t in _evaluation_tasks(config)} if causal else {}
+    needs_model = causal or config.stability_splits > 0
+    model = model if model is not None else (config.load() if needs_model else None)
+    sets = load_sets(config.out, model)
+    results: dict[str, Any] = {
+        "overlap_jaccard": overlap_matrix(sets, "jaccard"),
+        "overlap_shared": overlap_matrix(sets, "shared"),
+        "overlap_p_value": overlap_matrix(sets, "p_value"),
+    }
+    with run.stage("compare", config.to_dict(STAGE_FIELDS["compare"]), stage_files(config, "compare")) as out:
+        sharing = out.table("sharing", sharing_table(sets), index=False)
+        out.figure("sharing", layer_bars(sharing, "exclusive vs shared neurons per layer"))
+        out.figure("overlap", heatmap(results["overlap_jaccard"], "Jaccard overlap"))
+        for name in ("overlap_jaccard", "overlap_shared", "overlap_p_value"):
+            out.table(name, results[name])
+        if config.cumulativity:
+            scores = load_scores(config.out, model)
+            n_neurons = ModelInfo.of(model).n_neurons
+            curves_ = {}
+            for name, task in tqdm(tasks.items(), desc="cumulativity"):
+                others = [t for n, t in tasks.items() if n != name]
+                curves_[name] = cumulativity(
+                    model, scores[name], task, others, k_grid(n_neurons), config.batch_size, config.metric
+                )
+                out.table(f"cumulativity_{name}", curves_[name], index=False)
+            out.figure(
+                "cumulativity", curves(curves_, "k", ["accuracy", "others_accuracy"], "top-k deactivated")
+            )
+            results.update({f"cumulativity_{n}": c for n, c in curves_.items()})
+        if causal and len(sets) > 1:
+            ordered = [tasks[s.name] for s in sets]
+            parts = exclusive_vs_shared(model, sets, ordered, config.metric, config.batch_size)
+            results["exclusive_vs_shared"] = out.table("exclusive_vs_shared", parts, index=False)
+        if config.interference and len(sets) > 1:
+            drop = interference(model, sets, [tasks[s.name] for s in sets], config.batch_size, config.metric)
+            out.table("interference", drop)
+            out.figure("interference", heatmap(drop, "acc_drop(row | column's neurons off)", center=True))
+            results["interference"] = drop
+        if config.stability_splits > 0:
+            results["stability"] = out.table("stability", _stability(config, model), index=False)
+    return results
+
+
+def _stability(config: RunConfig, model) -> pd.DataFrame:
+    """Split-half Jaccard of each task's set, found again with the run's scorer and selection."""
+    from tasklens.scoring import get_scorer
+    from tasklens.analysis.stability import split_half
+
+    params = resolve_params(config.method, config.params, config.tasks, config.split)
+    scorer = get_scorer(config.method, **params)
+    rows = []
+    for spec in tqdm(config.tasks, desc="stability"):
+        task = load_task(spec, config.split, config.max_prompts)
+        stability = split_half(
+            model, task, scorer, config.select, config.value, n_splits=config.stability_splits,
+            unit=config.unit, batch_size=config.batch_size,
+        )  # fmt: skip
+        rows.append(stability.to_dict())
+    return pd.DataFrame(rows)

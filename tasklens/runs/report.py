@@ -1,0 +1,221 @@
+"""`tasklens report`: one self-contained HTML page per run, readable with no network.
+
+The page leads with what was found (each set's effect on its own task against
+the other tasks and its random controls), then the figures, then circuitsvis
+views of each task's top neurons on that task's prompts (tokens exactly as
+scored, HTML-escaped, circuitsvis's inline bundle), then the tables, with the
+stages' configurations folded at the end. It is rendered from a jinja2 template
+with autoescaping; only the run's own files (those its manifest names) are read.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasklens.io import atomic_write_text
+from tasklens.models import ModelInfo
+from tasklens.runs import RunFolder
+from tasklens.tasks.tokenize import TokenizedTask
+
+FIGURE_ORDER = ("effects", "matrix_change", "cumulativity", "interference", "overlap", "sharing")
+
+
+def token_strings(model, ids: list[int]) -> list[str]:
+    """Each token of ``ids`` as its own (HTML-escaped) string, for circuitsvis."""
+    return [html.escape(model.tokenizer.decode([i])) for i in ids]
+
+
+def top_neuron_views(model, task, scores, n_neurons: int = 8, n_prompts: int = 6) -> tuple[str, str]:
+    """circuitsvis HTML (inline bundle) of the task's top neurons on its first prompts.
+
+    The prompts are tokenised as the scorers tokenise them (`TokenizedTask`: BOS,
+    prompt, answer), so the view shows the tokens that were scored.
+
+    Returns:
+        ``(text_neuron_activations html, topk_tokens html)``.
+    """
+    import circuitsvis as cv
+
+    info = ModelInfo.of(model)
+    top = scores.top(n_neurons)
+    labels = [f"L{layer}N{index}" for layer, index, _ in top]
+    names = sorted({info.hook_name(layer, scores.unit) for layer, _, _ in top})
+    tokenized = TokenizedTask.for_model(task.head(n_prompts), model)
+    tokens_list, acts_list = [], []
+    for prompt, answer in zip(tokenized.prompt_ids, tokenized.answer_ids, strict=True):
+        ids = prompt + answer
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.tensor([ids], device=model.cfg.device), names_filter=names)
+        acts = torch.stack(
+            [cache[info.hook_name(layer, scores.unit)][0, :, index] for layer, index, _ in top], -1
+        )
+        tokens_list.append(token_strings(model, ids))
+        acts_list.append(acts.detach().float().cpu().numpy())
+    text = cv.activations.text_neuron_activations(
+        tokens=tokens_list,
+        activations=[a[:, None, :] for a in acts_list],
+        first_dimension_name="Set",
+        first_dimension_labels=[task.name],
+        second_dimension_name="Neuron",
+        second_dimension_labels=labels,
+    )
+    topk = cv.topk_tokens.topk_tokens(
+        tokens=tokens_list,
+        activations=[np.ascontiguousarray(a.T[None]) for a in acts_list],
+        max_k=5,
+        first_dimension_name="Set",
+        third_dimension_name="Top neuron",
+        first_dimension_labels=[task.name],
+    )
+    return text.local_src, topk.local_src
+
+
+def _figure(path: Path) -> dict[str, str]:
+    return {"name": path.stem, "data": base64.b64encode(path.read_bytes()).decode()}
+
+
+def _table_html(path: Path) -> str:
+    frame = pd.read_csv(path)
+    frame.columns = ["" if str(c).startswith("Unnamed:") else c for c in frame.columns]
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0, escape=True)
+
+
+def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The per-set summary rows and the evaluation's description, from the ablate stage."""
+    from tasklens.analysis.matrix import EvaluationResult
+
+    if "ablate" not in run.manifest()["stages"]:
+        return [], None
+    files = run.files("ablate", "matrix_result")
+    result = EvaluationResult.from_dict(json.loads(files[0].read_text(encoding="utf-8")))
+    evaluation = {
+        "metric": result.metric,
+        "label": result.intervention_label,
+        "n_controls": result.n_controls,
+    }
+    try:
+        table = result.own_and_others()
+    except Exception:  # sets not named after tasks
+        return [], evaluation
+    rows = []
+    for name, row in table.iterrows():
+        spread = max(row.control_own_std, 1e-9) if row.control_own_std == row.control_own_std else 1e-9
+        specific = abs(row.own_change - row.control_own_change) > 2 * spread and abs(row.own_change) > abs(
+            row.others_change
+        )
+        rows.append({"set": name, **row.to_dict(), "specific": specific})
+    return rows, evaluation
+
+
+def _stability(files: list[Path]) -> dict[str, str] | None:
+    """Per set, "mean [low, high]" of its split-half Jaccard, when compare measured it."""
+    path = next((p for p in files if p.name == "stability.csv"), None)
+    if path is None:
+        return None
+    return {r.task: f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in pd.read_csv(path).itertuples()}
+
+
+def build_report(
+    run: str | Path, model=None, n_neurons: int = 8, n_prompts: int = 6, pages_per_set: int = 3
+) -> Path:
+    """Write ``report.html`` into a run folder (made by `tasklens run` / `locate` ...).
+
+    Args:
+        n_neurons, n_prompts: the circuitsvis views' top neurons and prompts per task.
+        pages_per_set: neuron pages for each set's top neurons (0 for none).
+    """
+    import jinja2
+
+    from tasklens.models import load_model
+    from tasklens.runs.pipeline import load_scores, load_task
+
+    folder = RunFolder(run)
+    locate = folder.record("locate")
+    folder.check_writable(["report.html"])
+    config = locate["config"]
+    stages = folder.manifest()["stages"]
+    written = [folder.files(stage) for stage in stages if stage != "report"]
+    files = sorted({p for group in written for p in group})
+    summary, evaluation = _summary(folder)
+    rule = {k: config.get(k) for k in ("select", "value")}
+    figures = sorted(
+        (p for p in files if p.suffix == ".png"),
+        key=lambda p: (FIGURE_ORDER.index(p.stem) if p.stem in FIGURE_ORDER else len(FIGURE_ORDER), p.stem),
+    )
+    tables = [{"name": p.stem, "html": _table_html(p)} for p in files if p.suffix == ".csv"]
+    scores = load_scores(run)
+    provenance = pd.DataFrame(
+        [
+            {
+                "task": s.task,
+                "method": s.method,
+                "unit": s.unit,
+                "prompts": s.n_prompts,
+                "task data (sha256)": s.task_hash[:12],
+                "model": s.model,
+                "tasklens": s.version,
+            }
+            for s in scores.values()
+        ]
+    )
+    views, pages = [], []
+    if scores:
+        from tasklens.runs.pipeline import load_sets
+        from tasklens.views.page import neuron_pages
+
+        model = model if model is not None else load_model(config["model"])
+        eval_split = stages.get("ablate", {}).get("config", {}).get("eval_split", "evaluation")
+        for spec in config["tasks"]:
+            task = load_task(spec, eval_split, n_prompts)
+            if task.name in scores:
+                text, topk = top_neuron_views(model, task, scores[task.name], n_neurons, n_prompts)
+                views.append({"task": task.name, "text": text, "topk": topk})
+        if pages_per_set:
+            top = dict.fromkeys((la, ix) for s in scores.values() for la, ix, _ in s.top(pages_per_set))
+            page_tasks = [load_task(spec, eval_split, 24) for spec in config["tasks"]]
+            pages = [
+                page.to_html()
+                for page in neuron_pages(model, list(top), page_tasks, scores, load_sets(run, model))
+            ]
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("tasklens", "templates"), autoescape=True, keep_trailing_newline=True
+    )
+    page = environment.get_template("report.html.j2").render(
+        title=folder.path.name,
+        model=config["model"],
+        tasks=config["tasks"],
+        method=config["method"],
+        selection=f"{rule['select']} {rule['value']:g}",
+        evaluation=evaluation,
+        summary=summary,
+        stability=_stability(files),
+        figures=[_figure(p) for p in figures],
+        views=views,
+        pages=pages,
+        pages_per_set=pages_per_set,
+        extra_sections=[],
+        tables=tables,
+        stages=[
+            {
+                "name": name,
+                "finished": record.get("finished", ""),
+                "version": record.get("tasklens_version", ""),
+                "config": json.dumps(record["config"], indent=2),
+            }
+            for name, record in stages.items()
+            if name != "report"
+        ],
+        scores=provenance.to_html(index=False, border=0) if len(provenance) else "",
+    )
+    with folder.stage("report", {"n_neurons": n_neurons, "n_prompts": n_prompts}, ["report.html"]) as out:
+        path = out.file("report.html")
+        atomic_write_text(path, page)
+    return path

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tasklens.analysis.matrix
+from tasklens.analysis.matrix import evaluation_matrix
+from tasklens.data.neurons import NeuronSet
+from tasklens.errors import TasklensError
+from tasklens.interventions import Intervention
+from tasklens.tasks.builtin import load_builtin
+
+GRID = (4, 512)
+
+
+@pytest.fixture
+def evaluations(monkeypatch):
+    """The tasks evaluated, in order (the real evaluation still runs)."""
+    calls = []
+    evaluate = tasklens.matrix.evaluate_prompts
+
+    def counted(model, task, *args):
+        calls.append(task.name)
+        return evaluate(model, task, *args)
+
+    monkeypatch.setattr(tasklens.analysis.matrix, "evaluate_prompts", counted)
+    return calls
+
+
+@pytest.mark.reliability
+def test_a_matrix_without_tasks_is_refused():
+    with pytest.raises(TasklensError, match="got no tasks; give at least one Task"):
+        evaluation_matrix(None, [NeuronSet.from_pairs([(0, 0)], GRID)], [])
+
+
+@pytest.mark.reliability
+def test_what_another_model_made_is_refused_before_any_evaluation(organism, evaluations):
+    task = load_builtin("continent_of", "detection").head(2)
+    ours = NeuronSet.from_pairs([(0, 1)], GRID, "ours")
+    theirs = NeuronSet(ours.mask, "theirs", {"model": "gpt2", "model_fingerprint": "0123456789abcdef"})
+    with pytest.raises(TasklensError, match="Neuron set 'theirs' was made on model 'gpt2'"):
+        evaluation_matrix(organism, [ours, theirs], [task], n_controls=0)
+    mean = Intervention("mean", mean=torch.zeros(12, 3072))
+    with pytest.raises(TasklensError, match=r"shape \(12, 3072\) but the model's neuron grid is \(4, 512\)"):
+        evaluation_matrix(organism, [ours], [task], n_controls=0, intervention=mean)
+    assert evaluations == []
+    result = evaluation_matrix(organism, [ours], [task], n_controls=1, metric="next_token")
+    assert evaluations == ["continent_of"] * 3  # baseline, the set, its control
+    assert result.values.shape == (1, 1) and result.sizes["ours"] == 1
+
+
+@pytest.fixture(scope="module")
+def planted(organism):
+    """An evaluation of a set only `addition` needs (its top 100 neurons by |a·dL/da|, found on
+    detection prompts) and of a random set named after `continent_of`, on held-out prompts."""
+    from tasklens.scoring import GradientAttribution
+    from tasklens.selection import random_like, top_k
+
+    scores = GradientAttribution().attribute(organism, load_builtin("addition", "detection").head(32))
+    addition = top_k(scores, 100).renamed("addition")
+    noise = random_like(addition, seed=123).renamed("continent_of")
+    tasks = [load_builtin(n, "evaluation").head(40) for n in ("addition", "continent_of", "larger_number")]
+    return evaluation_matrix(organism, [addition, noise], tasks, n_controls=10)
+
+
+def test_the_specificity_test_can_pass_and_can_fail(planted):
+    table = planted.specificity()
+    assert table.loc["addition", "p_holm"] < 0.05
+    assert table.loc["addition", "verdict"].startswith("specific at p < 0.05 after Holm")
+    assert table.loc["addition", "low"] > 0  # the own task falls more than the others, beyond prompt noise
+    assert table.loc["continent_of", "p_holm"] > 0.05
+    assert table.loc["continent_of", "verdict"].startswith("not distinguishable from random")
+    assert (table["n_null"] == 10).all() and (table["n_prompts"] == 40).all()
+
+
+def test_every_cell_has_its_prompts_an_interval_and_the_controls_kept(planted):
+    assert planted.n_prompts().tolist() == [40, 40, 40]
+    low, high = planted.intervals()
+    values = planted.pivot()
+    assert ((low <= values + 1e-12) & (values <= high + 1e-12)).all().all()
+    assert (high - low).loc["addition", "addition"] > 0.1  # 40 prompts leave room
+    runs = planted.control_values
+    assert len(runs) == 2 * 10 * 3 and set(runs["run"]) == set(range(10))
+    means = runs.groupby(["set", "task"])["value"].mean().unstack()
+    assert (means - planted.controls.loc[means.index, means.columns]).abs().max().max() < 1e-12
+    again = type(planted).from_dict(planted.to_dict())
+    assert again.specificity()["p_holm"].tolist() == pytest.approx(planted.specificity()["p_holm"].tolist())

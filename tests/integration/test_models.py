@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from tasklens.errors import TasklensError
+from tasklens.models import ORGANISM_DIR, ModelInfo, load_model
+
+
+def test_organism_description(organism):
+    info = ModelInfo.of(organism)
+    assert info.shape == (4, 512) and info.n_neurons == 2048
+    assert info.gated and info.units == ("hook_post", "hook_pre", "hook_pre_linear")
+    assert info.hook_name(2) == "blocks.2.mlp.hook_post"
+    # every hook name the description spells exists on the bridge
+    for unit in info.units:
+        for name in info.hook_names(unit):
+            assert name in organism.hook_dict or organism.get_hook_point(name) is not None
+
+
+def test_swiglu_units_are_consistent(organism):
+    _, cache = organism.run_with_cache("The capital of France is")
+    post = cache["blocks.1.mlp.hook_post"]
+    expected = (
+        torch.nn.functional.silu(cache["blocks.1.mlp.hook_pre"]) * cache["blocks.1.mlp.hook_pre_linear"]
+    )
+    torch.testing.assert_close(post, expected)
+
+
+def test_unknown_unit_and_non_gated_unit():
+    info = ModelInfo("gpt2", 12, 3072, gated=False, n_ctx=1024, device="cpu", dtype="float32")
+    with pytest.raises(TasklensError, match="exists only in gated"):
+        info.hook_name(0, "hook_pre_linear")
+    with pytest.raises(TasklensError, match="Unknown neuron unit"):
+        info.hook_name(0, "hook_mid")
+
+
+def test_local_folder_loads_the_same_model(tmp_path, organism):
+    folder = tmp_path / "copy"
+    shutil.copytree(ORGANISM_DIR, folder)
+    copy = load_model(str(folder))
+    tokens = organism.to_tokens("What is 12 plus 30? Answer:")
+    torch.testing.assert_close(copy(tokens), organism(tokens))
+
+
+def test_hub_name_offline_is_a_clear_error():
+    with pytest.raises(TasklensError, match=r"spec='organism'.*local Hugging Face folder"):
+        load_model("tasklens-test/not-a-cached-model")
+
+
+def test_missing_and_corrupt_folders(tmp_path):
+    with pytest.raises(TasklensError, match="does not exist"):
+        load_model(str(tmp_path / "nowhere") + "/")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TasklensError, match=r"no config\.json"):
+        load_model(str(empty))
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(ORGANISM_DIR, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(TasklensError, match="corrupt or incomplete"):
+        load_model(str(corrupt))
+    broken_config = tmp_path / "broken_config"
+    shutil.copytree(ORGANISM_DIR, broken_config)
+    (broken_config / "config.json").write_text("{ not json")
+    with pytest.raises(TasklensError, match="not valid JSON"):
+        load_model(str(broken_config))
+
+
+@pytest.mark.reliability
+def test_a_corrupt_downloaded_model_names_the_command_that_repairs_it(tmp_path, monkeypatch):
+    """A folder downloaded before sizes were recorded: loading fails with the repair command."""
+    from tasklens.models import zoo
+
+    monkeypatch.setenv("TASKLENS_HOME", str(tmp_path))
+    folder = tmp_path / "models" / "smollm2-135m"
+    shutil.copytree(ORGANISM_DIR, folder)
+    (folder / zoo.MARKER).write_text('{"name": "smollm2-135m"}')
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    repair = r"corrupt or incomplete.*run `tasklens models download smollm2 --force`$"
+    with pytest.raises(TasklensError, match=repair):
+        load_model("smollm2-135m")

@@ -1,0 +1,208 @@
+"""Run folders: a stage deletes and overwrites only files tasklens wrote there, and a run's config
+(device included) is checked whole before the model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import tasklens
+from tasklens.cli import app
+from tasklens.errors import TasklensError
+from tasklens.io import file_sha256
+from tasklens.runs import RunFolder
+from tasklens.runs.outputs import OutputDir
+from tasklens.runs.pipeline import RunConfig, ablate, load_sets, locate
+from tasklens.scoring import ActivationStats
+
+pytestmark = pytest.mark.reliability
+
+FAST = ["--method", "activation_stats", "--max-prompts", "8"]
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def refused(result, *words: str) -> str:
+    """The one-line message of a command that refused (exit code 2, no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+
+
+def small_run(tmp_path: Path, **fields) -> RunConfig:
+    base = dict(
+        tasks=["continent_of"],
+        out=str(tmp_path / "run"),
+        max_prompts=8,
+        controls=1,
+        method="activation_stats",
+    )
+    return RunConfig.from_dict({**base, **fields})
+
+
+def edit_manifest(run: Path, change) -> None:
+    manifest = json.loads((run / "manifest.json").read_text())
+    change(manifest)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+# --- a manifest can name only files inside the run folder ------------------------------------------
+def test_a_manifest_naming_files_outside_the_run_deletes_nothing_there(tmp_path):
+    run = tmp_path / "run"
+    assert cli("locate", "-t", "continent_of", "--out", str(run), *FAST).exit_code == 0
+    victim, absolute = tmp_path / "victim.txt", tmp_path / "elsewhere" / "absolute.txt"
+    absolute.parent.mkdir()
+    for path in (victim, absolute):
+        path.write_text("the user's")
+
+    def plant(manifest):
+        files = {"../victim.txt": file_sha256(victim), str(absolute): file_sha256(absolute)}
+        manifest["stages"]["ablate"] = {"config": {}, "files": files}
+
+    edit_manifest(run, plant)
+    refused(cli("locate", "-t", "continent_of", "--out", str(run), *FAST), "damaged", "--out")
+    assert victim.read_text() == absolute.read_text() == "the user's"
+    with pytest.raises(TasklensError, match="not a file inside the run folder"):
+        RunFolder(run).files("ablate")
+
+
+def test_a_manifest_cannot_reach_outside_through_a_linked_folder(organism, tmp_path):
+    config = small_run(tmp_path)
+    locate(config, organism)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("the user's")
+    (tmp_path / "run" / "linked").symlink_to(outside)
+    edit_manifest(
+        tmp_path / "run",
+        lambda m: m["stages"]["locate"]["files"].update(
+            {"linked/victim.txt": file_sha256(outside / "victim.txt")}
+        ),
+    )
+    with pytest.raises(TasklensError, match="damaged"):
+        locate(config, organism)
+    with pytest.raises(TasklensError, match="damaged"):
+        load_sets(tmp_path / "run", organism)
+    assert (outside / "victim.txt").read_text() == "the user's"
+
+
+def test_a_rerun_keeps_a_file_that_was_changed_after_tasklens_wrote_it(organism, tmp_path):
+    locate(small_run(tmp_path, tasks=["continent_of", "larger_number"]), organism)
+    edited = tmp_path / "run/sets/larger_number.json"
+    edited.write_text(edited.read_text() + " ")
+    locate(small_run(tmp_path), organism)  # larger_number's files are no longer the run's
+    assert not (tmp_path / "run/sets/larger_number.safetensors").exists()  # unchanged: deleted
+    assert edited.read_text().endswith(" ")  # changed by the user: kept
+
+
+# --- a file of the user's where a stage writes is refused ------------------------------------------
+@pytest.mark.parametrize("name", ["scores/continent_of.json", "sets/continent_of.safetensors", "config.toml"])
+def test_locate_refuses_to_overwrite_a_users_file(tmp_path, monkeypatch, name):
+    mine = tmp_path / "run" / name
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's")
+    monkeypatch.setattr("tasklens.models.load_model", no_model)  # refused before it loads
+    refused(cli("locate", "-t", "continent_of", "--out", str(tmp_path / "run"), *FAST), name, "move it away")
+    assert mine.read_bytes() == b"the user's"
+
+
+def test_report_refuses_to_overwrite_a_users_report(organism, tmp_path):
+    locate(small_run(tmp_path), organism)
+    (tmp_path / "run/report.html").write_text("<p>my notes</p>")
+    refused(cli("report", str(tmp_path / "run")), "report.html", "choose another --out")
+    assert (tmp_path / "run/report.html").read_text() == "<p>my notes</p>"
+
+
+def test_a_stage_refuses_a_file_it_wrote_that_the_user_changed_since(organism, tmp_path):
+    config = small_run(tmp_path)
+    locate(config, organism)
+    ablate(config, organism)
+    (tmp_path / "run/matrix.csv").write_text("my own edits")
+    with pytest.raises(TasklensError, match=r"matrix\.csv.*did not write it \(or it was changed since\)"):
+        ablate(config, organism)
+    assert (tmp_path / "run/matrix.csv").read_text() == "my own edits"
+
+
+def test_the_files_of_a_failed_stage_stay_tasklens_s_and_are_reused(organism, tmp_path):
+    calls = []
+
+    @tasklens.register_scorer(overwrite=True)
+    class FailsOnce(ActivationStats):
+        name = "fails_on_larger_number_once"
+
+        def attribute(self, model, task, **kw):
+            calls.append(task.name)
+            if calls.count("larger_number") == 1 and task.name == "larger_number":
+                raise RuntimeError("killed")
+            return super().attribute(model, task, **kw)
+
+    config = small_run(tmp_path, tasks=["continent_of", "larger_number"], method=FailsOnce.name)
+    with pytest.raises(RuntimeError, match="killed"):
+        locate(config, organism)
+    assert "locate" not in RunFolder(config.out).manifest()["stages"]
+    locate(config, organism)  # the first run's files are known as tasklens's, not refused
+    assert calls == ["continent_of", "larger_number", "larger_number"]  # continent_of reused
+    assert [s.name for s in load_sets(config.out, organism)] == ["continent_of", "larger_number"]
+    assert "unfinished" not in RunFolder(config.out).manifest()
+
+
+def test_an_analysis_folder_keeps_the_users_findings_and_config(tmp_path):
+    folder = tmp_path / "analysis"
+    folder.mkdir()
+    for name in ("findings.md", "config.json"):
+        (folder / name).write_text("the user's")
+    out = OutputDir(folder, {"x": 1})
+    out.finding("something")
+    with pytest.raises(TasklensError, match=r"findings\.md.*did not write it"):
+        out.close()
+    assert (folder / "findings.md").read_text() == (folder / "config.json").read_text() == "the user's"
+    again = tmp_path / "again"
+    for _ in range(2):  # its own files it may replace
+        out = OutputDir(again, {"x": 1})
+        out.finding("something")
+        out.close()
+    assert (again / "findings.md").read_text() == "- something\n"
+
+
+# --- device and dtype are checked with the rest of the config --------------------------------------
+@pytest.mark.parametrize(
+    "device, cuda, message",
+    [
+        ("gpu", True, "Unknown device 'gpu'; choose cpu, cuda, cuda:N"),
+        ("cuda", False, 'CUDA is not available here; use device = "cpu"'),
+        ("cuda:1", True, "this machine has 1 CUDA device(s)"),
+    ],
+)
+def test_a_device_the_machine_lacks_fails_before_the_model_loads(
+    tmp_path, monkeypatch, device, cuda, message
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(cuda))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr("tasklens.models.load_model", no_model)
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'tasks = ["continent_of"]\nout = "{tmp_path / "run"}"\ndevice = "{device}"\n')
+    refused(cli("run", str(toml)), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bfloat16_on_a_gpu_without_it_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(TasklensError, match="cannot compute in bfloat16"):
+        RunConfig(out=str(tmp_path / "r"), device="cuda", dtype="bfloat16").check()
+    RunConfig(out=str(tmp_path / "r"), device="cuda", dtype="float16").check()

@@ -1,0 +1,271 @@
+"""Looking at one neuron: vocabulary decoding, top contexts, clamping, neuron pages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tasklens import Task, clamp, load_builtin
+from tasklens.cli import app
+from tasklens.data.neurons import NeuronSet
+from tasklens.errors import TasklensError
+from tasklens.tasks.tokenize import TokenizedTask
+from tasklens.views.contexts import top_contexts
+from tasklens.views.page import NeuronPage, neuron_pages, parse_neuron
+from tasklens.views.vocab import NeuronVocab, decode_neurons
+
+GRID = (4, 512)
+
+
+def test_output_decoding_equals_the_weights_through_norm_and_unembedding(organism):
+    vocab = decode_neurons(organism, "output", k=10)
+    hf = organism.original_model
+    for layer, index in [(0, 21), (2, 300), (3, 7)]:
+        row = hf.model.layers[layer].mlp.down_proj.weight[:, index].detach()  # W_out row, HF layout
+        logits = (row * hf.model.norm.weight.detach()) @ hf.lm_head.weight.detach().T
+        top = logits.topk(10)
+        assert vocab.top_ids[layer, index].tolist() == top.indices.tolist()
+        torch.testing.assert_close(vocab.top_values[layer, index], top.values, rtol=1e-5, atol=1e-5)
+        assert vocab.bottom_ids[layer, index].tolist() == logits.topk(10, largest=False).indices.tolist()
+
+
+def test_input_decoding_reads_the_normalised_embedding(organism):
+    vocab = decode_neurons(organism, "hook_pre_linear", k=5)
+    hf = organism.original_model
+    embed = hf.model.embed_tokens.weight.detach()
+    normed = hf.model.layers[1].post_attention_layernorm(embed[None])[0].detach()  # the MLP's input norm
+    scores = normed @ hf.model.layers[1].mlp.up_proj.weight.detach().T  # [vocab, d_mlp]
+    assert vocab.top_ids[1, 42].tolist() == scores[:, 42].topk(5).indices.tolist()
+
+
+def test_layer_norm_models_are_centred(tiny_model):
+    model = tiny_model("gpt2", 2)
+    vocab = decode_neurons(model, "output", k=5)
+    hf = model.original_model
+    row = hf.transformer.h[1].mlp.c_proj.weight[7].detach()  # Conv1D: [d_mlp, d_model]
+    logits = ((row - row.mean()) * hf.transformer.ln_f.weight.detach()) @ hf.lm_head.weight.detach().T
+    assert vocab.top_ids[1, 7].tolist() == logits.topk(5).indices.tolist()
+
+
+def test_decoding_a_set_and_saving_it(organism, tmp_path):
+    chosen = NeuronSet.from_pairs([(0, 1), (3, 9)], GRID)
+    vocab = decode_neurons(organism, "output", k=3, neurons=chosen)
+    assert vocab.top_values[1].abs().sum() == 0 and vocab.top_values[3, 9].abs().sum() > 0
+    vocab.save(tmp_path / "vocab")
+    again = NeuronVocab.load(tmp_path / "vocab")
+    assert again.top(3, 9) == vocab.top(3, 9) and again.to_frame([(3, 9)]).index.tolist() == [(3, 9)]
+    with pytest.raises(TasklensError, match="side"):
+        decode_neurons(organism, "hook_post")
+
+
+def test_top_contexts_equal_a_brute_force_search(organism):
+    task = load_builtin("currency_of", "detection").head(40)
+    chosen = NeuronSet.from_pairs([(0, 5), (1, 77), (3, 500)], GRID)
+    found = top_contexts(organism, task, chosen, k=6, window=3, batch_size=7)
+    tokenized = TokenizedTask.for_model(task, organism)
+    for layer, index in chosen.pairs():
+        best = []
+        for p, a in zip(tokenized.prompt_ids, tokenized.answer_ids, strict=True):
+            ids = p + a
+            name = f"blocks.{layer}.mlp.hook_post"
+            _, cache = organism.run_with_cache(torch.tensor([ids]), names_filter=name)
+            acts = cache[name][0, :, index]
+            best += [(float(v), ids[max(0, t - 3) : t + 4]) for t, v in enumerate(acts)]
+        best.sort(key=lambda x: -x[0])
+        row = found.row(layer, index)
+        torch.testing.assert_close(
+            found.values[row], torch.tensor([v for v, _ in best[:6]]), atol=1e-5, rtol=0
+        )
+        top = found.windows[row, 0]
+        assert top[top >= 0].tolist() == best[0][1]
+    pairs = zip(tokenized.prompt_ids, tokenized.answer_ids, strict=True)
+    assert found.n_tokens == sum(len(p) + len(a) for p, a in pairs)
+
+
+def test_top_contexts_memory_does_not_grow_with_the_source(organism):
+    small = top_contexts(organism, ["the capital of France is Paris"] * 3, k=4, window=2)
+    large = top_contexts(organism, ["the capital of France is Paris"] * 60, k=4, window=2)
+    assert small.values.shape == large.values.shape == (2048, 4)
+    assert large.windows.shape == (2048, 4, 5) and large.n_tokens == 20 * small.n_tokens
+
+
+def test_contexts_from_files(organism, tmp_path):
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"text": "Country: Chad. Continent: Africa"}) + "\n")
+    (tmp_path / "docs.txt").write_text("Country: Chad. Continent: Africa\n\n")
+    a = top_contexts(organism, tmp_path / "docs.jsonl", NeuronSet.from_pairs([(0, 1)], GRID), k=2)
+    b = top_contexts(organism, tmp_path / "docs.txt", NeuronSet.from_pairs([(0, 1)], GRID), k=2)
+    assert torch.equal(a.values, b.values)
+    with pytest.raises(TasklensError, match="does not exist"):
+        top_contexts(organism, tmp_path / "missing.txt")
+
+
+def test_clamping_a_decoded_neuron_raises_its_own_top_token_more_than_a_random_neuron(organism):
+    """A last-layer neuron's decoded top token gains probability when the neuron is clamped high;
+    random last-layer neurons clamped to the same value raise that token far less."""
+    vocab = decode_neurons(organism, "output", k=1)
+    layer = 3
+    candidates = vocab.top_values[layer, :, 0].topk(8).indices.tolist()
+    task = load_builtin("sentiment", "evaluation").head(16)
+    batch = next(TokenizedTask.for_model(task, organism).batches(16, with_answers=False))
+    last = batch.last_prompt
+    rows = torch.arange(batch.size)
+
+    def logprob_of(token: int, neuron: int | None, value: float) -> float:
+        if neuron is None:
+            logits = organism(batch.tokens)
+        else:
+            with clamp(organism, NeuronSet.from_pairs([(layer, neuron)], GRID), value):
+                logits = organism(batch.tokens)
+        return float(logits[rows, last].log_softmax(-1)[:, token].mean())
+
+    generator = torch.Generator().manual_seed(0)
+    gains, random_gains = [], []
+    with torch.no_grad():
+        for neuron in candidates:
+            token = int(vocab.top_ids[layer, neuron, 0])
+            clean = logprob_of(token, None, 0.0)
+            gains.append(logprob_of(token, neuron, 20.0) - clean)
+            for other in torch.randint(0, 512, (4,), generator=generator).tolist():
+                random_gains.append(logprob_of(token, other, 20.0) - clean)
+    gains, random_gains = torch.tensor(gains), torch.tensor(random_gains)
+    assert (gains > 1.0).all(), gains
+    assert gains.mean() > 3 * random_gains.abs().mean(), (gains, random_gains)
+
+
+def test_clamping_during_generation_only_at_the_newest_token(organism):
+    from tasklens.evaluation.evaluate import greedy_generate
+
+    prompts = TokenizedTask.for_model(load_builtin("addition", "evaluation").head(4), organism).prompt_ids
+    vocab = decode_neurons(organism, "output", k=1)
+    neuron = int(vocab.top_values[3, :, 0].argmax())
+    token = int(vocab.top_ids[3, neuron, 0])
+    with clamp(organism, NeuronSet.from_pairs([(3, neuron)], GRID), 1000.0, positions=[-1]):
+        steered = greedy_generate(organism, prompts, 3)
+    # the clamp acts at every decoding step: every generated token is the neuron's top token
+    assert all(ids == [token] * 3 for ids in steered), steered
+    assert all(token not in ids for ids in greedy_generate(organism, prompts, 3))
+
+
+def test_a_neuron_page_puts_the_evidence_together(organism):
+    tasks = [load_builtin(n, "evaluation").head(12) for n in ("continent_of", "addition")]
+    from tasklens.scoring import ActivationStats
+
+    scores = {t.name: ActivationStats().attribute(organism, t) for t in tasks}
+    layer, index, _ = scores["continent_of"].top(1)[0]
+    sets = [NeuronSet.from_pairs([(layer, index)], GRID, "mine")]
+    page = neuron_pages(organism, [(layer, index)], tasks, scores, sets)[0]
+    assert page.scores[0]["rank"] == 1 and page.sets == ["mine"]
+    assert len(page.promotes) == 8 and len(page.contexts) == 4 and len(page.ablation) == 2
+    text = page.to_text()
+    assert f"neuron L{layer}N{index}" in text and "top contexts" in text and "zero-ablating" in text
+    fragment = page.to_html()
+    assert "ColoredTokens" in fragment and "<script" in fragment and "unpkg" not in fragment
+
+
+def test_neuron_names_and_the_cli(organism):
+    assert parse_neuron("3.17") == parse_neuron("L3N17") == (3, 17)
+    with pytest.raises(TasklensError, match=r"LAYER\.INDEX"):
+        parse_neuron("three")
+    result = CliRunner().invoke(app, ["neuron", "L0N21", "-t", "continent_of", "--max-prompts", "8"])
+    assert result.exit_code == 0 and "promotes" in result.output, result.output
+    result = CliRunner().invoke(app, ["neuron", "9.1", "-t", "continent_of"])
+    assert result.exit_code == 2 and "outside" in result.output
+
+
+def test_a_task_is_a_context_source(organism):
+    task = Task.from_lists("t", ["Q: What is 2 + 2? A:"], [" 4"])
+    found = top_contexts(organism, task, NeuronSet.from_pairs([(2, 2)], GRID), k=3, window=1)
+    assert torch.isfinite(found.values).all()
+
+
+def one_line_error(result, fragment: str) -> None:
+    """Exit 2, one error line, ending the output (after the model's loading bar, if it loaded)."""
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert fragment in lines[-1] and [line for line in lines if "error" in line] == lines[-1:], result.output
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("spec", ["²1.3", "1.³", "١.٢"])
+def test_neuron_names_take_ascii_digits_only(spec):
+    one_line_error(CliRunner().invoke(app, ["neuron", spec]), "LAYER.INDEX")
+    for wrong in (spec, "1.", "L1", "1.2.3"):
+        with pytest.raises(TasklensError, match=r"LAYER\.INDEX"):
+            parse_neuron(wrong)
+    assert parse_neuron("l3n17") == parse_neuron(" 3.17 ") == (3, 17)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--n-contexts", "-1"], "n_contexts must be a whole number of at least 1, got -1"),
+        (["--n-tokens", "0"], "n_tokens must be a whole number of at least 1, got 0"),
+        (["--n-tokens", "100000"], "n_tokens=100000 is more than the 2048 tokens in the vocabulary"),
+    ],
+)
+def test_neuron_page_counts_are_checked(organism, option, message):
+    result = CliRunner().invoke(app, ["neuron", "0.1", "-t", "addition", "--max-prompts", "2", *option])
+    one_line_error(result, message)
+
+
+@pytest.mark.reliability
+def test_a_huge_context_count_shows_what_there_is(organism):
+    task = Task.from_lists("t", ["Q: What is 2 + 2? A:"], [" 4"])
+    page = neuron_pages(organism, [(0, 1)], [task], n_contexts=10**9)[0]
+    tokenized = TokenizedTask.for_model(task, organism)
+    n_tokens = len(tokenized.prompt_ids[0]) + len(tokenized.answer_ids[0])
+    assert len(page.contexts) == n_tokens
+
+
+@pytest.mark.reliability
+def test_control_characters_in_model_text_are_escaped_when_printed():
+    page = NeuronPage(
+        layer=0,
+        index=1,
+        model="organism",
+        promotes=[("\x1b[2J", 1.0)],
+        suppresses=[("\x00", -1.0)],
+        contexts=[
+            {"value": 2.0, "tokens": ["a\x07", "b\u202e", "\n", "é"], "activations": [0] * 4, "centre": 1}
+        ],
+    )
+    text = page.to_text()
+    assert "   2.000: a\\x07[b\\u202e]\\né" in text and "\\x1b[2J" in text and "\\x00" in text
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in text.replace("\n", ""))
+
+
+@pytest.mark.reliability
+def test_bad_context_sources_are_clear_errors(organism, tmp_path):
+    only = NeuronSet.from_pairs([(0, 1)], GRID)
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)))
+    (tmp_path / "notext.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
+    (tmp_path / "folder.txt").mkdir()
+    cases = [
+        ("binary.txt", r"'.*binary\.txt' is not UTF-8 text \(byte 128\)"),
+        ("notext.jsonl", r'Line 2 of .*notext\.jsonl.* has no "text" string'),
+        ("broken.jsonl", r"Line 2 of .*broken\.jsonl.* is not JSON"),
+        ("folder.txt", r"'.*folder\.txt' is a folder; give a \.txt or \.jsonl file"),
+    ]
+    for name, message in cases:
+        with pytest.raises(TasklensError, match=message):
+            top_contexts(organism, tmp_path / name, only)
+    for k in (-1, 0):
+        with pytest.raises(TasklensError, match=f"k must be a whole number of at least 1, got {k}"):
+            top_contexts(organism, ["some text"], only, k=k)
+    with pytest.raises(TasklensError, match="window must be"):
+        top_contexts(organism, ["some text"], only, window=-2)
+    with pytest.raises(TasklensError, match="k=5000 is more than the 2048 tokens"):
+        decode_neurons(organism, k=5000, neurons=only)
+
+
+@pytest.mark.reliability
+def test_the_views_package_exports_what_the_readme_names():
+    import tasklens.views
+
+    assert tasklens.views.top_contexts is top_contexts and tasklens.views.decode_neurons is decode_neurons
+    assert tasklens.views.neuron_pages is neuron_pages

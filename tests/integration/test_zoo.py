@@ -1,0 +1,269 @@
+"""Downloaded models without the network: `_gguf_file` hands over a small fake GGUF (the pinned
+SHA-256 is set to its own) and `_convert` copies the organism, so everything around them is real."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tasklens.cli import app
+from tasklens.errors import TasklensError
+from tasklens.models import ORGANISM_DIR, load_model, zoo
+
+NAME = "smollm2-135m"
+PROMPT = "What is 12 plus 30? Answer:"
+
+
+@pytest.fixture
+def fake_source(tmp_path, monkeypatch):
+    """TASKLENS_HOME in tmp_path; downloads fetch a fake GGUF and convert by copying the organism.
+    Returns the calls made to `_gguf_file` and `_convert`."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TASKLENS_HOME", str(home))
+    gguf_bytes = b"GGUF fake model"
+    source = dataclasses.replace(
+        zoo.SOURCES[NAME], sha256=__import__("hashlib").sha256(gguf_bytes).hexdigest()
+    )
+    monkeypatch.setitem(zoo.SOURCES, NAME, source)
+    calls = {"gguf": [], "convert": []}
+
+    def gguf_file(source, workdir):
+        calls["gguf"].append(workdir)
+        path = workdir / "fake.gguf"
+        path.write_bytes(gguf_bytes)
+        return path, "a fake wheel"
+
+    def convert(gguf, out):
+        calls["convert"].append(out)
+        shutil.copytree(ORGANISM_DIR, out, dirs_exist_ok=True)
+
+    monkeypatch.setattr(zoo, "_gguf_file", gguf_file)
+    monkeypatch.setattr(zoo, "_convert", convert)
+    return calls
+
+
+@pytest.fixture
+def downloaded(fake_source):
+    """The fake model, downloaded; returns its folder."""
+    return zoo.download("smollm2", progress=lambda message: None)
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert result.stderr.startswith("error: ")
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+def leftovers(home):
+    models = home / "models"
+    return sorted(p.name for p in models.iterdir()) if models.is_dir() else []
+
+
+def logits(model):
+    return model(model.to_tokens(PROMPT))
+
+
+def test_download_records_every_file_and_loads_the_model(downloaded, fake_source, organism, tmp_path):
+    marker = json.loads((downloaded / zoo.MARKER).read_text())
+    weights = marker["files"]["model.safetensors"]
+    assert weights["size"] == (ORGANISM_DIR / "model.safetensors").stat().st_size
+    assert weights["sha256"] == zoo.file_sha256(ORGANISM_DIR / "model.safetensors")
+    assert set(marker["files"]) == {p.name for p in ORGANISM_DIR.iterdir()}
+    torch.testing.assert_close(logits(load_model(NAME)), logits(organism))
+    # the work folder was named after this host and process, and is gone
+    work = fake_source["gguf"][0]
+    assert work.name.startswith(f".download.{zoo._host()}.{os.getpid()}.") and not work.exists()
+    assert leftovers(tmp_path / "home") == [NAME]
+    # a second download is a no-op
+    result = invoke("models", "download", "smollm2")
+    assert result.exit_code == 0 and "already downloaded" in result.output
+    assert len(fake_source["gguf"]) == 1
+    result = invoke("models", "verify")
+    assert result.exit_code == 0 and "all 8 files match" in result.output, result.output
+
+
+@pytest.mark.reliability
+def test_download_refuses_a_folder_the_user_placed_before_fetching(fake_source, tmp_path):
+    mine = tmp_path / "home" / "models" / NAME
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my own model notes")
+    for args in (("models", "download", "smollm2"), ("models", "download", "smollm2", "--force")):
+        result = invoke(*args)
+        assert_one_line_error(result, str(mine), "did not write", "move it elsewhere or set TASKLENS_HOME")
+    assert fake_source["gguf"] == [] and (mine / "notes.txt").read_text() == "my own model notes"
+    assert leftovers(tmp_path / "home") == [NAME]
+
+
+def test_a_folder_placed_during_the_conversion_is_kept(fake_source, tmp_path, monkeypatch):
+    target = tmp_path / "home" / "models" / NAME
+    convert = zoo._convert
+
+    def convert_while_the_user_writes(gguf, out):
+        convert(gguf, out)
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(zoo, "_convert", convert_while_the_user_writes)
+    assert_one_line_error(invoke("models", "download", "smollm2"), "did not write")
+    assert [p.name for p in target.iterdir()] == ["notes.txt"] and leftovers(tmp_path / "home") == [NAME]
+
+
+@pytest.mark.reliability
+def test_overwritten_weights_are_refused_and_force_repairs_them(downloaded, organism):
+    weights = downloaded / "model.safetensors"
+    with open(weights, "r+b") as handle:  # 64 KiB of NaN float32 in the middle of the tensors
+        handle.seek(weights.stat().st_size // 2)
+        handle.write(b"\xff" * 65536)
+    with pytest.raises(
+        TasklensError, match=r"damaged \(model\.safetensors is not the file downloaded.*--force"
+    ):
+        load_model(NAME)
+    # with its modification time put back, loading checks only the size; verify hashes everything
+    recorded = json.loads((downloaded / zoo.MARKER).read_text())["files"]["model.safetensors"]
+    os.utime(weights, ns=(recorded["mtime_ns"], recorded["mtime_ns"]))
+    assert torch.isnan(logits(load_model(NAME))).any()
+    result = invoke("models", "verify", "smollm2")
+    assert_one_line_error(
+        result, "model.safetensors is not the file downloaded", "models download smollm2 --force"
+    )
+    result = invoke("models", "download", "smollm2", "--force")
+    assert result.exit_code == 0 and "ready in" in result.output, result.output
+    assert invoke("models", "verify", "smollm2").exit_code == 0
+    torch.testing.assert_close(logits(load_model(NAME)), logits(organism))
+
+
+@pytest.mark.reliability
+def test_a_truncated_model_is_listed_as_damaged_and_download_repairs_it(downloaded, fake_source):
+    weights = downloaded / "model.safetensors"
+    size = weights.stat().st_size
+    os.truncate(weights, size // 3)
+    result = invoke("models", "list")
+    assert result.exit_code == 0
+    assert f"{NAME:<14} damaged " in result.output and "models download smollm2 --force" in result.output
+    with pytest.raises(
+        TasklensError, match=rf"has {size // 3:,} bytes, not {size:,}.*download smollm2 --force"
+    ):
+        load_model(NAME)
+    result = invoke("models", "download", "smollm2")
+    assert result.exit_code == 0 and "damaged" in result.output and "ready in" in result.output
+    assert len(fake_source["gguf"]) == 2 and weights.stat().st_size == size
+    assert "downloaded (" in invoke("models", "list").output
+
+
+@pytest.mark.reliability
+def test_a_model_downloaded_by_an_older_tasklens_still_loads(downloaded, organism):
+    marker = downloaded / zoo.MARKER
+    record = json.loads(marker.read_text())
+    del record["files"]
+    marker.write_text(json.dumps(record))
+    torch.testing.assert_close(logits(load_model(NAME)), logits(organism))
+    result = invoke("models", "verify")
+    assert result.exit_code == 0
+    assert "not verifiable" in result.output
+    assert "re-download with `tasklens models download smollm2 --force` to record hashes" in result.output
+
+
+@pytest.mark.reliability
+def test_tasklens_home_is_a_file_or_read_only(fake_source, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    for args in (("models", "download", "smollm2"), ("models", "list"), ("models", "verify")):
+        assert_one_line_error(invoke(*args), "TASKLENS_HOME", "is a file, not a folder")
+    with pytest.raises(TasklensError, match="is a file, not a folder"):
+        load_model(NAME)
+    home.unlink()
+    home.mkdir()
+    home.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the write fail as it fails for anyone else
+
+        def denied(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied", str(home / "models"))
+
+        monkeypatch.setattr(zoo.tempfile, "mkdtemp", denied)
+    try:
+        result = invoke("models", "download", "smollm2")
+    finally:
+        home.chmod(0o755)
+    assert_one_line_error(result, f"Cannot write in the model cache '{home / 'models'}'", "writable folder")
+    assert fake_source["gguf"] == []
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })'),
+    ],
+)
+def test_a_full_disk_during_the_conversion_leaves_nothing(fake_source, tmp_path, monkeypatch, error):
+    def convert(gguf, out):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise error
+
+    monkeypatch.setattr(zoo, "_convert", convert)
+    result = invoke("models", "download", "smollm2")
+    assert_one_line_error(result, "The disk is full", str(tmp_path / "home" / "models"), "Free about 800 MB")
+    assert leftovers(tmp_path / "home") == []
+
+
+@pytest.mark.reliability
+def test_a_full_disk_during_the_wheel_download_is_not_blamed_on_the_network(tmp_path, monkeypatch):
+    def pip(command, **kwargs):
+        stderr = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device\n"
+        return subprocess.CompletedProcess(command, 1, "", stderr)
+
+    monkeypatch.setattr(zoo.subprocess, "run", pip)
+    with pytest.raises(TasklensError, match="The disk is full") as raised:
+        zoo._gguf_file(zoo.SOURCES[NAME], tmp_path)
+    assert "reaches PyPI" not in str(raised.value) and str(tmp_path.parent) in str(raised.value)
+
+
+@pytest.mark.reliability
+def test_the_next_download_removes_only_stale_temporary_folders(fake_source, tmp_path):
+    models = tmp_path / "home" / "models"
+    models.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = gone.pid  # a process that is gone
+    host = zoo._host()
+    stale = [
+        f".download.{host}.{dead}.k2j4h5g6",
+        ".download.abcd1234",
+        f".{NAME}.wxyz9876",
+        f".{NAME}.old.q1w2e3r4",
+    ]
+    kept = [
+        f".download.{host}.{os.getpid()}.a1b2c3d4",  # a download still running
+        f".download.other-host.{dead}.a1b2c3d4",  # another machine's, on a shared disk
+        ".download.recent12",  # an older tasklens's, maybe still running
+        ".download-notes",
+        "my-model",
+    ]
+    hour_ago = time.time() - 2 * zoo.LEGACY_STALE_AFTER
+    for name in stale + kept:
+        (models / name).mkdir()
+        (models / name / "weights.bin").write_bytes(b"x" * 1000)
+        if name in stale[1:]:
+            os.utime(models / name, (hour_ago, hour_ago))
+    (models / f".download.{host}.{dead}.file").write_text("a file, not a folder")
+    messages = []
+    zoo.download("smollm2", progress=messages.append)
+    assert leftovers(tmp_path / "home") == sorted([*kept, f".download.{host}.{dead}.file", NAME])
+    assert "removed 4 temporary folder(s)" in messages[0]
