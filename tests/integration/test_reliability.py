@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import pickle
 import re
 import shutil
 import warnings
@@ -20,7 +19,6 @@ import torch
 from typer.testing import CliRunner
 
 import tasklens
-from tasklens.analysis.experiments import _ranked
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrix
 from tasklens.cli import app
 from tasklens.data.neurons import NeuronScores, NeuronSet
@@ -29,7 +27,7 @@ from tasklens.interventions import Intervention
 from tasklens.runs import RunFolder
 from tasklens.runs.pipeline import RunConfig, ablate, load_sets, locate
 from tasklens.scoring import ActivationStats, AttributionPatching, ExactAblation, get_scorer
-from tasklens.selection import per_layer_top_k, top_k, top_percent
+from tasklens.selection import top_percent
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import load_builtin
 
@@ -82,77 +80,6 @@ def small_run(tmp_path, **fields) -> RunConfig:
 # --- core data model, selection, artifacts, run folders, CLI (lead) ---------------------------------
 
 
-def test_top_k_breaks_ties_by_index():
-    values = torch.zeros(GRID)
-    values[2, 7] = values[0, 9] = values[3, 1] = 1.0  # three tied maxima, then all zeros tied
-    chosen = top_k(scores_of(values), 5)
-    assert chosen.pairs() == [(0, 0), (0, 1), (0, 9), (2, 7), (3, 1)]
-
-
-def test_top_k_and_cumulativity_bands_agree_on_ties():
-    values = torch.randint(0, 3, GRID).float()  # many ties
-    scores = scores_of(values)
-    for k in (1, 7, 100, 513):
-        assert torch.equal(top_k(scores, k).mask, _ranked(scores, 0, k).mask)
-
-
-def test_per_layer_top_k_breaks_ties_by_index():
-    chosen = per_layer_top_k(scores_of(torch.zeros(GRID)), 2)
-    assert chosen.pairs() == [(layer, i) for layer in range(4) for i in (0, 1)]
-
-
-@pytest.mark.parametrize("k", [2.7, float("nan"), float("inf"), 1e-3])
-def test_top_k_refuses_a_non_whole_k(k):
-    with pytest.raises(TasklensError, match="whole number"):
-        top_k(scores_of(torch.rand(GRID)), k)
-
-
-def test_top_k_accepts_a_whole_float():
-    assert len(top_k(scores_of(torch.rand(GRID)), 2.0)) == 2
-
-
-def test_nan_written_after_construction_is_refused_not_selected_first():
-    scores = scores_of(torch.rand(GRID))
-    scores.values[1, 5] = float("nan")
-    with pytest.raises(TasklensError, match="NaN"):
-        top_k(scores, 3)
-    with pytest.raises(TasklensError, match="NaN"):
-        scores.top(3)
-
-
-@pytest.mark.parametrize("pair", [(-1, -1), (-1, 0), (0, -1), (4, 0), (0, 512)])
-def test_membership_outside_the_grid_is_false(pair):
-    everything = NeuronSet(torch.ones(GRID, dtype=torch.bool))
-    assert pair not in everything
-
-
-def test_a_mask_that_is_not_zero_one_is_refused():
-    with pytest.raises(TasklensError, match="0/1"):
-        NeuronSet(torch.rand(GRID))
-
-
-def test_a_scores_tensor_copied_over_a_set_file_is_refused(tmp_path):
-    neurons = NeuronSet.from_pairs([(0, 1)], GRID, "s")
-    neurons.save(tmp_path / "s")
-    scores_of(torch.rand(GRID)).save(tmp_path / "scores")
-    shutil.copy(tmp_path / "scores.safetensors", tmp_path / "s.safetensors")
-    meta = json.loads((tmp_path / "s.json").read_text())
-    meta.pop("sha256")  # even without the pair's hash binding, the values give it away
-    (tmp_path / "s.json").write_text(json.dumps(meta))
-    with pytest.raises(TasklensError, match="not a 0/1"):
-        NeuronSet.load(tmp_path / "s")
-
-
-def test_a_set_file_whose_sidecar_claims_another_size_is_refused(tmp_path):
-    NeuronSet.from_pairs([(0, 1), (1, 2)], GRID, "s").save(tmp_path / "s")
-    meta = json.loads((tmp_path / "s.json").read_text())
-    meta["size"] = 5
-    meta.pop("sha256")
-    (tmp_path / "s.json").write_text(json.dumps(meta))
-    with pytest.raises(TasklensError, match="size 5"):
-        NeuronSet.load(tmp_path / "s")
-
-
 def test_a_set_made_on_one_model_is_not_silently_applied_to_another(organism, same_grid_model, tmp_path):
     scores = AttributionPatching().attribute(organism, load_builtin("continent_of", "detection").head(4))
     top_percent(scores, 1.0).save(tmp_path / "s")
@@ -173,70 +100,6 @@ def test_scores_of_exact_ablation_on_a_set_save_whole(organism, tmp_path):
     meta = json.loads((tmp_path / "exact.json").read_text())
     assert meta["params"]["only"]["size"] == 2 and meta["params"]["only"]["name"] == "candidates"
     assert NeuronScores.load(tmp_path / "exact").params == scores.params
-
-
-def test_a_tensor_from_another_run_is_not_accepted_with_this_sidecar(tmp_path):
-    scores_of(torch.rand(GRID)).save(tmp_path / "a")
-    scores_of(torch.rand(GRID)).save(tmp_path / "b")
-    shutil.copy(tmp_path / "b.safetensors", tmp_path / "a.safetensors")  # a kill between two renames
-    with pytest.raises(TasklensError, match="two different runs or a write was interrupted"):
-        NeuronScores.load(tmp_path / "a")
-
-
-@pytest.mark.parametrize("content", [b"", b"\x00\x01garbage", "truncate"])
-def test_a_damaged_safetensors_file_is_a_clear_error(tmp_path, content):
-    scores_of(torch.rand(GRID)).save(tmp_path / "a")
-    tensor = tmp_path / "a.safetensors"
-    data = tensor.read_bytes()[:100] if content == "truncate" else content
-    tensor.write_bytes(data)
-    meta = json.loads((tmp_path / "a.json").read_text())
-    meta.pop("sha256")
-    (tmp_path / "a.json").write_text(json.dumps(meta))
-    with pytest.raises(TasklensError, match="not a readable safetensors file"):
-        NeuronScores.load(tmp_path / "a")
-
-
-def test_an_invalid_sidecar_is_a_clear_error_and_an_extended_one_still_loads(tmp_path):
-    scores_of(torch.rand(GRID)).save(tmp_path / "a")
-    meta = json.loads((tmp_path / "a.json").read_text())
-    (tmp_path / "a.json").write_text(json.dumps({**meta, "added_in_a_later_version": {"x": 1}}))
-    assert NeuronScores.load(tmp_path / "a").method == "m"
-    (tmp_path / "a.json").write_text("{not json")
-    with pytest.raises(TasklensError, match="not valid JSON"):
-        NeuronScores.load(tmp_path / "a")
-
-
-def test_loading_never_unpickles(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    scores_of(torch.rand(GRID)).save(tmp_path / "a")
-    (tmp_path / "a.safetensors").write_bytes(pickle.dumps(Payload()))
-    meta = json.loads((tmp_path / "a.json").read_text())
-    meta.pop("sha256")
-    (tmp_path / "a.json").write_text(json.dumps(meta))
-    with pytest.raises(TasklensError):
-        NeuronScores.load(tmp_path / "a")
-    assert not marker.exists()
-
-
-def test_scores_add_up_by_their_reduction():
-    a = scores_of(torch.ones(GRID), n_prompts=2, n_tokens=10)
-    b = scores_of(torch.full(GRID, 3.0), n_prompts=1, n_tokens=30)
-    assert float((a + b).values[0, 0]) == 4.0 and (a + b).n_prompts == 3
-    assert float(sum([a, b]).values[0, 0]) == 4.0
-    means = scores_of(torch.ones(GRID), n_tokens=10, reduction="mean") + scores_of(
-        torch.full(GRID, 3.0), n_tokens=30, reduction="mean"
-    )
-    assert float(means.values[0, 0]) == pytest.approx(2.5)
-    with pytest.raises(TasklensError, match="do not add up"):
-        scores_of(torch.ones(GRID), reduction="none") + scores_of(torch.ones(GRID), reduction="none")
-    other = NeuronScores(values=torch.ones(GRID), model="organism", task="t", method="other")
-    with pytest.raises(TasklensError, match="different method"):
-        a + other
 
 
 def test_scores_show_themselves_in_a_notebook(organism, continent):
