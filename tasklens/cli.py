@@ -305,20 +305,24 @@ def neuron(
         [], "--task", "-t", help="Tasks for its contexts and ablation effect (default: the run's, or all)."
     ),
     run: Path = typer.Option(None, help="A run folder: show the neuron's scores and sets from it."),
-    max_prompts: int = typer.Option(40, help="Prompts per task."),
+    max_prompts: int = typer.Option(
+        40, help="Prompts per task (a pretrained model: the facts it knows among 4x as many asked)."
+    ),
     n_tokens: int = typer.Option(8, help="Decoded tokens shown per direction."),
     n_contexts: int = typer.Option(5, help="Top contexts shown."),
 ) -> None:
     """Print one neuron's page: decoded tokens, top contexts, single-neuron ablation, its scores.
 
+    A pretrained model is asked built-in tasks in natural form, on the facts it knows.
+
     Example: tasklens neuron 0.21 -t continent_of -t currency_of
     """
     from tasklens.models import load_model
     from tasklens.runs import RunFolder
-    from tasklens.runs.pipeline import load_scores, load_sets, load_task
+    from tasklens.runs.pipeline import load_scores, load_sets
     from tasklens.tasks.builtin import builtin_task_names
     from tasklens.views.contexts import check_count
-    from tasklens.views.page import neuron_pages, parse_neuron
+    from tasklens.views.page import neuron_pages, page_tasks, parse_neuron
 
     layer, index = parse_neuron(spec)
     check_count("n_tokens", n_tokens)  # the vocabulary's size is checked once the model is loaded
@@ -327,9 +331,10 @@ def neuron(
     specs = list(task)
     if not specs and run is not None:
         specs = RunFolder(run).record("locate")["config"]["tasks"]
+    chosen = bool(specs)
     specs = specs or builtin_task_names()
     loaded = load_model(model)
-    tasks = [load_task(s, "evaluation", max_prompts) for s in specs]
+    tasks = page_tasks(loaded, specs, "evaluation", max_prompts, skip_unknown=not chosen)
     scores = load_scores(run, loaded) if run is not None else None
     sets = load_sets(run, loaded) if run is not None else []
     page = neuron_pages(loaded, [(layer, index)], tasks, scores, sets, n_tokens, n_contexts)[0]

@@ -121,6 +121,11 @@ class RunFolder:
 
     def record(self, stage: str) -> dict[str, Any]:
         """The finished stage's record (config, files), or a clear error if it has none."""
+        if self.path.exists() and not self.path.is_dir():
+            raise TasklensError(
+                f"{str(self.path)!r} is a file, not a run folder; give the folder a run wrote "
+                "(its --out), which holds manifest.json"
+            )
         if not self.path.is_dir():
             raise TasklensError(f"Run folder {str(self.path)!r} does not exist; run `tasklens locate` first")
         record = self.manifest()["stages"].get(stage)

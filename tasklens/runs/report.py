@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,27 @@ from tasklens.runs import RunFolder
 from tasklens.tasks.tokenize import TokenizedTask
 
 FIGURE_ORDER = ("effects", "matrix_change", "cumulativity", "interference", "overlap", "sharing")
+
+
+def signed(value: float, digits: int = 3) -> str:
+    """``value`` with its sign (``+0.125``), or a dash when there is none (NaN: e.g. the other
+    tasks' change in a one-task run)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:+.{digits}f}"
+
+
+def plain(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` decimals, or a dash for NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def closed(src: str) -> str:
+    """circuitsvis HTML with its mount point closed: circuitsvis writes ``<div id=... />``, which
+    HTML does not self-close, so everything after it would nest inside."""
+    return re.sub(r"^(\s*<div\b[^>]*?)\s*/>", r"\1></div>", src, count=1)
 
 
 def token_strings(model, ids: list[int]) -> list[str]:
@@ -75,7 +98,7 @@ def top_neuron_views(model, task, scores, n_neurons: int = 8, n_prompts: int = 6
         third_dimension_name="Top neuron",
         first_dimension_labels=[task.name],
     )
-    return text.local_src, topk.local_src
+    return closed(text.local_src), closed(topk.local_src)
 
 
 def _figure(path: Path) -> dict[str, str]:
@@ -123,6 +146,17 @@ def _stability(files: list[Path]) -> dict[str, str] | None:
     return {r.task: f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in pd.read_csv(path).itertuples()}
 
 
+def render(**context: Any) -> str:
+    """The report page from the template, given its variables (see `build_report`)."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("tasklens.runs", "templates"), autoescape=True, keep_trailing_newline=True
+    )
+    environment.filters.update(signed=signed, plain=plain)
+    return environment.get_template("report.html.j2").render(**context)
+
+
 def build_report(
     run: str | Path, model=None, n_neurons: int = 8, n_prompts: int = 6, pages_per_set: int = 3
 ) -> Path:
@@ -132,8 +166,6 @@ def build_report(
         n_neurons, n_prompts: the circuitsvis views' top neurons and prompts per task.
         pages_per_set: neuron pages for each set's top neurons (0 for none).
     """
-    import jinja2
-
     from tasklens.models import load_model
     from tasklens.runs.pipeline import load_scores, load_task
 
@@ -169,7 +201,7 @@ def build_report(
     views, pages = [], []
     if scores:
         from tasklens.runs.pipeline import load_sets
-        from tasklens.views.page import neuron_pages
+        from tasklens.views.page import neuron_pages, page_tasks
 
         model = model if model is not None else load_model(config["model"])
         eval_split = stages.get("ablate", {}).get("config", {}).get("eval_split", "evaluation")
@@ -180,15 +212,10 @@ def build_report(
                 views.append({"task": task.name, "text": text, "topk": topk})
         if pages_per_set:
             top = dict.fromkeys((la, ix) for s in scores.values() for la, ix, _ in s.top(pages_per_set))
-            page_tasks = [load_task(spec, eval_split, 24) for spec in config["tasks"]]
-            pages = [
-                page.to_html()
-                for page in neuron_pages(model, list(top), page_tasks, scores, load_sets(run, model))
-            ]
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("tasklens", "templates"), autoescape=True, keep_trailing_newline=True
-    )
-    page = environment.get_template("report.html.j2").render(
+            asked = page_tasks(model, config["tasks"], eval_split, 24, skip_unknown=True)
+            found = neuron_pages(model, list(top), asked, scores, load_sets(run, model))
+            pages = [page.to_html() for page in found]
+    page = render(
         title=folder.path.name,
         model=config["model"],
         tasks=config["tasks"],

@@ -132,6 +132,7 @@ class TopContexts:
         window_values: ``[n_tracked, k, 2w+1]`` the neuron's activation on those tokens.
         unit: the neuron unit.
         n_tokens: tokens streamed; seconds: time taken.
+        include_special: whether contexts may be centred on a special token (BOS...).
     """
 
     neurons: Int[Tensor, "tracked 2"]
@@ -143,6 +144,7 @@ class TopContexts:
     seconds: float = 0.0
     model: str = ""
     model_fingerprint: str = ""
+    include_special: bool = False
     version: str = field(default=__version__)
 
     def row(self, layer: int, neuron: int) -> int:
@@ -182,6 +184,7 @@ class TopContexts:
             "seconds": self.seconds,
             "model": self.model,
             "model_fingerprint": self.model_fingerprint,
+            "include_special": self.include_special,
             "version": self.version,
         }
         return save_artifact(path, packed, meta)
@@ -200,6 +203,7 @@ class TopContexts:
             seconds=meta["seconds"],
             model=meta.get("model", ""),
             model_fingerprint=meta.get("model_fingerprint", ""),
+            include_special=meta.get("include_special", True),
             version=meta.get("version", ""),
         )
 
@@ -223,13 +227,27 @@ def top_contexts(
     unit: str = DEFAULT_UNIT,
     batch_size: int = 16,
     max_tokens: int = 64,
+    include_special: bool = False,
 ) -> TopContexts:
     """Stream ``source`` (see `sequences`) once and keep each neuron's ``k`` top contexts.
 
     Args:
         neurons: the neurons tracked (default: every neuron of the model).
-        k: contexts kept per neuron (at most one per token of the source).
+        k: contexts kept per neuron (at most one per eligible token of the source).
         window: tokens kept on each side of a context's centre.
+        include_special: also centre contexts on special tokens (BOS, EOS, padding, chat
+            markers). Off by default: a causal model's state at BOS is the same in every text,
+            so a neuron that fires there would fill its top contexts with one repeated value.
+            Special tokens still appear inside the windows around other centres.
+
+    Returns:
+        `TopContexts`: per neuron, the activations and windows of its best ``k`` centres.
+
+    >>> from tasklens.models import load_model
+    >>> model = load_model("organism")
+    >>> found = top_contexts(model, ["Country: Chad. Continent: Africa"], k=3, window=2)
+    >>> len(found.contexts(3, 86, model.tokenizer))  # none of them centred on <s>
+    3
     """
     info = ModelInfo.of(model)
     info.check_unit(unit)
@@ -238,7 +256,14 @@ def top_contexts(
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
         raise TasklensError(f"window must be a whole number of at least 0, got {window!r}")
     seqs = sequences(model, source, max_tokens)
-    k = min(k, sum(map(len, seqs)))  # no more contexts than positions
+    skipped = set() if include_special else set(getattr(model.tokenizer, "all_special_ids", None) or ())
+    special = torch.tensor(sorted(skipped), dtype=torch.long)
+    eligible = sum(t not in skipped for ids in seqs for t in ids)
+    if eligible == 0:
+        raise TasklensError(
+            "The text source holds only special tokens (BOS...); give text, or include_special=True"
+        )
+    k = min(k, eligible)  # no more contexts than positions
     mask = (
         neurons.check_fits(info.shape).mask
         if neurons is not None
@@ -274,11 +299,12 @@ def top_contexts(
             real = tokens != PAD
             n_tokens += int(real.sum())
             model(tokens.masked_fill(~real, pad_id).to(model.cfg.device), return_type=None)
+            centres = real & ~torch.isin(tokens, special)
             padded_ids = torch.nn.functional.pad(tokens, (window, window), value=PAD)
             id_windows = padded_ids.unfold(1, width, 1).flatten(0, 1)  # [B*T, width]
             for layer, (values, windows, window_values) in best.items():
                 acts = store[layer].cpu()  # [B, T, n]
-                flat = acts.masked_fill(~real[..., None], -torch.inf).flatten(0, 1)  # [B*T, n]
+                flat = acts.masked_fill(~centres[..., None], -torch.inf).flatten(0, 1)  # [B*T, n]
                 top = flat.topk(min(k, flat.shape[0]), dim=0)  # [k', n]
                 padded = torch.nn.functional.pad(acts, (0, 0, window, window))  # [B, T+2w, n]
                 act_windows = padded.unfold(1, width, 1).flatten(0, 1)  # [B*T, n, width]
@@ -310,4 +336,5 @@ def top_contexts(
         seconds=round(time.perf_counter() - start, 3),
         model=info.name,
         model_fingerprint=model_fingerprint(model),
+        include_special=include_special,
     )

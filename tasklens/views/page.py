@@ -4,7 +4,9 @@ Its scores under each method and task that were run (value and rank), the sets
 that contain it, the tokens its weights promote and suppress, its top contexts,
 and the effect of zero-ablating it alone on each task. `NeuronPage` is plain
 data; `to_text` prints it (``tasklens neuron L.N``) and `to_html` renders it for
-the report (contexts as circuitsvis coloured tokens, escaped, inline bundle).
+the report (each context a line of escaped tokens shaded by activation, plain
+HTML with no script). `page_tasks` asks a model in its own form: the organism
+its training templates, a pretrained model the natural prompts it knows.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +22,13 @@ from typing import Any
 import torch
 
 from tasklens.data.neurons import NeuronScores, NeuronSet
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.evaluation.evaluate import evaluate
+from tasklens.evaluation.known import default_style, load_for_model
 from tasklens.interventions import ablate
 from tasklens.models import ModelInfo
-from tasklens.tasks.task import Task
+from tasklens.tasks.builtin import load_builtin
+from tasklens.tasks.task import Task, is_task_file
 from tasklens.views.contexts import TopContexts, check_count, top_contexts
 from tasklens.views.vocab import NeuronVocab, decode_neurons
 
@@ -63,6 +68,7 @@ class NeuronPage:
     reads: list[tuple[str, float]] = field(default_factory=list)
     reads_side: str = ""
     contexts: list[dict[str, Any]] = field(default_factory=list)
+    special_left_out: bool = True
     ablation: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -85,23 +91,43 @@ class NeuronPage:
         if self.reads:
             lines.append(f"read from the embedding by {self.reads_side}: " + _tokens(self.reads))
         if self.contexts:
-            lines.append("top contexts (activation: text, [centre token]):")
+            lines.append(f"top contexts (activation: text, [centre token]; {self.contexts_note}):")
             for c in self.contexts:
                 text = "".join(f"[{t}]" if i == c["centre"] else t for i, t in enumerate(c["tokens"]))
                 lines.append(f"  {c['value']:7.3f}: {text}")
         if self.ablation:
-            lines.append("zero-ablating this neuron alone (mean over prompts):")
+            lines.append("zero-ablating this neuron alone (mean over each task's prompts):")
             lines += [
-                f"  {a['task']:<18} logprob {a['logprob_change']:+.4f} nats, "
+                f"  {a['task']:<18} {_prompts(a):<16} logprob {a['logprob_change']:+.4f} nats, "
                 f"next-token accuracy {a['accuracy']:.3f} -> {a['accuracy_ablated']:.3f}"
                 for a in self.ablation
             ]
+            lines += [note for note in [self.known_note] if note]
         return "\n".join(printable(line) for line in lines)
 
-    def to_html(self) -> str:
-        """The page as an HTML fragment (for the report)."""
-        import circuitsvis as cv
+    @property
+    def contexts_note(self) -> str:
+        if self.special_left_out:
+            return "BOS left out, as is any other special token"
+        return "BOS and other special tokens included"
 
+    @property
+    def known_note(self) -> str:
+        """What "known facts" means, when some task of the ablation was filtered to them."""
+        known = [a for a in self.ablation if a.get("known")]
+        if not known:
+            return ""
+        accuracy = ", ".join(sorted({f"{a['accuracy']:.2f}" for a in known}))
+        styles = "/".join(sorted({a["style"] for a in known if a.get("style")}))
+        form = f" in its own {styles} form" if styles else ""
+        return (
+            f"known facts: prompts {self.model} answers correctly{form} "
+            f"(unmodified accuracy {accuracy} on them)"
+        )
+
+    def to_html(self) -> str:
+        """The page as an HTML fragment (for the report): every element it opens it closes, so
+        pages and their contexts sit side by side as siblings."""
         parts = [f'<section class="neuron" id="{self.label}"><h3>{self.label}</h3>']
         if self.scores:
             rows = "".join(
@@ -122,19 +148,23 @@ class NeuronPage:
             )
         if self.ablation:
             rows = "".join(
-                f"<tr><td class='name'>{html.escape(a['task'])}</td><td>{a['logprob_change']:+.4f}</td>"
+                f"<tr><td class='name'>{html.escape(a['task'])}</td><td>{html.escape(_prompts(a))}</td>"
+                f"<td>{a['logprob_change']:+.4f}</td>"
                 f"<td>{a['accuracy']:.3f} &rarr; {a['accuracy_ablated']:.3f}</td></tr>"
                 for a in self.ablation
             )
             parts.append(
-                "<table><tr><th>task</th><th>log-prob change (nats)</th><th>next-token accuracy</th></tr>"
-                f"{rows}</table>"
+                "<table><tr><th>task</th><th>prompts</th><th>log-prob change (nats)</th>"
+                f"<th>next-token accuracy</th></tr>{rows}</table>"
             )
-        for c in self.contexts:
-            view = cv.tokens.colored_tokens(
-                tokens=[html.escape(t) for t in c["tokens"]], values=[float(v) for v in c["activations"]]
-            )
-            parts.append(f'<div class="view">{c["value"]:.3f}: {view.local_src}</div>')
+            if self.known_note:
+                parts.append(f"<p>{html.escape(self.known_note)}.</p>")
+        if self.contexts:
+            values = [float(v) for c in self.contexts for v in c["activations"]]
+            scale = (max(max(values), 0.0) or 1.0, max(-min(values), 0.0) or 1.0)
+            parts.append(f'<p>Top contexts ({html.escape(self.contexts_note)}):</p><div class="contexts">')
+            parts += [_context_html(c, scale) for c in self.contexts]
+            parts.append("</div>")
         parts.append("</section>")
         return "\n".join(parts)
 
@@ -144,6 +174,32 @@ class NeuronPage:
 
 def _tokens(pairs: Sequence[tuple[str, float]]) -> str:
     return " | ".join(repr(t)[1:-1] for t, _ in pairs)
+
+
+def _prompts(row: dict[str, Any]) -> str:
+    if "n_prompts" not in row:
+        return ""
+    return f"{row['n_prompts']} known facts" if row.get("known") else f"{row['n_prompts']} prompts"
+
+
+def _context_html(context: dict[str, Any], scale: tuple[float, float]) -> str:
+    """One context as a line of tokens, each shaded by the neuron's activation on it (red above
+    zero relative to ``scale[0]``, blue below relative to ``scale[1]``), its value in the tooltip,
+    the centre outlined."""
+    spans = []
+    for i, (token, value) in enumerate(zip(context["tokens"], context["activations"], strict=True)):
+        value = float(value)
+        alpha = min(abs(value) / scale[value < 0], 1.0)
+        colour = f"rgba(220,40,40,{alpha:.2f})" if value >= 0 else f"rgba(40,90,220,{alpha:.2f})"
+        centre = ' class="centre"' if i == context["centre"] else ""
+        spans.append(
+            f'<span{centre} style="background:{colour}" title="{value:.3f}">'
+            f"{html.escape(printable(token))}</span>"
+        )
+    return (
+        f'<div class="context"><span class="value">{context["value"]:.3f}</span> '
+        f'<span class="tokens">{"".join(spans)}</span></div>'
+    )
 
 
 def scores_rows(scores: dict[str, NeuronScores], layer: int, index: int) -> list[dict[str, Any]]:
@@ -164,24 +220,93 @@ def scores_rows(scores: dict[str, NeuronScores], layer: int, index: int) -> list
     return rows
 
 
+METRICS = ("logprob", "next_token")
+
+
 @torch.no_grad()
-def ablation_rows(model, layer: int, index: int, tasks: Sequence[Task], batch_size: int = 32) -> list[dict]:
-    """The effect on each task of zero-ablating the neuron alone."""
+def ablation_rows(
+    model,
+    layer: int,
+    index: int,
+    tasks: Sequence[Task],
+    batch_size: int = 32,
+    unmodified: Sequence[dict[str, float]] | None = None,
+) -> list[dict]:
+    """The effect on each task of zero-ablating the neuron alone.
+
+    Args:
+        unmodified: each task's unmodified ``{metric: value}``, when already measured (pages
+            for many neurons measure it once).
+
+    Returns:
+        Per task: ``task``, ``n_prompts``, ``known`` (the prompts were filtered to the facts the
+        model knows), ``style``, ``logprob_change``, ``accuracy`` and ``accuracy_ablated``.
+    """
     neuron = NeuronSet.from_pairs([(layer, index)], ModelInfo.of(model).shape, f"L{layer}N{index}")
+    name = ModelInfo.of(model).name
     rows = []
-    for task in tasks:
-        before = {m: evaluate(model, task, m, batch_size) for m in ("logprob", "next_token")}
+    for i, task in enumerate(tasks):
+        before = unmodified[i] if unmodified is not None else _measure(model, task, batch_size)
         with ablate(model, neuron):
-            after = {m: evaluate(model, task, m, batch_size) for m in ("logprob", "next_token")}
+            after = _measure(model, task, batch_size)
         rows.append(
             dict(
                 task=task.name,
+                n_prompts=len(task),
+                known=task.meta.get("known_by") == name,
+                style=task.meta.get("style", ""),
                 logprob_change=after["logprob"] - before["logprob"],
                 accuracy=before["next_token"],
                 accuracy_ablated=after["next_token"],
             )
         )
     return rows
+
+
+def _measure(model, task: Task, batch_size: int) -> dict[str, float]:
+    return {metric: evaluate(model, task, metric, batch_size) for metric in METRICS}
+
+
+def page_tasks(
+    model, specs: Sequence[str], split: str = "evaluation", n: int = 24, skip_unknown: bool = False
+) -> list[Task]:
+    """The tasks a neuron page is measured on, asked in the model's own form.
+
+    The organism gets each built-in task's organism prompts (its training templates); any
+    other model gets `load_for_model`'s form (natural) filtered to the facts it knows, asking
+    at most ``4 n`` prompts, so unmodified accuracy is 1.00 on what the page measures. Task
+    files are used as written, for every model.
+
+    Args:
+        specs: built-in task names or task files.
+        n: prompts per task, at most.
+        skip_unknown: leave out, with a warning, a built-in task the model knows none of the
+            asked prompts of (otherwise that is an error).
+
+    Returns:
+        One `Task` per spec, at most ``n`` prompts each; a known-filtered task's meta holds
+        ``known_by`` and ``n_known``.
+
+    >>> from tasklens.models import load_model
+    >>> [len(t) for t in page_tasks(load_model("organism"), ["continent_of"], n=8)]
+    [8]
+    """
+    check_count("n", n)
+    own_form = default_style(model) == "organism"
+    tasks = []
+    for spec in specs:
+        if is_task_file(spec):
+            tasks.append(Task.from_file(spec).sample(n))
+        elif own_form:
+            tasks.append(load_builtin(spec, split).sample(n))
+        else:
+            try:
+                tasks.append(load_for_model(model, spec, split, asked=4 * n, n=n))
+            except TasklensError as error:
+                if not skip_unknown or "answers none" not in str(error):
+                    raise
+                warnings.warn(f"{spec} left out of the page: {error}", TasklensWarning, stacklevel=2)
+    return tasks
 
 
 def neuron_pages(
@@ -195,8 +320,10 @@ def neuron_pages(
     vocab: NeuronVocab | None = None,
     contexts: TopContexts | None = None,
 ) -> list[NeuronPage]:
-    """Pages for ``neurons``: decoded tokens, top contexts over ``tasks``' prompts, single-neuron
-    ablation on each task, and (when given) their scores and the sets that hold them."""
+    """Pages for ``neurons``: decoded tokens, top contexts over ``tasks``' prompts (special tokens
+    such as BOS left out as centres), single-neuron ablation on each task, and (when given) their
+    scores and the sets that hold them. ``tasks`` are measured as given; `page_tasks` gives them
+    in the model's own form."""
     info = ModelInfo.of(model)
     for layer, index in neurons:
         if not (0 <= layer < info.n_layers and 0 <= index < info.d_mlp):
@@ -213,6 +340,7 @@ def neuron_pages(
             [a for t in tasks for a in t.answers],
         )
         contexts = top_contexts(model, pooled, chosen, k=n_contexts, window=10)
+    unmodified = [_measure(model, task, 32) for task in tasks]
     pages = []
     for layer, index in neurons:
         pages.append(
@@ -227,7 +355,8 @@ def neuron_pages(
                 reads=reads.top(layer, index)[:n_tokens],
                 reads_side="the gate (hook_pre)" if info.gated else "W_in (hook_pre)",
                 contexts=contexts.contexts(layer, index, model.tokenizer)[:n_contexts] if contexts else [],
-                ablation=ablation_rows(model, layer, index, tasks) if tasks else [],
+                special_left_out=not contexts.include_special if contexts else True,
+                ablation=ablation_rows(model, layer, index, tasks, unmodified=unmodified),
             )
         )
     return pages

@@ -77,6 +77,85 @@ def test_report_is_self_contained(run_folder):
     assert "&amp;lt;s&amp;gt;" in page or "&lt;s&gt;" in page
 
 
+def depths(page: str, classes: tuple[str, ...]) -> dict[str, set[int]]:
+    """How deep the elements of each class sit, nested as a browser nests them (``<div/>`` is not
+    self-closing in HTML: it opens an element)."""
+    from html.parser import HTMLParser
+
+    void = {"br", "hr", "img", "input", "meta", "link", "col", "wbr", "source"}
+    found: dict[str, set[int]] = {name: set() for name in classes}
+    stack: list[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            name = dict(attrs).get("class")
+            if name in found:
+                found[name].add(len(stack))
+            if tag not in void:
+                stack.append(tag)
+
+        def handle_startendtag(self, tag, attrs):
+            self.handle_starttag(tag, attrs)
+
+        def handle_endtag(self, tag):
+            if tag not in void:
+                assert stack.pop() == tag, f"</{tag}> closes another element"
+
+    Parser().feed(page)
+    assert stack == [], f"unclosed elements {stack}"
+    return found
+
+
+def test_report_sections_and_contexts_are_siblings(run_folder):
+    page = (run_folder / "report.html").read_text()
+    found = depths(page, ("neuron", "view", "context"))
+    assert page.count('<section class="neuron"') >= 2 and page.count('<div class="context">') >= 8
+    # one depth per kind: no page, view or context sits inside another of its kind
+    assert all(len(levels) == 1 for levels in found.values()), found
+    assert "BOS left out" in page and "+nan" not in page
+
+
+def test_a_missing_value_in_the_summary_is_a_dash():
+    from tasklens.runs.report import plain, render, signed
+
+    assert (signed(0.25), signed(-0.0125), signed(float("nan")), plain(float("nan"))) == (
+        "+0.250",
+        "-0.013",
+        "-",
+        "-",
+    )
+    row = dict(
+        set="continent_of",
+        size=12,
+        baseline=1.0,
+        own_change=-0.5,
+        others_change=float("nan"),  # one task: no other tasks
+        control_own_change=-0.01,
+        control_own_std=0.02,
+        specific=True,
+    )
+    page = render(
+        title="one",
+        model="organism",
+        tasks=["continent_of"],
+        method="attribution_patching",
+        selection="top_percent 2",
+        evaluation={"metric": "logprob", "label": "zero ablation", "n_controls": 3},
+        summary=[row],
+        stability=None,
+        figures=[],
+        views=[],
+        pages=[],
+        pages_per_set=0,
+        extra_sections=[],
+        tables=[],
+        stages=[],
+        scores="",
+    )
+    assert "+nan" not in page and ">nan" not in page
+    assert '<td class="hurt">-0.500</td>\n<td>-</td>\n<td>-0.010 ± 0.020</td>' in page
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

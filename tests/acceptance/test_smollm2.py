@@ -101,6 +101,24 @@ def test_ablating_relation_neurons_hurts_more_than_random_sets(smollm2, continen
     assert change < -1.0 and change < 5 * random_change
 
 
+def test_neuron_page_asks_the_facts_it_knows_in_natural_form(smollm2, monkeypatch):
+    import re
+
+    from typer.testing import CliRunner
+
+    from tasklens.cli import app
+
+    monkeypatch.setattr("tasklens.models.load_model", lambda *args, **kwargs: smollm2)
+    command = ["neuron", "20.1234", "--model", NAME, "-t", "continent_of", "--max-prompts", "16"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("  continent_of"))
+    known = re.search(r"(\d+) known facts", row)
+    # organism-form prompts gave 0.075 accuracy; known natural prompts are answered by definition
+    assert known and 8 <= int(known[1]) <= 16 and "next-token accuracy 1.000 ->" in row, result.output
+    assert "(unmodified accuracy 1.00 on them)" in result.output
+
+
 def run_analysis(script: str, out: Path, *args: str) -> list[str]:
     command = [sys.executable, str(ROOT / "analyses" / script), "--model", NAME, "--out", str(out), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -18,6 +18,36 @@ from tasklens.views.page import NeuronPage, neuron_pages, parse_neuron
 from tasklens.views.vocab import NeuronVocab, decode_neurons
 
 GRID = (4, 512)
+VOID = {"br", "hr", "img", "input", "meta", "link", "col", "area", "base", "wbr", "source"}
+
+
+def element_tree(fragment: str) -> list[dict]:
+    """The elements of an HTML fragment as a browser nests them: per element its tag, class,
+    depth and parent's index; a last entry gives the depth left open at the end. ``<div/>`` is
+    not self-closing in HTML, so it opens an element like ``<div>``."""
+    from html.parser import HTMLParser
+
+    elements: list[dict] = []
+    stack: list[int] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            parent = stack[-1] if stack else None
+            elements.append(
+                {"tag": tag, "class": dict(attrs).get("class"), "depth": len(stack), "parent": parent}
+            )
+            if tag not in VOID:
+                stack.append(len(elements) - 1)
+
+        def handle_startendtag(self, tag, attrs):
+            self.handle_starttag(tag, attrs)
+
+        def handle_endtag(self, tag):
+            if tag not in VOID:
+                assert elements[stack.pop()]["tag"] == tag, f"</{tag}> closes another element"
+
+    Parser().feed(fragment)
+    return [*elements, {"tag": None, "class": None, "depth": len(stack), "parent": None}]
 
 
 def test_output_decoding_equals_the_weights_through_norm_and_unembedding(organism):
@@ -73,7 +103,8 @@ def test_top_contexts_equal_a_brute_force_search(organism):
             name = f"blocks.{layer}.mlp.hook_post"
             _, cache = organism.run_with_cache(torch.tensor([ids]), names_filter=name)
             acts = cache[name][0, :, index]
-            best += [(float(v), ids[max(0, t - 3) : t + 4]) for t, v in enumerate(acts)]
+            # position 0 is BOS, left out as a centre
+            best += [(float(v), ids[max(0, t - 3) : t + 4]) for t, v in enumerate(acts) if t > 0]
         best.sort(key=lambda x: -x[0])
         row = found.row(layer, index)
         torch.testing.assert_close(
@@ -162,7 +193,13 @@ def test_a_neuron_page_puts_the_evidence_together(organism):
     text = page.to_text()
     assert f"neuron L{layer}N{index}" in text and "top contexts" in text and "zero-ablating" in text
     fragment = page.to_html()
-    assert "ColoredTokens" in fragment and "<script" in fragment and "unpkg" not in fragment
+    assert "<script" not in fragment and "http" not in fragment and "BOS left out" in fragment
+    tree = element_tree(fragment)
+    contexts = [e for e in tree if e["class"] == "context"]
+    assert len(contexts) == 4 and tree[-1]["depth"] == 0  # every element closed
+    # siblings: each context is a child of the one .contexts box, none inside another
+    boxes = [i for i, e in enumerate(tree) if e["class"] == "contexts"]
+    assert len(boxes) == 1 and {e["parent"] for e in contexts} == set(boxes)
 
 
 def test_neuron_names_and_the_cli(organism):
@@ -218,7 +255,7 @@ def test_a_huge_context_count_shows_what_there_is(organism):
     page = neuron_pages(organism, [(0, 1)], [task], n_contexts=10**9)[0]
     tokenized = TokenizedTask.for_model(task, organism)
     n_tokens = len(tokenized.prompt_ids[0]) + len(tokenized.answer_ids[0])
-    assert len(page.contexts) == n_tokens
+    assert len(page.contexts) == n_tokens - 1  # every token but BOS
 
 
 @pytest.mark.reliability
@@ -269,3 +306,99 @@ def test_the_views_package_exports_what_the_readme_names():
 
     assert tasklens.views.top_contexts is top_contexts and tasklens.views.decode_neurons is decode_neurons
     assert tasklens.views.neuron_pages is neuron_pages
+
+
+def test_top_contexts_leave_out_bos_unless_asked(organism, tmp_path):
+    from tasklens.views.contexts import PAD, TopContexts
+
+    task = load_builtin("continent_of", "evaluation").head(24)
+    special = torch.tensor(sorted(organism.tokenizer.all_special_ids))
+    found = top_contexts(organism, task, k=4, window=2)
+    assert torch.isfinite(found.values).all() and not found.include_special
+    # window 2: index 1 is the token before the centre, PAD only when the centre is position 0
+    assert not (found.windows[:, :, 1] == PAD).any()
+    assert not torch.isin(found.windows[:, :, 2], special).any()
+    asked = top_contexts(organism, task, k=4, window=2, include_special=True)
+    at_start = asked.windows[:, :, 1] == PAD
+    assert at_start.any() and (asked.windows[:, :, 2][at_start] == organism.tokenizer.bos_token_id).all()
+    # L3N86 fires hardest at BOS, with one value in every prompt (the same state: an attention sink)
+    bos_values = asked.values[asked.row(3, 86)]
+    assert at_start[asked.row(3, 86)].all() and bos_values.max() - bos_values.min() < 1e-3
+    assert found.values[found.row(3, 86)].max() < bos_values.min() / 2
+    found.save(tmp_path / "contexts")
+    assert not TopContexts.load(tmp_path / "contexts").include_special
+
+
+def test_pages_ask_the_organism_in_its_own_form(organism):
+    from tasklens.views.page import page_tasks
+
+    tasks = page_tasks(organism, ["continent_of", "addition"], "evaluation", 12)
+    for task, name in zip(tasks, ["continent_of", "addition"], strict=True):
+        assert task.prompts == load_builtin(name, "evaluation").sample(12).prompts
+        assert "known_by" not in task.meta and "style" not in task.meta
+    page = neuron_pages(organism, [(3, 86)], tasks[:1])[0]
+    assert [a["n_prompts"] for a in page.ablation] == [12] and not page.ablation[0]["known"]
+    assert "12 prompts" in page.to_text() and "known facts" not in page.to_text()
+
+
+def test_pages_ask_a_pretrained_model_the_facts_it_knows_in_natural_form(tiny_model, monkeypatch, tmp_path):
+    """A pretrained model's built-in tasks go through `load_for_model` (natural form, known facts
+    only); task files stay as written. The random model knows nothing, so the known filter is
+    replaced by one that keeps the first five prompts."""
+    import dataclasses
+
+    import tasklens.evaluation.known as known
+    from tasklens.models import ModelInfo
+    from tasklens.views.page import page_tasks
+
+    model = tiny_model("llama", 2)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((args[1:], kwargs))
+        return known.load_for_model(*args, **kwargs)
+
+    def knows_first_five(model, task, batch_size=32, need=None, seed=0):
+        meta = {**task.meta, "known_by": ModelInfo.of(model).name, "n_known": 5, "n_asked": len(task)}
+        return dataclasses.replace(task.head(5), meta=meta)
+
+    monkeypatch.setattr("tasklens.views.page.load_for_model", spy)
+    monkeypatch.setattr(known, "known_by", knows_first_five)
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"prompt": f"Q: {i}?", "answer": " A"}) + "\n" for i in range(3)))
+    tasks = page_tasks(model, ["continent_of", str(mine)], "evaluation", 8)
+    assert calls == [(("continent_of", "evaluation"), {"asked": 32, "n": 8})]
+    assert tasks[0].meta["style"] == "natural" and "is a country in" in tasks[0].prompts[0]
+    assert len(tasks[0]) == 5 and tasks[1].prompts == ("Q: 0?", "Q: 1?", "Q: 2?")
+    page = neuron_pages(model, [(1, 3)], tasks)[0]
+    assert [(a["n_prompts"], a["known"]) for a in page.ablation] == [(5, True), (3, False)]
+    text = page.to_text()
+    assert "5 known facts" in text and "3 prompts" in text
+    assert f"known facts: prompts {page.model} answers correctly in its own natural form" in text
+    assert "known facts" in page.to_html()
+
+    # the command line takes the same path and prints the count
+    monkeypatch.setattr("tasklens.models.load_model", lambda *args, **kwargs: model)
+    result = CliRunner().invoke(app, ["neuron", "1.3", "--model", "tiny", "-t", "continent_of"])
+    assert result.exit_code == 0, result.output
+    assert "continent_of" in result.output and "5 known facts" in result.output
+    assert calls[-1] == (("continent_of", "evaluation"), {"asked": 160, "n": 40})
+
+
+def test_a_task_the_model_knows_none_of_is_left_out_only_when_asked(tiny_model):
+    from tasklens.errors import TasklensWarning
+    from tasklens.views.page import page_tasks
+
+    model = tiny_model("llama", 2)  # random: answers no prompt correctly
+    with pytest.raises(TasklensError, match="answers none of the 8 prompts"):
+        page_tasks(model, ["continent_of"], "evaluation", 2)
+    with pytest.warns(TasklensWarning, match="continent_of left out of the page"):
+        assert page_tasks(model, ["continent_of"], "evaluation", 2, skip_unknown=True) == []
+
+
+@pytest.mark.reliability
+def test_a_file_given_as_a_run_folder_is_named_a_file(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("not a run")
+    for args in (["report", str(file)], ["neuron", "0.1", "--run", str(file)]):
+        one_line_error(CliRunner().invoke(app, args), "is a file, not a run folder")
