@@ -165,3 +165,39 @@ def hooked_organism():
     from tasklens.models import ORGANISM_DIR
 
     return hooked_transformer(ORGANISM_DIR)
+
+
+@pytest.fixture(scope="session")
+def continent(organism):
+    """Eight detection prompts of the built-in task ``continent_of``."""
+    from tasklens.tasks.builtin import load_builtin
+
+    return load_builtin("continent_of", "detection").head(8)
+
+
+@pytest.fixture(scope="session")
+def same_grid_model(tmp_path_factory):
+    """A random-init Llama with the organism's neuron grid (4 x 512) and other weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tasklens.models import ORGANISM_DIR
+
+    folder = tmp_path_factory.mktemp("same_grid")
+    tokenizer = AutoTokenizer.from_pretrained(ORGANISM_DIR)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load_model(str(folder))

@@ -26,7 +26,7 @@ from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.interventions import Intervention
 from tasklens.runs import RunFolder
 from tasklens.runs.pipeline import RunConfig, ablate, load_sets, locate
-from tasklens.scoring import ActivationStats, AttributionPatching, ExactAblation, get_scorer
+from tasklens.scoring import ActivationStats, AttributionPatching, get_scorer
 from tasklens.selection import top_percent
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import load_builtin
@@ -91,23 +91,6 @@ def test_a_set_made_on_one_model_is_not_silently_applied_to_another(organism, sa
     scores.save(tmp_path / "scores")
     with pytest.raises(TasklensError, match="other weights"):
         NeuronScores.load(tmp_path / "scores", model=same_grid_model)
-
-
-def test_scores_of_exact_ablation_on_a_set_save_whole(organism, tmp_path):
-    only = NeuronSet.from_pairs([(3, 1), (3, 2)], GRID, "candidates")
-    scores = ExactAblation(only=only).attribute(organism, load_builtin("continent_of", "detection").head(2))
-    scores.save(tmp_path / "exact")
-    meta = json.loads((tmp_path / "exact.json").read_text())
-    assert meta["params"]["only"]["size"] == 2 and meta["params"]["only"]["name"] == "candidates"
-    assert NeuronScores.load(tmp_path / "exact").params == scores.params
-
-
-def test_scores_show_themselves_in_a_notebook(organism, continent):
-    scores = ActivationStats().attribute(organism, continent)
-    page = scores._repr_html_()
-    assert "activation_stats" in page and "continent_of" in page and "<table" in page
-    frame = scores.to_frame(5)
-    assert list(frame.columns) == ["rank", "layer", "neuron", "score"] and frame.score.is_monotonic_decreasing
 
 
 def test_a_bad_selection_value_fails_before_scoring(organism, tmp_path):
@@ -374,15 +357,6 @@ def test_a_dead_neuron_is_not_a_perfect_expert():
     assert float(average_precision(torch.zeros(5, 1), torch.tensor([1, 0, 0, 0, 0]).bool())[0]) == 0.2
 
 
-def test_cgvst_records_the_unit_it_scores(organism):
-    from tasklens.scoring import CGVST
-
-    task = load_builtin("currency_of", "heldout_template").head(2)
-    assert CGVST().attribute(organism, task).unit == "hook_pre_linear"
-    with pytest.raises(TasklensError, match="up projection"):
-        CGVST().attribute(organism, task, unit="hook_pre")
-
-
 def test_answer_logprob_is_taken_in_float64(organism, continent):
     from tasklens.evaluation.metrics import answer_logprob
     from tasklens.tasks.tokenize import TokenizedTask
@@ -460,37 +434,6 @@ def test_answers_without_their_leading_space_warn_once(organism):
 def test_csv_answers_that_look_like_numbers_keep_their_leading_space(tmp_path):
     (tmp_path / "sums.csv").write_text('prompt,answer\n2 + 2 =," 4"\n3 + 5 =," 8"\n')
     assert Task.from_file(tmp_path / "sums.csv").answers == (" 4", " 8")
-
-
-def test_corrupted_pairs_of_another_length_are_counted_not_silently_dropped(organism):
-    task = Task.from_lists(
-        "pairs",
-        ["Q: What is the capital of Peru? A:", "Q: What is the capital of Chad? A:"],
-        [" Lima", " N'Djamena"],
-        corrupted_prompts=[
-            "Q: What is the capital of Chad? A:",
-            "Q: What is the capital of the Central African Republic? A:",
-        ],
-    )
-    with pytest.warns(TasklensWarning, match="1 of 2 corrupted prompts"):
-        scores = AttributionPatching(baseline="corrupted").attribute(organism, task)
-    assert scores.params["n_dropped_pairs"] == 1 and scores.n_prompts == 1
-
-
-def test_exact_ablation_falls_back_to_full_forwards_with_one_warning(organism, monkeypatch):
-    import tasklens.scoring.exact as exact
-
-    task = load_builtin("continent_of", "detection").head(2)
-    only = NeuronSet.from_pairs([(0, 1), (1, 2), (2, 3)], GRID, "few")
-    replayed = ExactAblation(only=only).attribute(organism, task).values
-    monkeypatch.setattr(exact, "replay_blocks", lambda *args: None)
-    monkeypatch.delattr(organism, "_tasklens_replay_warned", raising=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        full = ExactAblation(only=only).attribute(organism, task).values
-        ExactAblation(only=only).attribute(organism, task)
-    assert len([w for w in caught if issubclass(w.category, TasklensWarning)]) == 1
-    torch.testing.assert_close(full, replayed, rtol=1e-4, atol=1e-6)
 
 
 def test_organism_training_never_replaces_a_foreign_folder(tmp_path):

@@ -257,3 +257,78 @@ def test_exact_ablation_replaying_later_blocks_equals_full_forwards(tiny_model, 
     assert fast.values.abs().max() > 1e-3
     # differences of log-probabilities near -10 carry float32 rounding of about 1e-6
     torch.testing.assert_close(fast.values, full.values, rtol=1e-4, atol=1e-5)
+
+
+# --- replayed review cases: what scorers record, warn and fall back to -------------------------------
+GRID = (4, 512)
+
+
+@pytest.mark.reliability
+def test_scores_of_exact_ablation_on_a_set_save_whole(organism, tmp_path):
+    import json
+
+    from tasklens.data.neurons import NeuronScores
+
+    only = NeuronSet.from_pairs([(3, 1), (3, 2)], GRID, "candidates")
+    scores = ExactAblation(only=only).attribute(organism, load_builtin("continent_of", "detection").head(2))
+    scores.save(tmp_path / "exact")
+    meta = json.loads((tmp_path / "exact.json").read_text())
+    assert meta["params"]["only"]["size"] == 2 and meta["params"]["only"]["name"] == "candidates"
+    assert NeuronScores.load(tmp_path / "exact").params == scores.params
+
+
+@pytest.mark.reliability
+def test_scores_show_themselves_in_a_notebook(organism, continent):
+    scores = ActivationStats().attribute(organism, continent)
+    page = scores._repr_html_()
+    assert "activation_stats" in page and "continent_of" in page and "<table" in page
+    frame = scores.to_frame(5)
+    assert list(frame.columns) == ["rank", "layer", "neuron", "score"] and frame.score.is_monotonic_decreasing
+
+
+@pytest.mark.reliability
+def test_cgvst_records_the_unit_it_scores(organism):
+    from tasklens.scoring import CGVST
+
+    task = load_builtin("currency_of", "heldout_template").head(2)
+    assert CGVST().attribute(organism, task).unit == "hook_pre_linear"
+    with pytest.raises(TasklensError, match="up projection"):
+        CGVST().attribute(organism, task, unit="hook_pre")
+
+
+@pytest.mark.reliability
+def test_corrupted_pairs_of_another_length_are_counted_not_silently_dropped(organism):
+    from tasklens.errors import TasklensWarning
+
+    task = Task.from_lists(
+        "pairs",
+        ["Q: What is the capital of Peru? A:", "Q: What is the capital of Chad? A:"],
+        [" Lima", " N'Djamena"],
+        corrupted_prompts=[
+            "Q: What is the capital of Chad? A:",
+            "Q: What is the capital of the Central African Republic? A:",
+        ],
+    )
+    with pytest.warns(TasklensWarning, match="1 of 2 corrupted prompts"):
+        scores = AttributionPatching(baseline="corrupted").attribute(organism, task)
+    assert scores.params["n_dropped_pairs"] == 1 and scores.n_prompts == 1
+
+
+@pytest.mark.reliability
+def test_exact_ablation_falls_back_to_full_forwards_with_one_warning(organism, monkeypatch):
+    import warnings
+
+    import tasklens.scoring.exact as exact
+    from tasklens.errors import TasklensWarning
+
+    task = load_builtin("continent_of", "detection").head(2)
+    only = NeuronSet.from_pairs([(0, 1), (1, 2), (2, 3)], GRID, "few")
+    replayed = ExactAblation(only=only).attribute(organism, task).values
+    monkeypatch.setattr(exact, "replay_blocks", lambda *args: None)
+    monkeypatch.delattr(organism, "_tasklens_replay_warned", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        full = ExactAblation(only=only).attribute(organism, task).values
+        ExactAblation(only=only).attribute(organism, task)
+    assert len([w for w in caught if issubclass(w.category, TasklensWarning)]) == 1
+    torch.testing.assert_close(full, replayed, rtol=1e-4, atol=1e-6)
