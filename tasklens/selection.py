@@ -45,7 +45,16 @@ def _from_flat(scores: NeuronScores, idx: torch.Tensor, rule: dict) -> NeuronSet
 
 def finite_number(value: object, what: str) -> float | int:
     """``value`` as a Python int or float if it is a finite real number (NumPy numbers too);
-    True / False and strings are refused."""
+    True / False and strings are refused.
+
+    Example:
+        >>> import numpy as np
+        >>> finite_number(np.float32(0.5), "percent"), finite_number(np.int64(3), "k")
+        (0.5, 3)
+        >>> finite_number(float("nan"), "percent")
+        Traceback (most recent call last):
+        tasklens.errors.TasklensError: percent must be a finite number (e.g. 1.0), got nan (float)
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise TasklensError(
             f"{what} must be a finite number (e.g. 1.0), got {value!r} ({type(value).__name__})"
@@ -54,7 +63,15 @@ def finite_number(value: object, what: str) -> float | int:
 
 
 def whole_number(value: object, what: str) -> int:
-    """``value`` as an int, refusing fractions (``2.0`` is 2; ``2.7`` is an error)."""
+    """``value`` as an int, refusing fractions (``2.0`` is 2; ``2.7`` is an error).
+
+    Example:
+        >>> whole_number(2.0, "k")
+        2
+        >>> whole_number(2.7, "k")
+        Traceback (most recent call last):
+        tasklens.errors.TasklensError: k must be a whole number, got 2.7; round it yourself
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise TasklensError(f"{what} must be a whole number, got {value!r} ({type(value).__name__})")
     if value != int(value):
@@ -64,7 +81,16 @@ def whole_number(value: object, what: str) -> int:
 
 @SELECTIONS.register("top_k")
 def top_k(scores: NeuronScores, k: int | float) -> NeuronSet:
-    """The ``k`` highest-scoring neurons over all layers (ties broken by index)."""
+    """The ``k`` highest-scoring neurons over all layers (ties broken by index).
+
+    Example:
+        >>> import torch
+        >>> from tasklens import NeuronScores
+        >>> values = torch.tensor([[0.1, 0.9, 0.3, 0.0], [0.8, 0.2, 0.7, 0.4]])  # 2 layers x 4 neurons
+        >>> scores = NeuronScores(values, model="demo", task="capital_of", method="demo")
+        >>> top_k(scores, 3).pairs()
+        [(0, 1), (1, 0), (1, 2)]
+    """
     k = whole_number(k, "k (the number of neurons)")
     total = scores.values.numel()
     if not 0 < k <= total:
@@ -74,7 +100,17 @@ def top_k(scores: NeuronScores, k: int | float) -> NeuronSet:
 
 @SELECTIONS.register("top_percent")
 def top_percent(scores: NeuronScores, percent: int | float) -> NeuronSet:
-    """The top ``percent`` % of all neurons (at least one)."""
+    """The top ``percent`` % of all neurons (at least one).
+
+    Example:
+        >>> import torch
+        >>> from tasklens import NeuronScores
+        >>> values = torch.tensor([[0.1, 0.9, 0.3, 0.0], [0.8, 0.2, 0.7, 0.4]])  # 2 layers x 4 neurons
+        >>> scores = NeuronScores(values, model="demo", task="capital_of", method="demo")
+        >>> selected = top_percent(scores, 25)
+        >>> selected.pairs(), selected.meta["rule"]
+        ([(0, 1), (1, 0)], {'rule': 'top_percent', 'percent': 25, 'k': 2})
+    """
     percent = finite_number(percent, "percent")
     if not 0 < percent <= 100:
         raise TasklensError(f"percent must be in (0, 100], got {percent}")
@@ -86,7 +122,16 @@ def top_percent(scores: NeuronScores, percent: int | float) -> NeuronSet:
 
 @SELECTIONS.register("per_layer_top_k")
 def per_layer_top_k(scores: NeuronScores, k: int | float) -> NeuronSet:
-    """The ``k`` highest-scoring neurons of every layer (ties broken by index)."""
+    """The ``k`` highest-scoring neurons of every layer (ties broken by index).
+
+    Example:
+        >>> import torch
+        >>> from tasklens import NeuronScores
+        >>> values = torch.tensor([[0.1, 0.9, 0.3, 0.0], [0.8, 0.2, 0.7, 0.4]])  # 2 layers x 4 neurons
+        >>> scores = NeuronScores(values, model="demo", task="capital_of", method="demo")
+        >>> per_layer_top_k(scores, 1).pairs()
+        [(0, 1), (1, 0)]
+    """
     k = whole_number(k, "k (neurons per layer)")
     n_layers, width = scores.shape
     if not 0 < k <= width:
@@ -99,7 +144,16 @@ def per_layer_top_k(scores: NeuronScores, k: int | float) -> NeuronSet:
 
 @SELECTIONS.register("threshold")
 def threshold(scores: NeuronScores, value: int | float) -> NeuronSet:
-    """Every neuron whose score is at least ``value``."""
+    """Every neuron whose score is at least ``value``.
+
+    Example:
+        >>> import torch
+        >>> from tasklens import NeuronScores
+        >>> values = torch.tensor([[0.1, 0.9, 0.3, 0.0], [0.8, 0.2, 0.7, 0.4]])  # 2 layers x 4 neurons
+        >>> scores = NeuronScores(values, model="demo", task="capital_of", method="demo")
+        >>> threshold(scores, 0.5).pairs()
+        [(0, 1), (1, 0), (1, 2)]
+    """
     value = finite_number(value, "threshold")
     scores.ranking()  # refuses NaN
     idx = (scores.values.flatten() >= value).nonzero().flatten()
@@ -108,7 +162,16 @@ def threshold(scores: NeuronScores, value: int | float) -> NeuronSet:
 
 @SELECTIONS.register("fraction_of_max")
 def fraction_of_max(scores: NeuronScores, fraction: int | float) -> NeuronSet:
-    """Every neuron scoring at least ``fraction`` x the maximum score (knowledge-neuron rule)."""
+    """Every neuron scoring at least ``fraction`` x the maximum score (knowledge-neuron rule).
+
+    Example:
+        >>> import torch
+        >>> from tasklens import NeuronScores
+        >>> values = torch.tensor([[0.1, 0.9, 0.3, 0.0], [0.8, 0.2, 0.7, 0.4]])  # 2 layers x 4 neurons
+        >>> scores = NeuronScores(values, model="demo", task="capital_of", method="demo")
+        >>> fraction_of_max(scores, 0.75).pairs()  # at least 0.75 x 0.9
+        [(0, 1), (1, 0), (1, 2)]
+    """
     fraction = finite_number(fraction, "fraction")
     if not 0 < fraction <= 1:
         raise TasklensError(f"fraction must be in (0, 1], got {fraction}")
@@ -118,12 +181,31 @@ def fraction_of_max(scores: NeuronScores, fraction: int | float) -> NeuronSet:
 
 
 def select(scores: NeuronScores, rule: str, value: int | float) -> NeuronSet:
-    """Apply the selection registered as ``rule``; the set is named after the scores' task."""
+    """Apply the selection registered as ``rule``; the set is named after the scores' task.
+
+    Example:
+        >>> import torch
+        >>> from tasklens import NeuronScores
+        >>> values = torch.tensor([[0.1, 0.9, 0.3, 0.0], [0.8, 0.2, 0.7, 0.4]])  # 2 layers x 4 neurons
+        >>> scores = NeuronScores(values, model="demo", task="capital_of", method="demo")
+        >>> select(scores, "top_k", 2)
+        NeuronSet(name='capital_of', size=2, shape=[2, 4])
+    """
     return SELECTIONS.get(rule)(scores, value)
 
 
 def random_like(neurons: NeuronSet, seed: int) -> NeuronSet:
-    """A random set with the same number of neurons in every layer (the papers' control)."""
+    """A random set with the same number of neurons in every layer (the papers' control).
+
+    Example:
+        >>> from tasklens import NeuronSet
+        >>> found = NeuronSet.from_pairs([(0, 1), (1, 0), (1, 2)], (2, 512), name="capital_of")
+        >>> control = random_like(found, seed=0)
+        >>> control.name, control.counts_per_layer()
+        ('random(capital_of, seed=0)', [1, 2])
+        >>> random_like(found, seed=0).pairs() == control.pairs()  # the same seed, the same set
+        True
+    """
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros_like(neurons.mask)
     for layer, count in enumerate(neurons.counts_per_layer()):
@@ -138,6 +220,16 @@ def contrast(scores: dict[str, NeuronScores]) -> dict[str, NeuronScores]:
 
     With activation statistics this ranks neurons by how much more they respond
     to a task than to the others, rather than by how active they are overall.
+
+    Example:
+        >>> import torch
+        >>> from tasklens import NeuronScores
+        >>> def mean_activation(task, values):
+        ...     return NeuronScores(torch.tensor([values]), model="demo", task=task, method="mean")
+        >>> scores = {"a": mean_activation("a", [2.0, 1.0, 0.5]), "b": mean_activation("b", [1.0, 1.0, 0.0])}
+        >>> specific = contrast(scores)
+        >>> specific["a"].values.tolist(), specific["a"].method
+        ([[1.0, 0.0, 0.5]], 'mean-contrast')
     """
     import dataclasses
 
@@ -178,6 +270,16 @@ def lape(
 
     Returns:
         One `NeuronSet` per task (a neuron may belong to several).
+
+    Example:
+        >>> import torch
+        >>> rates = {  # 1 layer x 4 neurons: fires for a only, for b only, for both, never
+        ...     "a": torch.tensor([[0.9, 0.1, 0.8, 0.0]]),
+        ...     "b": torch.tensor([[0.1, 0.9, 0.8, 0.0]]),
+        ... }
+        >>> sets = lape(rates, filter_quantile=0.5, keep_fraction=0.5, bar_quantile=0.5)
+        >>> sets["a"].pairs(), sets["b"].pairs()
+        ([(0, 0)], [(0, 1)])
     """
     if len(firing_rates) < 2:
         raise TasklensError("LAPE compares tasks: give firing rates for at least two tasks")
@@ -214,6 +316,15 @@ def knowledge_neurons(
 
     Per prompt keep neurons with IG >= ``fraction`` x that prompt's maximum; keep a
     neuron when it is kept in at least ``min_share`` of the prompts.
+
+    Example:
+        >>> import torch
+        >>> per_prompt = torch.tensor([[[1.0, 0.3, 0.0]], [[0.9, 0.0, 0.5]]])  # 2 prompts, 1 layer
+        >>> knowledge_neurons(per_prompt, fraction=0.2, min_share=0.7).pairs()
+        [(0, 0)]
+
+        On a model, ``per_prompt`` comes from `IntegratedGradients.per_prompt` over one
+        fact's paraphrases.
     """
     if per_prompt.ndim != 3 or len(per_prompt) == 0:
         raise TasklensError("knowledge_neurons needs per-prompt scores [n_prompts, n_layers, d_mlp]")
@@ -225,7 +336,14 @@ def knowledge_neurons(
 
 
 def shared_by(sets: list[NeuronSet], min_share: float, name: str = "shared") -> NeuronSet:
-    """Neurons present in at least ``min_share`` of ``sets`` (e.g. 10 % of a relation's facts)."""
+    """Neurons present in at least ``min_share`` of ``sets`` (e.g. 10 % of a relation's facts).
+
+    Example:
+        >>> from tasklens import NeuronSet
+        >>> facts = [NeuronSet.from_pairs(pairs, (2, 4)) for pairs in ([(0, 1), (1, 2)], [(0, 1)], [(1, 3)])]
+        >>> shared_by(facts, min_share=0.5).pairs()
+        [(0, 1)]
+    """
     if not sets:
         raise TasklensError("shared_by needs at least one neuron set")
     counts = torch.stack([s.check_fits(sets[0].shape).mask.float() for s in sets]).mean(0)

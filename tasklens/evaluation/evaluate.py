@@ -165,7 +165,13 @@ greedy_match.generative = True  # read off generated text: `evaluate` calls it w
 
 
 def accuracy(model, task: Task, batch_size: int = 64) -> float:
-    """Fraction of prompts answered exactly (greedy, token-exact: see `exact_match`)."""
+    """Fraction of prompts answered exactly (greedy, token-exact: see `exact_match`).
+
+    Example:
+        >>> from tasklens import load_builtin, load_model
+        >>> accuracy(load_model("organism"), load_builtin("continent_of", "evaluation").head(8))
+        1.0
+    """
     return float(exact_match(model, task, batch_size).float().mean())
 
 
@@ -191,7 +197,15 @@ def _teacher_forced(model, task: Task, fn: Callable, batch_size: int) -> Tensor:
 
 
 def evaluate(model, task: Task, metric: str | Callable = "exact_match", batch_size: int = 64) -> float:
-    """Mean over the task's prompts of ``metric`` (see `evaluate_prompts`)."""
+    """Mean over the task's prompts of ``metric`` (see `evaluate_prompts`).
+
+    Example:
+        >>> from tasklens import load_builtin, load_model
+        >>> model = load_model("organism")
+        >>> task = load_builtin("continent_of", "evaluation").head(8)
+        >>> evaluate(model, task), -1 < evaluate(model, task, "logprob") < 0
+        (1.0, True)
+    """
     return float(evaluate_prompts(model, task, metric, batch_size).mean())
 
 

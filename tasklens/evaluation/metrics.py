@@ -102,7 +102,15 @@ def is_generative(metric) -> bool:
 
 def get_metric(name) -> Metric:
     """A teacher-forced metric by name, or ``name`` itself when it is a ``(logits, batch) -> [batch]``
-    function; gradient scorers differentiate these."""
+    function; gradient scorers differentiate these.
+
+    Example:
+        >>> get_metric("loss") is answer_loss
+        True
+        >>> get_metric("greedy_match")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tasklens.errors.TasklensError: Metric 'greedy_match' is read off generated text and has no gradient...
+    """
     metric = name if callable(name) else METRICS.get(name)
     if is_generative(metric):
         raise TasklensError(

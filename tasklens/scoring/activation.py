@@ -95,6 +95,31 @@ class ActivationStats:
         return sums
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        """Score every MLP neuron of ``model`` by the statistic over ``task``'s tokens.
+
+        Args:
+            model (TransformerBridge): the model, as `tasklens.load_model` returns it.
+            task (Task): the prompts (and answers, for ``positions="answer"`` or ``"all"``).
+            unit (str, optional): the neuron activation read: ``"hook_post"`` (default),
+                ``"hook_pre"`` or ``"hook_pre_linear"`` (gated MLPs).
+            batch_size (int, optional): prompts per forward pass. Default: 32.
+
+        Returns:
+            NeuronScores: ``[n_layers, d_mlp]`` values of the statistic, with ``n_tokens``
+            the token positions it was taken over (``reduction="mean"``, or ``"none"`` for
+            ``"std"``).
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import ActivationStats
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "detection").head(8)
+            >>> scores = ActivationStats("firing_rate").attribute(model, task)
+            >>> scores.method, scores.shape, scores.n_prompts
+            ('activation_stats', (4, 512), 8)
+            >>> bool(((scores.values >= 0) & (scores.values <= 1)).all())
+            True
+        """
         sums = self.accumulate(model, task, unit=unit, batch_size=batch_size)
         reduction = "none" if self.statistic == "std" else "mean"
         return make_scores(

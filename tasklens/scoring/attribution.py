@@ -51,6 +51,30 @@ class GradientAttribution:
         get_metric(self.metric)
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        """Score every MLP neuron of ``model`` by |activation x gradient| on ``task``.
+
+        Args:
+            model (TransformerBridge): the model, as `tasklens.load_model` returns it.
+            task (Task): the prompts and their answers (the metric is taken on the answers).
+            unit (str, optional): the neuron activation read and differentiated:
+                ``"hook_post"`` (default), ``"hook_pre"`` or ``"hook_pre_linear"`` (gated MLPs).
+            batch_size (int, optional): prompts per forward and backward pass. Default: 32.
+
+        Returns:
+            NeuronScores: ``[n_layers, d_mlp]`` non-negative scores, summed over prompts
+            (``reduction="sum"``; ``"none"`` for ``aggregate="abs_of_total"``).
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import GradientAttribution
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "detection").head(8)
+            >>> scores = GradientAttribution().attribute(model, task)
+            >>> scores.method, scores.shape, scores.n_prompts
+            ('gradient_attribution', (4, 512), 8)
+            >>> bool((scores.values >= 0).all()), bool(scores.values.max() > 0)
+            (True, True)
+        """
         info = ModelInfo.of(model)
         names = info.hook_names(unit)
         total = torch.zeros(info.shape, dtype=torch.float64)

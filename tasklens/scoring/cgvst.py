@@ -70,6 +70,33 @@ class CGVST:
     name: ClassVar[str] = "cgvst"
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        """Score every MLP neuron of ``model`` by the CGVST gradient on ``task``'s marker tokens.
+
+        Args:
+            model (TransformerBridge): the model, as `tasklens.load_model` returns it
+                (weights not folded).
+            task (Task): prompts with ``markers`` (e.g. ``"Q:"``, ``"A:"``); the answers are
+                not used.
+            unit (str, optional): leave at its default: the scores always belong to the up
+                projection (``"hook_pre_linear"``, or ``"hook_pre"`` for non-gated MLPs), and
+                naming that unit is accepted too.
+            batch_size (int, optional): prompts per forward and backward pass. Default: 32.
+
+        Returns:
+            NeuronScores: ``[n_layers, d_mlp]`` non-negative scores, summed over prompts,
+            with ``unit`` the up projection and ``n_tokens`` the marker tokens.
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import CGVST
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("addition", "detection").head(8)
+            >>> scores = CGVST(n_demo=1).attribute(model, task)
+            >>> scores.method, scores.unit, scores.shape, scores.n_prompts
+            ('cgvst', 'hook_pre_linear', (4, 512), 8)
+            >>> bool((scores.values >= 0).all()), bool(scores.values.max() > 0)
+            (True, True)
+        """
         info = ModelInfo.of(model)
         if weights_folded(model):
             raise TasklensError(

@@ -51,6 +51,36 @@ class ExactAblation(PatchingOptions):
 
     @torch.no_grad()
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        """The exact drop in the metric on ``task`` when each MLP neuron of ``model`` (or each
+        of ``only``) alone is replaced by the baseline.
+
+        Args:
+            model (TransformerBridge): the model, as `tasklens.load_model` returns it.
+            task (Task): the prompts and their answers (and ``corrupted_prompts`` for
+                ``baseline="corrupted"``).
+            unit (str, optional): the neuron activation replaced: ``"hook_post"`` (default),
+                ``"hook_pre"`` or ``"hook_pre_linear"`` (gated MLPs).
+            batch_size (int, optional): prompts per clean forward pass; each is repeated
+                once per neuron tested, up to ``max_rows`` sequences per pass. Default: 32.
+
+        Returns:
+            NeuronScores: ``[n_layers, d_mlp]`` drops ``metric(clean) - metric(replaced)``
+            summed over prompts (|drop| per prompt with ``absolute``); 0 for neurons not
+            in ``only``.
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import AttributionPatching, ExactAblation
+            >>> from tasklens.selection import top_k
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "detection").head(8)
+            >>> candidates = top_k(AttributionPatching().attribute(model, task), 5)
+            >>> exact = ExactAblation(only=candidates).attribute(model, task)
+            >>> exact.method, exact.shape, int((exact.values != 0).sum())
+            ('exact_ablation', (4, 512), 5)
+            >>> bool((exact.values[~candidates.mask] == 0).all())
+            True
+        """
         info, names, metric, clean, corrupt, mean, total = self._inputs(model, task, unit, batch_size)
         device = model.cfg.device
         tested = (
@@ -206,6 +236,34 @@ class VerifiedPatching(PatchingOptions):
     name: ClassVar[str] = "verified_patching"
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        """Estimate every MLP neuron's drop in the metric on ``task`` by attribution patching,
+        then replace the estimates of the top candidates with their exact drop.
+
+        Args:
+            model (TransformerBridge): the model, as `tasklens.load_model` returns it.
+            task (Task): the prompts and their answers (and ``corrupted_prompts`` for
+                ``baseline="corrupted"``).
+            unit (str, optional): the neuron activation patched: ``"hook_post"`` (default),
+                ``"hook_pre"`` or ``"hook_pre_linear"`` (gated MLPs).
+            batch_size (int, optional): prompts per pass (see `ExactAblation.attribute`).
+                Default: 32.
+
+        Returns:
+            NeuronScores: ``[n_layers, d_mlp]`` drops summed over prompts, exact for the
+            ``params["n_verified"]`` candidates and linear estimates for the rest
+            (``reduction="none"``).
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import VerifiedPatching
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "detection").head(8)
+            >>> scores = VerifiedPatching(candidate_percent=1.0).attribute(model, task)
+            >>> scores.method, scores.shape
+            ('verified_patching', (4, 512))
+            >>> 20 <= scores.params["n_verified"] <= 40  # the top 1 % (20) signed, and by magnitude
+            True
+        """
         from tasklens.scoring.patching import AttributionPatching
         from tasklens.selection import top_percent
 

@@ -120,6 +120,37 @@ class AveragePrecisionExpertise:
     name: ClassVar[str] = "average_precision"
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        """Score every MLP neuron of ``model`` by the average precision of its mean activation
+        at telling ``task``'s prompts from the negatives.
+
+        Args:
+            model (TransformerBridge): the model, as `tasklens.load_model` returns it.
+            task (Task): the positive prompts (the answers are not used); a task of the
+                same name among ``negatives`` is left out of them.
+            unit (str, optional): the neuron activation read: ``"hook_post"`` (default),
+                ``"hook_pre"`` or ``"hook_pre_linear"`` (gated MLPs).
+            batch_size (int, optional): prompts per forward pass. Default: 32.
+
+        Returns:
+            NeuronScores: ``[n_layers, d_mlp]`` average precisions in [0, 1]
+            (``reduction="none"``); ``params["n_negatives"]`` is the number of negatives drawn.
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import AveragePrecisionExpertise
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "detection").head(8)
+            >>> negatives = [
+            ...     tasklens.load_builtin("capital_of", "detection").head(16),
+            ...     tasklens.load_builtin("currency_of", "detection").head(16),
+            ... ]
+            >>> scorer = AveragePrecisionExpertise(negatives=negatives, negative_ratio=2)
+            >>> scores = scorer.attribute(model, task)
+            >>> scores.method, scores.shape, scores.params["n_negatives"]
+            ('average_precision', (4, 512), 16)
+            >>> bool(((scores.values >= 0) & (scores.values <= 1)).all())
+            True
+        """
         others = [t for t in self.negatives if t.name != task.name]
         if not others:
             raise TasklensError(

@@ -107,7 +107,16 @@ class IntegratedGradients:
             raise TasklensError(f"max_tokens must be at least 1, got {self.max_tokens}")
 
     def per_prompt(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 16) -> Tensor:
-        """IG per prompt: ``[n_prompts, n_layers, d_mlp]``."""
+        """IG per prompt: ``[n_prompts, n_layers, d_mlp]`` (arguments as in `attribute`).
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import IntegratedGradients
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "detection").head(2)
+            >>> IntegratedGradients(steps=2).per_prompt(model, task).shape
+            torch.Size([2, 4, 512])
+        """
         info = ModelInfo.of(model)
         names = info.hook_names(unit)
         tokenized = TokenizedTask.for_model(task, model)
@@ -182,5 +191,31 @@ class IntegratedGradients:
         return out.cpu()
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 16) -> NeuronScores:
+        """Score every MLP neuron of ``model`` by its integrated gradient on ``task``.
+
+        Args:
+            model (TransformerBridge): the model, as `tasklens.load_model` returns it.
+            task (Task): the prompts and their answers; the first answer token is the gold
+                token whose probability is integrated.
+            unit (str, optional): the neuron activation scaled: ``"hook_post"`` (default),
+                ``"hook_pre"`` or ``"hook_pre_linear"`` (gated MLPs).
+            batch_size (int, optional): prompts of one token length per prefix pass; each
+                integral runs n_layers x ``steps`` copies of each of them. Default: 16.
+
+        Returns:
+            NeuronScores: ``[n_layers, d_mlp]`` signed integrated gradients, summed over
+            prompts (`per_prompt` keeps them apart).
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import IntegratedGradients
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "detection").head(8)
+            >>> scores = IntegratedGradients(steps=5).attribute(model, task)
+            >>> scores.method, scores.shape, scores.n_prompts
+            ('integrated_gradients', (4, 512), 8)
+            >>> scores.params["steps"], scores.params["rule"]
+            (5, 'riemann_left')
+        """
         per_prompt = self.per_prompt(model, task, unit=unit, batch_size=batch_size)
         return make_scores(self, model, task, per_prompt.sum(0), unit, len(task), len(task))

@@ -146,6 +146,32 @@ class AttributionPatching(PatchingOptions):
         return _drop(delta, grads, names)
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
+        """Estimate, for every MLP neuron of ``model``, the drop in the metric on ``task`` when
+        the neuron is patched to the baseline.
+
+        Args:
+            model (TransformerBridge): the model, as `tasklens.load_model` returns it.
+            task (Task): the prompts and their answers (and ``corrupted_prompts`` for
+                ``baseline="corrupted"``).
+            unit (str, optional): the neuron activation patched: ``"hook_post"`` (default),
+                ``"hook_pre"`` or ``"hook_pre_linear"`` (gated MLPs).
+            batch_size (int, optional): prompts per forward and backward pass. Default: 32.
+
+        Returns:
+            NeuronScores: ``[n_layers, d_mlp]`` estimated drops summed over prompts (signed:
+            high for neurons the metric needs; |drop| with ``absolute`` or ``graddrop``).
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.scoring import AttributionPatching
+            >>> model = tasklens.load_model("organism")
+            >>> task = tasklens.load_builtin("continent_of", "detection").head(8)
+            >>> scores = AttributionPatching().attribute(model, task)
+            >>> scores.method, scores.shape, scores.params["baseline"]
+            ('attribution_patching', (4, 512), 'zero')
+            >>> [drop > 0 for layer, neuron, drop in scores.top(3)]
+            [True, True, True]
+        """
         info, names, metric, clean, corrupt, mean, total = self._inputs(model, task, unit, batch_size)
         n_tokens = 0
         corrupt_batches = corrupt.batches(batch_size) if corrupt is not None else None
