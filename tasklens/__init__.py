@@ -69,8 +69,12 @@ def register_selection(name: str | None = None, fn=None, *, overwrite: bool = Fa
 
 
 def register_intervention(name: str | None = None, fn=None, *, overwrite: bool = False):
-    """Register an intervention kind ``(model, intervention) -> edit(layer, idx, current)``."""
-    return INTERVENTIONS.register(name, fn, overwrite=overwrite)
+    """Register an intervention kind (decorator or direct call): a frozen dataclass subclass of
+    `Intervention` owning its parameters, or a function ``(model, intervention) -> edit``
+    (see `tasklens.interventions.register`)."""
+    from tasklens.interventions import register
+
+    return register(name, fn, overwrite=overwrite)
 
 
 __all__ = [

@@ -6,7 +6,7 @@ import weakref
 import pytest
 import torch
 
-import tasklens.models
+import tasklens.models.loading
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.evaluation.evaluate import greedy_generate
@@ -106,7 +106,7 @@ def test_an_empty_key_value_cache_falls_back_to_exact_reruns(organism, monkeypat
         return (out[0], DynamicCache()) if kwargs.get("return_type") == "logits_and_cache" else out
 
     monkeypatch.setattr(organism, "forward", empty_cache)
-    monkeypatch.setattr(tasklens.models, "_WARNED_EMPTY_CACHE", weakref.WeakSet())
+    monkeypatch.setattr(tasklens.models.loading, "_WARNED_EMPTY_CACHE", weakref.WeakSet())
     with pytest.warns(UserWarning, match="empty key-value cache"):
         assert greedy_generate(organism, prompts, max_new_tokens=4) == cached
     with warnings.catch_warnings(record=True) as caught:
@@ -192,3 +192,165 @@ def test_a_set_found_on_another_model_is_refused_in_memory(organism, tmp_path):
         allowed = NeuronSet.load(tmp_path / "s", model=organism, allow_other_model=True)
     with ablate(organism, allowed):  # loaded for this model with allow_other_model=True
         assert torch.all(post(organism, 3)[..., -3:] == 0)
+
+
+# --- each kind a class owning its parameters; user kinds by name everywhere ---------------------
+SHIFT_PLUGIN = '''
+from dataclasses import dataclass
+
+import tasklens
+from tasklens.interventions import Intervention
+
+
+@tasklens.register_intervention("iv_shift")
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Shift(Intervention):
+    """Add ``offset`` to the neurons."""
+
+    offset: float
+
+    def edit(self, layer, idx, current):
+        return current + self.offset
+'''
+
+
+@pytest.fixture
+def user_kinds(tmp_path, monkeypatch):
+    """A working folder for plug-in modules; kinds they register are forgotten afterwards."""
+    import sys
+
+    from tasklens.interventions import INTERVENTIONS
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(INTERVENTIONS, "_items", dict(INTERVENTIONS._items))
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        if str(tmp_path) in (getattr(sys.modules[name], "__file__", "") or ""):
+            del sys.modules[name]
+
+
+def test_each_kind_is_a_class_owning_its_parameters_and_built_by_name():
+    from tasklens.interventions import INTERVENTIONS, Amplify, Clamp, Intervention, Mean, Resample, Zero
+
+    neurons = NeuronSet.from_pairs([(1, 3)], (4, 512), "s")
+    for name, cls in [("zero", Zero), ("mean", Mean), ("resample", Resample), ("amplify", Amplify)]:
+        assert INTERVENTIONS.get(name) is cls and type(Intervention(name)) is cls
+    spec = Intervention("amplify", neurons, positions=[-1], factor=3)
+    assert isinstance(spec, Amplify) and spec.factor == 3.0 and isinstance(spec.factor, float)
+    assert spec.positions == (-1,) and spec.kind == "amplify" and spec.parameters() == {"factor": 3.0}
+    assert Intervention("clamp", value=2.5).to_dict() == {
+        "kind": "clamp",
+        "unit": "hook_post",
+        "positions": None,
+        "value": 2.5,
+    }
+    assert Intervention().kind == "zero" and Clamp(neurons, value=1.0).on(neurons).value == 1.0
+    # the one-dataclass keywords are accepted by every kind, and kept only by the kind owning them
+    assert Intervention("zero", neurons, factor=2.0, value=3.0).to_dict().keys() == {
+        "kind",
+        "unit",
+        "positions",
+        "neurons",
+    }
+    with pytest.raises(
+        TasklensError, match=r"'amplify' has no parameter \['scale'\]; its parameters: \['factor'\]"
+    ):
+        Intervention("amplify", scale=2.0)
+    with pytest.raises(TasklensError, match="factor must be a finite number"):
+        Amplify(factor=float("nan"))
+
+
+def test_saved_intervention_records_of_every_shape_still_load(organism):
+    from tasklens.analysis.matrix import EvaluationResult, evaluation_matrix
+    from tasklens.interventions import Amplify, Intervention, Resample
+
+    old_resample = {"kind": "resample", "unit": "hook_post", "positions": [-1], "source": {"name": "src"},
+                    "mean": None, "seed": 4}  # fmt: skip
+    spec = Intervention.from_dict(old_resample)
+    assert isinstance(spec, Resample) and spec.seed == 4 and spec.source is None and spec.positions == (-1,)
+    assert Intervention.from_dict({"kind": "mean", "mean": {"shape": [4, 512], "sha256": "ab"}}).mean is None
+
+    task = Task.from_lists("t", ["Q: What is the capital of France? A:"], [" Paris"])
+    neurons = NeuronSet.from_pairs([(0, i) for i in range(64)], (4, 512), "s")
+    result = evaluation_matrix(organism, [neurons], [task], n_controls=0, metric="logprob")
+    data = result.to_dict()
+    data["intervention"] = {"kind": "amplify", "unit": "hook_post", "positions": None, "factor": 3.0}
+    again = EvaluationResult.from_dict(data)
+    assert again.intervention_label == "amplify x3"
+    assert isinstance(Intervention.from_dict(again.intervention), Amplify)
+
+
+def test_a_function_kind_keeps_its_params(organism, user_kinds):
+    import tasklens
+    from tasklens.interventions import INTERVENTIONS, Intervention
+
+    def shift(model, intervention):
+        return lambda layer, idx, current: current + intervention.params["by"]
+
+    assert tasklens.register_intervention("iv_fn_shift", shift) is shift
+    neurons = NeuronSet.from_pairs([(1, 3)], (4, 512), "s")
+    spec = Intervention("iv_fn_shift", neurons, by=2.0)
+    assert spec.to_dict()["params"] == {"by": 2.0} and isinstance(spec, INTERVENTIONS.get("iv_fn_shift"))
+    assert Intervention("iv_fn_shift", neurons, params={"by": 2.0}).params == {"by": 2.0}
+    clean = post(organism, 1)[..., 3]
+    with Intervention.from_dict(spec.to_dict(), neurons).apply(organism):
+        torch.testing.assert_close(post(organism, 1)[..., 3], clean + 2.0)
+
+
+def test_a_user_kind_with_its_own_parameters_works_from_python_the_cli_and_toml(organism, user_kinds):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tasklens.cli import app
+    from tasklens.interventions import Intervention
+    from tasklens.registry import load_plugins
+    from tasklens.runs.pipeline import RunConfig, locate
+    from tasklens.runs.pipeline import ablate as run_ablate
+
+    (user_kinds / "iv_shift_plugins.py").write_text(SHIFT_PLUGIN)
+    load_plugins(["iv_shift_plugins"])
+
+    # Python, by name
+    neurons = NeuronSet.from_pairs([(2, 5), (2, 9)], (4, 512), "s")
+    spec = Intervention("iv_shift", neurons, offset=1.5)
+    assert type(spec).__name__ == "Shift" and spec.label == "iv_shift"
+    assert Intervention.from_dict(spec.to_dict(), neurons).offset == 1.5
+    clean = post(organism, 2)[..., 5]
+    with spec.apply(organism):
+        torch.testing.assert_close(post(organism, 2)[..., 5], clean + 1.5)
+    with pytest.raises(
+        TasklensError, match=r"needs the parameter\(s\) \['offset'\].*--intervention-param offset="
+    ):
+        Intervention("iv_shift", neurons)
+
+    # a run located once, then ablated from the CLI and from a TOML config
+    base = dict(tasks=["continent_of"], max_prompts=4, method="activation_stats", value=0.5)
+    locate(RunConfig.from_dict({**base, "out": "run"}), organism)
+    cli = CliRunner().invoke(
+        app,
+        ["ablate", "--out", "run", "--plugin", "iv_shift_plugins", "--intervention", "iv_shift",
+         "--intervention-param", "offset=-40", "--controls", "0", "--metric", "logprob"],
+    )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    recorded = json.loads((user_kinds / "run/matrix_result.json").read_text())["intervention"]
+    assert recorded == {"kind": "iv_shift", "unit": "hook_post", "positions": None, "offset": -40.0}
+    from_cli = recorded
+
+    (user_kinds / "run.toml").write_text(
+        'tasks = ["continent_of"]\nmax_prompts = 4\nout = "run"\nplugins = ["iv_shift_plugins"]\n'
+        'intervention = "iv_shift"\ncontrols = 0\nmetric = "logprob"\n[intervention_params]\noffset = 3\n'
+    )
+    config = RunConfig.from_toml(user_kinds / "run.toml")
+    assert config.intervention_params == {"offset": 3}
+    result = run_ablate(config, organism)
+    assert result.intervention == {**from_cli, "offset": 3.0} and result.intervention_label == "iv_shift"
+    assert result.values.loc["continent_of", "continent_of"] != result.baseline["continent_of"]
+
+    bad = CliRunner().invoke(
+        app,
+        ["ablate", "--out", "run", "--plugin", "iv_shift_plugins", "--intervention", "iv_shift",
+         "--intervention-param", "offse=1"],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "'iv_shift' has no parameter ['offse']" in bad.output
