@@ -89,6 +89,16 @@ def build_tiny(folder, arch: str, n_layers: int = 2, seed: int = 0):
 
 TIERS = ("unit", "integration", "acceptance")
 
+# Integration tests left out of the fast loop (``pytest -m "not slow"``): each takes tens of seconds
+# on two cores (fine-tuning for a hundred steps and more, or evaluating dozens of neuron sets).
+SLOW = (
+    "tests/integration/test_finetune.py::test_neuron_finetuning_learns_a_task_the_organism_never_saw",
+    "tests/integration/test_finetune.py::test_continual_learning_matrix_shows_catastrophic_forgetting",
+    "tests/integration/test_matrix.py::test_the_specificity_test_can_pass_and_can_fail",
+    "tests/integration/test_matrix.py::test_every_cell_has_its_prompts_an_interval_and_the_controls_kept",
+    "tests/integration/test_scorers.py::test_exact_ablation_falls_back_to_full_forwards_with_one_warning",
+)
+
 
 def pytest_collection_modifyitems(items):
     """Tiers by folder (TransformerLens's split): ``tests/unit`` (no model), ``tests/integration``
@@ -98,7 +108,7 @@ def pytest_collection_modifyitems(items):
         tier = next((t for t in TIERS if f"/{t}/" in item.path.as_posix()), None)
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))
-        if tier == "acceptance":
+        if tier == "acceptance" or item.nodeid.split("[")[0] in SLOW:
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("reliability") is not None:
             item.user_properties.append(("reliability", True))

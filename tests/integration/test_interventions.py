@@ -354,3 +354,30 @@ def test_a_user_kind_with_its_own_parameters_works_from_python_the_cli_and_toml(
          "--intervention-param", "offse=1"],
     )  # fmt: skip
     assert bad.exit_code == 2 and "'iv_shift' has no parameter ['offse']" in bad.output
+
+
+# --- replayed review cases: hooks after an error, positions outside the pass ------------------------
+GRID = (4, 512)
+
+
+@pytest.mark.reliability
+def test_hooks_are_removed_after_an_error_inside_an_intervention(organism):
+    from tasklens.interventions import Intervention
+
+    tokens = organism.to_tokens("Q: What is the capital of Peru? A:")
+    clean = organism(tokens)
+    neurons = NeuronSet.from_pairs([(0, 1), (2, 3)], GRID)
+    for kind in ("zero", "amplify", "clamp"):
+        with pytest.raises(RuntimeError), Intervention(kind, neurons, value=3.0).apply(organism):
+            raise RuntimeError("inside")
+        torch.testing.assert_close(organism(tokens), clean, atol=0, rtol=0)
+
+
+@pytest.mark.reliability
+def test_positions_beyond_the_prompt_are_a_clear_error(organism):
+    from tasklens.interventions import Intervention
+
+    neurons = NeuronSet.from_pairs([(0, 1)], GRID)
+    with pytest.raises(TasklensError, match="outside this forward pass"):
+        with Intervention("zero", neurons, positions=(50,)).apply(organism):
+            organism(organism.to_tokens("short prompt"))

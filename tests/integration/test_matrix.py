@@ -85,3 +85,29 @@ def test_every_cell_has_its_prompts_an_interval_and_the_controls_kept(planted):
     assert (means - planted.controls.loc[means.index, means.columns]).abs().max().max() < 1e-12
     again = type(planted).from_dict(planted.to_dict())
     assert again.specificity()["p_holm"].tolist() == pytest.approx(planted.specificity()["p_holm"].tolist())
+
+
+# --- replayed review cases: typed results ---------------------------------------------------------
+
+
+@pytest.mark.reliability
+def test_evaluation_results_are_typed_round_trip_and_merge(organism):
+    import json
+
+    from tasklens.analysis.matrix import EvaluationResult
+
+    tasks = [load_builtin(n, "evaluation").head(6) for n in ("continent_of", "larger_number")]
+    sets = [
+        NeuronSet.from_pairs([(0, i) for i in range(40)], GRID, n) for n in ("continent_of", "larger_number")
+    ]
+    a = evaluation_matrix(organism, sets[:1], tasks, n_controls=2, metric="logprob")
+    b = evaluation_matrix(organism, sets[1:], tasks, n_controls=2, metric="logprob")
+    merged = a + b
+    assert merged.set_names == ["continent_of", "larger_number"] and merged.values.shape == (2, 2)
+    again = EvaluationResult.from_dict(json.loads(json.dumps(merged.to_dict())))
+    assert (again.values == merged.values).all().all() and again.intervention == merged.intervention
+    assert list(merged.own_and_others().index) == ["continent_of", "larger_number"]
+    with pytest.raises(TasklensError, match="distinct names"):
+        evaluation_matrix(organism, sets[:1] * 2, tasks, n_controls=0, metric="logprob")
+    with pytest.raises(TasklensError, match="n_controls"):
+        evaluation_matrix(organism, sets[:1], tasks, n_controls=-1, metric="logprob")

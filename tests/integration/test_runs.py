@@ -206,3 +206,143 @@ def test_bfloat16_on_a_gpu_without_it_is_refused(tmp_path, monkeypatch):
     with pytest.raises(TasklensError, match="cannot compute in bfloat16"):
         RunConfig(out=str(tmp_path / "r"), device="cuda", dtype="bfloat16").check()
     RunConfig(out=str(tmp_path / "r"), device="cuda", dtype="float16").check()
+
+
+# --- replayed review cases: stages, resumption, byte-identical reruns -----------------------------
+GRID = (4, 512)
+
+
+def two_task_run(tmp_path: Path, **fields) -> RunConfig:
+    base = dict(tasks=["continent_of", "larger_number"], out=str(tmp_path / "run"), max_prompts=8, controls=1)
+    return RunConfig.from_dict({**base, **fields})
+
+
+def test_a_bad_selection_value_fails_before_scoring(organism, tmp_path):
+    config = RunConfig(tasks=["continent_of"], out=str(tmp_path / "r"), select="top_k", value=2.7)
+    with pytest.raises(TasklensError, match="whole number"):
+        locate(config, organism)
+    assert not (tmp_path / "r" / "scores").exists()
+
+
+def test_a_new_locate_replaces_the_old_sets_and_drops_later_stages(organism, tmp_path):
+    config = two_task_run(tmp_path)
+    locate(config, organism)
+    ablate(config, organism)
+    assert (tmp_path / "run/sets/larger_number.safetensors").is_file()
+    smaller = two_task_run(tmp_path, tasks=["continent_of"])
+    locate(smaller, organism)
+    assert not (tmp_path / "run/sets/larger_number.safetensors").exists()
+    assert not (tmp_path / "run/matrix.csv").exists()  # the ablate stage used the old sets
+    assert [s.name for s in load_sets(tmp_path / "run", organism)] == ["continent_of"]
+    assert list(RunFolder(tmp_path / "run").manifest()["stages"]) == ["locate"]
+
+
+def test_files_not_named_by_the_manifest_are_ignored(organism, tmp_path):
+    from tasklens.data.neurons import NeuronSet
+
+    config = two_task_run(tmp_path, tasks=["continent_of"])
+    locate(config, organism)
+    NeuronSet.from_pairs([(0, 0)], GRID, "stale").save(tmp_path / "run/sets/stale")  # e.g. a killed run
+    assert [s.name for s in load_sets(tmp_path / "run", organism)] == ["continent_of"]
+
+
+def test_a_run_without_a_finished_locate_says_so(organism, tmp_path):
+    from tasklens.data.neurons import NeuronSet
+
+    NeuronSet.from_pairs([(0, 0)], GRID, "partial").save(tmp_path / "run/sets/partial")
+    with pytest.raises(TasklensError, match=r"no finished `locate` stage .*unfinished or older run"):
+        ablate(two_task_run(tmp_path), organism)
+
+
+def test_a_file_changed_after_its_stage_is_detected(organism, tmp_path):
+    from tasklens.data.neurons import NeuronSet
+
+    config = two_task_run(tmp_path, tasks=["continent_of"])
+    locate(config, organism)
+    NeuronSet.from_pairs([(0, 0)], GRID, "continent_of").save(tmp_path / "run/sets/continent_of")
+    with pytest.raises(TasklensError, match="was changed since"):
+        load_sets(tmp_path / "run", organism)
+
+
+def test_two_writers_cannot_share_a_run_folder(organism, tmp_path):
+    config = two_task_run(tmp_path, tasks=["continent_of"])
+    with RunFolder(config.out).lock(), pytest.raises(TasklensError, match="in use by tasklens pid"):
+        locate(config, organism)
+    locate(config, organism)  # the lock is released with its block
+
+
+def test_a_failed_stage_leaves_the_run_as_it_was(organism, same_grid_model, tmp_path):
+    config = two_task_run(tmp_path)
+    locate(config, organism)
+    before = (tmp_path / "run/manifest.json").read_bytes()
+    with pytest.raises(TasklensError, match="other weights"):
+        ablate(config, same_grid_model)
+    assert (tmp_path / "run/manifest.json").read_bytes() == before
+    assert not (tmp_path / "run/matrix.csv").exists()
+
+
+def test_each_stage_records_its_own_config(organism, tmp_path):
+    config = two_task_run(tmp_path, method="activation_stats")
+    locate(config, organism)
+    ablate(two_task_run(tmp_path, metric="next_token"), organism)
+    stages = RunFolder(tmp_path / "run").manifest()["stages"]
+    assert stages["locate"]["config"]["method"] == "activation_stats"
+    assert stages["ablate"]["config"]["metric"] == "next_token" and "method" not in stages["ablate"]["config"]
+
+
+def test_locate_resumes_the_tasks_a_killed_run_finished(organism, tmp_path):
+    calls = []
+
+    @tasklens.register_scorer(overwrite=True)
+    class Counting(ActivationStats):
+        name = "counting_for_resume"
+
+        def attribute(self, model, task, **kw):
+            calls.append(task.name)
+            return super().attribute(model, task, **kw)
+
+    config = two_task_run(tmp_path, method="counting_for_resume", tasks=["continent_of"])
+    locate(config, organism)
+    locate(two_task_run(tmp_path, method="counting_for_resume"), organism)
+    assert calls == ["continent_of", "larger_number"]  # continent_of was not scored again
+    locate(two_task_run(tmp_path, method="counting_for_resume", params={"statistic": "std"}), organism)
+    assert calls[2:] == ["continent_of", "larger_number"]  # other parameters: scored again
+
+
+def test_reruns_are_byte_identical(organism, tmp_path):
+    for name in ("a", "b"):
+        locate(two_task_run(tmp_path, out=str(tmp_path / name)), organism)
+    for sub in (
+        "scores/continent_of.safetensors",
+        "scores/continent_of.json",
+        "sets/larger_number.safetensors",
+    ):
+        assert (tmp_path / "a" / sub).read_bytes() == (tmp_path / "b" / sub).read_bytes(), sub
+
+
+def test_no_machine_path_in_shareable_artifacts(organism, tmp_path):
+    from tasklens.runs.outputs import OutputDir, command_line
+
+    assert "/" not in command_line().split()[0]
+    out = OutputDir(tmp_path / "analysis", {"x": 1})
+    out.close()
+    assert json.loads((tmp_path / "analysis/config.json").read_text())["command"].split()[0].count("/") == 0
+
+
+def test_stage_options_default_to_the_runs_own(organism, tmp_path):
+    locate(two_task_run(tmp_path, tasks=["continent_of"]), organism)
+    result = CliRunner().invoke(
+        app, ["ablate", "--out", str(tmp_path / "run"), "--controls", "0", "--metric", "next_token"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "continent_of" in result.output and "larger_number" not in result.output
+
+
+def test_run_folders_keep_nothing_foreign_deleted(organism, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/notes.txt").write_text("keep")
+    config = two_task_run(tmp_path, tasks=["continent_of"])
+    locate(config, organism)
+    locate(two_task_run(tmp_path, tasks=["larger_number"]), organism)
+    assert (tmp_path / "run/notes.txt").read_text() == "keep"
+    assert Path(tmp_path / "run/manifest.json").is_file()

@@ -199,3 +199,25 @@ def test_a_folder_given_as_task_file_is_called_a_folder(tmp_path):
         result = CliRunner().invoke(app, ["locate", "--task", str(folder), "--out", str(tmp_path / "run")])
         assert result.exit_code == 2 and "Traceback" not in result.output
         assert result.output.strip().count("\n") == 0 and "is a folder, not a file" in result.output
+
+
+# --- replayed review cases: answers glued to their prompt -------------------------------------------
+
+
+@pytest.mark.reliability
+def test_answers_without_their_leading_space_warn_once(organism):
+    import warnings
+
+    from tasklens.errors import TasklensWarning
+    from tasklens.tasks.tokenize import TokenizedTask
+
+    task = Task.from_lists(
+        "glued",
+        ["Q: AND or OR? A:", "Q: yes or no? A:", "2 + 2 =", "The capital of France is "],
+        ["AND", "yes", " 4", " Paris"],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TokenizedTask.for_model(task, organism)
+    messages = [str(w.message) for w in caught if issubclass(w.category, TasklensWarning)]
+    assert len(messages) == 1 and "3 of 4 answers" in messages[0] and "leading space" in messages[0]

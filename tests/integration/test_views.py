@@ -402,3 +402,28 @@ def test_a_file_given_as_a_run_folder_is_named_a_file(tmp_path):
     file.write_text("not a run")
     for args in (["report", str(file)], ["neuron", "0.1", "--run", str(file)]):
         one_line_error(CliRunner().invoke(app, args), "is a file, not a run folder")
+
+
+# --- replayed review cases: the report's token views -----------------------------------------------
+
+
+@pytest.mark.reliability
+def test_the_report_shows_the_tokens_that_were_scored_escaped(organism):
+    import html
+    import re
+
+    from tasklens.runs.report import top_neuron_views
+    from tasklens.scoring import ActivationStats
+    from tasklens.tasks.tokenize import TokenizedTask
+
+    task = Task.from_lists("html", ["Q: is <b>this</b> bold? A:"], [" <i>no</i>"])
+    scores = ActivationStats().attribute(organism, task)
+    text, _ = top_neuron_views(organism, task, scores, n_neurons=2, n_prompts=1)
+    tokenized = TokenizedTask.for_model(task, organism)
+    ids = tokenized.prompt_ids[0] + tokenized.answer_ids[0]
+    match = re.search(r'\{"tokens": (\[\[.*?\]\])', text)
+    assert match, "no tokens in the view"
+    tokens = json.loads(match.group(1))[0]
+    # exactly the scored sequence (BOS, prompt, answer), each token escaped for HTML
+    assert tokens == [html.escape(organism.tokenizer.decode([i])) for i in ids]
+    assert tokens[0] == "&lt;s&gt;" and "&lt;" in tokens and not any("<" in t for t in tokens)

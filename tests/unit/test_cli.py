@@ -134,3 +134,26 @@ def test_fail_keeps_one_line(capsys):
         fail(ValueError("first\nsecond"))
     assert exit_.value.exit_code == 2
     assert capsys.readouterr().err == "error: first second\n"
+
+
+# --- replayed review cases: --version and the one error handler ------------------------------------
+
+
+@pytest.mark.reliability
+def test_cli_version_and_one_error_handler(tmp_path):
+    import tasklens
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and tasklens.__version__ in result.output
+    cases = [
+        ["locate", "-t", "continent_of", "--controls", "-1"],  # not a locate option: usage error
+        ["ablate", "--out", str(tmp_path / "nothing"), "--controls", "-1"],
+        ["locate", "-t", "continent_of", "--out", str(tmp_path / "r"), "--param", "foo=1"],
+        ["locate", "-t", "continent_of", "--out", str(tmp_path / "r"), "--max-prompts", "-1"],
+        ["report", str(tmp_path / "nothing")],
+    ]
+    for args in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
