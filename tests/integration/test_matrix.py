@@ -17,7 +17,7 @@ GRID = (4, 512)
 def evaluations(monkeypatch):
     """The tasks evaluated, in order (the real evaluation still runs)."""
     calls = []
-    evaluate = tasklens.matrix.evaluate_prompts
+    evaluate = tasklens.analysis.matrix.evaluate_prompts
 
     def counted(model, task, *args):
         calls.append(task.name)
