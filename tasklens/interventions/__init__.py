@@ -59,13 +59,14 @@ def ablate(
     Args:
         mode: ``"zero"`` (default, as in the three papers), ``"mean"`` (by ``mean`` or the
             mean over ``source``) or ``"resample"`` (values of random tokens of ``source``).
-        unit, positions: as in `Intervention`.
+        unit: as in `Intervention`.
+        positions: as in `Intervention`.
         seed: ``resample``'s random seed.
 
     Returns:
         The `Intervention` applied (a `Zero`, `Mean` or `Resample`).
 
-    Example:
+    Examples:
         >>> from tasklens import NeuronSet, load_model
         >>> from tasklens.interventions import ablate
         >>> model = load_model("organism")
@@ -101,7 +102,7 @@ def amplify(
     Returns:
         The `Amplify` applied.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tasklens import NeuronSet, load_model
         >>> from tasklens.interventions import amplify
@@ -132,7 +133,7 @@ def clamp(
     Returns:
         The `Clamp` applied.
 
-    Example:
+    Examples:
         >>> from tasklens import NeuronSet, load_model
         >>> from tasklens.interventions import clamp
         >>> model = load_model("organism")

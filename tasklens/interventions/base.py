@@ -73,7 +73,7 @@ class Intervention(metaclass=_ByName):
     defaults, or use ``kw_only=True``) and an `edit` method (or `edit_for` where the edit needs
     the model); register it with `tasklens.register_intervention`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tasklens import Intervention, NeuronSet, load_model
         >>> model = load_model("organism")

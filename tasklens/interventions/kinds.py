@@ -25,7 +25,7 @@ from tasklens.tasks.task import Task
 class Zero(Intervention):
     """Set the neurons to 0 (zero ablation, the papers' default).
 
-    Example:
+    Examples:
         >>> from tasklens import NeuronSet, load_model
         >>> from tasklens.interventions import Zero
         >>> model = load_model("organism")
@@ -53,7 +53,7 @@ class Mean(Intervention):
         source: the task whose mean activation (over its real tokens) is used.
         mean: a ``[n_layers, d_mlp]`` tensor used instead of ``source``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tasklens import NeuronSet, load_model
         >>> from tasklens.interventions import Mean
@@ -106,7 +106,7 @@ class Resample(Intervention):
         source: the task whose activations are drawn (over its real tokens).
         seed: the random seed of the draws.
 
-    Example:
+    Examples:
         >>> from tasklens import NeuronSet, Task, load_model
         >>> from tasklens.interventions import Resample
         >>> model = load_model("organism")
@@ -157,7 +157,7 @@ class Amplify(Intervention):
     Args:
         factor: the factor (a finite number).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from tasklens import NeuronSet, load_model
         >>> from tasklens.interventions import Amplify
@@ -189,7 +189,7 @@ class Clamp(Intervention):
     Args:
         value: the value (a finite number).
 
-    Example:
+    Examples:
         >>> from tasklens import NeuronSet, load_model
         >>> from tasklens.interventions import Clamp
         >>> model = load_model("organism")

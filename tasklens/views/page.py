@@ -287,9 +287,10 @@ def page_tasks(
         One `Task` per spec, at most ``n`` prompts each; a known-filtered task's meta holds
         ``known_by`` and ``n_known``.
 
-    >>> from tasklens.models import load_model
-    >>> [len(t) for t in page_tasks(load_model("organism"), ["continent_of"], n=8)]
-    [8]
+    Examples:
+        >>> from tasklens.models import load_model
+        >>> [len(t) for t in page_tasks(load_model("organism"), ["continent_of"], n=8)]
+        [8]
     """
     check_count("n", n)
     own_form = default_style(model) == "organism"
