@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 
 from tasklens._version import __version__
+from tasklens.data.provenance import plain
 from tasklens.errors import TasklensError
 from tasklens.io import atomic_write_bytes, atomic_write_text, file_sha256, write_json
-from tasklens.data.provenance import plain
 
 MANIFEST = "manifest.json"
 
