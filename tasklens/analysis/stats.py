@@ -130,7 +130,7 @@ class SpecificityTest:
         return asdict(self)
 
 
-def specificity(own: float, others: Sequence[float]) -> float:
+def specificity(own: float, others: Sequence[float] | np.ndarray) -> float:
     """Mean change on the other tasks minus the change on the own task."""
     return float(np.mean(others)) - float(own) if len(others) else math.nan
 
@@ -187,7 +187,7 @@ def specificity_test(
     return SpecificityTest(value, low, high, se, null_mean, null_sd, int(null.size), p_value, p_empirical)
 
 
-def holm(p_values: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
+def holm(p_values: Sequence[float] | np.ndarray, alpha: float = ALPHA) -> np.ndarray:
     """Holm-adjusted p-values (statsmodels), NaN kept where a test was not run.
 
     >>> holm([0.01, 0.04, 0.03]).round(2).tolist()
