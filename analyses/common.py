@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tasklens.analysis.locate import locate
 from tasklens.analysis.stability import held_out_effect, split_half
+from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.evaluation.known import default_style, known_by, load_for_model
+from tasklens.selection import contrast as contrast_scores
 from tasklens.tasks.builtin import builtin_task_info
 from tasklens.tasks.builtin.natural import natural_tasks
 from tasklens.tasks.task import Task
@@ -117,6 +121,28 @@ def prepare(
         out.evaluation[name] = evaluation.sample(eval_prompts, seed=3)
     out.counts = pd.DataFrame(rows)
     return out
+
+
+def locate_saved(
+    model,
+    detection: dict[str, Task],
+    scorer,
+    rule: str,
+    value: float,
+    folder: Path,
+    *,
+    contrast: bool = False,
+    **options,
+) -> tuple[list[NeuronSet], dict[str, NeuronScores]]:
+    """Each task's set (`tasklens.analysis.locate.locate` on its detection prompts, ``options``
+    passed on), and the scores it was selected on (contrasted ones with ``contrast``), each
+    saved in ``folder`` under the task's name."""
+    scores: dict[str, NeuronScores] = {}
+    sets = locate(model, detection, scorer, rule, value, contrast=contrast, scores=scores, **options)
+    ranked = contrast_scores(scores) if contrast else scores
+    for name, task_scores in ranked.items():
+        task_scores.save(folder / name)
+    return list(sets.values()), ranked
 
 
 def describe_counts(counts: pd.DataFrame, model_name: str) -> str:

@@ -23,7 +23,15 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, held_out_effects, own_effect_table, prepare, set_stability, task_names
+from common import (
+    describe_counts,
+    held_out_effects,
+    locate_saved,
+    own_effect_table,
+    prepare,
+    set_stability,
+    task_names,
+)
 
 from tasklens.analysis.compare import (
     overlap,
@@ -90,11 +98,10 @@ def main() -> None:
         kind = {n: data.detection[n].meta.get("kind") or _kind(n) for n in names}
 
     with out.stage("detection"):
-        scores = {}
-        for name in names:
-            scores[name] = GradientAttribution().attribute(model, data.detection[name])
-            scores[name].save(out.path / "scores" / name)
-        sets = [top_percent(scores[n], args.percent).renamed(n) for n in names]
+        detection = {n: data.detection[n] for n in names}
+        sets, scores = locate_saved(
+            model, detection, GradientAttribution(), "top_percent", args.percent, out.path / "scores"
+        )
         evaluation = [data.evaluation[n] for n in names]
 
     with out.stage("deactivation"):

@@ -25,7 +25,15 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, held_out_effects, own_effect_table, prepare, set_stability, task_names
+from common import (
+    describe_counts,
+    held_out_effects,
+    locate_saved,
+    own_effect_table,
+    prepare,
+    set_stability,
+    task_names,
+)
 
 from tasklens.analysis.compare import overlap, overlap_matrix
 from tasklens.analysis.experiments import cross_language, cumulativity
@@ -34,7 +42,6 @@ from tasklens.analysis.plots import curves, heatmap
 from tasklens.models import ModelInfo, load_model
 from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import AveragePrecisionExpertise, PromptMeans, VerifiedPatching
-from tasklens.selection import top_k
 
 #: the paper's grid (10 ... 50k of 835,584 neurons) as shares of all neurons
 PAPER_GRID = (10, 50, 200, 500, 1000, 3000, 10000, 20000)
@@ -127,11 +134,14 @@ def main() -> None:
     # the paper's detector
     with out.stage("detection"):
         scores, sets = {}, []
-        for r in relations:
+        for r in relations:  # each relation's negatives are the other relations
             others = [data.detection[o] for o in relations if o != r]
-            scores[r] = scorer(args, others, k, means).attribute(model, data.detection[r], unit=args.unit)
-            scores[r].save(out.path / "scores" / r)
-            sets.append(top_k(scores[r], k).renamed(r))
+            found, found_scores = locate_saved(
+                model, {r: data.detection[r]}, scorer(args, others, k, means), "top_k", k,
+                out.path / "scores", unit=args.unit,
+            )  # fmt: skip
+            scores.update(found_scores)
+            sets += found
             sets[-1].save(out.path / "sets" / r)
         out.finding(
             f"top {k} neurons per relation ({args.percent:g} % of {info.n_neurons}); "

@@ -20,7 +20,7 @@ import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, held_out_effects, prepare, set_stability
+from common import describe_counts, held_out_effects, locate_saved, prepare, set_stability
 
 from tasklens.analysis.matrix import evaluation_matrix
 from tasklens.evaluation.known import default_style
@@ -28,7 +28,6 @@ from tasklens.interventions import Intervention
 from tasklens.models import ModelInfo, load_model
 from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import CGVST, ActivationStats, GradientAttribution
-from tasklens.selection import contrast, top_percent
 
 ORGANISM_TASKS = ["capital_of", "continent_of", "element_symbol", "addition", "larger_number", "sentiment"]
 CHAT_TASKS = ["continent_of", "country_language", "city_country", "sentiment", "addition", "copy_list"]
@@ -90,24 +89,25 @@ def main() -> None:
     evaluation = [data.evaluation[n] for n in names]
 
     with out.stage("detection"):
-        methods = {
-            "cgvst": {t: CGVST(n_demo=n_demo).attribute(model, detection[t]) for t in names},
-            "gradient": {t: GradientAttribution().attribute(model, detection[t]) for t in names},
-            "activation": contrast(
-                {t: ActivationStats("mean_abs").attribute(model, detection[t]) for t in names}
-            ),
+        scorers = {
+            "cgvst": CGVST(n_demo=n_demo),
+            "gradient": GradientAttribution(),
+            "activation": ActivationStats("mean_abs"),
         }
-        for method, scores in methods.items():
-            for t in names:
-                scores[t].save(out.path / "scores" / method / t)
+        located = {
+            method: locate_saved(
+                model, {t: detection[t] for t in names}, scorer, "top_percent", args.percent,
+                out.path / "scores" / method, contrast=method == "activation",
+            )[0]
+            for method, scorer in scorers.items()
+        }  # fmt: skip
     with out.stage("interventions"):
         interventions = [Intervention("zero")] + [Intervention("amplify", factor=f) for f in args.factors]
         summary = []
         for spec in interventions:
-            for method, scores in methods.items():
+            for method, sets in located.items():
                 if spec.kind == "amplify" and spec.factor != args.factors[0] and method != "cgvst":
                     continue  # the stronger factor only for the paper's method
-                sets = [top_percent(scores[t], args.percent).renamed(t) for t in names]
                 result = evaluation_matrix(
                     model,
                     sets,
@@ -154,8 +154,7 @@ def main() -> None:
             info.n_neurons, out, args.stability_splits,
         )  # fmt: skip
     with out.stage("held-out effect"):
-        cgvst_sets = [top_percent(methods["cgvst"][t], args.percent).renamed(t) for t in names]
-        held_out_effects(model, cgvst_sets, data, out, n_controls=2)
+        held_out_effects(model, located["cgvst"], data, out, n_controls=2)
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
 

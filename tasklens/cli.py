@@ -153,20 +153,31 @@ def _build_config(values: dict[str, Any], from_run: tuple[str, ...]):
     return RunConfig.from_dict(values, source="the options")
 
 
-def config_command(name: str, fields: tuple[str, ...], from_run: tuple[str, ...] = ()):
-    """Register ``fn(config)`` as command ``name`` with one option per RunConfig field."""
+def config_command(name: str, from_run: tuple[str, ...] = ()):
+    """Register ``fn(config)`` as the command of stage ``name``, with one option per RunConfig
+    field that stage takes (`tasklens.runs.pipeline.stage_options`)."""
+    from tasklens.runs.pipeline import stage_options
 
     def decorator(fn: Callable) -> Callable:
         def command(**values):
             fn(_build_config(values, from_run))
 
-        command.__signature__ = inspect.Signature(_config_parameters(fields, from_run))
+        command.__signature__ = inspect.Signature(_config_parameters(stage_options(name), from_run))
         command.__doc__ = fn.__doc__
         command.__name__ = name
         app.command(name)(command)
         return fn
 
     return decorator
+
+
+def run_option(name: str) -> Any:
+    """A plain option with the default and help of RunConfig field ``name`` (``--device``, ``--dtype``
+    on the commands that load a model outside a run)."""
+    from tasklens.runs.pipeline import RUN_FIELDS
+
+    f = RUN_FIELDS[name]
+    return typer.Option(f.default, "--" + name.replace("_", "-"), help=f.metadata["help"])
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -216,6 +227,8 @@ def demo(
     percent: float = typer.Option(1.0, help="Top percentage of neurons selected per task."),
     controls: int = typer.Option(10, help="Random control sets per task (same per-layer counts)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only (for scripts)."),
+    device: str = run_option("device"),
+    dtype: str = run_option("dtype"),
 ) -> None:
     """Locate each task's top neurons (activation statistics), ablate them, print the table
     beside random sets of the same per-layer counts.
@@ -227,7 +240,9 @@ def demo(
     if controls < 2:
         raise TasklensError(f"--controls must be at least 2 (the test uses their spread), got {controls}")
     start = time.time()
-    result = run_demo(model, percent=percent, n_controls=controls, progress=not as_json)
+    result = run_demo(
+        model, percent=percent, n_controls=controls, progress=not as_json, device=device, dtype=dtype
+    )
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "seconds": round(time.time() - start, 1)}, indent=2))
         return
@@ -241,16 +256,13 @@ def demo(
     typer.echo(f"\n{time.time() - start:.0f} s")
 
 
-LOCATE = ("model", "tasks", "out", "plugins", "split", "max_prompts", "method", "params", "unit", "select",
-          "value", "batch_size")  # fmt: skip
-ABLATE = ("model", "tasks", "out", "plugins", "eval_split", "max_prompts", "intervention", "factor",
-          "clamp_value", "controls", "metric", "batch_size")  # fmt: skip
-COMPARE = ("model", "tasks", "out", "plugins", "eval_split", "max_prompts", "metric", "cumulativity",
-           "interference", "batch_size")  # fmt: skip
+#: what a later stage takes from the run's locate stage unless given
 FROM_RUN = ("model", "tasks", "plugins")
+#: how the run's sets were found (compare finds them again for their stability)
+LOCATED = ("split", "method", "params", "unit", "select", "value")
 
 
-@config_command("locate", LOCATE)
+@config_command("locate")
 def locate(config) -> None:
     """Score every neuron for each task and select a set; writes scores/ and sets/.
 
@@ -262,7 +274,7 @@ def locate(config) -> None:
     typer.echo(f"{len(sets)} sets ({', '.join(f'{s.name}={len(s)}' for s in sets)}) in {config.out}")
 
 
-@config_command("ablate", ABLATE, FROM_RUN)
+@config_command("ablate", FROM_RUN)
 def ablate(config) -> None:
     """Evaluation matrix of the run's sets (from `locate`) on every task, beside random controls.
 
@@ -274,7 +286,7 @@ def ablate(config) -> None:
     typer.echo(result.pivot().to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-@config_command("compare", COMPARE, FROM_RUN)
+@config_command("compare", FROM_RUN + LOCATED)
 def compare(config) -> None:
     """Overlap, shared vs exclusive neurons, cumulativity and interference of the run's sets.
 
@@ -310,6 +322,8 @@ def neuron(
     ),
     n_tokens: int = typer.Option(8, help="Decoded tokens shown per direction."),
     n_contexts: int = typer.Option(5, help="Top contexts shown."),
+    device: str = run_option("device"),
+    dtype: str = run_option("dtype"),
 ) -> None:
     """Print one neuron's page: decoded tokens, top contexts, single-neuron ablation, its scores.
 
@@ -317,9 +331,8 @@ def neuron(
 
     Example: tasklens neuron 0.21 -t continent_of -t currency_of
     """
-    from tasklens.models import load_model
     from tasklens.runs import RunFolder
-    from tasklens.runs.pipeline import load_scores, load_sets
+    from tasklens.runs.pipeline import check_device, load_model_on, load_scores, load_sets
     from tasklens.tasks.builtin import builtin_task_names
     from tasklens.views.contexts import check_count
     from tasklens.views.page import neuron_pages, page_tasks, parse_neuron
@@ -328,12 +341,13 @@ def neuron(
     check_count("n_tokens", n_tokens)  # the vocabulary's size is checked once the model is loaded
     check_count("n_contexts", n_contexts)
     check_count("max_prompts", max_prompts)
+    check_device(device, dtype)
     specs = list(task)
     if not specs and run is not None:
         specs = RunFolder(run).record("locate")["config"]["tasks"]
     chosen = bool(specs)
     specs = specs or builtin_task_names()
-    loaded = load_model(model)
+    loaded = load_model_on(model, device, dtype)
     tasks = page_tasks(loaded, specs, "evaluation", max_prompts, skip_unknown=not chosen)
     scores = load_scores(run, loaded) if run is not None else None
     sets = load_sets(run, loaded) if run is not None else []
@@ -342,10 +356,14 @@ def neuron(
 
 
 @app.command("run")
-def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunConfig fields.")) -> None:
+def run_config(
+    config_file: Path = typer.Argument(..., help="TOML file with RunConfig fields."),
+    device: str = typer.Option(None, help="Torch device, in place of the file's device (cpu, cuda:1...)."),
+    dtype: str = typer.Option(None, help="Parameter dtype, in place of the file's dtype (float32...)."),
+) -> None:
     """Run locate, ablate, compare and report from one TOML config; the run folder keeps a copy.
 
-    Example: tasklens run analyses/relations.toml
+    Example: tasklens run analyses/relations.toml --device cuda --dtype bfloat16
     """
     from tasklens.runs.pipeline import RunConfig, check_writable
     from tasklens.runs.pipeline import ablate as run_ablate
@@ -354,7 +372,8 @@ def run_config(config_file: Path = typer.Argument(..., help="TOML file with RunC
     from tasklens.runs.report import build_report
 
     start = time.time()
-    config = RunConfig.from_toml(config_file)
+    given = {"device": device, "dtype": dtype}
+    config = RunConfig.from_toml(config_file, {k: v for k, v in given.items() if v is not None})
     check_writable(config)
     model = config.load()
     sets = run_locate(config, model)
@@ -436,6 +455,8 @@ def finetune(
         None, help="Checkpoints (safetensors deltas): a new or empty folder, or one to resume from."
     ),
     checkpoint_every: int = typer.Option(50, help="Steps between checkpoints (with --checkpoint-dir)."),
+    device: str = run_option("device"),
+    dtype: str = run_option("dtype"),
 ) -> None:
     """Fine-tune only a task's neurons (or random ones, or everything) and report held-out accuracy.
 
@@ -444,17 +465,18 @@ def finetune(
     from tasklens.errors import check_choice
     from tasklens.finetune import FinetuneConfig, FinetuneRun, accuracies, load_finetune_task, task_neurons
     from tasklens.finetune.checkpoint import check_checkpoint_dir
-    from tasklens.models import load_model
+    from tasklens.runs.pipeline import check_device, load_model_on
     from tasklens.selection import random_like
 
     check_choice("scope", scope, ("task_neurons", "random_neurons", "full"))
+    check_device(device, dtype)
     config = FinetuneConfig(
         steps=steps, lr=lr, batch_size=batch_size, seed=seed,
         checkpoint_every=checkpoint_every if checkpoint_dir else 0,
     )  # fmt: skip
     if checkpoint_dir is not None:
         check_checkpoint_dir(checkpoint_dir)
-    loaded = load_model(model)
+    loaded = load_model_on(model, device, dtype)
     train, test = load_finetune_task(task, "train"), load_finetune_task(task, "test").sample(test_prompts)
     chosen = "full"
     if scope != "full":
@@ -528,15 +550,17 @@ def organism_eval(
     model: str = typer.Option("organism", help="Model spec to evaluate."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
     max_prompts: int = typer.Option(300, help="Prompts per task and split (deterministic sample)."),
+    device: str = run_option("device"),
+    dtype: str = run_option("dtype"),
 ) -> None:
     """Per-task greedy exact-match accuracy (training templates, held-out templates/instances).
 
     Example: tasklens organism eval --json
     """
-    from tasklens.models import load_model
     from tasklens.organism.suite import evaluate_suite
+    from tasklens.runs.pipeline import load_model_on
 
-    loaded = load_model(model)
+    loaded = load_model_on(model, device, dtype)
     results = evaluate_suite(
         loaded,
         max_prompts=max_prompts,

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tasklens.analysis.locate import locate
 from tasklens.data.neurons import NeuronSet
 from tasklens.scoring import get_scorer
-from tasklens.selection import select
 from tasklens.tasks.task import Task
 
 
@@ -29,8 +29,5 @@ def task_neurons(
     """Per task, the set selected by ``rule`` (with ``value``) from ``scorer``'s scores on a seeded
     sample of ``n_prompts`` of its prompts; each set is named after its task."""
     method = get_scorer(scorer, **dict(scorer_params or {}))
-    sets = {}
-    for name, task in tasks.items():
-        scores = method.attribute(model, task.sample(n_prompts), batch_size=batch_size)
-        sets[name] = select(scores, rule, value).renamed(name)
-    return sets
+    sampled = {name: task.sample(n_prompts) for name, task in tasks.items()}
+    return locate(model, sampled, method, rule, value, batch_size=batch_size)

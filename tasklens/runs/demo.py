@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import pandas as pd
 from tqdm.auto import tqdm
 
+from tasklens.analysis.locate import locate
 from tasklens.analysis.matrix import EvaluationResult, ablation_matrix
-from tasklens.models import ORGANISM, load_model
 from tasklens.data.neurons import NeuronSet
+from tasklens.models import ORGANISM
+from tasklens.runs.pipeline import load_model_on
 from tasklens.scoring.activation import ActivationStats
-from tasklens.selection import contrast, top_percent
 from tasklens.tasks.builtin import builtin_task_names, load_builtin
 
 #: relations with class-like answers and algorithmic tasks: in the organism these depend on a
@@ -84,22 +85,24 @@ def run_demo(
     batch_size: int = 64,
     model=None,
     progress: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> DemoResult:
-    """Run the demo; ``model`` (a loaded bridge) overrides ``model_spec``.
+    """Run the demo; ``model`` (a loaded bridge) overrides ``model_spec``, ``device`` and ``dtype``.
 
     Each task's score is its activation statistic minus the mean of the same
     statistic over every built-in task (`tasklens.selection.contrast`), so the
     selected neurons respond to that task more than to the others.
     """
-    model = model if model is not None else load_model(model_spec)
+    model = model if model is not None else load_model_on(model_spec, device, dtype)
     scorer = ActivationStats(statistic=statistic, positions=positions)
-    raw = {}
     pool = sorted(set(builtin_task_names()) | set(tasks))
-    for name in tqdm(pool, desc="scoring neurons", disable=not progress):
-        detection = load_builtin(name, "detection").sample(max_prompts)
-        raw[name] = scorer.attribute(model, detection, batch_size=batch_size)
-    specific = contrast(raw)
-    sets = [top_percent(specific[name], percent) for name in tasks]
+    detection = {name: load_builtin(name, "detection").sample(max_prompts) for name in pool}
+    located = locate(
+        model, {name: detection[name] for name in tasks}, scorer, "top_percent", percent,
+        batch_size=batch_size, contrast=detection, progress=progress,
+    )  # fmt: skip
+    sets = list(located.values())
     evaluation = [load_builtin(name, "evaluation").sample(max_prompts) for name in tasks]
     bar = tqdm(total=len(sets), desc="ablating", disable=not progress)
     result = ablation_matrix(

@@ -24,18 +24,28 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from tqdm.auto import tqdm
 
-from tasklens import distributed
-from tasklens.errors import TasklensError, check_choice
 from tasklens.analysis.matrix import EvaluationResult
 from tasklens.data.neurons import NeuronScores, NeuronSet
+from tasklens.errors import TasklensError, check_choice
 from tasklens.runs import STAGES, RunFolder, check_out_folder
-from tasklens.tasks.task import is_task_file, Task
+from tasklens.tasks.task import Task, is_task_file
+
+LOCATE, ABLATE, COMPARE = ("locate",), ("ablate",), ("compare",)
+ALL = LOCATE + ABLATE + COMPARE
 
 
-
-def option(default: Any, help: str, *, flags: tuple[str, ...] = ()) -> Any:
-    """A `RunConfig` field: its default, its help text and (optionally) its CLI flags."""
-    meta = {"help": help, "flags": flags}
+def option(
+    default: Any,
+    help: str,
+    *,
+    stages: tuple[str, ...] = ALL,
+    flags: tuple[str, ...] = (),
+    record: bool = True,
+) -> Any:
+    """A `RunConfig` field: its default, its help text, the stages that take it (each has it as
+    a CLI option), optionally its CLI flags, and whether a stage's record in the run's manifest
+    keeps it (``record=False``: where and how a stage ran, not what it computed)."""
+    meta = {"help": help, "stages": stages, "flags": flags, "record": record}
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -48,47 +58,62 @@ class RunConfig:
     model: str = option(
         "organism", "Model: 'organism', 'smollm2-135m', a local Hugging Face folder or a hub name."
     )
-    tasks: list[str] = option(
+    tasks: list[str] = option(  # noqa: RUF009 (option returns a field)
         ["continent_of", "currency_of", "larger_number", "addition"],
         "Built-in task names or JSONL/CSV task files (names must be distinct).",
         flags=("--task", "-t"),
     )
-    out: str = option("runs/tasklens", "Run folder (scores/, sets/, tables, figures, manifest).")
-    plugins: list[str] = option(
+    out: str = option(
+        "runs/tasklens", "Run folder (scores/, sets/, tables, figures, manifest).", record=False
+    )
+    plugins: list[str] = option(  # noqa: RUF009
         [],
         "Python modules to import first; they register their own scorers, metrics, selections.",
         flags=("--plugin",),
     )
-    split: str = option("detection", "Built-in split the neurons are located on.")
-    eval_split: str = option("evaluation", "Built-in split the interventions are evaluated on.")
+    split: str = option("detection", "Built-in split the neurons are located on.", stages=LOCATE + COMPARE)
+    eval_split: str = option(
+        "evaluation", "Built-in split the interventions are evaluated on.", stages=ABLATE + COMPARE
+    )
     max_prompts: int = option(150, "Prompts per task and split (a deterministic sample).")
-    method: str = option("attribution_patching", "Scorer (`tasklens list`).")
-    params: dict[str, Any] = option({}, "Scorer parameters, key=value (repeatable).", flags=("--param",))
-    unit: str = option("hook_post", "Neuron unit: hook_post, hook_pre, or hook_pre_linear (gated MLPs).")
-    select: str = option("top_percent", "Selection rule (`tasklens list`).")
-    value: float = option(1.0, "The selection's value (a percent, k, a threshold...).")
-    intervention: str = option("zero", "Intervention kind: zero, mean, resample, amplify, clamp...")
-    factor: float = option(2.0, "Amplification factor (intervention 'amplify').")
-    clamp_value: float = option(0.0, "Value the neurons are set to (intervention 'clamp').")
-    controls: int = option(3, "Random control sets per set (same per-layer counts).")
+    method: str = option("attribution_patching", "Scorer (`tasklens list`).", stages=LOCATE + COMPARE)
+    params: dict[str, Any] = option(  # noqa: RUF009
+        {}, "Scorer parameters, key=value (repeatable).", stages=LOCATE + COMPARE, flags=("--param",)
+    )
+    unit: str = option(
+        "hook_post",
+        "Neuron unit: hook_post, hook_pre, or hook_pre_linear (gated MLPs).",
+        stages=LOCATE + COMPARE,
+    )
+    select: str = option("top_percent", "Selection rule (`tasklens list`).", stages=LOCATE + COMPARE)
+    value: float = option(
+        1.0, "The selection's value (a percent, k, a threshold...).", stages=LOCATE + COMPARE
+    )
+    intervention: str = option(
+        "zero", "Intervention kind: zero, mean, resample, amplify, clamp...", stages=ABLATE
+    )
+    factor: float = option(2.0, "Amplification factor (intervention 'amplify').", stages=ABLATE)
+    clamp_value: float = option(0.0, "Value the neurons are set to (intervention 'clamp').", stages=ABLATE)
+    controls: int = option(3, "Random control sets per set (same per-layer counts).", stages=ABLATE)
     metric: str = option(
         "exact_match",
         "Metric: exact_match (greedy decoding), next_token, logprob, loss... (`tasklens list`).",
+        stages=ABLATE + COMPARE,
     )
-    cumulativity: bool = option(True, "compare: accuracy as the top-k neurons are deactivated.")
-    interference: bool = option(True, "compare: each set's effect on every task (acc_drop).")
+    cumulativity: bool = option(
+        True, "compare: accuracy as the top-k neurons are deactivated.", stages=COMPARE
+    )
+    interference: bool = option(True, "compare: each set's effect on every task (acc_drop).", stages=COMPARE)
     stability_splits: int = option(
-        0, "compare: split-half stability of each set over this many random splits (0: off)."
+        0, "compare: split-half stability of each set over this many random splits (0: off).", stages=COMPARE
     )
     batch_size: int = option(32, "Prompts per forward pass.")
-    device: str = option("cpu", "Torch device: cpu, cuda, cuda:1...")
+    device: str = option("cpu", "Torch device: cpu, cuda, cuda:1, mps.", record=False)
     dtype: str = option("float32", "Parameter dtype: float32, bfloat16 or float16.")
 
     def load(self):
         """The config's model on its device, in its dtype."""
-        from tasklens.models import load_model
-
-        return load_model(self.model, device=self.device, dtype=getattr(torch, self.dtype))
+        return load_model_on(self.model, self.device, self.dtype)
 
     # --- reading and checking -----------------------------------------------------------
     @classmethod
@@ -115,7 +140,9 @@ class RunConfig:
         return config
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> RunConfig:
+    def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+        """The config a TOML file holds, with ``overrides`` (e.g. the CLI's ``--device``) in place
+        of the file's values."""
         path = Path(path)
         if not path.is_file():
             raise TasklensError(f"Config file {str(path)!r} does not exist")
@@ -123,7 +150,7 @@ class RunConfig:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise TasklensError(f"Config file {str(path)!r} is not valid TOML: {error}") from error
-        return cls.from_dict(data, source=f"Config file {str(path)!r}")
+        return cls.from_dict({**data, **(overrides or {})}, source=f"Config file {str(path)!r}")
 
     def check(self) -> None:
         """Validate every name and value that can be checked without the model."""
@@ -146,7 +173,6 @@ class RunConfig:
         METRICS.get(self.metric)
         if self.unit not in UNITS:
             raise TasklensError(f"Unknown neuron unit {self.unit!r}; choose one of {list(UNITS)}")
-        check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         check_device(self.device, self.dtype)
         for name, minimum in (("max_prompts", 1), ("batch_size", 1), ("controls", 0)):
             if getattr(self, name) < minimum:
@@ -166,20 +192,25 @@ class RunConfig:
         return tomli_w.dumps(_without_none(self.to_dict()))
 
 
-#: the fields each stage uses (its record in the run's manifest)
+RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def stage_options(stage: str) -> tuple[str, ...]:
+    """The `RunConfig` fields ``stage`` takes (its CLI options), from each field's ``stages``."""
+    return tuple(name for name, f in RUN_FIELDS.items() if stage in f.metadata["stages"])
+
+
+#: the fields each stage records in the run's manifest
 STAGE_FIELDS = {
-    "locate": ("model", "tasks", "plugins", "split", "max_prompts", "method", "params", "unit", "select",
-               "value", "batch_size", "dtype"),
-    "ablate": ("model", "tasks", "plugins", "eval_split", "max_prompts", "intervention", "factor",
-               "clamp_value", "controls", "metric", "batch_size", "dtype"),
-    "compare": ("model", "tasks", "plugins", "split", "eval_split", "max_prompts", "method", "params",
-                "unit", "select", "value", "metric", "cumulativity", "interference", "stability_splits",
-                "batch_size", "dtype"),
-}  # fmt: skip
+    stage: tuple(name for name in stage_options(stage) if RUN_FIELDS[name].metadata["record"])
+    for stage in ALL
+}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_device(device: str, dtype: str = "float32") -> None:
-    """``device`` names a torch device this machine has, one that can hold ``dtype``."""
+    """``device`` names a torch device this machine has, and ``dtype`` one it can compute in."""
+    check_choice("dtype", dtype, DTYPES)
     kind, colon, index = device.partition(":")
     if kind not in ("cpu", "cuda", "mps") or (colon and not (kind == "cuda" and index.isdigit())):
         raise TasklensError(f"Unknown device {device!r}; choose cpu, cuda, cuda:N (N a GPU's number) or mps")
@@ -195,6 +226,14 @@ def check_device(device: str, dtype: str = "float32") -> None:
         raise TasklensError(
             f'device {device!r} cannot compute in bfloat16; use dtype = "float16" or "float32"'
         )
+
+
+def load_model_on(model: str, device: str = "cpu", dtype: str = "float32"):
+    """`tasklens.models.load_model` with ``device`` and ``dtype`` (a name) checked first."""
+    from tasklens.models import load_model
+
+    check_device(device, dtype)
+    return load_model(model, device=device, dtype=getattr(torch, dtype))
 
 
 def stage_files(config: RunConfig, stage: str) -> list[str]:
@@ -324,13 +363,11 @@ def resolve_params(method: str, params: dict[str, Any], tasks: list[str], split:
 # --- the stages ---------------------------------------------------------------------------------
 def _reusable(path: Path, scorer, model, task: Task, unit: str) -> NeuronScores | None:
     """Scores a killed or earlier run left at ``path``, if complete and made the same way."""
-    from tasklens.scoring.base import scorer_params
-
     try:
         scores = NeuronScores.load(path, model=model)
     except TasklensError:
         return None
-    own = scorer_params(scorer)
+    own = scorer.get_params()
     same = (
         scores.method == scorer.name
         and scores.unit == unit
@@ -341,44 +378,44 @@ def _reusable(path: Path, scorer, model, task: Task, unit: str) -> NeuronScores 
 
 
 def locate(config: RunConfig, model=None) -> list[NeuronSet]:
-    """Score every task's neurons and select them; writes ``scores/``, ``sets/`` and
-    ``config.toml``. Tasks whose scores a killed run already completed (same model,
-    data, method and parameters) are not scored again."""
+    """The locate stage: `tasklens.analysis.locate.locate` with the config's scorer and
+    selection; writes ``scores/``, ``sets/`` and ``config.toml``. Tasks whose scores a
+    killed run already completed (same model, data, method and parameters) are not
+    scored again."""
+    from tasklens.analysis.locate import check_selection
+    from tasklens.analysis.locate import locate as locate_sets
+    from tasklens.io import atomic_write_text
     from tasklens.models import ModelInfo
     from tasklens.scoring import get_scorer
-    from tasklens.selection import select
 
     config.check()
     run = RunFolder(config.out)
     run.check_writable(stage_files(config, "locate"))
     tasks = [load_task(spec, config.split, config.max_prompts) for spec in config.tasks]
     model = model if model is not None else config.load()
-    info = ModelInfo.of(model)
-    info.check_unit(config.unit)
-    probe = NeuronScores(torch.zeros(info.shape), model=info.name, task="check", method="check")
-    select(probe, config.select, config.value)  # the value is valid before any scoring
+    ModelInfo.of(model).check_unit(config.unit)
+    check_selection(model, config.select, config.value)
     params = resolve_params(config.method, config.params, config.tasks, config.split)
     scorer = get_scorer(config.method, **params)
-    sets = []
     with run.stage("locate", config.to_dict(STAGE_FIELDS["locate"]), stage_files(config, "locate")) as out:
-        for task in tqdm(tasks, desc=f"locating ({config.method})"):
-            for name in (f"scores/{task.name}", f"sets/{task.name}"):  # checked before reading or writing
+        for task in tasks:  # checked before reading or writing
+            for name in (f"scores/{task.name}", f"sets/{task.name}"):
                 out.file(f"{name}.safetensors")
                 out.file(f"{name}.json")
-            path = out.path / "scores" / task.name
-            scores = _reusable(path, scorer, model, task, config.unit)
-            if scores is None:
-                scores = distributed.attribute(
-                    scorer, model, task, unit=config.unit, batch_size=config.batch_size
-                )
-                scores.save(path)
-            neurons = select(scores, config.select, config.value).renamed(task.name)
-            neurons.save(out.path / "sets" / task.name)
-            sets.append(neurons)
-        from tasklens.io import atomic_write_text
-
+        earlier = {}
+        for task in tasks:
+            scores = _reusable(out.path / "scores" / task.name, scorer, model, task, config.unit)
+            if scores is not None:
+                earlier[task.name] = scores
+        sets = locate_sets(
+            model, tasks, scorer, config.select, config.value, unit=config.unit,
+            batch_size=config.batch_size, scores=earlier, progress=True,
+            on_scores=lambda name, scores: scores.save(out.path / "scores" / name),
+        )  # fmt: skip
+        for name, neurons in sets.items():
+            neurons.save(out.path / "sets" / name)
         atomic_write_text(out.file("config.toml"), config.to_toml())
-    return sets
+    return list(sets.values())
 
 
 def load_sets(run: str | Path, model=None, allow_other_model: bool = False) -> list[NeuronSet]:
@@ -437,8 +474,8 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
     """Overlap and sharing of the run's sets; cumulativity and interference with the model."""
     from tasklens.analysis.compare import overlap_matrix, sharing_table
     from tasklens.analysis.experiments import cumulativity, exclusive_vs_shared, interference, k_grid
-    from tasklens.models import ModelInfo
     from tasklens.analysis.plots import curves, heatmap, layer_bars
+    from tasklens.models import ModelInfo
 
     config.check()
     run = RunFolder(config.out)
@@ -490,8 +527,8 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
 
 def _stability(config: RunConfig, model) -> pd.DataFrame:
     """Split-half Jaccard of each task's set, found again with the run's scorer and selection."""
-    from tasklens.scoring import get_scorer
     from tasklens.analysis.stability import split_half
+    from tasklens.scoring import get_scorer
 
     params = resolve_params(config.method, config.params, config.tasks, config.split)
     scorer = get_scorer(config.method, **params)
@@ -499,7 +536,7 @@ def _stability(config: RunConfig, model) -> pd.DataFrame:
     for spec in tqdm(config.tasks, desc="stability"):
         task = load_task(spec, config.split, config.max_prompts)
         stability = split_half(
-            model, task, scorer, config.select, config.value, n_splits=config.stability_splits,
+            model, task, scorer, config.select, float(config.value), n_splits=config.stability_splits,
             unit=config.unit, batch_size=config.batch_size,
         )  # fmt: skip
         rows.append(stability.to_dict())

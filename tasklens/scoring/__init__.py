@@ -7,13 +7,12 @@ name and parameters (as the CLI and run configs do). Register your own with
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from tasklens.errors import TasklensError
 from tasklens.scoring.activation import ActivationStats
 from tasklens.scoring.attribution import GradientAttribution
-from tasklens.scoring.base import SCORERS, Scorer
+from tasklens.scoring.base import SCORERS, Scorer, ScorerParams, param_names
 from tasklens.scoring.cgvst import CGVST
 from tasklens.scoring.exact import ExactAblation, VerifiedPatching
 from tasklens.scoring.expertise import AveragePrecisionExpertise, PromptMeans
@@ -21,22 +20,10 @@ from tasklens.scoring.integrated_gradients import IntegratedGradients
 from tasklens.scoring.patching import AttributionPatching
 
 
-def scorer_parameters(name: str) -> dict[str, Any]:
-    """A registered scorer's parameters and their defaults."""
-    cls = SCORERS.get(name)
-    if not dataclasses.is_dataclass(cls):
-        return {}
-    return {
-        f.name: f.default if f.default is not dataclasses.MISSING else None
-        for f in dataclasses.fields(cls)
-        if f.init and f.metadata.get("record", True)
-    }
-
-
 def get_scorer(name: str, **params: Any) -> Scorer:
     """A scorer by name, e.g. ``get_scorer("attribution_patching", baseline="mean")``."""
     cls = SCORERS.get(name)
-    known = scorer_parameters(name)
+    known = param_names(cls)
     unknown = sorted(set(params) - set(known)) if known else []
     if unknown:
         raise TasklensError(
@@ -59,7 +46,8 @@ __all__ = [
     "IntegratedGradients",
     "PromptMeans",
     "Scorer",
+    "ScorerParams",
     "VerifiedPatching",
     "get_scorer",
-    "scorer_parameters",
+    "param_names",
 ]

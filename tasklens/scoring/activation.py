@@ -19,7 +19,7 @@ from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.models.hooks import stream_activations
-from tasklens.scoring.base import SCORERS, make_scores
+from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import POSITIONS, Positions
 
@@ -52,7 +52,7 @@ class ActivationSums:
 
 @SCORERS.register()
 @dataclass
-class ActivationStats:
+class ActivationStats(ScorerParams):
     """Score neurons by an activation statistic over a task's tokens.
 
     Args:

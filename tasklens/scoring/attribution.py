@@ -16,7 +16,7 @@ from tasklens.data.neurons import NeuronScores
 from tasklens.errors import check_choice
 from tasklens.evaluation.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.scoring.base import SCORERS, make_scores
+from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.scoring.gradients import stream_gradients
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import POSITIONS, Positions
@@ -26,7 +26,7 @@ AGGREGATES = ("abs_of_sum", "sum_of_abs", "abs_of_total")
 
 @SCORERS.register()
 @dataclass
-class GradientAttribution:
+class GradientAttribution(ScorerParams):
     """Score neurons by |activation x gradient of the answer loss|.
 
     Args:

@@ -23,7 +23,7 @@ from torch import Tensor
 from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo, mlp_input, weights_folded
-from tasklens.scoring.base import SCORERS, make_scores
+from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.scoring.gradients import forward_backward
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask, marker_positions
@@ -52,7 +52,7 @@ def marker_loss(logits: Tensor, batch: Batch, positions: list[list[int]], n_demo
 
 @SCORERS.register()
 @dataclass
-class CGVST:
+class CGVST(ScorerParams):
     """Score neurons by the gradient of the marker-token loss w.r.t. their W_up row.
 
     Args:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensWarning
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.scoring.base import SCORERS, make_scores
+from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.scoring.patching import PatchingOptions
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch
@@ -29,7 +29,7 @@ from tasklens.tasks.tokenize import Batch
 
 @SCORERS.register()
 @dataclass
-class ExactAblation(PatchingOptions):
+class ExactAblation(PatchingOptions, ScorerParams):
     """Exact effect of replacing each neuron, one neuron at a time.
 
     Args:
@@ -211,7 +211,7 @@ def _repeat(batch: Batch, n: int) -> Batch:
 
 @SCORERS.register()
 @dataclass
-class VerifiedPatching(PatchingOptions):
+class VerifiedPatching(PatchingOptions, ScorerParams):
     """Attribution patching, with its top candidates re-scored by exact ablation.
 
     The linear estimate ranks all neurons in one forward and backward pass; the

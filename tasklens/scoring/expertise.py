@@ -21,7 +21,7 @@ from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.models.hooks import stream_activations
-from tasklens.scoring.base import SCORERS, make_scores
+from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.tasks.task import Task
 
 
@@ -102,7 +102,7 @@ def average_precision(
 
 @SCORERS.register()
 @dataclass
-class AveragePrecisionExpertise:
+class AveragePrecisionExpertise(ScorerParams):
     """Score neurons by how well their mean activation picks the task's prompts out.
 
     Args:

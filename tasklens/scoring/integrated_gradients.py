@@ -26,7 +26,7 @@ from torch import Tensor
 from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo, cache_filled, cached_calls, enable_kv_cache, is_bridge
-from tasklens.scoring.base import SCORERS, make_scores
+from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask
 
@@ -76,7 +76,7 @@ def _prefix(model, tokens: Tensor, names: list[str]):
 
 @SCORERS.register()
 @dataclass
-class IntegratedGradients:
+class IntegratedGradients(ScorerParams):
     """Knowledge-neuron integrated gradients at the last prompt token.
 
     Args:

@@ -23,7 +23,7 @@ from tasklens.errors import TasklensError, TasklensWarning, check_choice
 from tasklens.evaluation.metrics import get_metric
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.scoring.activation import ActivationStats
-from tasklens.scoring.base import SCORERS, make_scores
+from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.scoring.gradients import forward_backward
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
@@ -126,7 +126,7 @@ class PatchingOptions:
 
 @SCORERS.register()
 @dataclass
-class AttributionPatching(PatchingOptions):
+class AttributionPatching(PatchingOptions, ScorerParams):
     """Attribution-patching estimate of each neuron's effect on a metric.
 
     Args:

@@ -208,6 +208,37 @@ def test_bfloat16_on_a_gpu_without_it_is_refused(tmp_path, monkeypatch):
     RunConfig(out=str(tmp_path / "r"), device="cuda", dtype="float16").check()
 
 
+def test_ablate_and_compare_pass_device_and_dtype_to_the_model(organism, tmp_path, monkeypatch):
+    locate(small_run(tmp_path), organism)
+    seen = []
+
+    def load_model(spec, device="cpu", dtype=None):
+        seen.append((spec, device, dtype))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("tasklens.models.load_model", load_model)
+    for stage in ("ablate", "compare"):
+        result = cli(stage, "--out", str(tmp_path / "run"), "--device", "cpu", "--dtype", "float16")
+        assert str(result.exception) == "stop here", result.output
+    assert seen == [("organism", "cpu", torch.float16)] * 2
+
+
+# --- each stage takes the fields its RunConfig metadata names ----------------------------------------
+def test_compare_finds_the_sets_again_the_way_the_run_found_them(organism, tmp_path):
+    located = small_run(tmp_path, select="top_k", value=5, params={"statistic": "std"})
+    locate(located, organism)
+    run = str(tmp_path / "run")
+    result = cli("compare", "--out", run, "--no-cumulativity", "--no-interference", "--stability-splits", "1")
+    assert result.exit_code == 0, result.output
+    record = RunFolder(run).manifest()["stages"]["compare"]["config"]
+    assert {k: record[k] for k in ("method", "select", "value", "params", "stability_splits")} == {
+        "method": "activation_stats", "select": "top_k", "value": 5, "params": {"statistic": "std"},
+        "stability_splits": 1,
+    }  # fmt: skip
+    stability = json.loads((tmp_path / "run/stability.json").read_text())
+    assert "activation_stats" in json.dumps(stability) and "top_k" in json.dumps(stability)
+
+
 # --- replayed review cases: stages, resumption, byte-identical reruns -----------------------------
 GRID = (4, 512)
 

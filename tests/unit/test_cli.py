@@ -136,6 +136,81 @@ def test_fail_keeps_one_line(capsys):
     assert capsys.readouterr().err == "error: first second\n"
 
 
+# --- each stage's options come from the RunConfig fields; every command that loads a model takes
+# --device and --dtype, checked before it loads ---------------------------------------------------
+def options_of(command: str) -> set[str]:
+    return {p.name for p in typer.main.get_command(app).commands[command].params}
+
+
+def test_each_stage_command_has_exactly_the_fields_its_stage_takes():
+    from tasklens.runs.pipeline import STAGE_FIELDS, stage_options
+
+    compare, ablate, locate = options_of("compare"), options_of("ablate"), options_of("locate")
+    assert {"stability_splits", "method", "params", "select", "value", "split", "device", "dtype"} <= compare
+    assert {"intervention", "controls", "device", "dtype"} <= ablate and "method" not in ablate
+    assert {"method", "select", "device", "dtype", "out"} <= locate and "intervention" not in locate
+    for stage, options in (("locate", locate), ("ablate", ablate), ("compare", compare)):
+        assert options == set(stage_options(stage))
+        assert set(STAGE_FIELDS[stage]) == options - {"out", "device"}  # where it ran is not recorded
+
+
+class Loaded(Exception):
+    """Raised by the stand-in load_model once it has seen its arguments."""
+
+
+@pytest.fixture
+def loads(monkeypatch, tmp_path):
+    """What load_model receives (it then stops the command); run in a folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def load_model(spec, device="cpu", dtype=None):
+        seen.append((spec, device, dtype))
+        raise Loaded
+
+    monkeypatch.setattr("tasklens.models.load_model", load_model)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["locate", "-t", "continent_of", "--method", "activation_stats", "--out", "run"],
+        ["demo"],
+        ["neuron", "0.1", "-t", "continent_of"],
+        ["finetune", "currency_code"],
+        ["organism", "eval"],
+    ],
+    ids=lambda args: " ".join(args[:2]) if args[0] == "organism" else args[0],
+)
+def test_every_command_that_loads_a_model_passes_device_and_dtype_to_it(loads, args):
+    import torch
+
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--dtype", "bfloat16"])
+    assert isinstance(result.exception, Loaded), result.output
+    assert loads == [("organism", "cpu", torch.bfloat16)]
+    for bad, shown in ((["--device", "gpu"], "Unknown device 'gpu'"), (["--dtype", "int8"], "dtype")):
+        one_line_error(CliRunner().invoke(app, [*args, *bad]), shown)
+    assert len(loads) == 1  # refused before the model loads
+
+
+def test_run_takes_device_and_dtype_over_the_config_files(loads, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    config = tmp_path / "run.toml"
+    config.write_text('tasks = ["continent_of"]\nout = "run"\ndevice = "cuda"\ndtype = "bfloat16"\n')
+    result = CliRunner().invoke(app, ["run", str(config)])
+    assert isinstance(result.exception, Loaded), result.output
+    result = CliRunner().invoke(app, ["run", str(config), "--device", "cpu", "--dtype", "float32"])
+    assert isinstance(result.exception, Loaded), result.output
+    assert [load[1:] for load in loads] == [("cuda", torch.bfloat16), ("cpu", torch.float32)]
+    one_line_error(CliRunner().invoke(app, ["run", str(config), "--device", "gpu"]), "Unknown device 'gpu'")
+    assert len(loads) == 2
+
+
 # --- replayed review cases: --version and the one error handler ------------------------------------
 
 
