@@ -98,13 +98,13 @@ def main(
 
 
 # --- options generated from RunConfig ---------------------------------------------------------
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
+def _parse_params(pairs: list[str], flag: str = "--param") -> dict[str, Any]:
     """``key=value`` pairs; values parsed as JSON where they can be (numbers, true/false, lists)."""
     params = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise TasklensError(f"--param takes key=value (e.g. --param baseline=mean), got {pair!r}")
+            raise TasklensError(f"{flag} takes key=value (e.g. {flag} baseline=mean), got {pair!r}")
         try:
             params[key] = json.loads(value)
         except ValueError:
@@ -145,8 +145,9 @@ def _build_config(values: dict[str, Any], from_run: tuple[str, ...]):
     from tasklens.runs.pipeline import RunConfig
 
     values = {k: v for k, v in values.items() if not (k in from_run and v is None)}
-    if "params" in values:
-        values["params"] = _parse_params(values["params"])
+    for name, flag in (("params", "--param"), ("intervention_params", "--intervention-param")):
+        if name in values:
+            values[name] = _parse_params(values[name], flag)
     if from_run and any(name not in values for name in from_run):
         record = RunFolder(values.get("out", RunConfig.out)).record("locate")["config"]
         values = {**{k: record[k] for k in from_run if k in record}, **values}

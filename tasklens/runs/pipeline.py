@@ -80,6 +80,12 @@ class RunConfig:
     params: dict[str, Any] = option(  # noqa: RUF009
         {}, "Scorer parameters, key=value (repeatable).", stages=LOCATE + COMPARE, flags=("--param",)
     )
+    intervention_params: dict[str, Any] = option(  # noqa: RUF009
+        {},
+        "Parameters of the intervention kind, key=value (repeatable; e.g. a plug-in kind's own).",
+        stages=ABLATE,
+        flags=("--intervention-param",),
+    )
     unit: str = option(
         "hook_post",
         "Neuron unit: hook_post, hook_pre, or hook_pre_linear (gated MLPs).",
@@ -154,7 +160,6 @@ class RunConfig:
 
     def check(self) -> None:
         """Validate every name and value that can be checked without the model."""
-        from tasklens.interventions import INTERVENTIONS
         from tasklens.evaluation.metrics import METRICS
         from tasklens.models import UNITS
         from tasklens.registry import load_plugins
@@ -169,7 +174,7 @@ class RunConfig:
             check_task_spec(spec, (self.split, self.eval_split))
         get_scorer(self.method, **resolve_params(self.method, self.params, self.tasks, None))
         SELECTIONS.get(self.select)
-        INTERVENTIONS.get(self.intervention)
+        self.intervention_spec()
         METRICS.get(self.metric)
         if self.unit not in UNITS:
             raise TasklensError(f"Unknown neuron unit {self.unit!r}; choose one of {list(UNITS)}")
@@ -181,6 +186,14 @@ class RunConfig:
             if not math.isfinite(getattr(self, name)):
                 raise TasklensError(f"{name} must be a finite number, got {getattr(self, name)}")
         check_out_folder(self.out)
+
+    def intervention_spec(self):
+        """The `tasklens.interventions.Intervention` the ablate stage applies (``factor`` and
+        ``clamp_value`` feed the built-in kinds; ``intervention_params`` any kind's own)."""
+        from tasklens.interventions import Intervention
+
+        given = {"factor": self.factor, "value": self.clamp_value, **self.intervention_params}
+        return Intervention(self.intervention, **given)
 
     # --- writing ------------------------------------------------------------------------
     def to_dict(self, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -436,7 +449,6 @@ def _evaluation_tasks(config: RunConfig) -> list[Task]:
 
 def ablate(config: RunConfig, model=None) -> EvaluationResult:
     """The evaluation matrix of the run's sets on every task; writes ``matrix.*``."""
-    from tasklens.interventions import Intervention
     from tasklens.analysis.matrix import evaluation_matrix
 
     config.check()
@@ -446,7 +458,7 @@ def ablate(config: RunConfig, model=None) -> EvaluationResult:
     tasks = _evaluation_tasks(config)
     model = model if model is not None else config.load()
     sets = load_sets(config.out, model)
-    spec = Intervention(config.intervention, factor=config.factor, value=config.clamp_value)
+    spec = config.intervention_spec()
     with run.stage("ablate", config.to_dict(STAGE_FIELDS["ablate"]), stage_files(config, "ablate")) as out:
         bar = tqdm(total=len(sets), desc=f"{spec.label} matrix")
         result = evaluation_matrix(
