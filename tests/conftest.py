@@ -90,8 +90,21 @@ def build_tiny(folder, arch: str, n_layers: int = 2, seed: int = 0):
 TIERS = ("unit", "integration", "acceptance")
 
 # Integration tests left out of the fast loop (``pytest -m "not slow"``): each takes tens of seconds
-# on two cores (fine-tuning for a hundred steps and more, or evaluating dozens of neuron sets).
+# on two cores (fine-tuning for a hundred steps and more, verified patching of every relation,
+# evaluating dozens of neuron sets, exact ablation of every neuron). A name without ``[...]``
+# covers every parametrization.
 SLOW = (
+    "tests/integration/test_experiments.py::test_each_relation_set_hurts_its_relation_more_than_random_sets",
+    "tests/integration/test_experiments.py::test_relation_sets_are_specific_on_average",
+    "tests/integration/test_experiments.py::test_interference_matrix_matches_the_ablation_matrix",
+    "tests/integration/test_experiments.py::test_cross_language_reports_each_language",
+    "tests/integration/test_experiments.py::test_exclusive_vs_shared_ablation",
+    "tests/integration/test_experiments.py::test_cumulativity_accuracy_does_not_rise_with_k",
+    "tests/integration/test_scorers.py::test_exact_ablation_equals_a_plain_loop",
+    "tests/integration/test_scorers.py::test_every_scorer_has_the_same_entry_point",
+    "tests/integration/test_interventions.py::test_an_empty_key_value_cache_falls_back_to_exact_reruns",
+    "tests/integration/test_doctests.py::test_docstring_examples_pass[tasklens.scoring.exact]",
+    "tests/integration/test_doctests.py::test_docstring_examples_pass[tasklens.scoring.integrated_gradients]",
     "tests/integration/test_finetune.py::test_neuron_finetuning_learns_a_task_the_organism_never_saw",
     "tests/integration/test_finetune.py::test_continual_learning_matrix_shows_catastrophic_forgetting",
     "tests/integration/test_matrix.py::test_the_specificity_test_can_pass_and_can_fail",
@@ -108,7 +121,7 @@ def pytest_collection_modifyitems(items):
         tier = next((t for t in TIERS if f"/{t}/" in item.path.as_posix()), None)
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))
-        if tier == "acceptance" or item.nodeid.split("[")[0] in SLOW:
+        if tier == "acceptance" or item.nodeid in SLOW or item.nodeid.split("[")[0] in SLOW:
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("reliability") is not None:
             item.user_properties.append(("reliability", True))
