@@ -14,7 +14,7 @@ The main entry points, re-exported here:
 
 from tasklens import _moved
 from tasklens._version import __version__
-from tasklens.analysis.matrix import EvaluationResult, evaluation_matrix
+from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices, evaluation_matrix
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.evaluation.evaluate import accuracy, evaluate, exact_match, greedy_match
@@ -92,6 +92,7 @@ __all__ = [
     "amplify",
     "clamp",
     "evaluate",
+    "evaluation_matrices",
     "evaluation_matrix",
     "exact_match",
     "get_scorer",

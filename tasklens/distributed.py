@@ -199,7 +199,7 @@ def per_prompt(compute: Callable, task, *args, **kwargs) -> Tensor:
         return compute(task, *args, **kwargs)
     mine = shard(len(task))
     local = compute(task.subset(mine), *args, **kwargs)
-    full = torch.zeros(len(task), dtype=torch.float64)
+    full = torch.zeros(len(task), *local.shape[1:], dtype=torch.float64)
     full[mine] = local.detach().double().cpu()
     return all_reduce_sum(full).to(local.dtype)
 

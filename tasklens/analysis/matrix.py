@@ -19,7 +19,7 @@ import pandas as pd
 from tasklens.analysis.stats import ALPHA, bootstrap_interval, holm, mean_interval, specificity_test, verdict
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, check_choice
-from tasklens.evaluation.evaluate import evaluate_prompts
+from tasklens.evaluation.evaluate import evaluate_metrics
 from tasklens.evaluation.metrics import METRICS
 from tasklens.interventions import Intervention
 from tasklens.io import write_json
@@ -430,9 +430,34 @@ def evaluation_matrix(
         controls_on: ``"all"`` tasks, or ``"own"``: random controls only on the task named
             like the set (the others' control cells are NaN), which saves
             ``n_controls x (tasks - 1)`` evaluations per set on a large model.
+
+    `evaluation_matrices` measures several metrics in the same forward passes.
     """
+    return evaluation_matrices(
+        model, sets, tasks, (metric,), n_controls, seed, intervention, batch_size, progress, controls_on
+    )[metric]
+
+
+def evaluation_matrices(
+    model,
+    sets: Sequence[NeuronSet],
+    tasks: Sequence[Task],
+    metrics: Sequence[str] = ("exact_match", "logprob"),
+    n_controls: int = 10,
+    seed: int = 0,
+    intervention: Intervention | str = "zero",
+    batch_size: int = 64,
+    progress: Callable[[str], None] | None = None,
+    controls_on: str = "all",
+) -> dict[str, EvaluationResult]:
+    """`evaluation_matrix` for several ``metrics`` at once, by metric name: the teacher-forced
+    metrics share each forward pass, so two cost about what one does."""
     spec = intervention if isinstance(intervention, Intervention) else Intervention(intervention)
-    METRICS.get(metric)
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metrics or len(set(metrics)) != len(metrics):
+        raise TasklensError(f"Give one or more distinct metric names, got {metrics}")
+    for metric in metrics:
+        METRICS.get(metric)
     sets = [sets] if isinstance(sets, NeuronSet) else list(sets)
     tasks = [check_task(t) for t in ([tasks] if isinstance(tasks, Task) else tasks)]
     if not tasks:
@@ -448,62 +473,72 @@ def evaluation_matrix(
     for neurons in sets:
         spec.on(neurons).check(model)
 
-    prompt_rows: list[dict[str, Any]] = []
+    prompt_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
 
-    def measure(only: str | None = None, record: str | None = None) -> dict[str, float]:
-        means = {}
+    def measure(only: str | None = None, record: str | None = None) -> dict[str, dict[str, float]]:
+        means: dict[str, dict[str, float]] = {m: {} for m in metrics}
         for task in tasks:
             if only is not None and task.name != only:
                 continue
-            per_prompt = evaluate_prompts(model, task, metric, batch_size).double()
-            means[task.name] = float(per_prompt.mean())
-            if record is not None:
-                prompt_rows.extend(
-                    {"set": record, "task": task.name, "prompt": i, "value": float(v)}
-                    for i, v in enumerate(per_prompt.tolist())
-                )
+            per_prompt = evaluate_metrics(model, task, metrics, batch_size).double()
+            for j, metric in enumerate(metrics):
+                means[metric][task.name] = float(per_prompt[:, j].mean())
+                if record is not None:
+                    prompt_rows[metric].extend(
+                        {"set": record, "task": task.name, "prompt": i, "value": float(v)}
+                        for i, v in enumerate(per_prompt[:, j].tolist())
+                    )
         return means
 
-    baseline = pd.Series(measure(record=BASELINE), dtype=float)
-    values, controls, spread = {}, {}, {}
-    control_rows: list[dict[str, Any]] = []
+    baselines = {m: pd.Series(v, dtype=float) for m, v in measure(record=BASELINE).items()}
+    columns = list(baselines[metrics[0]].index)
+    values: dict[str, dict] = {m: {} for m in metrics}
+    controls: dict[str, dict] = {m: {} for m in metrics}
+    spread: dict[str, dict] = {m: {} for m in metrics}
+    control_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
     for neurons in sets:
         if progress:
             progress(neurons.name)
         with spec.on(neurons).apply(model):
-            values[neurons.name] = measure(record=neurons.name)
-        runs = []
+            for metric, row in measure(record=neurons.name).items():
+                values[metric][neurons.name] = row
+        runs: dict[str, list] = {m: [] for m in metrics}
         for i in range(n_controls):
             with spec.on(random_like(neurons, seed + i)).apply(model):
-                runs.append(measure(neurons.name if controls_on == "own" else None))
-            control_rows.extend(
-                {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in runs[-1].items()
-            )
-        runs_frame = pd.DataFrame(runs, columns=baseline.index, dtype=float)
-        controls[neurons.name] = runs_frame.mean() if runs else pd.Series(float("nan"), baseline.index)
-        spread[neurons.name] = runs_frame.std(ddof=0) if runs else pd.Series(float("nan"), baseline.index)
+                run = measure(neurons.name if controls_on == "own" else None)
+            for metric, row in run.items():
+                runs[metric].append(row)
+                control_rows[metric].extend(
+                    {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in row.items()
+                )
+        for metric in metrics:
+            frame = pd.DataFrame(runs[metric], columns=columns, dtype=float)
+            empty = pd.Series(float("nan"), columns)
+            controls[metric][neurons.name] = frame.mean() if n_controls else empty
+            spread[metric][neurons.name] = frame.std(ddof=0) if n_controls else empty
     names = [s.name for s in sets]
 
     def table(data: dict) -> pd.DataFrame:
-        return pd.DataFrame.from_dict(
-            data, orient="index", columns=list(baseline.index), dtype=float
-        ).reindex(names)
+        return pd.DataFrame.from_dict(data, orient="index", columns=columns, dtype=float).reindex(names)
 
     template = {k: v for k, v in spec.to_dict().items() if k != "neurons"}
-    return EvaluationResult(
-        metric=metric,
-        intervention=template,
-        baseline=baseline,
-        values=table(values),
-        controls=table(controls),
-        controls_std=table(spread),
-        sizes=pd.Series({s.name: len(s) for s in sets}, dtype=int),
-        n_controls=n_controls,
-        seed=seed,
-        sets={s.name: s.summary() for s in sets},
-        prompt_values=pd.DataFrame(prompt_rows, columns=PROMPT_COLUMNS),
-        control_values=pd.DataFrame(control_rows, columns=CONTROL_COLUMNS),
-    )
+    return {
+        metric: EvaluationResult(
+            metric=metric,
+            intervention=template,
+            baseline=baselines[metric],
+            values=table(values[metric]),
+            controls=table(controls[metric]),
+            controls_std=table(spread[metric]),
+            sizes=pd.Series({s.name: len(s) for s in sets}, dtype=int),
+            n_controls=n_controls,
+            seed=seed,
+            sets={s.name: s.summary() for s in sets},
+            prompt_values=pd.DataFrame(prompt_rows[metric], columns=PROMPT_COLUMNS),
+            control_values=pd.DataFrame(control_rows[metric], columns=CONTROL_COLUMNS),
+        )
+        for metric in metrics
+    }
 
 
 def ablation_matrix(model, sets, tasks, **kwargs) -> EvaluationResult:

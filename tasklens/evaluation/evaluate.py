@@ -181,18 +181,35 @@ def evaluate_prompts(
     """``metric`` per prompt: ``exact_match`` (default; greedy and token-exact, one pass), a
     teacher-forced metric registered in `tasklens.metrics.METRICS` (``logprob``...) or
     ``greedy_match`` (decoded text), by name or as a function."""
-    fn = metric if callable(metric) else METRICS.get(metric)
-    if is_generative(fn):
-        return fn(model, task, batch_size).float()
-    return distributed.per_prompt(lambda part: _teacher_forced(model, part, fn, batch_size), task)
+    return evaluate_metrics(model, task, [metric], batch_size)[:, 0]
 
 
-def _teacher_forced(model, task: Task, fn: Callable, batch_size: int) -> Tensor:
-    out = torch.zeros(len(task), dtype=torch.float64)
-    with torch.no_grad():
+def evaluate_metrics(
+    model, task: Task, metrics: Sequence[str | Callable], batch_size: int = 64
+) -> Float[Tensor, "prompt metric"]:
+    """Several metrics per prompt (see `evaluate_prompts`); the teacher-forced ones share one
+    forward pass per batch, each generative one decodes on its own."""
+    fns = [m if callable(m) else METRICS.get(m) for m in metrics]
+    forced = [i for i, fn in enumerate(fns) if not is_generative(fn)]
+    out = torch.zeros(len(task), len(fns), dtype=torch.float64)
+    if forced:
+        values = distributed.per_prompt(
+            lambda part: _teacher_forced(model, part, [fns[i] for i in forced], batch_size), task
+        )
+        out[:, forced] = values.double()
+    for i, fn in enumerate(fns):
+        if i not in forced:
+            out[:, i] = fn(model, task, batch_size).double()
+    return out
+
+
+def _teacher_forced(model, task: Task, fns: Sequence[Callable], batch_size: int) -> Tensor:
+    out = torch.zeros(len(task), len(fns), dtype=torch.float64)
+    with torch.inference_mode():
         for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True):
-            values = fn(model(batch.tokens.to(model.cfg.device)), batch)
-            out[batch.indices] = values.double().cpu()
+            logits = model(batch.tokens.to(model.cfg.device))
+            for j, fn in enumerate(fns):
+                out[batch.indices, j] = fn(logits, batch).double().cpu()
     return out
 
 

@@ -24,7 +24,7 @@ from tasklens.tasks.builtin import builtin_task_names, load_builtin
 
 #: relations with class-like answers and algorithmic tasks: in the organism these depend on a
 #: small set of MLP neurons, while single-fact lookups (capital_of) are stored redundantly
-DEMO_TASKS = ("continent_of", "currency_of", "larger_number", "addition")
+DEMO_TASKS = ("continent_of", "currency_of", "larger_number")
 
 
 @dataclass
@@ -81,8 +81,8 @@ def run_demo(
     statistic: str = "mean_abs",
     positions: str = "last_prompt",
     n_controls: int = 10,
-    max_prompts: int = 150,
-    batch_size: int = 64,
+    max_prompts: int = 100,
+    batch_size: int = 50,
     model=None,
     progress: bool = True,
     device: str = "cpu",

@@ -28,7 +28,7 @@ from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo, cache_filled, cached_calls, enable_kv_cache, is_bridge
 from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.tasks.task import Task
-from tasklens.tasks.tokenize import TokenizedTask
+from tasklens.tasks.tokenize import Batch, TokenizedTask
 
 RULES = ("riemann_left", "riemann_right", "riemann_trapezoid")
 
@@ -52,19 +52,27 @@ def alphas_and_weights(steps: int, rule: str) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _prefix(model, tokens: Tensor, names: list[str]):
-    """One forward over equal-length prompts: each layer's activation at the last position
-    ``[batch, layer, neuron]``, and the key-value cache of the positions before it (None for
-    one-token prompts, for models without the bridge's cache and where it comes back empty,
-    see `cache_filled`: those rerun the whole prompt in the integral)."""
+def _prefix(model, batch: Batch, names: list[str]):
+    """One forward over right-padded prompts: each layer's activation at each prompt's last
+    position ``[batch, layer, neuron]``, and the key-value cache of every position but the
+    last (None for one-token prompts, for models without the bridge's cache and where it
+    comes back empty, see `cache_filled`: those rerun the whole prompt in the integral)."""
     store: dict[str, Tensor] = {}
-    hooks = [(n, lambda act, hook, n=n: store.__setitem__(n, act[:, -1].detach())) for n in names]
-    cached = is_bridge(model) and tokens.shape[1] > 1
+    rows, last = torch.arange(batch.size), batch.lengths - 1
+
+    def keep(act: Tensor, hook, name: str) -> None:
+        store[name] = act[rows.to(act.device), last.to(act.device)].detach()
+
+    hooks = [(n, lambda act, hook, n=n: keep(act, hook, n)) for n in names]
+    tokens, width = batch.tokens.to(model.cfg.device), batch.tokens.shape[1]
+    cached = is_bridge(model) and width > 1
     enable_kv_cache(model)
     with model.hooks(fwd_hooks=hooks), cached_calls():
         if cached:
-            _, kv = model(tokens, return_type="logits_and_cache")
-            if cache_filled(model, kv, tokens.shape[1]):
+            padded = bool((last != width - 1).any())
+            mask = {"attention_mask": batch.attention_mask.to(model.cfg.device)} if padded else {}
+            _, kv = model(tokens, return_type="logits_and_cache", **mask)
+            if cache_filled(model, kv, width):
                 kv.crop(-1)  # drop the last position: the integral recomputes it
             else:
                 kv = None
@@ -87,8 +95,9 @@ class IntegratedGradients(ScorerParams):
             weights them 1/m).
         baseline: ``"zero"`` (default) or ``"mean"`` (the activation's mean at the
             target position over the task's prompts).
-        max_tokens: tokens per forward pass of the scaled copies when they rerun whole
-            prompts (no usable key-value cache); bounds memory, not the result.
+        max_tokens: tokens per forward pass of the scaled copies (n_layers x ``steps``
+            per prompt: one token each on the key-value cache, whole prompts without a
+            usable cache); bounds memory, not the result.
 
     Scores are summed over prompts; `per_prompt` gives ``[n_prompts, n_layers, d_mlp]``
     for the knowledge-neuron refinement (`tasklens.selection.knowledge_neurons`).
@@ -121,70 +130,67 @@ class IntegratedGradients(ScorerParams):
         names = info.hook_names(unit)
         tokenized = TokenizedTask.for_model(task, model)
         alphas, weights = alphas_and_weights(self.steps, self.rule)
-        device = model.cfg.device
-        # clean activations at the target position, and the prompts' KV caches
-        by_length: dict[int, list[int]] = {}
-        for i, ids in enumerate(tokenized.prompt_ids):
-            by_length.setdefault(len(ids), []).append(i)
         out = torch.zeros(len(task), info.n_layers, info.d_mlp, dtype=torch.float64)
-        groups = [
-            idx[start : start + batch_size]
-            for _, idx in sorted(by_length.items())
-            for start in range(0, len(idx), batch_size)
-        ]
-
-        def tokens_of(idx: list[int]) -> Tensor:
-            return torch.tensor([tokenized.prompt_ids[i] for i in idx], device=device)
-
+        # prompts sorted by length, right-padded: a padded cache serves prompts of any length
+        copies = info.n_layers * len(alphas)  # scaled copies per prompt
+        per_pass = max(1, min(batch_size, self.max_tokens // copies))
+        batches = list(tokenized.batches(per_pass, with_answers=False, sort=True))
         base = torch.zeros(info.n_layers, info.d_mlp)
         if self.baseline == "mean":  # needs every prompt's activation before any integral
-            base = (
-                torch.cat([_prefix(model, tokens_of(idx), names)[0] for idx in groups]).float().cpu().mean(0)
-            )
-        for idx in groups:
-            acts, kv = _prefix(model, tokens_of(idx), names)
-            out[idx] = self._batch(
-                model, tokenized, idx, names, acts.float().cpu(), kv, base, alphas, weights
+            base = torch.cat([_prefix(model, batch, names)[0] for batch in batches]).float().cpu().mean(0)
+        for batch in batches:
+            acts, kv = _prefix(model, batch, names)
+            gold = [tokenized.answer_ids[i][0] for i in batch.indices]
+            out[batch.indices] = self._batch(
+                model, batch, gold, names, acts.float().cpu(), kv, base, alphas, weights
             )
         return out.float()
 
-    def _batch(self, model, tokenized, idx, names, acts: Tensor, kv, base: Tensor, alphas, weights) -> Tensor:
+    def _batch(self, model, batch, gold, names, acts: Tensor, kv, base: Tensor, alphas, weights) -> Tensor:
         device = model.cfg.device
-        n_layers, m, batch = len(names), len(alphas), len(idx)
-        tokens = torch.tensor([tokenized.prompt_ids[i] for i in idx], device=device)
-        gold = torch.tensor([tokenized.answer_ids[i][0] for i in idx], device=device)
+        n_layers, m, size = len(names), len(alphas), batch.size
+        tokens, width = batch.tokens.to(device), batch.tokens.shape[1]
+        last, gold = (batch.lengths - 1).to(device), torch.tensor(gold, device=device)
         copies = n_layers * m  # per prompt: row = b * copies + layer * m + k
         diff = (acts - base).to(device)  # [batch, layer, neuron]
-        rows = torch.arange(batch * copies, device=device)
+        rows = torch.arange(size * copies, device=device)
         b_of, layer_of, k_of = rows // copies, rows % copies // m, rows % m
         if kv is not None:  # single-token copies on the shared prefix: one pass holds them all
             kv.batch_repeat_interleave(copies)
             chunks = [rows]
         else:  # whole prompts: as many copies per pass as fit max_tokens
-            chunks = list(rows.split(max(1, self.max_tokens // tokens.shape[1])))
+            chunks = list(rows.split(max(1, self.max_tokens // width)))
         alphas, w = alphas.to(device), weights.to(device).double()
-        out = torch.zeros(batch, n_layers, diff.shape[-1], dtype=torch.float64, device=device)
+        out = torch.zeros(size, n_layers, diff.shape[-1], dtype=torch.float64, device=device)
         for chunk in chunks:
             b, layer, k = b_of[chunk], layer_of[chunk], k_of[chunk]
             leaf = (base.to(device)[layer] + alphas[k, None] * diff[b, layer]).requires_grad_(True)
-            present = layer.unique().tolist()
+            # the scaled position of each row: the one new token on the cache, else the prompt's last
+            at_pos = torch.zeros_like(b) if kv is not None else last[b]
+            here = torch.arange(len(chunk), device=device)
 
-            def splice(at: int, layer=layer, leaf=leaf):
+            def splice(at: int, layer=layer, leaf=leaf, at_pos=at_pos):
                 mine = (layer == at).nonzero().squeeze(1)
 
                 def hook(act: Tensor, hook) -> Tensor:
                     act = act.clone()
-                    act[mine, -1] = leaf[mine].to(act.dtype)
+                    act[mine, at_pos[mine]] = leaf[mine].to(act.dtype)
                     return act
 
                 return hook
 
-            inputs = tokens[b] if kv is None else tokens[b, -1:]
-            kwargs = {"past_key_values": kv} if kv is not None else {}
-            splices = [(names[at], splice(at)) for at in present]
+            if kv is not None:
+                inputs, kwargs = tokens[b, last[b]][:, None], {"past_key_values": kv}
+                if bool((last != width - 1).any()):  # padded: each copy sees its own prefix, at its position
+                    positions = torch.arange(width, device=device)
+                    mask = (positions < last[b, None]) | (positions == width - 1)
+                    kwargs.update(attention_mask=mask.long(), position_ids=last[b, None])
+            else:
+                inputs, kwargs = tokens[b], {}
+            splices = [(names[at], splice(at)) for at in layer.unique().tolist()]
             with torch.enable_grad(), model.hooks(fwd_hooks=splices), cached_calls():
                 logits = model(inputs, return_type="logits", **kwargs)
-                probs = logits[:, -1].softmax(-1)[torch.arange(len(chunk), device=device), gold[b]]
+                probs = logits[here, at_pos].softmax(-1)[here, gold[b]]
                 (grad,) = torch.autograd.grad(probs.sum(), leaf)
             contribution = grad.double() * w[k, None] * diff[b, layer].double()
             out.index_put_((b, layer), contribution, accumulate=True)

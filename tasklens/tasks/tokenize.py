@@ -8,6 +8,7 @@ right-padded (a causal model's real positions are then unaffected by padding).
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -77,13 +78,20 @@ class TokenizedTask:
 
     @classmethod
     def for_model(cls, task: Task, model) -> TokenizedTask:
-        """Tokenise for a TransformerLens model (its tokenizer, context and BOS rule)."""
-        return cls.build(
-            task,
-            model.tokenizer,
-            n_ctx=int(model.cfg.n_ctx),
-            prepend_bos=bool(getattr(model.cfg, "default_prepend_bos", True)),
-        )
+        """Tokenise for a TransformerLens model (its tokenizer, context and BOS rule).
+
+        The last few results are kept: a matrix evaluates the same task objects many times."""
+        n_ctx, bos = int(model.cfg.n_ctx), bool(getattr(model.cfg, "default_prepend_bos", True))
+        key = (id(task), id(model.tokenizer), n_ctx, bos)
+        hit = _RECENT.get(key)
+        if hit is not None and hit[0] is task and hit[1] is model.tokenizer:
+            _RECENT.move_to_end(key)
+            return hit[2]
+        tokenized = cls.build(task, model.tokenizer, n_ctx=n_ctx, prepend_bos=bos)
+        _RECENT[key] = (task, model.tokenizer, tokenized)
+        while len(_RECENT) > _RECENT_SIZE:
+            _RECENT.popitem(last=False)
+        return tokenized
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -118,6 +126,10 @@ class TokenizedTask:
             idx,
         )
 
+
+#: (task, tokenizer, TokenizedTask) by their ids; the objects are kept so an id is not reused
+_RECENT: OrderedDict[tuple, tuple[Task, object, TokenizedTask]] = OrderedDict()
+_RECENT_SIZE = 64
 
 #: a prompt ending in one of these may be followed by a word with no space ("(cat", '"cat')
 _OPENERS = "([{\"'`-/\n\t "

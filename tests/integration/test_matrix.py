@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
 import tasklens.analysis.matrix
-from tasklens.analysis.matrix import evaluation_matrix
+from tasklens.analysis.matrix import evaluation_matrices, evaluation_matrix
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.interventions import Intervention
@@ -17,13 +18,13 @@ GRID = (4, 512)
 def evaluations(monkeypatch):
     """The tasks evaluated, in order (the real evaluation still runs)."""
     calls = []
-    evaluate = tasklens.analysis.matrix.evaluate_prompts
+    evaluate = tasklens.analysis.matrix.evaluate_metrics
 
     def counted(model, task, *args):
         calls.append(task.name)
         return evaluate(model, task, *args)
 
-    monkeypatch.setattr(tasklens.analysis.matrix, "evaluate_prompts", counted)
+    monkeypatch.setattr(tasklens.analysis.matrix, "evaluate_metrics", counted)
     return calls
 
 
@@ -111,3 +112,16 @@ def test_evaluation_results_are_typed_round_trip_and_merge(organism):
         evaluation_matrix(organism, sets[:1] * 2, tasks, n_controls=0, metric="logprob")
     with pytest.raises(TasklensError, match="n_controls"):
         evaluation_matrix(organism, sets[:1], tasks, n_controls=-1, metric="logprob")
+
+
+def test_metrics_measured_together_equal_each_measured_alone(organism):
+    tasks = [load_builtin(n, "evaluation").head(12) for n in ("continent_of", "addition")]
+    sets = [NeuronSet.from_pairs([(1, i) for i in range(0, 512, 9)], GRID, "continent_of")]
+    together = evaluation_matrices(organism, sets, tasks, ("exact_match", "logprob"), n_controls=2)
+    for metric in ("exact_match", "logprob"):
+        alone = evaluation_matrix(organism, sets, tasks, n_controls=2, metric=metric)
+        assert together[metric].metric == metric
+        pd.testing.assert_frame_equal(together[metric].values, alone.values)
+        pd.testing.assert_frame_equal(together[metric].control_values, alone.control_values)
+        pd.testing.assert_frame_equal(together[metric].prompt_values, alone.prompt_values)
+    assert (together["logprob"].values < 0).all().all()  # a log-probability, not an accuracy
