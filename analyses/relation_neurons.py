@@ -7,12 +7,15 @@ paper's 3,000 of Llama-2-7B's 835,584; 166 of SmolLM2's 46,080). Then:
 
 - deactivation: own relation vs other relations vs random sets of the same per-layer
   counts (mean and std over ``--controls`` seeds), on held-out known facts;
-- cumulativity: accuracy as the top k grow (the paper's grid scaled to the model);
+- cumulativity: accuracy as the top k grow (the paper's grid scaled to the model), beside
+  random sets of the same per-layer counts at every k, tested;
 - versatility: pairwise overlaps with hypergeometric p-values, and the same relation
   asked in French, German and Spanish with the English neurons off (where the model
   knows enough of those facts: the counts are reported, and a language is skipped
   otherwise);
-- interference: the acc_drop matrix, negative cells included;
+- interference: the acc_drop matrix on known facts (which can only fall), and every set on
+  every relation's prompts known or not, tested against random sets in both directions (so
+  an improvement, the paper's property iii, can show);
 - stability: split-half Jaccard of every set, and its effect on the prompts it was
   found on against held-out ones.
 
@@ -37,8 +40,9 @@ from common import (
 
 from tasklens.analysis.compare import overlap, overlap_matrix
 from tasklens.analysis.experiments import cross_language, cumulativity
-from tasklens.analysis.matrix import evaluation_matrix
+from tasklens.analysis.matrix import evaluation_matrices, evaluation_matrix
 from tasklens.analysis.plots import curves, heatmap
+from tasklens.evaluation.known import load_for_model
 from tasklens.models import ModelInfo, load_model
 from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import AveragePrecisionExpertise, PromptMeans, VerifiedPatching
@@ -88,6 +92,15 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=40, help="held-out known facts (paper 50)")
     parser.add_argument("--other-prompts", type=int, default=10, help="per other relation in cumulativity")
     parser.add_argument("--controls", type=int, default=10, help="random sets (paper 10)")
+    parser.add_argument(
+        "--cumulativity-controls", type=int, default=10, help="random sets beside the top k, at every k"
+    )
+    parser.add_argument(
+        "--interference-prompts",
+        type=int,
+        default=24,
+        help="per relation, known or not, for interference with improvements allowed (0: off)",
+    )
     parser.add_argument("--metric", default="next_token", help="next_token = greedy exact match, one pass")
     parser.add_argument("--stability-splits", type=int, default=3)
     parser.add_argument("--min-language-known", type=int, default=20)
@@ -190,7 +203,10 @@ def main() -> None:
         frames = {}
         for r in relations:
             others = [data.evaluation[o].sample(args.other_prompts) for o in relations if o != r]
-            frames[r] = cumulativity(model, scores[r], data.evaluation[r], others, grid, metric=args.metric)
+            frames[r] = cumulativity(
+                model, scores[r], data.evaluation[r], others, grid, metric=args.metric,
+                n_controls=args.cumulativity_controls,
+            )  # fmt: skip
             out.table(f"cumulativity_{r}", frames[r], index=False)
         out.figure(
             "cumulativity", curves(frames, "k", ["accuracy", "others_accuracy"], "Top-k relation neurons off")
@@ -205,6 +221,24 @@ def main() -> None:
                 for r, f in frames.items()
             )
         )
+        if args.cumulativity_controls:
+            out.finding(
+                f"cumulativity beside {args.cumulativity_controls} random sets at every k (one-sided test "
+                "that the top k lower accuracy more, Holm over the k): "
+                + "; ".join(
+                    f"{r}: "
+                    + ", ".join(
+                        f"k {t.k} {t.accuracy:.2f} vs random {t.random_accuracy:.2f} "
+                        f"[{t.random_low:.2f}, {t.random_high:.2f}] p {t.p_holm:.2g}"
+                        for t in f[f.k > 0].itertuples()
+                    )
+                    for r, f in frames.items()
+                )
+            )
+
+    if args.interference_prompts:
+        with out.stage("interference with improvements allowed"):
+            interference_tested(model, sets, relations, args, out)
 
     # versatility: overlaps and other languages
     with out.stage("overlaps"):
@@ -241,6 +275,35 @@ def main() -> None:
         held_out_effects(model, sets, data, out, n_controls=3)
     out.finding(f"wall time {time.perf_counter() - started:.0f} s on {info.name}")
     out.close()
+
+
+def interference_tested(model, sets, relations, args, out: OutputDir) -> None:
+    """Every set on every relation's prompts, known or not (so a relation can also improve),
+    with answer log-probability and exact match, random sets on every relation; each cell tested
+    against the random sets in both directions (`EvaluationResult.cell_tests`)."""
+    tasks = [
+        load_for_model(model, r, "evaluation", known=False, shots=args.shots).sample(
+            args.interference_prompts
+        )
+        for r in relations
+    ]
+    results = evaluation_matrices(
+        model, sets, tasks, ("exact_match", "logprob"), args.controls, batch_size=32
+    )
+    for metric, result in results.items():
+        cells = out.table(f"interference_tested_{metric}", result.cell_tests(), index=False)
+        off = cells[cells.set != cells.task]
+        counts = off.direction.value_counts()
+        out.finding(
+            f"interference beyond known facts ({metric}, {args.interference_prompts} prompts per relation, "
+            f"{args.controls} random sets per set on every relation; two-sided, Holm over the cells): of "
+            f"{len(off)} off-diagonal cells, {counts.get('lower', 0)} lower, "
+            f"{counts.get('higher', 0)} higher, {counts.get('as random', 0)} as random sets"
+            + "".join(
+                f"; {c.task} with {c.set}'s off {c.change:+.3f} [{c.low:+.3f}, {c.high:+.3f}] ({c.direction})"
+                for c in off[off.direction != "as random"].itertuples()
+            )
+        )
 
 
 def scorer(args, negatives, k: int, means: PromptMeans):

@@ -131,14 +131,43 @@ def parameter_similarity(model, a: NeuronSet, b: NeuronSet) -> list[float]:
     return sims
 
 
+def exclusive_parameter_similarity(model, a: NeuronSet, b: NeuronSet) -> list[float]:
+    """Per layer, cosine similarity between the mean parameter vector of ``a``'s neurons that
+    ``b`` lacks and that of ``b``'s neurons that ``a`` lacks.
+
+    Unlike `parameter_similarity` (one vector per set, zero outside it, which rises with the
+    sets' overlap), no neuron counts on both sides, so the measure says whether the two sets'
+    own neurons are alike, whatever their overlap. Layers where either part is empty give NaN.
+    """
+    a.check_fits(b.shape)
+    sims = []
+    for layer in range(a.shape[0]):
+        only_a, only_b = a.mask[layer] & ~b.mask[layer], b.mask[layer] & ~a.mask[layer]
+        if not only_a.any() or not only_b.any():
+            sims.append(float("nan"))
+            continue
+        va = parameter_vectors(
+            model, NeuronSet(_row_mask(a.shape, layer, only_a.nonzero().flatten()), "a"), layer
+        )
+        vb = parameter_vectors(
+            model, NeuronSet(_row_mask(a.shape, layer, only_b.nonzero().flatten()), "b"), layer
+        )
+        sims.append(float(torch.nn.functional.cosine_similarity(va.mean(0), vb.mean(0), dim=0)))
+    return sims
+
+
 def _row_mask(shape, layer: int, idx: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(shape, dtype=torch.bool)
     mask[layer, idx] = True
     return mask
 
 
-def similarity_transfer_correlation(pairs: pd.DataFrame, similarity: str, transfer: str) -> dict[str, float]:
-    """Pearson and Spearman correlation between a similarity and a transfer measure over task pairs.
+def similarity_transfer_correlation(
+    pairs: pd.DataFrame, similarity: str, transfer: str, n_resamples: int = 9999, seed: int = 0
+) -> dict[str, float]:
+    """Pearson and Spearman correlation between a similarity and a transfer measure over task pairs,
+    with a two-sided permutation p-value for the Spearman (``p_permutation``: the transfer values
+    shuffled over the pairs, `scipy.stats.permutation_test`).
 
     Args:
         pairs: one row per (task_a, task_b) pair.
@@ -146,13 +175,20 @@ def similarity_transfer_correlation(pairs: pd.DataFrame, similarity: str, transf
         transfer: column with the cross-task measure (fine-tuning transfer in Leng & Xiong;
             any per-pair effect, such as the drop on b when a's neurons are off).
     """
-    from scipy.stats import pearsonr, spearmanr
+    from scipy.stats import pearsonr, permutation_test, spearmanr
 
     data = pairs[[similarity, transfer]].dropna()
     if len(data) < 3:
         raise TasklensError(f"Need at least 3 task pairs with both measures, got {len(data)}")
+    x, y = data[similarity].to_numpy(dtype=float), data[transfer].to_numpy(dtype=float)
+
+    def rho(x, y):
+        return spearmanr(x, y).statistic
+
+    test = permutation_test((x, y), rho, permutation_type="pairings", n_resamples=n_resamples, rng=seed)
     return {
-        "pearson": float(pearsonr(data[similarity], data[transfer]).statistic),
-        "spearman": float(spearmanr(data[similarity], data[transfer]).statistic),
+        "pearson": float(pearsonr(x, y).statistic),
+        "spearman": float(test.statistic),
+        "p_permutation": float(test.pvalue),
         "n_pairs": len(data),
     }

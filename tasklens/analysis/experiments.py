@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from tasklens.analysis.matrix import ablation_matrix
+from tasklens.analysis.stats import ALPHA, drop_test, holm
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.evaluation.evaluate import evaluate_prompts
 from tasklens.interventions import ablate
+from tasklens.selection import random_like
 from tasklens.tasks.task import Task
 
 #: the relation paper's grid (10 ... 50k of 835,584 Llama-2-7B neurons) as fractions of all neurons,
@@ -42,6 +45,8 @@ def cumulativity(
     ks: Sequence[int] | None = None,
     batch_size: int = 64,
     metric: str = "exact_match",
+    n_controls: int = 0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Accuracy as the top-k neurons are deactivated, and the cumulativity score.
 
@@ -52,6 +57,12 @@ def cumulativity(
     For consecutive k1 < k2: among prompts correct with the top k1 off but wrong
     with the top k2 off (``n_total``), ``n_affected`` also fail with only ranks
     k1..k2 off; cumulativity = 1 - n_affected / n_total (NaN when n_total = 0).
+
+    With ``n_controls``, each k's top set is set beside that many random sets of the same
+    per-layer counts on ``task`` (seeds ``seed...``): ``random_accuracy`` (their mean),
+    ``random_low`` / ``random_high`` (2.5 and 97.5 percentiles), and ``p_holm``, the
+    one-sided test that the top k lower the accuracy more than random sets do
+    (`tasklens.stats.drop_test`), Holm-corrected over the k.
 
     Returns:
         One row per k: ``k``, ``accuracy`` on ``task``, ``others_accuracy`` (mean
@@ -77,10 +88,12 @@ def cumulativity(
         with ablate(model, _ranked(scores, 0, k)):
             correct[k] = correct_of(task)
             others_acc[k] = mean_accuracy()
+    controls = _random_controls(model, scores, task, ks, correct, correct_of, n_controls, seed)
     rows = []
     previous = None
     for k in [0, *[k for k in ks if k]]:
         row = {"k": k, "accuracy": float(correct[k].float().mean()), "others_accuracy": others_acc[k]}
+        row.update(controls.get(k, {}))
         if previous is not None:
             lost = correct[previous] & ~correct[k]
             with ablate(model, _ranked(scores, previous, k)):
@@ -97,7 +110,31 @@ def cumulativity(
             )
         rows.append(row)
         previous = k
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if n_controls:
+        frame["p_holm"] = holm(frame["p_value"].to_numpy())
+    return frame
+
+
+def _random_controls(model, scores, task, ks, correct, correct_of, n_controls: int, seed: int) -> dict:
+    """Per k > 0: the random sets' accuracies on ``task`` and the test of the top k against them."""
+    out = {}
+    for k in [k for k in ks if k] if n_controls else []:
+        top = _ranked(scores, 0, k)
+        accuracies = []
+        for i in range(n_controls):
+            with ablate(model, random_like(top, seed + i)):
+                accuracies.append(float(correct_of(task).float().mean()))
+        runs = np.asarray(accuracies)
+        base = float(correct[0].float().mean())
+        test = drop_test((correct[k].float() - correct[0].float()).numpy(), base - runs)
+        out[k] = dict(
+            random_accuracy=float(runs.mean()),
+            random_low=float(np.quantile(runs, ALPHA / 2)),
+            random_high=float(np.quantile(runs, 1 - ALPHA / 2)),
+            p_value=test.p_value,
+        )
+    return out
 
 
 def interference(

@@ -187,6 +187,25 @@ def specificity_test(
     return SpecificityTest(value, low, high, se, null_mean, null_sd, int(null.size), p_value, p_empirical)
 
 
+def drop_test(
+    own: Sequence[float] | np.ndarray, null: Sequence[float] | np.ndarray, alpha: float = ALPHA, seed: int = 0
+) -> SpecificityTest:
+    """Test whether a set lowers its own task more than random sets of the same per-layer counts.
+
+    The statistic is the drop, minus the set's mean per-prompt change (positive: the metric
+    falls); ``null`` holds each random set's drop on the same prompts. The test is
+    `specificity_test` with a task that never changes in place of the other tasks.
+
+    >>> rng = np.random.default_rng(0)
+    >>> drop_test(-np.ones(30), rng.normal(0.0, 0.05, 10)).p_value < 0.001
+    True
+    >>> drop_test(np.zeros(30), rng.normal(0.0, 0.05, 10)).p_value > 0.05
+    True
+    """
+    own = np.asarray(own, dtype=float)
+    return specificity_test(own, [np.zeros_like(own)], null, alpha, seed)
+
+
 def holm(p_values: Sequence[float] | np.ndarray, alpha: float = ALPHA) -> np.ndarray:
     """Holm-adjusted p-values (statsmodels), NaN kept where a test was not run.
 
@@ -201,10 +220,10 @@ def holm(p_values: Sequence[float] | np.ndarray, alpha: float = ALPHA) -> np.nda
     return out
 
 
-def verdict(p_adjusted: float, alpha: float = ALPHA) -> str:
-    """The words a findings line uses for a Holm-adjusted p-value."""
+def verdict(p_adjusted: float, alpha: float = ALPHA, what: str = "specific") -> str:
+    """The words a findings line uses for a Holm-adjusted p-value (``what`` holds when significant)."""
     if not math.isfinite(p_adjusted):
         return "not tested"
     if p_adjusted < alpha:
-        return f"specific at p < {alpha:g} after Holm (p = {p_adjusted:.3g})"
+        return f"{what} at p < {alpha:g} after Holm (p = {p_adjusted:.3g})"
     return f"not distinguishable from random (p = {p_adjusted:.3g} after Holm)"

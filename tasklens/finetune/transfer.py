@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from tasklens.analysis.compare import overlap, parameter_similarity, similarity_transfer_correlation
+from tasklens.analysis.compare import (
+    exclusive_parameter_similarity,
+    overlap,
+    parameter_similarity,
+    similarity_transfer_correlation,
+)
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, check_choice
 from tasklens.finetune.config import FinetuneConfig
@@ -162,7 +167,8 @@ def transfer_pairs(
 ) -> pd.DataFrame:
     """One row per ordered pair (a, b), a != b: the change on b after fine-tuning on a with
     ``scope``, and the overlap and parameter similarity of a's and b's neuron sets (on ``model``,
-    which should be the base model)."""
+    which should be the base model): ``mean_similarity`` as Leng & Xiong, and
+    ``exclusive_similarity`` (`exclusive_parameter_similarity`), independent of the overlap."""
     frame = runs.results[
         (runs.results.scope == scope) & (runs.results.trained_on != runs.results.evaluated_on)
     ]
@@ -184,6 +190,9 @@ def transfer_pairs(
                 "jaccard": o.jaccard,
                 "shared": o.shared,
                 "mean_similarity": _mean_finite(sims),
+                "exclusive_similarity": _mean_finite(
+                    exclusive_parameter_similarity(model, neurons[a], neurons[b])
+                ),
                 **{f"similarity_layer_{i}": v for i, v in enumerate(sims)},
             }
         )
@@ -192,8 +201,9 @@ def transfer_pairs(
 
 def transfer_correlations(pairs: pd.DataFrame, transfer: str = "transfer") -> pd.DataFrame:
     """Pearson and Spearman (with the number of pairs) of ``transfer`` with each similarity column:
-    the Jaccard overlap, the mean parameter similarity and each layer's."""
-    measures = ["jaccard", "mean_similarity"] + [
+    the Jaccard overlap, the mean parameter similarity (which rises with the overlap), the mean
+    similarity of the sets' exclusive neurons (which does not), and each layer's."""
+    measures = ["jaccard", "mean_similarity", "exclusive_similarity"] + [
         c for c in pairs.columns if c.startswith("similarity_layer_")
     ]
     rows = []
@@ -206,6 +216,7 @@ def transfer_correlations(pairs: pd.DataFrame, transfer: str = "transfer") -> pd
                     "similarity": measure,
                     "pearson": float("nan"),
                     "spearman": float("nan"),
+                    "p_permutation": float("nan"),
                     "n_pairs": len(data),
                 }
             )

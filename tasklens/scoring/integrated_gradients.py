@@ -10,7 +10,9 @@ is integrated:
 Speed: in a causal model, scaling only the target position leaves every earlier
 position unchanged, so the prompt prefix is run once and its key-value cache is
 shared by all L x m scaled copies of the target token, which run as one batch of
-single-token forward passes with one backward pass. Without a usable cache (a
+single-token forward passes with one backward pass. Prompts of different lengths share a
+pass: right-padded, each copy attends to its own prompt's positions only, at its own
+position id. Without a usable cache (a
 ``HookedTransformer``, or see `tasklens.models.cache_filled`) the copies rerun whole
 prompts, in passes of at most ``max_tokens`` tokens.
 """
@@ -205,8 +207,9 @@ class IntegratedGradients(ScorerParams):
                 token whose probability is integrated.
             unit (str, optional): the neuron activation scaled: ``"hook_post"`` (default),
                 ``"hook_pre"`` or ``"hook_pre_linear"`` (gated MLPs).
-            batch_size (int, optional): prompts of one token length per prefix pass; each
-                integral runs n_layers x ``steps`` copies of each of them. Default: 16.
+            batch_size (int, optional): prompts per prefix pass, of any lengths (at most
+                ``max_tokens`` // (n_layers x ``steps``): each integral runs that many copies of
+                each prompt). Default: 16.
 
         Returns:
             NeuronScores: ``[n_layers, d_mlp]`` signed integrated gradients, summed over

@@ -67,3 +67,35 @@ def test_similarity_transfer_correlation():
     assert corr["pearson"] == pytest.approx(pearsonr(pairs.sim, pairs.transfer).statistic)
     # ranks (1, 3, 2, 5, 4) vs (1, 4, 3, 5, 2): sum d^2 = 6, rho = 1 - 6 * 6 / (5 * 24) = 0.7
     assert corr["spearman"] == pytest.approx(0.7) and corr["n_pairs"] == 5
+
+
+def test_exclusive_similarity_does_not_move_with_the_overlap(organism):
+    from tasklens.analysis.compare import exclusive_parameter_similarity
+
+    a_own, b_own = [(1, i) for i in range(0, 40, 2)], [(1, i) for i in range(1, 40, 2)]
+    common = [(1, i) for i in range(100, 160)]
+    grid = (4, 512)
+    apart = [nset(a_own, "a", grid), nset(b_own, "b", grid)]
+    sharing = [nset(a_own + common, "a", grid), nset(b_own + common, "b", grid)]
+    # Leng & Xiong's measure rises from 0 with the 60 shared neurons ...
+    assert parameter_similarity(organism, *apart)[1] == pytest.approx(0.0, abs=1e-6)
+    assert parameter_similarity(organism, *sharing)[1] > 0.5
+    # ... the exclusive parts' similarity is the same number either way
+    assert exclusive_parameter_similarity(organism, *apart)[1] == pytest.approx(
+        exclusive_parameter_similarity(organism, *sharing)[1]
+    )
+    assert torch.isnan(torch.tensor(exclusive_parameter_similarity(organism, *sharing)[0]))
+
+
+def test_the_correlation_with_transfer_has_a_permutation_test():
+    import numpy as np
+    import pandas as pd
+
+    from tasklens.analysis.compare import similarity_transfer_correlation
+
+    rng = np.random.default_rng(0)
+    sim = rng.normal(size=30)
+    related = pd.DataFrame({"sim": sim, "transfer": sim + rng.normal(0, 0.3, 30)})
+    unrelated = pd.DataFrame({"sim": sim, "transfer": rng.normal(size=30)})
+    assert similarity_transfer_correlation(related, "sim", "transfer")["p_permutation"] < 0.001
+    assert similarity_transfer_correlation(unrelated, "sim", "transfer")["p_permutation"] > 0.05

@@ -69,6 +69,20 @@ def test_cumulativity_accuracy_does_not_rise_with_k(organism):
     assert ((scored.cumulativity >= 0) & (scored.cumulativity <= 1)).all()
 
 
+def test_cumulativity_sets_every_k_beside_random_sets(organism):
+    task = load_builtin("continent_of", "evaluation").sample(40, seed=3)
+    scores = AttributionPatching().attribute(organism, load_builtin("continent_of", "detection").sample(32))
+    curve = cumulativity(organism, scores, task, ks=[20, 160], n_controls=4)
+    tested = curve[curve.k > 0]
+    assert (
+        (tested.random_low <= tested.random_accuracy) & (tested.random_accuracy <= tested.random_high)
+    ).all()
+    last = tested.iloc[-1]
+    # 160 top neurons take continent_of down; 160 random ones leave it near 1.00
+    assert last.accuracy < last.random_low and last.p_holm < 0.05, curve
+    assert curve.p_holm.isna().iloc[0] and tested.p_holm.between(0, 1).all()
+
+
 def test_interference_matrix_matches_the_ablation_matrix(organism, relation_sets, relation_matrix):
     sets, evaluation = relation_sets
     drop = interference(organism, sets[:2], evaluation[:2])

@@ -74,6 +74,22 @@ def test_the_specificity_test_can_pass_and_can_fail(planted):
     assert (table["n_null"] == 10).all() and (table["n_prompts"] == 40).all()
 
 
+def test_the_test_against_random_sets_can_pass_and_can_fail(planted):
+    table = planted.against_random()
+    assert table.loc["addition", "verdict"].startswith("hurts its task more than random sets at p < 0.05")
+    assert table.loc["addition", "statistic"] > 0.1 and table.loc["addition", "low"] > 0
+    assert table.loc["continent_of", "verdict"].startswith("not distinguishable from random")
+    assert (table["n_null"] == 10).all()
+
+
+def test_cell_tests_find_the_planted_drop_and_allow_rises(planted):
+    cells = planted.cell_tests().set_index(["set", "task"])
+    assert cells.loc[("addition", "addition"), "direction"] == "lower"
+    assert cells.loc[("addition", "addition"), "high"] < 0
+    assert (cells.loc["continent_of", "direction"] == "as random").all()  # the random set
+    assert set(cells.direction) <= {"lower", "higher", "as random"} and cells.p_holm.between(0, 1).all()
+
+
 def test_every_cell_has_its_prompts_an_interval_and_the_controls_kept(planted):
     assert planted.n_prompts().tolist() == [40, 40, 40]
     low, high = planted.intervals()

@@ -1,0 +1,269 @@
+"""The ladder: do the papers' headline claims, and specificity, hold as the model grows?
+
+One resumable command per model runs the same experiments, scaled to its size, and keeps each
+finished stage (a stage's folder appears whole, or not at all: rerun the command to go on):
+
+- ``known``: how many facts of each task the model knows (asked in its own natural form);
+- ``relations_ap``: Liu et al.'s AP-selected neurons per relation (top 0.36 %, negatives from
+  the other relations, detected on known facts);
+- ``gradient_1pct`` / ``gradient_10pct``: Leng & Xiong's top 1 % and 10 % |a * dL/da| sets;
+- ``cgvst_5pct``: CGVST's format-marker-gradient top 5 %, on the chat form (ChatML models);
+- ``gradient_1pct_mean``: the 1 % sets under mean ablation (is the collapse an artifact of zeroing?).
+
+Each stage evaluates every set on every task beside 10 random sets of the same per-layer counts
+(on every task), with exact match and answer log-probability, on evaluation prompts known or
+not, and tests each set twice: against its random sets on its own task
+(`EvaluationResult.against_random`), and for specificity (`EvaluationResult.specificity`),
+Holm across the sets of a stage.
+
+    python analyses/ladder.py --model smollm2-135m        # analyses/results/ladder/smollm2-135m
+    python analyses/ladder.py --summary                   # summary.csv / summary.md over the models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+from common import prepare
+
+from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
+from tasklens.analysis.stats import ALPHA
+from tasklens.data.neurons import NeuronSet
+from tasklens.interventions import Intervention
+from tasklens.io import atomic_dir, atomic_write_text
+from tasklens.models import ModelInfo, load_model
+from tasklens.runs.outputs import OutputDir
+from tasklens.scoring import CGVST, AveragePrecisionExpertise, GradientAttribution, PromptMeans
+from tasklens.selection import top_k, top_percent
+from tasklens.tasks.task import Task
+
+ROOT = Path(__file__).resolve().parent / "results" / "ladder"
+MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+RELATIONS = ("continent_of", "country_language", "city_country")
+TASKS = (*RELATIONS, "addition")
+#: the organism (for checking the script quickly) knows other relations
+ORGANISM_RELATIONS = ("continent_of", "currency_of", "capital_of")
+#: prompts per task (detection, evaluation): smaller samples on the larger models fit the ladder
+#: into two hours on 2 cores
+SIZES = {
+    "smollm2-135m": (32, 16),
+    "gemma3-270m": (32, 16),
+    "qwen2.5-coder-0.5b": (24, 12),
+    "qwen2.5-coder-1.5b": (16, 8),
+}
+STAGES = ("known", "relations_ap", "gradient_1pct", "gradient_10pct", "cgvst_5pct", "gradient_1pct_mean")
+CLAIMS = {
+    "relations_ap": "AP neurons (top 0.36 %) carry their relation (Liu et al.)",
+    "gradient_1pct": "top 1 % |a·g| neurons carry their task (Leng & Xiong)",
+    "gradient_10pct": "top 10 % |a·g| neurons carry their task (Leng & Xiong)",
+    "cgvst_5pct": "CGVST top 5 % neurons carry their task (Song et al.)",
+    "gradient_1pct_mean": "top 1 % |a·g| neurons, mean ablation",
+}
+
+
+def tests(result: EvaluationResult, stage: str, metric: str) -> pd.DataFrame:
+    """Both tests of every set of ``result``, one row per set and test."""
+    frames = []
+    for test, table in (("against_random", result.against_random()), ("specificity", result.specificity())):
+        table = table.reset_index()
+        table.insert(0, "test", test)
+        frames.append(table)
+    out = pd.concat(frames, ignore_index=True)
+    out.insert(0, "metric", metric)
+    out.insert(0, "stage", stage)
+    return out
+
+
+class Ladder:
+    """The stages of one model, each written once into ``out/<stage>/``."""
+
+    def __init__(self, name: str, out: Path, controls: int, batch_size: int) -> None:
+        self.name, self.out, self.controls, self.batch_size = name, out, controls, batch_size
+        self.detection_prompts, self.eval_prompts = SIZES.get(name, (32, 16))
+        self._model = None
+        self._data: dict[str, object] = {}
+        self.relations = ORGANISM_RELATIONS if name == "organism" else RELATIONS
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_model(self.name)
+        return self._model
+
+    def data(self, style: str | None = None):
+        if style not in self._data:
+            self._data[style] = prepare(
+                self.model, [*self.relations, "addition"], self.detection_prompts, self.eval_prompts,
+                style=style, known_eval=False, min_known=2,
+            )  # fmt: skip
+        return self._data[style]
+
+    def run(self, stage: str) -> None:
+        folder = self.out / stage
+        if (folder / "findings.md").is_file():
+            print(f"[{stage}] kept from an earlier run ({folder})", flush=True)
+            return
+        owned = lambda path: (path / "config.json").is_file()  # noqa: E731
+        with atomic_dir(folder, owned, f"the ladder stage {stage}") as tmp:
+            out = OutputDir(tmp, {"model": self.name, "stage": stage, "controls": self.controls})
+            started = time.perf_counter()
+            with out.stage(stage):
+                getattr(self, stage)(out)
+            out.finding(f"{stage}: {time.perf_counter() - started:.0f} s on {self.name}")
+            out.close()
+
+    # --- the stages ------------------------------------------------------------------------
+    def known(self, out: OutputDir) -> None:
+        counts = self.data().counts
+        out.table("known_facts", counts, index=False)
+        out.finding(
+            "known / asked: "
+            + ", ".join(f"{r.task} {r.known_detection}/{r.asked_detection}" for r in counts.itertuples())
+            + " (detection split, asked until enough were known)"
+        )
+
+    def relations_ap(self, out: OutputDir) -> None:
+        data = self.data()
+        relations = [r for r in self.relations if r in data.detection]
+        k = max(1, round(0.0036 * ModelInfo.of(self.model).n_neurons))
+        means, sets = PromptMeans(), []
+        for r in relations:
+            negatives = [data.detection[o] for o in relations if o != r]
+            scores = AveragePrecisionExpertise(negatives=negatives, means=means).attribute(
+                self.model, data.detection[r]
+            )
+            sets.append(top_k(scores, k).renamed(r))
+        self.evaluate(out, "relations_ap", sets, [data.evaluation[r] for r in relations])
+
+    def _gradient_sets(self, percent: float) -> list[NeuronSet]:
+        data = self.data()
+        return [
+            top_percent(GradientAttribution().attribute(self.model, task), percent).renamed(name)
+            for name, task in data.detection.items()
+        ]
+
+    def gradient_1pct(self, out: OutputDir) -> None:
+        self.evaluate(out, "gradient_1pct", self._gradient_sets(1.0), list(self.data().evaluation.values()))
+
+    def gradient_10pct(self, out: OutputDir) -> None:
+        self.evaluate(out, "gradient_10pct", self._gradient_sets(10.0), list(self.data().evaluation.values()))
+
+    def gradient_1pct_mean(self, out: OutputDir) -> None:
+        tasks = list(self.data().evaluation.values())
+        pooled = Task.from_lists(
+            "pooled", [p for t in tasks for p in t.prompts], [a for t in tasks for a in t.answers]
+        )
+        sets = self._gradient_sets(1.0)
+        self.evaluate(out, "gradient_1pct_mean", sets, tasks, Intervention("mean", source=pooled))
+
+    def cgvst_5pct(self, out: OutputDir) -> None:
+        template = getattr(self.model.tokenizer, "chat_template", None) or ""
+        if "<|im_start|>" not in template:
+            out.finding(
+                f"cgvst_5pct: skipped, {self.name} has no ChatML chat template (CGVST needs chat markers)"
+            )
+            out.table("tests", pd.DataFrame(), index=False)
+            return
+        data = self.data("chat")
+        n_demo = 3 * (1 + 2 * 1)  # ChatML: system turn and one demonstration turn, 3 markers each
+        sets = [
+            top_percent(CGVST(n_demo=n_demo).attribute(self.model, task), 5.0).renamed(name)
+            for name, task in data.detection.items()
+        ]
+        self.evaluate(out, "cgvst_5pct", sets, list(data.evaluation.values()))
+
+    def evaluate(
+        self, out: OutputDir, stage: str, sets, tasks, intervention: Intervention | str = "zero"
+    ) -> None:
+        results = evaluation_matrices(
+            self.model, sets, tasks, ("exact_match", "logprob"), self.controls,
+            intervention=intervention, batch_size=self.batch_size,
+        )  # fmt: skip
+        frames = []
+        for metric, result in results.items():
+            result.save(out.file(f"result_{metric}.json"))
+            out.table(f"matrix_{metric}", result.pivot())
+            frames.append(tests(result, stage, metric))
+        table = out.table("tests", pd.concat(frames, ignore_index=True), index=False)
+        for r in table.itertuples():
+            out.finding(
+                f"{stage}, {r.set}, {r.metric}, {r.test} ({r.n_prompts} prompts): {r.statistic:+.3f} "
+                f"[{r.low:+.3f}, {r.high:+.3f}] vs random sets {r.null_mean:+.3f} (sd {r.null_sd:.3f}): "
+                f"{r.verdict}"
+            )
+
+
+def summary(root: Path) -> pd.DataFrame:
+    """One row per claim and test, one column per model: how many sets pass, with their intervals."""
+    rows = []
+    for model in (*MODELS, "organism"):
+        for stage, claim in CLAIMS.items():
+            path = root / model / stage / "tests.csv"
+            if not path.is_file() or path.stat().st_size < 5:
+                continue
+            table = pd.read_csv(path)
+            for (metric, test), part in table.groupby(["metric", "test"]):
+                passed = int((part.p_holm < ALPHA).sum())
+                cells = "; ".join(
+                    f"{r.set} {r.statistic:+.2f} [{r.low:+.2f}, {r.high:+.2f}]" for r in part.itertuples()
+                )
+                rows.append(
+                    dict(claim=claim, metric=metric, test=test, model=model,
+                         cell=f"{passed}/{len(part)} at p < {ALPHA:g} (Holm); {cells}")
+                )  # fmt: skip
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    return frame.pivot_table(
+        index=["claim", "metric", "test"], columns="model", values="cell", aggfunc="first"
+    )
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The summary as a Markdown table (a row per claim, metric and test; a column per model)."""
+    models = list(table.columns)
+    lines = ["| claim | metric | test | " + " | ".join(models) + " |", "|---" * (3 + len(models)) + "|"]
+    for (claim, metric, test), row in table.iterrows():
+        cells = [str(row[m]) if isinstance(row[m], str) else "not run" for m in models]
+        lines.append(f"| {claim} | {metric} | {test} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=(*MODELS, "organism"))
+    parser.add_argument("--out", help="default: analyses/results/ladder/MODEL")
+    parser.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--controls", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--summary", action="store_true", help="write the summary of every model's results")
+    parser.add_argument("--root", default=str(ROOT), help="where --summary reads the models' folders")
+    args = parser.parse_args()
+    if args.summary:
+        table = summary(Path(args.root))
+        out = OutputDir(Path(args.root) / "summary", {"models": list(MODELS)})
+        out.table("summary", table)
+        if len(table):
+            atomic_write_text(out.file("summary.md"), markdown(table))
+        out.close()
+        print(table.to_string() if len(table) else "no results yet")
+        return
+    if args.model is None:
+        raise SystemExit("give --model NAME (one of " + ", ".join(MODELS) + "), or --summary")
+    ladder = Ladder(
+        args.model, Path(args.out) if args.out else ROOT / args.model, args.controls, args.batch_size
+    )
+    timings = {}
+    for stage in args.stages:
+        start = time.perf_counter()
+        ladder.run(stage)
+        timings[stage] = round(time.perf_counter() - start, 1)
+    print(json.dumps({"model": args.model, "seconds": timings}))
+
+
+if __name__ == "__main__":
+    main()

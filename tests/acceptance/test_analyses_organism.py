@@ -1,0 +1,50 @@
+"""The specificity and ladder analyses run end to end on the organism and write tested findings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(script: str, *args: str) -> str:
+    command = [sys.executable, str(ROOT / "analyses" / script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT / "analyses")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path):
+    out = tmp_path / "specificity"
+    run(
+        "specificity.py", "--out", str(out), "--eval-prompts", "12", "--detection-prompts", "12",
+        "--controls", "3", "--percents", "1", "--stability-splits", "1",
+    )  # fmt: skip
+    table = pd.read_csv(out / "specificity.csv")
+    assert set(table.experiment) == {"A", "B", "C"}
+    assert set(table.intervention) == {"zero", "mean", "zero_spare_bos"}
+    assert ((table.low <= table.statistic + 1e-9) & (table.statistic <= table.high + 1e-9)).all()
+    assert table.p_holm.between(0, 1).all() and (table.n_null == 3).all()
+    findings = (out / "findings.md").read_text()
+    verdicts = [line for line in findings.splitlines() if "random sets" in line and "specificity" in line]
+    assert len(verdicts) == len(table)
+    assert all("after Holm" in line for line in verdicts)
+    assert (out / "specificity.png").stat().st_size > 1000
+
+
+def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
+    out = tmp_path / "organism"
+    args = ("--model", "organism", "--out", str(out), "--controls", "2", "--stages", "known", "gradient_1pct")
+    run("ladder.py", *args)
+    tests = pd.read_csv(out / "gradient_1pct" / "tests.csv")
+    assert set(tests.test) == {"against_random", "specificity"}
+    assert set(tests.metric) == {"exact_match", "logprob"}
+    assert len(tests) == 2 * 2 * 4  # two tests x two metrics x four sets
+    assert "kept from an earlier run" in run("ladder.py", *args)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written stage left
+    summary = run("ladder.py", "--summary", "--root", str(tmp_path))
+    assert "top 1 % |a·g| neurons carry their task" in summary
