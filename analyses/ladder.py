@@ -58,10 +58,10 @@ SIZES = {
 STAGES = ("known", "relations_ap", "gradient_1pct", "gradient_10pct", "cgvst_5pct", "gradient_1pct_mean")
 CLAIMS = {
     "relations_ap": "AP neurons (top 0.36 %) carry their relation (Liu et al.)",
-    "gradient_1pct": "top 1 % |a·g| neurons carry their task (Leng & Xiong)",
-    "gradient_10pct": "top 10 % |a·g| neurons carry their task (Leng & Xiong)",
+    "gradient_1pct": "top 1 % gradient-attribution neurons carry their task (Leng & Xiong)",
+    "gradient_10pct": "top 10 % gradient-attribution neurons carry their task (Leng & Xiong)",
     "cgvst_5pct": "CGVST top 5 % neurons carry their task (Song et al.)",
-    "gradient_1pct_mean": "top 1 % |a·g| neurons, mean ablation",
+    "gradient_1pct_mean": "top 1 % gradient-attribution neurons, mean ablation",
 }
 
 

@@ -93,6 +93,9 @@ for _name, _fn in {
     "exact_match": next_token_correct,
 }.items():
     METRICS.register(_name, _fn)
+    #: reads the logits only from the last prompt position on: the earlier positions' logits
+    #: are not computed (a metric of your own without this attribute gets them all)
+    _fn.answer_positions = True
 
 
 def is_generative(metric) -> bool:

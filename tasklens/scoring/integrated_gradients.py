@@ -73,7 +73,11 @@ def _prefix(model, batch: Batch, names: list[str]):
         if cached:
             padded = bool((last != width - 1).any())
             mask = {"attention_mask": batch.attention_mask.to(model.cfg.device)} if padded else {}
-            _, kv = model(tokens, return_type="logits_and_cache", **mask)
+            try:
+                _, kv = model(tokens, return_type="logits_and_cache", **mask)
+            except TypeError:  # a bridge that takes no attention mask: rerun whole prompts
+                model(tokens, return_type=None)
+                return torch.stack([store[n] for n in names], dim=1), None
             if cache_filled(model, kv, width):
                 kv.crop(-1)  # drop the last position: the integral recomputes it
             else:

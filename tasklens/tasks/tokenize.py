@@ -196,6 +196,15 @@ class Batch:
     def size(self) -> int:
         return self.tokens.shape[0]
 
+    def from_position(self, start: int) -> Batch:
+        """The same batch seen from position ``start`` on (every prompt longer than ``start``):
+        what a metric reading only the answer positions needs, with logits from ``start`` on."""
+        if not 0 <= start < int(self.prompt_lengths.min()):
+            raise TasklensError(
+                f"start must lie inside every prompt (0..{int(self.prompt_lengths.min()) - 1})"
+            )
+        return Batch(self.tokens[:, start:], self.prompt_lengths - start, self.lengths - start, self.indices)
+
     def _pos(self) -> Int[Tensor, "batch pos"]:
         return torch.arange(self.tokens.shape[1]).expand_as(self.tokens)
 

@@ -47,4 +47,4 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     assert "kept from an earlier run" in run("ladder.py", *args)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written stage left
     summary = run("ladder.py", "--summary", "--root", str(tmp_path))
-    assert "top 1 % |a·g| neurons carry their task" in summary
+    assert "top 1 % gradient-attribution neurons carry their task" in summary

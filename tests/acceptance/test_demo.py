@@ -23,7 +23,7 @@ def test_ablating_a_task_set_hurts_that_task_more_than_random(demo):
     for task in DEMO_TASKS:
         own = summary.loc[task, "own_change"]
         control = summary.loc[task, "control_own_change"]
-        # a real drop (at least 5 % of 150 prompts), and more than the same number of random neurons
+        # a real drop (at least 5 of its 100 prompts), and more than the same number of random neurons
         assert own <= -0.05, f"{task}: ablating its neurons changed accuracy by {own:.3f}\n{table}"
         assert own < control - 0.04, f"{task}: own {own:.3f} vs random {control:.3f}\n{table}"
 
@@ -37,7 +37,7 @@ def test_unablated_row_is_the_baseline(demo):
 def test_the_demo_shows_each_set_beside_its_random_controls(demo):
     controls = demo.controls()
     assert list(controls.index) == list(DEMO_TASKS)
-    assert (controls["prompts"] == 150).all() and (controls["neurons"] == 20).all()
+    assert (controls["prompts"] == 100).all() and (controls["neurons"] == 20).all()
     own = demo.result.own_and_others()
     for task in DEMO_TASKS:
         assert controls.loc[task, "set off"] == pytest.approx(demo.result.values.loc[task, task])

@@ -13,8 +13,9 @@ import json
 import pytest
 import torch
 
-from tasklens.evaluation.evaluate import greedy_generate
+from tasklens.evaluation.evaluate import evaluate_prompts, greedy_generate
 from tasklens.models import ModelInfo, load_model, zoo
+from tasklens.tasks.task import Task
 
 pytestmark = pytest.mark.network
 
@@ -67,3 +68,12 @@ def test_qwen_coder_half_billion_downloads_joined_and_answers():
     # Qwen is prompted without a BOS token, as its own tokenizer does: the bridge's prepends
     # <|endoftext|>, after which this prompt continues " the capital of"
     assert "Paris" in next_words(model, "The capital of France is the city of", bos=False)
+    # tasklens's own prompts follow the model: no BOS for Qwen (with <|endoftext|> first,
+    # 1 of these 3 facts; without it, all 3)
+    assert model.cfg.default_prepend_bos is False
+    facts = Task.from_lists(
+        "facts",
+        ["The capital of France is the city of", "The capital of Japan is", "Water is made of hydrogen and"],
+        [" Paris", " Tokyo", " oxygen"],
+    )
+    assert evaluate_prompts(model, facts).tolist() == [1.0, 1.0, 1.0]

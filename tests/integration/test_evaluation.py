@@ -35,3 +35,18 @@ def test_answer_logprob_is_taken_in_float64(organism, continent):
 def test_evaluation_refuses_an_empty_batch(organism, continent):
     with pytest.raises(TasklensError, match="batch_size must be at least 1"):
         tasklens.accuracy(organism, continent, batch_size=0)
+
+
+def test_answer_metrics_computed_from_the_answer_positions_equal_the_full_logits(organism):
+    from tasklens.evaluation.evaluate import evaluate_metrics
+    from tasklens.evaluation.metrics import METRICS
+
+    # prompts of several lengths: the kept positions start at the shortest prompt's end
+    task = tasklens.load_builtin("addition", "evaluation").head(20)
+    names = ["logprob", "exact_match", "prob", "logit_diff", "logit"]
+    trimmed = evaluate_metrics(organism, task, names, batch_size=7)
+    full = evaluate_metrics(
+        organism, task, [lambda lg, b, f=METRICS.get(n): f(lg, b) for n in names], batch_size=7
+    )
+    assert torch.allclose(trimmed, full, atol=1e-5, rtol=1e-5)  # float32 logits, other matmul shapes
+    assert trimmed[:, 0].lt(0).all() and trimmed[:, 1].sum() > 0  # real log-probabilities, some answers right
