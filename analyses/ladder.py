@@ -86,6 +86,7 @@ class Ladder:
         self.detection_prompts, self.eval_prompts = SIZES.get(name, (32, 16))
         self._model = None
         self._data: dict[str, object] = {}
+        self._gradient_scores: dict[str, object] = {}
         self.relations = ORGANISM_RELATIONS if name == "organism" else RELATIONS
 
     @property
@@ -140,11 +141,13 @@ class Ladder:
         self.evaluate(out, "relations_ap", sets, [data.evaluation[r] for r in relations])
 
     def _gradient_sets(self, percent: float) -> list[NeuronSet]:
-        data = self.data()
-        return [
-            top_percent(GradientAttribution().attribute(self.model, task), percent).renamed(name)
-            for name, task in data.detection.items()
-        ]
+        """Each task's top ``percent`` by |a * dL/da|; the scores are computed once per run."""
+        if not self._gradient_scores:
+            self._gradient_scores = {
+                name: GradientAttribution().attribute(self.model, task)
+                for name, task in self.data().detection.items()
+            }
+        return [top_percent(scores, percent).renamed(name) for name, scores in self._gradient_scores.items()]
 
     def gradient_1pct(self, out: OutputDir) -> None:
         self.evaluate(out, "gradient_1pct", self._gradient_sets(1.0), list(self.data().evaluation.values()))
