@@ -44,8 +44,8 @@ from tasklens.selection import top_percent
 from tasklens.tasks.task import Task
 
 #: relations and an algorithmic task a natural-language model does well above chance; four
-#: tasks fit the run into 45 minutes on 2 cores (sentiment, two labels at chance for SmolLM2,
-#: would need a logit difference rather than exact match)
+#: tasks on 12 prompts each fit the run into 45 minutes on 2 cores (sentiment, two labels at
+#: chance for SmolLM2, would need a logit difference rather than exact match)
 NATURAL_TASKS = ["continent_of", "country_language", "city_country", "addition"]
 ORGANISM_TASKS = ["continent_of", "currency_of", "capital_of", "sentiment", "addition", "copy_list"]
 SPARE_BOS = "zero_spare_bos"
@@ -79,23 +79,29 @@ def contrastive(scores: dict[str, NeuronScores], against: str) -> dict[str, Neur
     return out
 
 
-def split_half_contrastive(
-    model, detection: dict[str, Task], positions: str, against: str, percent: float, n_splits: int
-) -> pd.DataFrame:
-    """Jaccard of the contrastive sets found on two disjoint halves of every task's prompts."""
-    rows = []
+def half_scores(model, detection: dict[str, Task], positions: str, n_splits: int) -> list:
+    """Each split's two halves of every task's prompts, scored: ``[split][half][task]``."""
     scorer = GradientAttribution(positions=positions)
+    splits = []
     for split in range(n_splits):
         halves = []
         for part in (0, 1):
             scores = {}
             for name, task in detection.items():
                 order = torch.randperm(len(task), generator=torch.Generator().manual_seed(split)).tolist()
-                half = order[part::2]
-                scores[name] = scorer.attribute(model, task.subset(half))
-            halves.append({t: top_percent(s, percent) for t, s in contrastive(scores, against).items()})
-        for name in detection:
-            a, b = halves[0][name].mask, halves[1][name].mask
+                scores[name] = scorer.attribute(model, task.subset(order[part::2]))
+            halves.append(scores)
+        splits.append(halves)
+    return splits
+
+
+def split_half_contrastive(splits: list, against: str, percent: float) -> pd.DataFrame:
+    """Jaccard of the contrastive sets found on two disjoint halves of every task's prompts."""
+    rows = []
+    for split, halves in enumerate(splits):
+        sets = [{t: top_percent(s, percent) for t, s in contrastive(h, against).items()} for h in halves]
+        for name in sets[0]:
+            a, b = sets[0][name].mask, sets[1][name].mask
             rows.append({"task": name, "split": split, "jaccard": float((a & b).sum() / (a | b).sum())})
     return pd.DataFrame(rows)
 
@@ -171,7 +177,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/specificity")
     parser.add_argument("--tasks", nargs="*", help="default: ORGANISM_TASKS or NATURAL_TASKS")
     parser.add_argument("--detection-prompts", type=int, default=32)
-    parser.add_argument("--eval-prompts", type=int, default=16)
+    parser.add_argument("--eval-prompts", type=int, default=12, help="per task, known or not")
     parser.add_argument("--controls", type=int, default=10, help="random sets per set (at least 2)")
     parser.add_argument("--base-percent", type=float, default=1.0, help="A and C: each task's top %% set")
     parser.add_argument("--percents", type=float, nargs="*", default=[0.1, 0.5, 1.0], help="B's sizes, %%")
@@ -291,24 +297,26 @@ def main() -> None:
             model, data.detection, lambda _: GradientAttribution(), "top_percent", args.base_percent,
             n_neurons, out, args.stability_splits,
         )  # fmt: skip
-        frames = []
-        for pos, against, pct in [("all", "mean", p) for p in args.percents] + [
-            ("all", "max", top),
-            ("last_prompt", "mean", top),
-        ]:
-            part = split_half_contrastive(model, data.detection, pos, against, pct, args.stability_splits)
-            part.insert(0, "percent", pct)
-            part.insert(0, "against", against)
-            part.insert(0, "positions", pos)
-            frames.append(part)
-        stability = pd.concat(frames, ignore_index=True)
-        out.table("stability_contrastive", stability, index=False)
-        summary = stability.groupby(["positions", "against", "percent"])["jaccard"].mean()
-        out.finding(
-            "B. split-half Jaccard of the contrastive sets (mean over tasks and "
-            f"{args.stability_splits} splits): "
-            + ", ".join(f"{p} own-{a} {q:g} % {v:.2f}" for (p, a, q), v in summary.items())
-        )
+        if args.stability_splits >= 1:
+            frames = []
+            halves = {pos: half_scores(model, data.detection, pos, args.stability_splits) for pos in scores}
+            for pos, against, pct in [("all", "mean", p) for p in args.percents] + [
+                ("all", "max", top),
+                ("last_prompt", "mean", top),
+            ]:
+                part = split_half_contrastive(halves[pos], against, pct)
+                part.insert(0, "percent", pct)
+                part.insert(0, "against", against)
+                part.insert(0, "positions", pos)
+                frames.append(part)
+            stability = pd.concat(frames, ignore_index=True)
+            out.table("stability_contrastive", stability, index=False)
+            summary = stability.groupby(["positions", "against", "percent"])["jaccard"].mean()
+            out.finding(
+                "B. split-half Jaccard of the contrastive sets (mean over tasks and "
+                f"{args.stability_splits} splits): "
+                + ", ".join(f"{p} own-{a} {q:g} % {v:.2f}" for (p, a, q), v in summary.items())
+            )
     out.finding(f"{time.perf_counter() - started:.0f} s in all")
     out.close()
 
