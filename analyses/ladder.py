@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -47,15 +48,30 @@ RELATIONS = ("continent_of", "country_language", "city_country")
 TASKS = (*RELATIONS, "addition")
 #: the organism (for checking the script quickly) knows other relations
 ORGANISM_RELATIONS = ("continent_of", "currency_of", "capital_of")
-#: prompts per task (detection, evaluation): smaller samples on the larger models fit the ladder
-#: into two hours on 2 cores
-SIZES = {
-    "smollm2-135m": (32, 16),
-    "gemma3-270m": (32, 16),
-    "qwen2.5-coder-0.5b": (24, 12),
-    "qwen2.5-coder-1.5b": (16, 8),
-}
 STAGES = ("known", "relations_ap", "gradient_1pct", "gradient_10pct", "cgvst_5pct", "gradient_1pct_mean")
+#: the stages every model runs: what each knows, the relation paper's sets, the 1 % sets and their
+#: specificity under zero and mean ablation
+CORE = ("known", "relations_ap", "gradient_1pct", "gradient_1pct_mean")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much of the ladder a model runs: prompts per task, random sets per set, stages."""
+
+    detection: int = 32
+    evaluation: int = 16
+    controls: int = 10
+    stages: tuple[str, ...] = STAGES
+
+
+#: smaller samples and the core stages on the larger models fit the ladder into two hours on
+#: 2 cores (a forward costs about 3.4x SmolLM2's on Qwen 0.5B and 12x on the 1.5B)
+SCALES = {
+    "smollm2-135m": Scale(),
+    "gemma3-270m": Scale(),
+    "qwen2.5-coder-0.5b": Scale(24, 12, stages=CORE),
+    "qwen2.5-coder-1.5b": Scale(16, 8, controls=6, stages=CORE),
+}
 CLAIMS = {
     "relations_ap": "AP neurons (top 0.36 %) carry their relation (Liu et al.)",
     "gradient_1pct": "top 1 % gradient-attribution neurons carry their task (Leng & Xiong)",
@@ -83,7 +99,8 @@ class Ladder:
 
     def __init__(self, name: str, out: Path, controls: int, batch_size: int) -> None:
         self.name, self.out, self.controls, self.batch_size = name, out, controls, batch_size
-        self.detection_prompts, self.eval_prompts = SIZES.get(name, (32, 16))
+        scale = SCALES.get(name, Scale())
+        self.detection_prompts, self.eval_prompts = scale.detection, scale.evaluation
         self._model = None
         self._data: dict[str, object] = {}
         self._gradient_scores: dict[str, object] = {}
@@ -240,8 +257,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=(*MODELS, "organism"))
     parser.add_argument("--out", help="default: analyses/results/ladder/MODEL")
-    parser.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--controls", type=int, default=10)
+    parser.add_argument("--stages", nargs="*", choices=STAGES, help="default: the model's SCALES entry")
+    parser.add_argument(
+        "--controls", type=int, help="random sets per set (default: the model's SCALES entry)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--summary", action="store_true", help="write the summary of every model's results")
     parser.add_argument("--root", default=str(ROOT), help="where --summary reads the models' folders")
@@ -257,11 +276,13 @@ def main() -> None:
         return
     if args.model is None:
         raise SystemExit("give --model NAME (one of " + ", ".join(MODELS) + "), or --summary")
-    ladder = Ladder(
-        args.model, Path(args.out) if args.out else ROOT / args.model, args.controls, args.batch_size
-    )
+    scale = SCALES.get(args.model, Scale())
+    controls = scale.controls if args.controls is None else args.controls
+    if controls < 2:
+        raise SystemExit("--controls must be at least 2: the tests compare with the random sets' spread")
+    ladder = Ladder(args.model, Path(args.out) if args.out else ROOT / args.model, controls, args.batch_size)
     timings = {}
-    for stage in args.stages:
+    for stage in args.stages or scale.stages:
         start = time.perf_counter()
         ladder.run(stage)
         timings[stage] = round(time.perf_counter() - start, 1)

@@ -1,12 +1,15 @@
 """Speed and memory of looking at neurons, measured in one run on one model.
 
-- vocabulary decoding of every MLP neuron to its top-10 / bottom-10 tokens (output side,
-  and the gate's input side): wall time and peak memory (RSS sampled while decoding);
+- vocabulary decoding of MLP neurons to their top-10 / bottom-10 tokens (output side, and the
+  gate's input side): wall time, peak memory (RSS sampled while decoding), and the achieved
+  FLOP rate beside a plain ``torch.matmul`` of the same shapes timed on the same machine
+  (decoding is ``neurons x d_model x vocab`` multiply-adds; ``--decode-per-layer N`` decodes
+  the first N neurons of every layer, so the largest models are measured in minutes);
 - top-activating contexts of every neuron over the built-in tasks' prompts: tokens per
   second, beside a plain forward pass over the same batches (the ratio is the cost of
   keeping the contexts).
 
-    python benchmarks/views.py [--model organism] [--out benchmarks/results/views_organism.json]
+    python benchmarks/views.py [--model organism] [--decode-per-layer N] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from tasklens.data.neurons import NeuronSet
 from tasklens.io import write_json
 from tasklens.models import ModelInfo, load_model
 from tasklens.tasks.builtin import builtin_task_names, load_builtin
@@ -50,10 +54,37 @@ def peak_while(fn):
     return result, seconds, base, peak[0]
 
 
+CHUNK = 512  # decode_neurons' default
+
+
+def chunk_sizes(info: ModelInfo, chosen: NeuronSet | None) -> list[int]:
+    """The neuron counts of the matrix products decoding makes: per layer, chunks of CHUNK."""
+    per_layer = [info.d_mlp] * info.n_layers if chosen is None else chosen.mask.sum(1).tolist()
+    return [min(CHUNK, n - lo) for n in per_layer for lo in range(0, n, CHUNK)]
+
+
+def plain_matmul(sizes: list[int], d_model: int, vocab: int) -> float:
+    """Seconds for ``torch.matmul`` of the same shapes as decoding: one [n, d_model] x
+    [d_model, vocab] product per chunk (best of two, after a warm-up)."""
+    right = torch.randn(d_model, vocab)
+    lefts = {n: torch.randn(n, d_model) for n in set(sizes)}
+    torch.matmul(lefts[sizes[0]], right)
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        for n in sizes:
+            torch.matmul(lefts[n], right)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--prompts", type=int, default=40, help="prompts per built-in task for contexts")
+    parser.add_argument(
+        "--decode-per-layer", type=int, default=0, help="decode the first N neurons per layer"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -61,17 +92,33 @@ def main() -> None:
     info = ModelInfo.of(model)
     results: dict[str, dict] = {"model": {"name": args.model, "neurons": info.n_neurons}}
 
+    chosen = None
+    if args.decode_per_layer:
+        mask = torch.zeros(info.shape, dtype=torch.bool)
+        mask[:, : args.decode_per_layer] = True
+        chosen = NeuronSet(mask, "decoded", {"selection": f"first {args.decode_per_layer} of every layer"})
     for side in ("output", "hook_pre"):
-        vocab, seconds, base, peak = peak_while(lambda side=side: decode_neurons(model, side, k=10))
+        vocab, seconds, base, peak = peak_while(
+            lambda side=side: decode_neurons(model, side, k=10, chunk=CHUNK, neurons=chosen)
+        )
+        n = info.n_neurons if chosen is None else len(chosen)
+        flop = 2 * n * int(model.cfg.d_model) * int(model.cfg.d_vocab)
+        reference = plain_matmul(chunk_sizes(info, chosen), int(model.cfg.d_model), int(model.cfg.d_vocab))
         results[f"decode_{side}"] = {
             "seconds": round(seconds, 2),
-            "neurons": info.n_neurons,
+            "neurons": n,
+            "gflop": round(flop / 1e9, 1),
+            "gflop_per_second": round(flop / seconds / 1e9, 1),
+            "plain_matmul_gflop_per_second": round(flop / reference / 1e9, 1),
+            "ratio_vs_plain_matmul": round(reference / seconds, 2),
             "rss_before_mb": round(base),
             "peak_rss_mb": round(peak),
             "example": vocab.top(info.n_layers - 1, 0)[:3],
         }
         print(
-            f"decode {side:<9} {info.n_neurons} neurons in {seconds:6.1f} s, peak RSS {peak:.0f} MB",
+            f"decode {side:<9} {n} neurons in {seconds:6.1f} s ({flop / seconds / 1e9:.0f} GFLOP/s; plain "
+            f"matmul of the same shapes {flop / reference / 1e9:.0f} GFLOP/s, {reference / seconds:.2f}x), "
+            f"peak RSS {peak:.0f} MB",
             flush=True,
         )
 

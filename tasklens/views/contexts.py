@@ -2,8 +2,9 @@
 text source where it fires most, with a window of tokens around each (Neuroscope's view).
 
 The source streams through the model once. Memory is bounded by the neurons x k kept
-contexts, not by the source: each batch's best k positions per neuron are merged
-into the running best k (a vectorised heap per neuron).
+contexts, not by the source: each batch's best k positions of every neuron are merged into
+the running best k in one top-k over all neurons at once, and the token windows are read
+back from the centres' positions at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tasklens.data.neurons import NeuronSet
 from tasklens.data.provenance import model_fingerprint
 from tasklens.errors import TasklensError
 from tasklens.io import load_artifact, save_artifact
-from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.models import DEFAULT_UNIT, ModelInfo, is_bridge
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask, encode
 
@@ -217,6 +218,29 @@ def _batches(seqs: list[list[int]], batch_size: int) -> Iterator[Tensor]:
         yield tokens
 
 
+def _forward_without_logits(model, tokens: Tensor) -> None:
+    """A forward pass for its hooks only: on a bridge, the unembedding of one position only
+    (Hugging Face's ``logits_to_keep``; a fifth of a small model's forward is its unembedding)."""
+    if is_bridge(model):
+        try:
+            model(tokens, return_type=None, logits_to_keep=1)
+            return
+        except TypeError:  # a model whose forward takes no logits_to_keep
+            pass
+    model(tokens, return_type=None)
+
+
+def _id_windows(seqs: list[list[int]], where: Tensor, window: int) -> Tensor:
+    """Token ids around each centre ``where`` (sequence * longest + position): ``[*where, 2w+1]``."""
+    longest = max(map(len, seqs))
+    ids = torch.full((len(seqs), longest + 2 * window), PAD, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, window : window + len(seq)] = torch.tensor(seq)
+    sequence, position = where // longest, where % longest
+    first = sequence * ids.shape[1] + position
+    return ids.flatten()[first[..., None] + torch.arange(2 * window + 1)]
+
+
 @torch.no_grad()
 def top_contexts(
     model,
@@ -269,63 +293,69 @@ def top_contexts(
         if neurons is not None
         else torch.ones(info.shape, dtype=torch.bool)
     )
-    tracked = mask.nonzero()
+    tracked = mask.nonzero()  # layer-major, indices ascending: the order of the rows below
     per_layer = {
         layer: mask[layer].nonzero().flatten() for layer in range(info.n_layers) if mask[layer].any()
     }
     start = time.perf_counter()
     width = 2 * window + 1
-    best = {
-        layer: (
-            torch.full((k, len(idx)), -torch.inf),
-            torch.full((k, len(idx), width), PAD, dtype=torch.long),
-            torch.zeros(k, len(idx), width),
-        )
-        for layer, idx in per_layer.items()
-    }
-    names = {layer: info.hook_name(layer, unit) for layer in per_layer}
+    longest = max(map(len, seqs))
+    n = len(tracked)
+    values = torch.full((n, k), -torch.inf)
+    where = torch.zeros(n, k, dtype=torch.long)  # sequence * longest + position of each centre
+    window_values = torch.zeros(n, k, width)
+    offsets = torch.arange(-window, window + 1)
     store: dict[int, Tensor] = {}
+    whole = {layer: len(idx) == info.d_mlp for layer, idx in per_layer.items()}
     hooks = [
         (
-            names[layer],
-            lambda act, hook, layer=layer: store.__setitem__(layer, act[..., per_layer[layer]].float()),
+            info.hook_name(layer, unit),
+            lambda act, hook, layer=layer: store.__setitem__(
+                layer, act.detach() if whole[layer] else act[..., per_layer[layer]]
+            ),
         )
         for layer in per_layer
     ]
     pad_id = model.tokenizer.pad_token_id or 0
-    n_tokens = 0
+    n_tokens = done = 0
     with model.hooks(fwd_hooks=hooks):
         for tokens in _batches(seqs, batch_size):
             real = tokens != PAD
             n_tokens += int(real.sum())
-            model(tokens.masked_fill(~real, pad_id).to(model.cfg.device), return_type=None)
-            centres = real & ~torch.isin(tokens, special)
-            padded_ids = torch.nn.functional.pad(tokens, (window, window), value=PAD)
-            id_windows = padded_ids.unfold(1, width, 1).flatten(0, 1)  # [B*T, width]
-            for layer, (values, windows, window_values) in best.items():
-                acts = store[layer].cpu()  # [B, T, n]
-                flat = acts.masked_fill(~centres[..., None], -torch.inf).flatten(0, 1)  # [B*T, n]
-                top = flat.topk(min(k, flat.shape[0]), dim=0)  # [k', n]
-                padded = torch.nn.functional.pad(acts, (0, 0, window, window))  # [B, T+2w, n]
-                act_windows = padded.unfold(1, width, 1).flatten(0, 1)  # [B*T, n, width]
-                column = torch.arange(acts.shape[-1]).expand_as(top.indices)
-                new_windows = id_windows[top.indices]  # [k', n, width]
-                new_values = act_windows[top.indices, column]  # [k', n, width]
-                all_values = torch.cat([values, top.values])
-                keep = all_values.topk(k, dim=0).indices  # [k, n]
-                all_windows = torch.cat([windows, new_windows])
-                all_window_values = torch.cat([window_values, new_values])
-                expand = keep[..., None].expand(-1, -1, width)
-                best[layer] = (
-                    all_values.gather(0, keep),
-                    all_windows.gather(0, expand),
-                    all_window_values.gather(0, expand),
-                )
-    # tracked is layer-major with indices ascending, the order of each layer's columns
-    ordered = sorted(best)
-    values = torch.cat([best[layer][0].T for layer in ordered])
-    windows = torch.cat([best[layer][1].transpose(0, 1) for layer in ordered])
-    window_values = torch.cat([best[layer][2].transpose(0, 1) for layer in ordered])
+            _forward_without_logits(model, tokens.masked_fill(~real, pad_id).to(model.cfg.device))
+            rows, length = tokens.shape
+            acts = torch.cat([store.pop(layer).float().cpu() for layer in sorted(per_layer)], dim=-1)
+            acts = acts.view(rows * length, n)  # a row per position, a column per tracked neuron
+            others = (~real | torch.isin(tokens, special)).flatten().nonzero().flatten()
+            kept = acts[others]  # no centre on padding or BOS...: -inf there for the top-k only
+            acts[others] = -torch.inf
+            top = acts.topk(min(k, rows * length), dim=0)  # [k', n]
+            acts[others] = kept
+            # the slots hold each neuron's best k in no order: a context that enters the best k
+            # takes the slot of one that leaves it, so only the m arrivals are read and written
+            candidates = torch.cat([values, top.values.T], dim=1)
+            stays = torch.zeros(candidates.shape, dtype=torch.bool)
+            stays.scatter_(1, candidates.topk(k, dim=1).indices, True)
+            leaving = (~stays[:, :k]).nonzero()  # [m, 2] (neuron, slot), in neuron order
+            arriving = stays[:, k:].nonzero()  # [m, 2] (neuron, rank): as many per neuron
+            neuron, slot, rank = leaving[:, 0], leaving[:, 1], arriving[:, 1]
+            centre = top.indices[rank, neuron]  # row of ``acts``: sequence * length + position
+            row, position = centre // length, centre % length
+            values[neuron, slot] = top.values[rank, neuron]
+            where[neuron, slot] = (done + row) * longest + position
+            around = position[:, None] + offsets  # [m, width]
+            inside = (around >= 0) & (around < length)
+            at = row[:, None] * length + around.clamp(0, length - 1)
+            inside &= real.flatten()[at]
+            window_values[neuron, slot] = acts[at, neuron[:, None]].masked_fill_(~inside, 0.0)
+            done += rows
+    values, order = values.sort(dim=1, descending=True)
+    where = where.gather(1, order)
+    window_values = window_values.gather(1, order[..., None].expand(-1, -1, width))
+    windows = _id_windows(seqs, where, window)  # [n, k, width]
+    empty = ~torch.isfinite(values)
+    windows[empty] = PAD
+    window_values = window_values.masked_fill(empty[..., None], 0.0)
     return TopContexts(
         neurons=tracked,
         values=values,

@@ -13,7 +13,7 @@ from tasklens.cli import app
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.tasks.tokenize import TokenizedTask
-from tasklens.views.contexts import top_contexts
+from tasklens.views.contexts import sequences, top_contexts
 from tasklens.views.page import NeuronPage, neuron_pages, parse_neuron
 from tasklens.views.vocab import NeuronVocab, decode_neurons
 
@@ -104,16 +104,31 @@ def test_top_contexts_equal_a_brute_force_search(organism):
             _, cache = organism.run_with_cache(torch.tensor([ids]), names_filter=name)
             acts = cache[name][0, :, index]
             # position 0 is BOS, left out as a centre
-            best += [(float(v), ids[max(0, t - 3) : t + 4]) for t, v in enumerate(acts) if t > 0]
+            best += [
+                (float(v), ids[max(0, t - 3) : t + 4], acts[max(0, t - 3) : t + 4])
+                for t, v in enumerate(acts)
+                if t > 0
+            ]
         best.sort(key=lambda x: -x[0])
         row = found.row(layer, index)
         torch.testing.assert_close(
-            found.values[row], torch.tensor([v for v, _ in best[:6]]), atol=1e-5, rtol=0
+            found.values[row], torch.tensor([v for v, _, _ in best[:6]]), atol=1e-5, rtol=0
         )
-        top = found.windows[row, 0]
-        assert top[top >= 0].tolist() == best[0][1]
+        for slot in range(6):  # prompts sharing a prefix tie: any of the tied contexts will do
+            kept = found.windows[row, slot] >= 0
+            ids, acts = found.windows[row, slot][kept].tolist(), found.window_values[row, slot][kept]
+            same = [b for b in best if abs(b[0] - float(found.values[row, slot])) < 1e-5 and b[1] == ids]
+            assert same, f"slot {slot} of L{layer}N{index}: no context with this value and window"
+            torch.testing.assert_close(acts, same[0][2], atol=1e-5, rtol=0)
     pairs = zip(tokenized.prompt_ids, tokenized.answer_ids, strict=True)
     assert found.n_tokens == sum(len(p) + len(a) for p, a in pairs)
+
+
+def test_top_contexts_keep_fewer_contexts_than_k_empty(organism):
+    found = top_contexts(organism, ["Paris"], NeuronSet.from_pairs([(0, 5)], GRID), k=4, window=1)
+    eligible = len(sequences(organism, ["Paris"])[0]) - 1  # every token but BOS
+    assert found.values.shape == (1, min(4, eligible))
+    assert torch.isfinite(found.values).all() and (found.windows[..., 1] >= 0).all()
 
 
 def test_top_contexts_memory_does_not_grow_with_the_source(organism):
