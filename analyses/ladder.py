@@ -238,9 +238,10 @@ def summary(root: Path) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
-    return frame.pivot_table(
+    table = frame.pivot_table(
         index=["claim", "metric", "test"], columns="model", values="cell", aggfunc="first"
     )
+    return table[[m for m in (*MODELS, "organism") if m in table.columns]]  # smallest model first
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -16,6 +16,7 @@ from scipy.stats import hypergeom
 
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError
+from tasklens.models import mlp_weight
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,9 @@ def parameter_vectors(model, neurons: NeuronSet, layer: int) -> torch.Tensor:
     Returns ``[n_selected, params_per_neuron]`` (rows in neuron-index order).
     """
     idx = neurons.mask[layer].nonzero().flatten()
-    parts = [model.W_in[layer][:, idx].T, model.W_out[layer][idx]]
+    parts = [mlp_weight(model, layer, "W_in")[:, idx].T, mlp_weight(model, layer, "W_out")[idx]]
     if getattr(model.cfg, "gated_mlp", False):
-        parts.insert(1, model.W_gate[layer][:, idx].T)
+        parts.insert(1, mlp_weight(model, layer, "W_gate")[:, idx].T)
     return torch.cat([p.detach().float() for p in parts], dim=1)
 
 

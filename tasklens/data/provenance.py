@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tasklens.models import mlp_weight
+
 
 def tensor_hash(tensor: Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes."""
@@ -74,6 +76,10 @@ def model_fingerprint(model) -> str:
         json.dumps([int(cfg.n_layers), int(cfg.d_mlp), int(cfg.d_model), int(cfg.d_vocab)]).encode()
     )
     with torch.no_grad():
-        for weights in (model.W_out[0][:4], model.W_out[-1][-4:], model.W_in[0][:, :4]):
+        for weights in (
+            mlp_weight(model, 0, "W_out")[:4],
+            mlp_weight(model, -1, "W_out")[-4:],
+            mlp_weight(model, 0, "W_in")[:, :4],
+        ):
             digest.update(weights.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -2,7 +2,7 @@
 name and downloads (`zoo`), what every layer needs to know about their neurons (`info`),
 and streaming their activations and gradients through hooks (`hooks`)."""
 
-from tasklens.models.info import DEFAULT_UNIT, UNITS, ModelInfo, is_bridge
+from tasklens.models.info import DEFAULT_UNIT, UNITS, ModelInfo, is_bridge, mlp_weight
 from tasklens.models.loading import (
     cache_filled,
     cached_calls,
@@ -25,5 +25,6 @@ __all__ = [
     "is_bridge",
     "load_model",
     "mlp_input",
+    "mlp_weight",
     "weights_folded",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from tasklens.errors import TasklensError, check_choice
@@ -112,6 +113,12 @@ class ModelInfo:
     def unembed_input_name(self) -> str:
         """The input of the unembedding (after the final norm)."""
         return "unembed.hook_in" if self.bridge else "ln_final.hook_normalized"
+
+
+def mlp_weight(model, layer: int, name: str) -> Tensor:
+    """Layer ``layer``'s MLP weight ``name`` (``W_in``, ``W_gate`` or ``W_out``), read from its
+    block: the model-wide ``model.W_out`` and its kin stack every layer on each access."""
+    return getattr(model.blocks[layer].mlp, name)
 
 
 def is_bridge(model) -> bool:

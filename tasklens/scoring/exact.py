@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensWarning
-from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.models import DEFAULT_UNIT, ModelInfo, mlp_weight
 from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.scoring.patching import PatchingOptions
 from tasklens.tasks.task import Task
@@ -144,7 +144,7 @@ class ExactAblation(PatchingOptions, ScorerParams):
             new = fill.to(act.dtype).expand_as(act)
         else:
             new = fill.to(act.dtype)
-        w_out = model.W_out[-1][neurons.to(act.device)]  # [copies, d_model]
+        w_out = mlp_weight(model, -1, "W_out")[neurons.to(act.device)]  # [copies, d_model]
         resid = cache[resid_name][:, None] + (new - act).permute(0, 2, 1)[..., None] * w_out[None, :, None, :]
         logits = model.unembed(model.ln_final(resid.flatten(0, 1)))
         return metric(logits, _repeat(batch, len(neurons))).view(batch.size, len(neurons))

@@ -37,7 +37,7 @@ from tasklens.data.neurons import NeuronSet
 from tasklens.data.provenance import model_fingerprint
 from tasklens.errors import TasklensError, check_choice
 from tasklens.io import load_artifact, save_artifact
-from tasklens.models import ModelInfo
+from tasklens.models import ModelInfo, mlp_weight
 from tasklens.views.contexts import check_count
 
 SIDES = ("output", "hook_pre", "hook_pre_linear")
@@ -197,11 +197,11 @@ def decode_neurons(
         if not len(idx):
             continue
         if side == "output":
-            rows = _center(model.W_out[layer].detach().float(), model)  # [d_mlp, d_model]
+            rows = _center(mlp_weight(model, layer, "W_out").detach().float(), model)  # [d_mlp, d_model]
             right = reader  # [d_model, vocab]
         else:
-            weight = model.W_gate if (side == "hook_pre" and info.gated) else model.W_in
-            rows = weight[layer].detach().float().T  # [d_mlp, d_model]
+            weight = "W_gate" if (side == "hook_pre" and info.gated) else "W_in"
+            rows = mlp_weight(model, layer, weight).detach().float().T  # [d_mlp, d_model]
             scale = norm_scale(model.blocks[layer].ln2, d_model).to(embed.device)
             right = (_center(embed, model) * scale).T  # [d_model, vocab]
         for lo in range(0, len(idx), chunk):
