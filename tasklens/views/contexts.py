@@ -230,9 +230,8 @@ def _forward_without_logits(model, tokens: Tensor) -> None:
     model(tokens, return_type=None)
 
 
-def _id_windows(seqs: list[list[int]], where: Tensor, window: int) -> Tensor:
+def _id_windows(seqs: list[list[int]], where: Tensor, window: int, longest: int) -> Tensor:
     """Token ids around each centre ``where`` (sequence * longest + position): ``[*where, 2w+1]``."""
-    longest = max(map(len, seqs))
     ids = torch.full((len(seqs), longest + 2 * window), PAD, dtype=torch.long)
     for row, seq in enumerate(seqs):
         ids[row, window : window + len(seq)] = torch.tensor(seq)
@@ -352,7 +351,7 @@ def top_contexts(
     values, order = values.sort(dim=1, descending=True)
     where = where.gather(1, order)
     window_values = window_values.gather(1, order[..., None].expand(-1, -1, width))
-    windows = _id_windows(seqs, where, window)  # [n, k, width]
+    windows = _id_windows(seqs, where, window, longest)  # [n, k, width]
     empty = ~torch.isfinite(values)
     windows[empty] = PAD
     window_values = window_values.masked_fill(empty[..., None], 0.0)
