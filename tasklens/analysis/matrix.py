@@ -138,9 +138,7 @@ class EvaluationResult:
             low, high = (
                 mean_interval(self._prompts(n, n)) if counts is not None else (float("nan"), float("nan"))
             )
-            runs = self.control_values[
-                (self.control_values["set"] == n) & (self.control_values["task"] == n)
-            ]["value"]
+            runs = self._control_runs(n, n)["value"]
             rows.append(
                 dict(
                     set=n,
@@ -166,6 +164,14 @@ class EvaluationResult:
         rows = self.prompt_values
         picked = rows[(rows["set"] == name) & (rows["task"] == task)].sort_values("prompt")
         return picked["value"].to_numpy(dtype=float)
+
+    def _control_runs(self, name: str, task: str | None = None) -> pd.DataFrame:
+        """The rows of `control_values` for the random sets of ``name`` (on ``task`` only, if given)."""
+        runs = self.control_values
+        keep = runs["set"] == name
+        if task is not None:
+            keep &= runs["task"] == task
+        return runs[keep]
 
     def _require_prompts(self) -> None:
         if self.prompt_values.empty:
@@ -232,7 +238,7 @@ class EvaluationResult:
         rows = []
         for name in names:
             others = [t for t in self.tasks if t != name]
-            runs = self.control_values[self.control_values["set"] == name]
+            runs = self._control_runs(name)
             table = runs.pivot(index="run", columns="task", values="value").reindex(columns=self.tasks)
             change = table - baseline
             null = (change[others].mean(axis=1) - change[name]).dropna().to_numpy()
@@ -259,9 +265,7 @@ class EvaluationResult:
         self._require_prompts()
         rows = []
         for name in names:
-            runs = self.control_values[
-                (self.control_values["set"] == name) & (self.control_values["task"] == name)
-            ]
+            runs = self._control_runs(name, name)
             null = (self.baseline[name] - runs["value"]).to_numpy(dtype=float)
             test = drop_test(self._changes(name, name), null, alpha)
             rows.append({"set": name, "n_prompts": len(self._prompts(BASELINE, name)), **test.to_dict()})
@@ -287,9 +291,7 @@ class EvaluationResult:
         rows = []
         for name in self.set_names:
             for task in self.tasks:
-                runs = self.control_values[
-                    (self.control_values["set"] == name) & (self.control_values["task"] == task)
-                ]
+                runs = self._control_runs(name, task)
                 null = (self.baseline[task] - runs["value"]).to_numpy(dtype=float)
                 changes = self._changes(name, task)
                 down, up = drop_test(changes, null, alpha), drop_test(-changes, -null, alpha)

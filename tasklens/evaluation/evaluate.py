@@ -17,7 +17,7 @@ from torch import Tensor
 from tasklens import distributed
 from tasklens.errors import TasklensError
 from tasklens.evaluation.metrics import METRICS, is_generative
-from tasklens.models import cache_filled, cached_calls, enable_kv_cache, is_bridge
+from tasklens.models import cache_filled, cached_calls, enable_kv_cache, forward_keeping, is_bridge
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
 
@@ -220,13 +220,10 @@ def _logits(model, batch, answers_only: bool) -> tuple[Tensor, Batch]:
     spares most of the unembedding (a quarter to over half of a small model's forward)."""
     tokens = batch.tokens.to(model.cfg.device)
     start = int(batch.prompt_lengths.min()) - 1
-    if answers_only and start > 0 and is_bridge(model):
+    if answers_only and start > 0:
         keep = torch.arange(start, tokens.shape[1], device=tokens.device)
-        try:
-            logits = model(tokens, logits_to_keep=keep)
-        except TypeError:  # a bridge or model that takes no logits_to_keep
-            return model(tokens), batch
-        if logits.shape[1] == len(keep):
+        logits, kept = forward_keeping(model, tokens, keep)
+        if kept and logits.shape[1] == len(keep):
             return logits, batch.from_position(start)
         return logits, batch
     return model(tokens), batch

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tasklens.models import forward_keeping
 from tasklens.tasks.tokenize import Batch
 
 
@@ -32,12 +33,11 @@ def answer_logits(
     tokens = batch.tokens.to(device)
     rows, pos = mask.nonzero(as_tuple=True)
     targets = batch.tokens[rows, pos + 1]
-    try:
-        logits = model(tokens, logits_to_keep=mask.to(device))
-    except TypeError:  # a model whose forward does not take logits_to_keep
-        logits = None
-    if logits is None or logits.ndim != 2 or logits.shape[0] != len(rows):
-        logits = model(tokens)[rows.to(device), pos.to(device)]
+    logits, kept = forward_keeping(model, tokens, mask.to(device))
+    if kept and (logits.ndim != 2 or logits.shape[0] != len(rows)):
+        logits, kept = model(tokens), False
+    if not kept:
+        logits = logits[rows.to(device), pos.to(device)]
     return logits, rows.to(logits.device), targets.to(logits.device)
 
 

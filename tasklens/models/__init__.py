@@ -2,6 +2,7 @@
 name and downloads (`zoo`), what every layer needs to know about their neurons (`info`),
 and streaming their activations and gradients through hooks (`hooks`)."""
 
+from tasklens.models.forward import forward_keeping
 from tasklens.models.info import DEFAULT_UNIT, UNITS, ModelInfo, is_bridge, mlp_weight
 from tasklens.models.loading import (
     cache_filled,
@@ -22,6 +23,7 @@ __all__ = [
     "cache_filled",
     "cached_calls",
     "enable_kv_cache",
+    "forward_keeping",
     "is_bridge",
     "load_model",
     "mlp_input",

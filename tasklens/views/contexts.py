@@ -25,7 +25,7 @@ from tasklens.data.neurons import NeuronSet
 from tasklens.data.provenance import model_fingerprint
 from tasklens.errors import TasklensError
 from tasklens.io import load_artifact, save_artifact
-from tasklens.models import DEFAULT_UNIT, ModelInfo, is_bridge
+from tasklens.models import DEFAULT_UNIT, ModelInfo, forward_keeping
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask, encode
 
@@ -218,18 +218,6 @@ def _batches(seqs: list[list[int]], batch_size: int) -> Iterator[Tensor]:
         yield tokens
 
 
-def _forward_without_logits(model, tokens: Tensor) -> None:
-    """A forward pass for its hooks only: on a bridge, the unembedding of one position only
-    (Hugging Face's ``logits_to_keep``; a fifth of a small model's forward is its unembedding)."""
-    if is_bridge(model):
-        try:
-            model(tokens, return_type=None, logits_to_keep=1)
-            return
-        except TypeError:  # a model whose forward takes no logits_to_keep
-            pass
-    model(tokens, return_type=None)
-
-
 def _id_windows(seqs: list[list[int]], where: Tensor, window: int, longest: int) -> Tensor:
     """Token ids around each centre ``where`` (sequence * longest + position): ``[*where, 2w+1]``."""
     ids = torch.full((len(seqs), longest + 2 * window), PAD, dtype=torch.long)
@@ -321,7 +309,8 @@ def top_contexts(
         for tokens in _batches(seqs, batch_size):
             real = tokens != PAD
             n_tokens += int(real.sum())
-            _forward_without_logits(model, tokens.masked_fill(~real, pad_id).to(model.cfg.device))
+            masked = tokens.masked_fill(~real, pad_id).to(model.cfg.device)
+            forward_keeping(model, masked, 1, return_type=None)  # for the hooks only
             rows, length = tokens.shape
             acts = torch.cat([store.pop(layer).float().cpu() for layer in sorted(per_layer)], dim=-1)
             acts = acts.view(rows * length, n)  # a row per position, a column per tracked neuron

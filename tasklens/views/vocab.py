@@ -187,6 +187,9 @@ def decode_neurons(
     else:
         embed = model.W_E.detach().float()  # [vocab, d_model]
         embed = embed / embed.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # each token as the norm sees it
+        # a transposed view, shared by every layer: each layer's norm scale goes on its weight rows,
+        # a [d_mlp, d_model] product instead of a [vocab, d_model] one per layer
+        reader = _center(embed, model).T  # [d_model, vocab]
     chosen = (
         neurons.check_fits(info.shape).mask
         if neurons is not None
@@ -198,15 +201,13 @@ def decode_neurons(
             continue
         if side == "output":
             rows = _center(mlp_weight(model, layer, "W_out").detach().float(), model)  # [d_mlp, d_model]
-            right = reader  # [d_model, vocab]
         else:
             weight = "W_gate" if (side == "hook_pre" and info.gated) else "W_in"
-            rows = mlp_weight(model, layer, weight).detach().float().T  # [d_mlp, d_model]
-            scale = norm_scale(model.blocks[layer].ln2, d_model).to(embed.device)
-            right = (_center(embed, model) * scale).T  # [d_model, vocab]
+            scale = norm_scale(model.blocks[layer].ln2, d_model)
+            rows = mlp_weight(model, layer, weight).detach().float().T * scale.to(reader.device)
         for lo in range(0, len(idx), chunk):
             part = idx[lo : lo + chunk]
-            scores = rows[part.to(rows.device)] @ right  # [chunk, vocab]
+            scores = rows[part.to(rows.device)] @ reader  # [chunk, vocab]
             high = scores.topk(k, dim=-1)
             low = scores.topk(k, dim=-1, largest=False)
             top_ids[layer, part], top_values[layer, part] = high.indices.cpu(), high.values.cpu()

@@ -21,6 +21,7 @@ PUBLIC = (
     "tasklens.analysis.stats",
     "tasklens.analysis.matrix",
     "tasklens.interventions",
+    "tasklens.models.forward",
 )
 SCORERS = (
     "ActivationStats",

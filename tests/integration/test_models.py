@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tasklens.errors import TasklensError
-from tasklens.models import ORGANISM_DIR, ModelInfo, load_model
+from tasklens.models import ORGANISM_DIR, ModelInfo, forward_keeping, load_model
 
 
 def test_organism_description(organism):
@@ -27,6 +27,20 @@ def test_swiglu_units_are_consistent(organism):
         torch.nn.functional.silu(cache["blocks.1.mlp.hook_pre"]) * cache["blocks.1.mlp.hook_pre_linear"]
     )
     torch.testing.assert_close(post, expected)
+
+
+def test_forward_keeping_computes_only_the_kept_positions_logits(organism):
+    tokens = organism.to_tokens(["What is 12 plus 30? Answer:", "Paris is in"], padding_side="right")
+    full = organism(tokens)
+    last, kept = forward_keeping(organism, tokens, 1)
+    assert kept and last.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    mask[0, 2], mask[1, 4] = True, True
+    picked, kept = forward_keeping(organism, tokens, mask)
+    assert kept
+    torch.testing.assert_close(picked, full[mask])
+    assert forward_keeping(organism, tokens, 1, return_type=None) == (None, True)
 
 
 def test_unknown_unit_and_non_gated_unit():
