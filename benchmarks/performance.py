@@ -178,7 +178,9 @@ def against_plain_hf(name: str, n_prompts: int, batch_size: int, repeats: int) -
     folder = zoo.local_folder(name) if zoo.is_known(name) else name
     hf = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
     task = load_for_model(model, "continent_of", "detection", n=n_prompts)
-    chat = load_for_model(model, "continent_of", "detection", style="chat", n=n_prompts)
+    # CGVST reads ChatML's markers: a model without that template (Gemma) skips it
+    chatml = "<|im_start|>" in (getattr(model.tokenizer, "chat_template", None) or "")
+    chat = load_for_model(model, "continent_of", "detection", style="chat", n=n_prompts) if chatml else task
     batches = {id(t): list(TokenizedTask.for_model(t, model).batches(batch_size)) for t in (task, chat)}
 
     def hf_forward(data):
@@ -200,9 +202,10 @@ def against_plain_hf(name: str, n_prompts: int, batch_size: int, repeats: int) -
         "bridge_forward_backward": lambda: bare_forward_backward(model, tokenized, batch_size),
         "gradient_attribution": lambda: GradientAttribution().attribute(model, task, batch_size=batch_size),
         "attribution_patching": lambda: AttributionPatching().attribute(model, task, batch_size=batch_size),
-        "hf_forward_backward_chat": lambda: hf_forward_backward(chat),
-        "cgvst_chat": lambda: CGVST(n_demo=9).attribute(model, chat, batch_size=batch_size),
     }
+    if chatml:
+        runs["hf_forward_backward_chat"] = lambda: hf_forward_backward(chat)
+        runs["cgvst_chat"] = lambda: CGVST(n_demo=9).attribute(model, chat, batch_size=batch_size)
     seconds = dict.fromkeys(runs, float("inf"))
     memory = dict.fromkeys(runs, 0.0)
     for fn in runs.values():  # warm-up
@@ -242,6 +245,7 @@ def against_plain_hf(name: str, n_prompts: int, batch_size: int, repeats: int) -
             "tokens": sum(int(b.lengths.sum()) for b in batches[id(chat if "chat" in run else task)]),
         }
         for label, (run, reference, target) in compared.items()
+        if run in runs
     }
 
 
