@@ -1,9 +1,13 @@
 """Peak memory of a model in float32 and in bfloat16, measured side by side.
 
-Each dtype runs in its own process (so one's peak cannot hide the other's): load the model,
-then score the gradient attribution of ``--prompts`` known prompts; the process's peak
-resident memory (``ru_maxrss``) after loading and after scoring is reported beside the
-seconds each took, and their bfloat16 / float32 ratios.
+Each dtype runs in its own process (so one's peak cannot hide the other's): load the model
+from a folder stored in that dtype, then score the gradient attribution of ``--prompts``
+prompts; the process's peak resident memory (``ru_maxrss``) after loading and after scoring
+is reported beside the seconds each took, and their bfloat16 / float32 ratios. Where the
+downloaded folder holds the other dtype, a separate process first writes a copy in the
+measured one to a temporary folder (what ``tasklens models download NAME --dtype bfloat16``
+would store; casting on load would read, and count, the float32 weights too); the
+downloaded folder is only read.
 
     python benchmarks/memory.py --model qwen2.5-coder-1.5b [--out benchmarks/results/memory_MODEL.json]
 """
@@ -13,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +29,32 @@ DTYPES = ("float32", "bfloat16")
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def source_folder(name: str) -> Path:
+    from tasklens.models import ORGANISM, ORGANISM_DIR, zoo
+
+    if name == ORGANISM:
+        return Path(ORGANISM_DIR)
+    return zoo.local_folder(name) if zoo.is_known(name) else Path(name)
+
+
+def stored_dtype(name: str) -> str:
+    config = json.loads((source_folder(name) / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def copy_in(name: str, dtype: str, folder: str) -> None:
+    """In this process: write the model ``name`` to ``folder`` with its weights in ``dtype``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = source_folder(name)
+    model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=getattr(torch, dtype))
+    model.save_pretrained(folder)
+    for path in source.iterdir():  # the tokenizer and chat template
+        if path.is_file() and path.suffix != ".safetensors" and not (Path(folder) / path.name).exists():
+            shutil.copy(path, folder)
 
 
 def measure(name: str, dtype: str, n_prompts: int) -> dict:
@@ -58,21 +90,34 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)  # one child's measurement
+    parser.add_argument("--copy-to", help=argparse.SUPPRESS)  # with --dtype: write a copy instead
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.dtype and args.copy_to:
+        copy_in(args.model, args.dtype, args.copy_to)
+        return
     if args.dtype:
         print(json.dumps(measure(args.model, args.dtype, args.prompts)))
         return
     from tasklens.io import write_json
 
+    def child(*extra: str) -> str:
+        command = [sys.executable, __file__, "--prompts", str(args.prompts), *extra]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            sys.exit(f"{' '.join(extra)} failed:\n{done.stderr[-2000:]}")
+        return done.stdout
+
     rows = {}
     for dtype in DTYPES:
-        command = [sys.executable, __file__, "--model", args.model, "--prompts", str(args.prompts)]
-        done = subprocess.run([*command, "--dtype", dtype], capture_output=True, text=True, check=False)
-        if done.returncode:
-            sys.exit(f"measuring {dtype} failed:\n{done.stderr[-2000:]}")
-        rows[dtype] = json.loads(done.stdout.strip().splitlines()[-1])
+        with tempfile.TemporaryDirectory(prefix=f"tasklens-{dtype}-") as scratch:
+            model = args.model
+            if stored_dtype(args.model) != dtype:
+                child("--model", args.model, "--dtype", dtype, "--copy-to", scratch)
+                model = scratch
+            rows[dtype] = json.loads(child("--model", model, "--dtype", dtype).strip().splitlines()[-1])
         row = rows[dtype]
+        row["stored_as"] = dtype if model == args.model else f"{dtype} copy (save_pretrained)"
         print(
             f"{args.model} {dtype:<8}: parameters {row['parameters_mb']} MB; peak "
             f"{row['peak_after_load_mb']} MB after loading ({row['load_seconds']} s), "
