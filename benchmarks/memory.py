@@ -31,16 +31,10 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def source_folder(name: str) -> Path:
-    from tasklens.models import ORGANISM, ORGANISM_DIR, zoo
-
-    if name == ORGANISM:
-        return Path(ORGANISM_DIR)
-    return zoo.local_folder(name) if zoo.is_known(name) else Path(name)
-
-
 def stored_dtype(name: str) -> str:
-    config = json.loads((source_folder(name) / "config.json").read_text())
+    from tasklens.models import model_folder
+
+    config = json.loads((model_folder(name) / "config.json").read_text())
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
@@ -49,7 +43,9 @@ def copy_in(name: str, dtype: str, folder: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    source = source_folder(name)
+    from tasklens.models import model_folder
+
+    source = model_folder(name)
     model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=getattr(torch, dtype))
     model.save_pretrained(folder)
     for path in source.iterdir():  # the tokenizer and chat template

@@ -39,7 +39,7 @@ from tasklens.data.neurons import NeuronSet
 from tasklens.evaluation.metrics import answer_logprob, answer_loss
 from tasklens.interventions import ablate
 from tasklens.io import write_json
-from tasklens.models import load_model
+from tasklens.models import load_model, model_folder
 from tasklens.scoring import (
     CGVST,
     ActivationStats,
@@ -172,11 +172,9 @@ def against_plain_hf(name: str, n_prompts: int, batch_size: int, repeats: int) -
     from transformers import AutoModelForCausalLM
 
     from tasklens.evaluation.known import load_for_model
-    from tasklens.models import zoo
 
     model = load_model(name)
-    folder = zoo.local_folder(name) if zoo.is_known(name) else name
-    hf = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
+    hf = AutoModelForCausalLM.from_pretrained(model_folder(name), use_safetensors=True).eval()
     task = load_for_model(model, "continent_of", "detection", n=n_prompts)
     # CGVST reads ChatML's markers: a model without that template (Gemma) skips it
     chatml = "<|im_start|>" in (getattr(model.tokenizer, "chat_template", None) or "")

@@ -10,6 +10,7 @@ from tasklens.models.loading import (
     enable_kv_cache,
     load_model,
     mlp_input,
+    model_folder,
     weights_folded,
 )
 from tasklens.models.zoo import ORGANISM, ORGANISM_DIR
@@ -28,5 +29,6 @@ __all__ = [
     "load_model",
     "mlp_input",
     "mlp_weight",
+    "model_folder",
     "weights_folded",
 ]

@@ -162,6 +162,16 @@ def _hub_error(spec: str, detail: str) -> TasklensError:
     )
 
 
+def model_folder(spec: str) -> Path:
+    """The local folder ``spec`` names for `load_model`: the organism's, a downloaded model's
+    (`tasklens models download NAME`), or ``spec`` itself as a path (which may not exist)."""
+    if spec == ORGANISM:
+        return Path(ORGANISM_DIR)
+    if zoo.is_known(spec):
+        return zoo.local_folder(spec)
+    return Path(spec).expanduser()
+
+
 def load_model(
     spec: str = ORGANISM, device: str = "cpu", dtype: torch.dtype | None = None
 ) -> TransformerBridge:
@@ -183,13 +193,9 @@ def load_model(
         ``cfg.model_name`` set to ``spec``.
     """
 
-    if spec == ORGANISM:
-        folder = ORGANISM_DIR
-    elif zoo.is_known(spec):
-        folder = zoo.local_folder(spec)
+    folder = model_folder(spec)
+    if zoo.is_known(spec):
         dtype = dtype or getattr(torch, zoo.stored_dtype(spec))
-    else:
-        folder = Path(spec).expanduser()
     is_local = spec == ORGANISM or zoo.is_known(spec) or folder.is_dir()
     dtype = dtype or torch.float32
     hf_model = None
