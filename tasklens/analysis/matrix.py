@@ -558,7 +558,7 @@ def evaluation_matrices(
         for task in tasks:
             if only is not None and task.name != only:
                 continue
-            per_prompt = evaluate_metrics(model, task, metrics, batch_size).double()
+            per_prompt = evaluate_metrics(model, task, metrics, batch_size, spec.runs_in_pieces).double()
             for j, metric in enumerate(metrics):
                 means[metric][task.name] = float(per_prompt[:, j].mean())
                 if record is not None:

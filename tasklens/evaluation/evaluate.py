@@ -185,16 +185,25 @@ def evaluate_prompts(
 
 
 def evaluate_metrics(
-    model, task: Task, metrics: Sequence[str | Callable], batch_size: int = 64
+    model,
+    task: Task,
+    metrics: Sequence[str | Callable],
+    batch_size: int = 64,
+    share_prefix: bool = False,
 ) -> Float[Tensor, "prompt metric"]:
     """Several metrics per prompt (see `evaluate_prompts`); the teacher-forced ones share one
-    forward pass per batch, each generative one decodes on its own."""
+    forward pass per batch, each generative one decodes on its own.
+
+    With ``share_prefix``, a batch whose prompts begin alike (a chat template's system turn)
+    runs that prefix once and each row's rest on its key-value cache. Hooks then see two
+    calls, so use it only with edits that allow it (`Intervention.runs_in_pieces`)."""
     fns = [m if callable(m) else METRICS.get(m) for m in metrics]
     forced = [i for i, fn in enumerate(fns) if not is_generative(fn)]
     out = torch.zeros(len(task), len(fns), dtype=torch.float64)
     if forced:
         values = distributed.per_prompt(
-            lambda part: _teacher_forced(model, part, [fns[i] for i in forced], batch_size), task
+            lambda part: _teacher_forced(model, part, [fns[i] for i in forced], batch_size, share_prefix),
+            task,
         )
         out[:, forced] = values.double()
     for i, fn in enumerate(fns):
@@ -203,30 +212,60 @@ def evaluate_metrics(
     return out
 
 
-def _teacher_forced(model, task: Task, fns: Sequence[Callable], batch_size: int) -> Tensor:
+def _teacher_forced(
+    model, task: Task, fns: Sequence[Callable], batch_size: int, share_prefix: bool = False
+) -> Tensor:
     out = torch.zeros(len(task), len(fns), dtype=torch.float64)
     answers_only = all(getattr(fn, "answer_positions", False) for fn in fns)
     with torch.inference_mode():
         for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True):
-            logits, seen = _logits(model, batch, answers_only)
+            if answers_only:
+                logits, seen = _answer_logits(model, batch, share_prefix)
+            else:
+                logits, seen = model(batch.tokens.to(model.cfg.device)), batch
             for j, fn in enumerate(fns):
                 out[batch.indices, j] = fn(logits, seen).double().cpu()
     return out
 
 
-def _logits(model, batch, answers_only: bool) -> tuple[Tensor, Batch]:
-    """The batch's logits, and the batch they line up with: with ``answers_only``, on a bridge,
-    only from the first last-prompt position on (Hugging Face's ``logits_to_keep``), which
-    spares most of the unembedding (a quarter to over half of a small model's forward)."""
-    tokens = batch.tokens.to(model.cfg.device)
-    start = int(batch.prompt_lengths.min()) - 1
-    if answers_only and start > 0:
-        keep = torch.arange(start, tokens.shape[1], device=tokens.device)
-        logits, kept = forward_keeping(model, tokens, keep)
-        if kept and logits.shape[1] == len(keep):
-            return logits, batch.from_position(start)
-        return logits, batch
-    return model(tokens), batch
+#: the shortest shared prefix worth a call of its own
+MIN_SHARED_PREFIX = 8
+
+
+def _answer_logits(model, batch: Batch, share_prefix: bool) -> tuple[Tensor, Batch]:
+    """Logits only at each row's `Batch.answer_window`, and the batch they line up with.
+
+    On a bridge the unembedding runs at those positions only (Hugging Face's
+    ``logits_to_keep``), sparing most of it: a quarter to over half of a small model's
+    forward; with ``share_prefix``, see `evaluate_metrics`."""
+    positions, seen = batch.answer_window()
+    device = model.cfg.device
+    tokens, positions = batch.tokens.to(device), positions.to(device)
+    prefix = _shared_prefix(batch) if share_prefix and is_bridge(model) and batch.size > 1 else 0
+    if prefix >= MIN_SHARED_PREFIX:
+        enable_kv_cache(model)
+        with cached_calls():
+            _, cache = model(tokens[:1, :prefix], return_type="logits_and_cache", logits_to_keep=1)
+            if cache_filled(model, cache, prefix):
+                cache.batch_repeat_interleave(batch.size)
+                mask = batch.attention_mask.to(device)
+                logits = model(tokens[:, prefix:], attention_mask=mask, past_key_values=cache,
+                               logits_to_keep=positions - prefix)  # fmt: skip
+                if logits.shape[:2] == positions.shape:
+                    return logits, seen
+    logits, kept = forward_keeping(model, tokens, positions)
+    if kept and logits.shape[:2] != positions.shape:  # a transformers that reads 2-D positions otherwise
+        logits, kept = model(tokens), False
+    if not kept:
+        logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+    return logits, seen
+
+
+def _shared_prefix(batch: Batch) -> int:
+    """How many leading tokens every row has in common, short of the shortest prompt's last."""
+    same = (batch.tokens == batch.tokens[:1]).all(0)
+    limit = int(batch.prompt_lengths.min()) - 1
+    return int(same[:limit].long().cumprod(0).sum())
 
 
 def evaluate(model, task: Task, metric: str | Callable = "exact_match", batch_size: int = 64) -> float:

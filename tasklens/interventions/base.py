@@ -93,6 +93,9 @@ class Intervention(metaclass=_ByName):
 
     #: the name the kind is registered under (set by `register`)
     name: ClassVar[str | None] = None
+    #: whether the edit at each position depends only on the values there (no random draws,
+    #: no other positions); see `runs_in_pieces`
+    pointwise: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.positions is not None:
@@ -122,6 +125,13 @@ class Intervention(metaclass=_ByName):
     def label(self) -> str:
         """Short human name (``zero ablation``, ``amplify x2``...); the kind's name unless it says more."""
         return self.kind
+
+    @property
+    def runs_in_pieces(self) -> bool:
+        """Whether a sequence run in pieces (a prefix shared by a batch once, then each row's
+        rest on its key-value cache) is edited exactly as when run whole: a `pointwise` kind
+        editing every position."""
+        return type(self).pointwise and self.positions is None
 
     def parameters(self) -> dict[str, Any]:
         """The kind's own parameters (its fields other than neurons, unit and positions)."""

@@ -36,6 +36,8 @@ class Zero(Intervention):
         0.0
     """
 
+    pointwise = True
+
     @property
     def label(self) -> str:
         return "zero ablation"
@@ -67,6 +69,7 @@ class Mean(Intervention):
         [0.5]
     """
 
+    pointwise = True
     source: Task | None = field(default=None, metadata=SUMMARY)
     mean: Float[Tensor, "layer neuron"] | None = field(default=None, metadata=SUMMARY)
 
@@ -171,6 +174,7 @@ class Amplify(Intervention):
         True
     """
 
+    pointwise = True
     factor: float = 2.0
 
     @property
@@ -201,6 +205,7 @@ class Clamp(Intervention):
         (4.0, False)
     """
 
+    pointwise = True
     value: float = 0.0
 
     @property

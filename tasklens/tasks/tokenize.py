@@ -196,14 +196,25 @@ class Batch:
     def size(self) -> int:
         return self.tokens.shape[0]
 
-    def from_position(self, start: int) -> Batch:
-        """The same batch seen from position ``start`` on (every prompt longer than ``start``):
-        what a metric reading only the answer positions needs, with logits from ``start`` on."""
-        if not 0 <= start < int(self.prompt_lengths.min()):
-            raise TasklensError(
-                f"start must lie inside every prompt (0..{int(self.prompt_lengths.min()) - 1})"
-            )
-        return Batch(self.tokens[:, start:], self.prompt_lengths - start, self.lengths - start, self.indices)
+    def answer_window(self) -> tuple[Int[Tensor, "batch window"], Batch]:
+        """Each row's positions from its last prompt token to its last token, left-aligned:
+        where a metric reading only the answer needs logits, and the batch seen from there
+        (each prompt cut down to its last token). Rows shorter than the window repeat their
+        last position, which the cut batch marks as padding.
+
+        Example:
+            >>> batch = Batch.make([[1, 5, 6], [1, 7]], [[8], [9, 4]], pad_id=0, indices=[0, 1])
+            >>> positions, seen = batch.answer_window()
+            >>> positions.tolist(), seen.tokens.tolist(), seen.lengths.tolist()
+            ([[2, 3, 3], [1, 2, 3]], [[6, 8, 8], [7, 9, 4]], [2, 3])
+        """
+        start = self.prompt_lengths - 1
+        width = int((self.lengths - start).max())
+        positions = (start[:, None] + torch.arange(width)).clamp_max(self.tokens.shape[1] - 1)
+        seen = Batch(
+            self.tokens.gather(1, positions), torch.ones_like(start), self.lengths - start, self.indices
+        )
+        return positions, seen
 
     def _pos(self) -> Int[Tensor, "batch pos"]:
         return torch.arange(self.tokens.shape[1]).expand_as(self.tokens)

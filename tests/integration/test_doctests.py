@@ -22,6 +22,7 @@ PUBLIC = (
     "tasklens.analysis.matrix",
     "tasklens.interventions",
     "tasklens.models.forward",
+    "tasklens.tasks.tokenize",
 )
 SCORERS = (
     "ActivationStats",

@@ -50,3 +50,62 @@ def test_answer_metrics_computed_from_the_answer_positions_equal_the_full_logits
     )
     assert torch.allclose(trimmed, full, atol=1e-5, rtol=1e-5)  # float32 logits, other matmul shapes
     assert trimmed[:, 0].lt(0).all() and trimmed[:, 1].sum() > 0  # real log-probabilities, some answers right
+
+
+def _shared_prefix_task() -> tasklens.Task:
+    """Prompts that begin with the same long instruction (as a chat template's system turn does)."""
+    head = "Answer with the continent only. Say one word. Facts follow: "
+    task = tasklens.load_builtin("continent_of", "evaluation").head(12)
+    return tasklens.Task.from_lists("prefixed", [head + p for p in task.prompts], list(task.answers))
+
+
+@pytest.mark.parametrize("kind", ["none", "zero", "mean"])
+def test_a_shared_prefix_run_once_gives_the_same_metrics(organism, kind):
+    from tasklens.evaluation.evaluate import MIN_SHARED_PREFIX, evaluate_metrics
+    from tasklens.interventions import Intervention
+    from tasklens.tasks.tokenize import TokenizedTask
+
+    task = _shared_prefix_task()
+    neurons = tasklens.NeuronSet.from_pairs(
+        [(layer, n) for layer in range(4) for n in range(0, 512, 9)], (4, 512)
+    )
+    calls: list[tuple[int, int]] = []
+
+    def record(value, hook):
+        calls.append(tuple(value.shape[:2]))
+
+    spec = None if kind == "none" else Intervention(kind, neurons, source=task if kind == "mean" else None)
+    spec = spec and spec.prepared(organism)  # the mean ablation's means: taken before counting calls
+    names = ["logprob", "exact_match", "prob"]
+    runs = {}
+    for share in (False, True):
+        calls.clear()
+        with organism.hooks(fwd_hooks=[("hook_embed", record)]):
+            if spec is None:
+                runs[share] = evaluate_metrics(organism, task, names, batch_size=5, share_prefix=share)
+            else:
+                with spec.apply(organism):
+                    runs[share] = evaluate_metrics(organism, task, names, batch_size=5, share_prefix=share)
+        widths = [b.tokens.shape[1] for b in TokenizedTask.for_model(task, organism).batches(5, sort=True)]
+        if share:  # each batch: the prefix once (one row), then every row's rest on its cache
+            prefix = calls[0][1]
+            assert prefix >= MIN_SHARED_PREFIX
+            assert calls == [
+                c
+                for w, rows in zip(widths, (5, 5, 2), strict=True)
+                for c in ((1, prefix), (rows, w - prefix))
+            ]
+        else:
+            assert calls == list(zip((5, 5, 2), widths, strict=True))
+    torch.testing.assert_close(runs[True], runs[False], atol=1e-5, rtol=0)
+    assert runs[False][:, 0].lt(0).all()  # real log-probabilities
+
+
+def test_only_pointwise_edits_of_every_position_run_in_pieces():
+    from tasklens.interventions import Intervention
+
+    neurons = tasklens.NeuronSet.from_pairs([(0, 1)], (4, 512))
+    assert Intervention("zero", neurons).runs_in_pieces
+    assert Intervention("amplify", neurons, factor=3.0).runs_in_pieces
+    assert not Intervention("zero", neurons, positions=(-1,)).runs_in_pieces
+    assert not Intervention("resample", neurons).runs_in_pieces  # its draws depend on the calls
