@@ -40,6 +40,7 @@ from tasklens.models import ModelInfo, load_model
 from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import CGVST, AveragePrecisionExpertise, GradientAttribution, PromptMeans
 from tasklens.selection import top_k, top_percent
+from tasklens.tasks.builtin.natural import has_chatml
 from tasklens.tasks.task import Task
 
 ROOT = Path(__file__).resolve().parent / "results" / "ladder"
@@ -181,8 +182,7 @@ class Ladder:
         self.evaluate(out, "gradient_1pct_mean", sets, tasks, Intervention("mean", source=pooled))
 
     def cgvst_5pct(self, out: OutputDir) -> None:
-        template = getattr(self.model.tokenizer, "chat_template", None) or ""
-        if "<|im_start|>" not in template:
+        if not has_chatml(self.model.tokenizer):
             out.finding(
                 f"cgvst_5pct: skipped, {self.name} has no ChatML chat template (CGVST needs chat markers)"
             )

@@ -49,6 +49,7 @@ from tasklens.scoring import (
     IntegratedGradients,
 )
 from tasklens.tasks.builtin import load_builtin
+from tasklens.tasks.builtin.natural import has_chatml
 from tasklens.tasks.tokenize import TokenizedTask
 
 
@@ -177,7 +178,7 @@ def against_plain_hf(name: str, n_prompts: int, batch_size: int, repeats: int) -
     hf = AutoModelForCausalLM.from_pretrained(model_folder(name), use_safetensors=True).eval()
     task = load_for_model(model, "continent_of", "detection", n=n_prompts)
     # CGVST reads ChatML's markers: a model without that template (Gemma) skips it
-    chatml = "<|im_start|>" in (getattr(model.tokenizer, "chat_template", None) or "")
+    chatml = has_chatml(model.tokenizer)
     chat = load_for_model(model, "continent_of", "detection", style="chat", n=n_prompts) if chatml else task
     batches = {id(t): list(TokenizedTask.for_model(t, model).batches(batch_size)) for t in (task, chat)}
 

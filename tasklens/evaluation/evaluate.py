@@ -243,22 +243,29 @@ def _answer_logits(model, batch: Batch, share_prefix: bool) -> tuple[Tensor, Bat
     tokens, positions = batch.tokens.to(device), positions.to(device)
     prefix = _shared_prefix(batch) if share_prefix and is_bridge(model) and batch.size > 1 else 0
     if prefix >= MIN_SHARED_PREFIX:
-        enable_kv_cache(model)
-        with cached_calls():
-            _, cache = model(tokens[:1, :prefix], return_type="logits_and_cache", logits_to_keep=1)
-            if cache_filled(model, cache, prefix):
-                cache.batch_repeat_interleave(batch.size)
-                mask = batch.attention_mask.to(device)
-                logits = model(tokens[:, prefix:], attention_mask=mask, past_key_values=cache,
-                               logits_to_keep=positions - prefix)  # fmt: skip
-                if logits.shape[:2] == positions.shape:
-                    return logits, seen
+        logits = _after_prefix(model, tokens, batch.attention_mask.to(device), positions, prefix)
+        if logits is not None:
+            return logits, seen
     logits, kept = forward_keeping(model, tokens, positions)
     if kept and logits.shape[:2] != positions.shape:  # a transformers that reads 2-D positions otherwise
         logits, kept = model(tokens), False
     if not kept:
         logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
     return logits, seen
+
+
+def _after_prefix(model, tokens, mask, positions, prefix: int) -> Tensor | None:
+    """The logits at ``positions``, running ``tokens[:, :prefix]`` (the same in every row) once and
+    the rest on its key-value cache; None where the bridge keeps no cache or no ``logits_to_keep``."""
+    enable_kv_cache(model)
+    with cached_calls():
+        (_, cache), kept = forward_keeping(model, tokens[:1, :prefix], 1, return_type="logits_and_cache")
+        if not (kept and cache_filled(model, cache, prefix)):
+            return None
+        cache.batch_repeat_interleave(tokens.shape[0])
+        rest = dict(attention_mask=mask, past_key_values=cache)
+        logits, kept = forward_keeping(model, tokens[:, prefix:], positions - prefix, **rest)
+    return logits if kept and logits.shape[:2] == positions.shape else None
 
 
 def _shared_prefix(batch: Batch) -> int:

@@ -23,6 +23,7 @@ PUBLIC = (
     "tasklens.interventions",
     "tasklens.models.forward",
     "tasklens.tasks.tokenize",
+    "tasklens.tasks.builtin.natural",
 )
 SCORERS = (
     "ActivationStats",

@@ -42,6 +42,18 @@ SPLITS = ("detection", "evaluation")
 CHAT_ROLES = ("system", "user", "assistant")
 
 
+def has_chatml(tokenizer) -> bool:
+    """Whether the tokenizer's chat template is ChatML (``<|im_start|>`` turns: SmolLM2, Qwen),
+    whose turn markers CGVST differentiates; Gemma's template has other markers.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> has_chatml(SimpleNamespace(chat_template="{{ '<|im_start|>' + role }}")), has_chatml(None)
+        (True, False)
+    """
+    return "<|im_start|>" in (getattr(tokenizer, "chat_template", None) or "")
+
+
 @dataclass(frozen=True)
 class NaturalTask:
     """One task in plain-text and chat form.
