@@ -65,8 +65,9 @@ class Scale:
     stages: tuple[str, ...] = STAGES
 
 
-#: smaller samples and the core stages on the larger models aim the ladder at two hours on
-#: 2 cores (a forward costs about 3.4x SmolLM2's on Qwen 0.5B and 12x on the 1.5B)
+#: smaller samples and the core stages on the larger models fit the ladder into two hours on
+#: 2 cores (107 minutes measured, docs/ladder.md; a forward costs about 3.4x SmolLM2's on
+#: Qwen 0.5B and 12x on the 1.5B)
 SCALES = {
     "smollm2-135m": Scale(),
     "gemma3-270m": Scale(),

@@ -71,7 +71,9 @@ class Intervention(metaclass=_ByName):
 
     A kind of your own is a frozen dataclass subclass with its parameters as fields (give them
     defaults, or use ``kw_only=True``) and an `edit` method (or `edit_for` where the edit needs
-    the model); register it with `tasklens.register_intervention`.
+    the model); register it with `tasklens.register_intervention`. Set ``pointwise = True`` on
+    it when its edit at each position depends only on the values there: evaluation then runs a
+    prefix the prompts share once (`runs_in_pieces`).
 
     Examples:
         >>> import torch
