@@ -199,8 +199,8 @@ class Batch:
     def answer_window(self) -> tuple[Int[Tensor, "batch window"], Batch]:
         """Each row's positions from its last prompt token to its last token, left-aligned:
         where a metric reading only the answer needs logits, and the batch seen from there
-        (each prompt cut down to its last token). Rows shorter than the window repeat their
-        last position, which the cut batch marks as padding.
+        (each prompt cut down to its last token). A row's window runs on past its end into
+        padding (clamped to the batch's last position), which the cut batch marks as such.
 
         Example:
             >>> batch = Batch.make([[1, 5, 6], [1, 7]], [[8], [9, 4]], pad_id=0, indices=[0, 1])
