@@ -97,15 +97,13 @@ def main() -> None:
         chosen = NeuronSet(mask, "decoded", {"selection": f"first {args.decode_per_layer} of every layer"})
     for side in ("output", "hook_pre"):
         seconds, reference = float("inf"), float("inf")
+        shapes = chunk_sizes(info, chosen), int(model.cfg.d_model), int(model.cfg.d_vocab)
         for _ in range(2):  # alternated, best of two each, so a busy moment hits both alike
             vocab, took, base, peak = peak_while(
                 lambda side=side: decode_neurons(model, side, k=10, chunk=CHUNK, neurons=chosen)
             )
             seconds = min(seconds, took)
-            reference = min(
-                reference,
-                plain_matmul(chunk_sizes(info, chosen), int(model.cfg.d_model), int(model.cfg.d_vocab)),
-            )
+            reference = min(reference, plain_matmul(*shapes))
         n = info.n_neurons if chosen is None else len(chosen)
         flop = 2 * n * int(model.cfg.d_model) * int(model.cfg.d_vocab)
         results[f"decode_{side}"] = {

@@ -17,7 +17,14 @@ from torch import Tensor
 from tasklens import distributed
 from tasklens.errors import TasklensError
 from tasklens.evaluation.metrics import METRICS, is_generative
-from tasklens.models import cache_filled, cached_calls, enable_kv_cache, forward_keeping, is_bridge
+from tasklens.models import (
+    cache_filled,
+    cached_calls,
+    enable_kv_cache,
+    forward_keeping,
+    is_bridge,
+    logits_at,
+)
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
 
@@ -246,12 +253,7 @@ def _answer_logits(model, batch: Batch, share_prefix: bool) -> tuple[Tensor, Bat
         logits = _after_prefix(model, tokens, batch.attention_mask.to(device), positions, prefix)
         if logits is not None:
             return logits, seen
-    logits, kept = forward_keeping(model, tokens, positions)
-    if kept and logits.shape[:2] != positions.shape:  # a transformers that reads 2-D positions otherwise
-        logits, kept = model(tokens), False
-    if not kept:
-        logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
-    return logits, seen
+    return logits_at(model, tokens, positions), seen
 
 
 def _after_prefix(model, tokens, mask, positions, prefix: int) -> Tensor | None:

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tasklens.models import forward_keeping
+from tasklens.models import logits_at
 from tasklens.tasks.tokenize import Batch
 
 
@@ -33,11 +33,7 @@ def answer_logits(
     tokens = batch.tokens.to(device)
     rows, pos = mask.nonzero(as_tuple=True)
     targets = batch.tokens[rows, pos + 1]
-    logits, kept = forward_keeping(model, tokens, mask.to(device))
-    if kept and (logits.ndim != 2 or logits.shape[0] != len(rows)):
-        logits, kept = model(tokens), False
-    if not kept:
-        logits = logits[rows.to(device), pos.to(device)]
+    logits = logits_at(model, tokens, mask.to(device))
     return logits, rows.to(logits.device), targets.to(logits.device)
 
 

@@ -2,7 +2,7 @@
 name and downloads (`zoo`), what every layer needs to know about their neurons (`info`),
 and streaming their activations and gradients through hooks (`hooks`)."""
 
-from tasklens.models.forward import forward_keeping
+from tasklens.models.forward import forward_keeping, logits_at
 from tasklens.models.info import DEFAULT_UNIT, UNITS, ModelInfo, is_bridge, mlp_weight
 from tasklens.models.loading import (
     cache_filled,
@@ -27,6 +27,7 @@ __all__ = [
     "forward_keeping",
     "is_bridge",
     "load_model",
+    "logits_at",
     "mlp_input",
     "mlp_weight",
     "model_folder",

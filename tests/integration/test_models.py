@@ -43,6 +43,24 @@ def test_forward_keeping_computes_only_the_kept_positions_logits(organism):
     assert forward_keeping(organism, tokens, 1, return_type=None) == (None, True)
 
 
+def test_logits_at_reads_a_mask_or_positions_per_row_as_full_logits_would(organism, monkeypatch):
+    import tasklens.models.forward as forward
+
+    tokens = organism.to_tokens(["What is 12 plus 30? Answer:", "Paris is in"], padding_side="right")
+    full = organism(tokens)
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    mask[0, 2], mask[0, 5], mask[1, 4] = True, True, True
+    positions = torch.tensor([[1, 3], [4, 0]])
+    at_positions = torch.stack([full[0, [1, 3]], full[1, [4, 0]]])
+    for what in ("kept", "full"):  # through logits_to_keep, then a model that ignores it
+        if what == "full":
+            monkeypatch.setattr(forward, "forward_keeping", lambda model, tokens, keep: (model(tokens), True))
+        torch.testing.assert_close(forward.logits_at(organism, tokens, mask), full[mask], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            forward.logits_at(organism, tokens, positions), at_positions, atol=1e-5, rtol=0
+        )
+
+
 def test_unknown_unit_and_non_gated_unit():
     info = ModelInfo("gpt2", 12, 3072, gated=False, n_ctx=1024, device="cpu", dtype="float32")
     with pytest.raises(TasklensError, match="exists only in gated"):
