@@ -11,6 +11,21 @@ def organism():
     return load_model("organism")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread(request):
+    """Modules of tiny models (``ONE_THREAD = True``) run torch on one thread: their matrices are too
+    small to share, and idle threads spinning beside other processes cost more than the work."""
+    if not getattr(request.module, "ONE_THREAD", False):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_model(tmp_path):
     """Factory: ``tiny_model(arch, n_layers)`` loads a random-init model of another architecture."""

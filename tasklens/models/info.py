@@ -100,6 +100,11 @@ class ModelInfo:
         weight: `mlp_input` turns it into what the MLP reads."""
         return f"blocks.{layer}.mlp.hook_in" if self.bridge else f"blocks.{layer}.ln2.hook_normalized"
 
+    def mlp_output_name(self, layer: int) -> str:
+        """The output of layer ``layer``'s down projection, before any post-MLP norm (on a classic
+        HookedTransformer, which hooks no such point, the MLP's write to the residual stream)."""
+        return f"blocks.{layer}.mlp.hook_out" if self.bridge else f"blocks.{layer}.hook_mlp_out"
+
     def residual_names(self, layer: int) -> dict[str, str]:
         """Layer ``layer``'s writes to the residual stream and its output:
         ``attn_out``, ``mlp_out`` and ``resid_post``."""

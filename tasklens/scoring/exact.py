@@ -21,6 +21,13 @@ from tqdm.auto import tqdm
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensWarning
 from tasklens.models import DEFAULT_UNIT, ModelInfo, mlp_weight
+from tasklens.models.shortcuts import (
+    check_shortcut,
+    final_readout,
+    mlp_write_change,
+    readout_allowed,
+    shortcut_allowed,
+)
 from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.scoring.patching import PatchingOptions
 from tasklens.tasks.task import Task
@@ -93,15 +100,17 @@ class ExactAblation(PatchingOptions, ScorerParams):
         batches = list(clean.batches(batch_size, by_length=True))
         c_batches = list(corrupt.batches(batch_size, by_length=True)) if corrupt else [None] * len(batches)
         last = info.n_layers - 1
-        # the last layer's hook_post neurons act on the logits only through W_out, the final norm
-        # and the unembedding: their exact effect needs no further transformer blocks
-        analytic_last = unit == "hook_post"
-        resid_name = info.residual_names(last)["resid_post"]
+        # the last layer's hook_post neurons act on the logits only through W_out, the block's
+        # post-MLP norm (if any), the final norm and the unembedding: their exact effect needs no
+        # further transformer blocks (checked against the model once, see tasklens.models.shortcuts)
+        readout = readout_allowed(model)
+        analytic_last = unit == "hook_post" and readout and shortcut_allowed(model, "analytic_last_layer")
+        last_names = _last_layer_names(info, last)
         bar = tqdm(total=len(batches) * int(tested.sum()), desc="exact ablation", disable=not self.progress)
         for batch, c_batch in zip(batches, c_batches, strict=True):
             tokens = batch.tokens.to(device)
             with capture_block_inputs(model) as block_inputs:
-                logits, cache = model.run_with_cache(tokens, names_filter=[names[last], resid_name])
+                logits, cache = model.run_with_cache(tokens, names_filter=[names[last], *last_names])
             clean_metric = metric(logits, batch)
             c_acts = None
             if c_batch is not None:
@@ -117,9 +126,11 @@ class ExactAblation(PatchingOptions, ScorerParams):
                     elif c_acts is not None:
                         fill = c_acts[name][:, :, neurons]  # [batch, pos, copies]
                     if analytic_last and layer == last:
-                        replaced = self._last_layer(
-                            model, batch, cache, name, resid_name, neurons, fill, metric
+                        analytic_last = self._check_last_layer(
+                            model, batch, tokens, cache, name, neurons, fill, metric, block_inputs
                         )
+                    if analytic_last and layer == last:
+                        replaced = self._last_layer(model, batch, cache, name, neurons, fill, metric)
                     else:
                         replaced = self._run_copies(
                             model, batch, tokens, name, neurons, fill, metric, block_inputs, layer
@@ -134,9 +145,26 @@ class ExactAblation(PatchingOptions, ScorerParams):
             self, model, task, total, unit, len(clean), n_tokens, **self._provenance(task, clean)
         )
 
+    def _check_last_layer(
+        self, model, batch, tokens, cache, name: str, neurons: Tensor, fill, metric, block_inputs
+    ) -> bool:
+        """Once per model: the analytic last layer against the blocks run for real (two neurons)."""
+
+        def difference() -> float:
+            few = neurons[:2]
+            part = fill[..., :2] if fill is not None and fill.ndim > 1 else fill
+            part = part[:2] if part is not None and part.ndim == 1 else part
+            analytic = self._last_layer(model, batch, cache, name, few, part, metric)
+            layer = ModelInfo.of(model).n_layers - 1
+            run = self._run_copies(model, batch, tokens, name, few, part, metric, block_inputs, layer)
+            return float((analytic - run).abs().max())
+
+        return check_shortcut(model, "analytic_last_layer", difference)
+
     @staticmethod
-    def _last_layer(model, batch, cache, name: str, resid_name: str, neurons: Tensor, fill, metric) -> Tensor:
-        """Exact metric per prompt and last-layer neuron, from the final residual stream."""
+    def _last_layer(model, batch, cache, name: str, neurons: Tensor, fill, metric) -> Tensor:
+        """Exact metric per prompt and last-layer neuron, from the final residual stream: the
+        change of the down projection's output goes through the block's own post-MLP norm."""
         act = cache[name][:, :, neurons]  # [batch, pos, copies]
         if fill is None:
             new = torch.zeros_like(act)
@@ -144,9 +172,14 @@ class ExactAblation(PatchingOptions, ScorerParams):
             new = fill.to(act.dtype).expand_as(act)
         else:
             new = fill.to(act.dtype)
-        w_out = mlp_weight(model, -1, "W_out")[neurons.to(act.device)]  # [copies, d_model]
-        resid = cache[resid_name][:, None] + (new - act).permute(0, 2, 1)[..., None] * w_out[None, :, None, :]
-        logits = model.unembed(model.ln_final(resid.flatten(0, 1)))
+        last = ModelInfo.of(model).n_layers - 1
+        raw_name, resid_name = _last_layer_names(ModelInfo.of(model), last)
+        w_out = mlp_weight(model, last, "W_out")[neurons.to(act.device)]  # [copies, d_model]
+        raw = cache[raw_name][:, None]  # [batch, 1, pos, d_model]
+        new_raw = raw + (new - act).permute(0, 2, 1)[..., None] * w_out[None, :, None, :]
+        change = mlp_write_change(model, last, raw.expand_as(new_raw), new_raw)
+        resid = cache[resid_name][:, None] + change
+        logits = final_readout(model, resid.flatten(0, 1))
         return metric(logits, _repeat(batch, len(neurons))).view(batch.size, len(neurons))
 
     def _run_copies(
@@ -179,7 +212,7 @@ class ExactAblation(PatchingOptions, ScorerParams):
             return resid[:, start:]
 
         logits = None
-        if self.replay and layer in block_inputs:
+        if self.replay and layer in block_inputs and readout_allowed(model):
             with model.hooks(fwd_hooks=[(name, hook)]):
                 logits = replay_blocks(model, block_inputs, layer, n_copies, start)
             if logits is None and not getattr(model, "_tasklens_replay_warned", False):
@@ -197,6 +230,11 @@ class ExactAblation(PatchingOptions, ScorerParams):
             batch.tokens[:, start:], batch.prompt_lengths - start, batch.lengths - start, batch.indices
         )
         return metric(logits, _repeat(trimmed, n_copies)).view(batch.size, n_copies)
+
+
+def _last_layer_names(info: ModelInfo, layer: int) -> tuple[str, str]:
+    """The down projection's output and the residual stream after layer ``layer``."""
+    return info.mlp_output_name(layer), info.residual_names(layer)["resid_post"]
 
 
 def _repeat(batch: Batch, n: int) -> Batch:
@@ -348,6 +386,6 @@ def replay_blocks(model, block_inputs, layer: int, n_copies: int, start: int) ->
             else:
                 out = model.blocks[i](**{**kwargs_i, "hidden_states": hidden})
             hidden = out[0] if isinstance(out, tuple | list) else out
-        return model.unembed(model.ln_final(hidden[:, start:]))
+        return final_readout(model, hidden[:, start:])
     except (TypeError, RuntimeError, KeyError, AttributeError):
         return None

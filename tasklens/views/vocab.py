@@ -1,14 +1,20 @@
 """Vocabulary decoding: the tokens each MLP neuron's weights promote and suppress.
 
 Output side (every MLP): neuron j of layer l writes its activation times row j of
-W_out into the residual stream; read through the final norm's scale and the
-unembedding, that row raises some tokens' logits and lowers others':
+W_out into the residual stream (through the block's post-MLP norm where it has one:
+Gemma-2/3 and OLMo-2 scale the write by that norm's weight ``g_post``); read through
+the final norm's scale and the unembedding, that write raises some tokens' logits and
+lowers others':
 
-    logit_effect[l, j] = (center(W_out[l][j]) * g_final) @ W_U
+    logit_effect[l, j] = (center(W_out[l][j] * g_post) * g_final) @ W_U
 
 (``center`` subtracts the mean for LayerNorm models; RMSNorm models skip it; the
-norm's division by the residual's scale is a positive factor, left out, so the
-ranking is exact and the values are per unit of normalised residual.)
+norms' divisions by their inputs' scales are positive factors, left out, so the
+ranking is exact and the values are per unit of normalised residual.) The write
+direction is read off the block's own modules (`tasklens.models.shortcuts`) and, once
+per model, compared with the write the model itself makes; a family outside the
+conformance table, or a model that disagrees, gets each neuron's write measured by
+running the block instead.
 
 Input side: which tokens, taken straight from the embedding through the layer's
 MLP-input norm, most drive the neuron's gate (``hook_pre``: the gate projection of
@@ -38,24 +44,15 @@ from tasklens.data.provenance import model_fingerprint
 from tasklens.errors import TasklensError, check_choice
 from tasklens.io import load_artifact, save_artifact
 from tasklens.models import ModelInfo, mlp_weight
+from tasklens.models.shortcuts import (
+    check_shortcut,
+    measured_write_directions,
+    norm_scale,
+    write_directions,
+)
 from tasklens.views.contexts import check_count
 
 SIDES = ("output", "hook_pre", "hook_pre_linear")
-
-
-def norm_scale(norm, d_model: int) -> Float[Tensor, " d_model"]:
-    """The per-dimension scale g of a LayerNorm or RMSNorm module, read off the module itself
-    (so every variant, e.g. a weight offset, is covered): for a zero-mean probe p of unit
-    variance, norm(p) - norm(-p) = 2 p g."""
-    if d_model % 2:
-        raise TasklensError(f"Cannot probe the norm of an odd residual width ({d_model})")
-    probe = torch.ones(d_model)
-    probe[1::2] = -1
-    device = next((p.device for p in norm.parameters()), torch.device("cpu"))
-    probe = probe.to(device)
-    with torch.no_grad():
-        both = norm(torch.stack([probe, -probe])[:, None])[:, 0].float()
-    return ((both[0] - both[1]) / (2 * probe)).cpu()
 
 
 def _center(x: Tensor, model) -> Tensor:
@@ -180,16 +177,21 @@ def decode_neurons(
     shape = (info.n_layers, info.d_mlp, k)
     top_ids, bottom_ids = torch.zeros(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long)
     top_values, bottom_values = torch.zeros(shape), torch.zeros(shape)
+    shortcut = side == "output" and check_shortcut(
+        model, "output_decoding", lambda: _write_gap(model, info.n_layers)
+    )
     if side == "output":
         reader = (
             model.W_U.detach().float() * norm_scale(model.ln_final, d_model).to(model.W_U.device)[:, None]
         )
-    else:
+    elif all(getattr(block, "ln2", None) is not None for block in model.blocks):
         embed = model.W_E.detach().float()  # [vocab, d_model]
         embed = embed / embed.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # each token as the norm sees it
         # a transposed view, shared by every layer: each layer's norm scale goes on its weight rows,
         # a [d_mlp, d_model] product instead of a [vocab, d_model] one per layer
         reader = _center(embed, model).T  # [d_model, vocab]
+    else:  # the MLP reads the residual stream as it is (OLMo-2 normalises only outputs)
+        reader = model.W_E.detach().float().T
     chosen = (
         neurons.check_fits(info.shape).mask
         if neurons is not None
@@ -200,14 +202,16 @@ def decode_neurons(
         if not len(idx):
             continue
         if side == "output":
-            rows = _center(mlp_weight(model, layer, "W_out").detach().float(), model)  # [d_mlp, d_model]
+            rows = _output_rows(model, layer, idx, shortcut)  # [len(idx), d_model]
         else:
             weight = "W_gate" if (side == "hook_pre" and info.gated) else "W_in"
-            scale = norm_scale(model.blocks[layer].ln2, d_model)
-            rows = mlp_weight(model, layer, weight).detach().float().T * scale.to(reader.device)
+            rows = mlp_weight(model, layer, weight).detach().float().T[idx.to(reader.device)]
+            norm = getattr(model.blocks[layer], "ln2", None)
+            if norm is not None:
+                rows = rows * norm_scale(norm, d_model).to(reader.device)
         for lo in range(0, len(idx), chunk):
             part = idx[lo : lo + chunk]
-            scores = rows[part.to(rows.device)] @ reader  # [chunk, vocab]
+            scores = rows[lo : lo + chunk].to(reader.device) @ reader  # [chunk, vocab]
             high = scores.topk(k, dim=-1)
             low = scores.topk(k, dim=-1, largest=False)
             top_ids[layer, part], top_values[layer, part] = high.indices.cpu(), high.values.cpu()
@@ -223,6 +227,31 @@ def decode_neurons(
         model_fingerprint(model),
         round(time.perf_counter() - start, 3),
     )
+
+
+def _output_rows(model, layer: int, idx: Tensor, shortcut: bool) -> Tensor:
+    """Each neuron's write direction into the residual stream, as the final norm reads it."""
+    if shortcut:
+        rows = write_directions(model, layer, mlp_weight(model, layer, "W_out").detach().float()[idx])
+    else:
+        rows = torch.cat([measured_write_directions(model, layer, part) for part in idx.split(256)]).to(
+            mlp_weight(model, layer, "W_out").device
+        )
+    return _center(rows, model)
+
+
+def _write_gap(model, n_layers: int, k: int = 3) -> float:
+    """Largest 1 - cosine between the read-off write directions of a few neurons (first and last
+    layer) and the writes the model makes when those rows are added to its MLP's output."""
+    gap = 0.0
+    for layer in sorted({0, n_layers - 1}):
+        neurons = torch.arange(k)
+        measured = measured_write_directions(model, layer, neurons)
+        rows = mlp_weight(model, layer, "W_out").detach().float()[neurons.to(model.cfg.device)]
+        read = write_directions(model, layer, rows).cpu()
+        cosine = torch.nn.functional.cosine_similarity(measured.double(), read.double(), dim=-1)
+        gap = max(gap, float((1 - cosine).abs().max()))
+    return gap
 
 
 def describe(vocab: NeuronVocab, layer: int, neuron: int, n: int = 5) -> dict[str, Any]:
