@@ -72,6 +72,8 @@ def test_a_plugin_given_as_a_file_path_is_loaded(workdir):
         ("raise RuntimeError('needs a GPU')", "RuntimeError: needs a GPU"),
         ("def broken(:\n    pass\n", "SyntaxError"),
         ("import h5_no_such_dependency\n", "No module named 'h5_no_such_dependency'"),
+        ("import sys\nsys.exit(0)\n", "it called sys.exit(0) while being imported"),
+        ("raise SystemExit('usage: my_plugins.py FILE')", "sys.exit('usage: my_plugins.py FILE')"),
     ],
 )
 def test_a_plugin_that_fails_on_import_is_one_clear_line(workdir, source, shown):
