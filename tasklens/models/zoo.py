@@ -99,6 +99,11 @@ class ModelSource:
     prepend_bos: bool = True
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the model is known by, its own first, each once (an alias may repeat it)."""
+        return tuple(dict.fromkeys((self.name, *self.aliases)))
+
+    @property
     def command_name(self) -> str:
         """The name the ``tasklens models`` commands' messages use."""
         return self.aliases[0] if self.aliases else self.name
@@ -245,14 +250,14 @@ def cache_dir() -> Path:
 def source_of(name: str) -> ModelSource:
     """The downloadable model called ``name`` (or one of its aliases)."""
     for source in SOURCES.values():
-        if name == source.name or name in source.aliases:
+        if name in source.names:
             return source
-    known = [n for s in SOURCES.values() for n in (s.name, *s.aliases)]
+    known = [n for s in SOURCES.values() for n in s.names]
     raise TasklensError(f"Unknown model {name!r} to download; choose one of {known}")
 
 
 def is_known(name: str) -> bool:
-    return any(name == s.name or name in s.aliases for s in SOURCES.values())
+    return any(name in s.names for s in SOURCES.values())
 
 
 def folder_of(name: str) -> Path:
@@ -657,9 +662,9 @@ def _convert(gguf: Path, out: Path, dtype: str = "float32") -> None:
 
 
 def list_models() -> list[dict[str, str]]:
-    """Every model tasklens knows by name: where it is, whether it is there (``damaged`` when
-    its files' sizes differ from those recorded; ``note`` then says what and the fix), its
-    download size, licence and what its conversion was verified against."""
+    """Every model tasklens knows by name (``also``: its other names): where it is, whether it is
+    there (``damaged`` when its files' sizes differ from those recorded; ``note`` then says what
+    and the fix), its download size, licence and what its conversion was verified against."""
     rows = [
         {
             "name": "organism",
@@ -672,6 +677,8 @@ def list_models() -> list[dict[str, str]]:
     for source in SOURCES.values():
         folder = folder_of(source.name)
         row = {"name": source.name, "status": "not downloaded", "where": str(folder)}
+        if len(source.names) > 1:
+            row["also"] = ", ".join(source.names[1:])
         if is_downloaded(source.name):
             found = problems(folder, "sizes")
             if found:
