@@ -163,6 +163,12 @@ def test_a_hand_edited_config_is_a_one_line_error_in_report(organism, tmp_path, 
         line = refused(cli("report", str(run)), message, "undo the edit or re-run `tasklens locate`")
         assert "manifest.json': the `locate` stage's" in line
         assert not (run / "report.html").exists()
+    run = tmp_path / "ablate_edited"
+    shutil.copytree(tmp_path / "run", run)
+    edit_manifest(
+        run, lambda manifest: manifest["stages"].update(ablate={"config": {"eval_split": 3}, "files": {}})
+    )
+    refused(cli("report", str(run)), "the `ablate` stage's config has eval_split = 3, not a str")
     assert cli("report", str(tmp_path / "run")).exit_code == 0  # the run as written still reports
 
 
