@@ -150,7 +150,8 @@ def not_causal_lm(config: dict) -> str | None:
         )
     architectures = config.get("architectures") or []
     classes = {c for value in causal.values() for c in ((value,) if isinstance(value, str) else value)}
-    if not any(a in classes or str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+    causal_class = [a in classes or str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures]
+    if architectures and not any(causal_class):
         return f"holds a {', '.join(map(str, architectures))}, not a causal language model; {fix}"
     return None
 
