@@ -370,7 +370,7 @@ def _decode(data: bytes, where: str) -> str:
         raise TasklensError(
             f"{where} is not {what} (byte {at} is {data[at : at + 1]!r}; {guess}); re-save it as UTF-8"
         ) from error
-    if not bom and "\0" in text:
+    if encoding == "utf-8" and "\0" in text:
         raise TasklensError(
             f"{where} holds NUL bytes (UTF-16 or UTF-32 text without a byte-order mark?); re-save it as UTF-8"
         )
