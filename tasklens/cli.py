@@ -394,7 +394,7 @@ def models_list() -> None:
 
     for row in list_models():
         typer.echo(f"{row['name']:<18} {row['status']:<30} {row['where']}\n{'':<18} {row['description']}")
-        for key in ("size", "licence", "verified"):
+        for key in ("also", "size", "licence", "verified"):
             if key in row:
                 typer.echo(f"{'':<18} {key}: {row[key]}")
         if "note" in row:

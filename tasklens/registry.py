@@ -134,7 +134,7 @@ def _import_module(module: str) -> None:
             "the working folder; give an importable module name (e.g. my_plugins for a file my_plugins.py "
             "in the working folder) or the path of a .py file"
         ) from error
-    except Exception as error:
+    except _IMPORT_FAILURES as error:
         raise _failed(module, error) from error
 
 
@@ -164,15 +164,22 @@ def _import_file(module: str) -> None:
     sys.modules[name] = loaded
     try:
         spec.loader.exec_module(loaded)
-    except Exception as error:
+    except _IMPORT_FAILURES as error:
         del sys.modules[name]
         raise _failed(module, error) from error
 
 
-def _failed(module: str, error: Exception) -> TasklensError:
+#: what a plug-in's import may raise without ending tasklens: ``sys.exit()`` in a module (a
+#: script's ``main()`` run on import) raises SystemExit, which would end the process silently
+_IMPORT_FAILURES = (Exception, SystemExit)
+
+
+def _failed(module: str, error: BaseException) -> TasklensError:
     where, detail = "", str(error)
     if isinstance(error, SyntaxError):
         where, detail = f" at {error.filename}:{error.lineno}", error.msg
+    elif isinstance(error, SystemExit):
+        detail = f"it called sys.exit({error.code!r}) while being imported"
     return TasklensError(
         f"Plug-in module {module!r} failed while importing{where} ({type(error).__name__}: {detail}); "
         "fix the module or leave it out"
@@ -187,7 +194,7 @@ def _load_entry_points() -> None:
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             point.load()
-        except Exception as error:
+        except _IMPORT_FAILURES as error:
             package = f" of package {point.dist.name!r}" if point.dist is not None else ""
             warnings.warn(
                 f"Skipped the {ENTRY_POINT_GROUP} entry point {point.name!r} = {point.value!r}{package}: "

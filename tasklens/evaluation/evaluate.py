@@ -215,8 +215,25 @@ def evaluate_metrics(
         out[:, forced] = values.double()
     for i, fn in enumerate(fns):
         if i not in forced:
-            out[:, i] = fn(model, task, batch_size).double()
+            out[:, i] = per_prompt_values(fn(model, task, batch_size), fn, len(task))
     return out
+
+
+def per_prompt_values(value, metric: Callable, n_prompts: int) -> Float[Tensor, " prompt"]:
+    """``value``, what ``metric`` returned for ``n_prompts`` prompts, as float64 on the CPU; a clear
+    error when it is not one number per prompt (a plug-in metric returning a scalar or logits)."""
+    name = getattr(metric, "__name__", repr(metric))
+    if not isinstance(value, Tensor):
+        problem = f"a {type(value).__name__}"
+    elif tuple(value.shape) != (n_prompts,):
+        problem = f"a tensor of shape {list(value.shape)}"
+    else:
+        return value.detach().double().cpu()
+    raise TasklensError(
+        f"Metric {name!r} returned {problem} for a batch of {n_prompts} prompts, not one value per "
+        f"prompt (a tensor of shape [{n_prompts}]); a metric takes (logits, batch) and returns a "
+        "[batch] tensor, e.g. logits[:, -1].max(-1).values"
+    )
 
 
 def _teacher_forced(
@@ -231,7 +248,7 @@ def _teacher_forced(
             else:
                 logits, seen = model(batch.tokens.to(model.cfg.device)), batch
             for j, fn in enumerate(fns):
-                out[batch.indices, j] = fn(logits, seen).double().cpu()
+                out[batch.indices, j] = per_prompt_values(fn(logits, seen), fn, batch.size)
     return out
 
 

@@ -118,16 +118,97 @@ def _check_folder(folder: Path) -> None:
             "config.json, model.safetensors weights and tokenizer files (save_pretrained writes them)"
         )
     try:
-        json.loads(config.read_text())
+        settings = json.loads(config.read_text())
     except ValueError as error:
         raise TasklensError(
             f"Model folder {str(folder)!r}: config.json is not valid JSON ({error})"
         ) from error
+    problem = not_causal_lm(settings)
+    if problem:
+        raise TasklensError(f"Model folder {str(folder)!r} {problem}")
     if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         raise TasklensError(
             f"Model folder {str(folder)!r} has no model.safetensors (or its index); save the model with "
             "save_pretrained(folder) (tasklens loads safetensors only and never unpickles .bin checkpoints)"
         )
+
+
+def not_causal_lm(config: dict) -> str | None:
+    """What makes a Hugging Face ``config.json`` (as a dict) not a causal language model's, or
+    None. transformers would load a masked LM (BERT...) as a causal one with a fresh head; its
+    next-token predictions mean nothing, so tasklens refuses it."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal
+
+    fix = (
+        "tasklens reads next-token predictions, so it needs a causal language model "
+        "(LlamaForCausalLM, GPT2LMHeadModel...); give such a model's folder, or 'organism'"
+    )
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or model_type not in causal:
+        return (
+            f"holds a {model_type!r} model, which transformers cannot run as a causal language model; {fix}"
+        )
+    architectures = config.get("architectures") or []
+    classes = {c for value in causal.values() for c in ((value,) if isinstance(value, str) else value)}
+    causal_class = [a in classes or str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures]
+    if architectures and not any(causal_class):
+        return f"holds a {', '.join(map(str, architectures))}, not a causal language model; {fix}"
+    return None
+
+
+def check_device(device: str | torch.device) -> None:
+    """Refuse a device this machine's torch cannot place a model on (a model would otherwise be
+    left on the CPU while its config says ``cuda``)."""
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise TasklensError(f"Unknown device {device!r}; choose cpu, cuda, cuda:N or mps") from error
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind.type, False):
+        what = "is not a device tasklens runs on" if kind.type not in available else "is not available here"
+        raise TasklensError(f"device {str(device)!r}: {kind.type.upper()} {what}; use device='cpu'")
+    if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
+        raise TasklensError(
+            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            f"choose cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+
+
+def nonfinite_weights(named) -> tuple[str, int] | None:
+    """The first parameter holding NaN or infinite values and how many, or None. A sum per
+    tensor is the fast test (any NaN or inf makes it non-finite); only a tensor it flags is
+    counted exactly (float16 sums can overflow)."""
+    for name, tensor in named:
+        if tensor.is_floating_point() and not torch.isfinite(tensor.detach().sum()):
+            bad = int((~torch.isfinite(tensor.detach())).sum())
+            if bad:
+                return name, bad
+    return None
+
+
+def _check_finite(named, spec: str, source: str) -> None:
+    found = nonfinite_weights(named)
+    if found is None:
+        return
+    name, bad = found
+    if zoo.is_known(spec):
+        command = zoo.source_of(spec).command_name
+        fix = (
+            f"its files changed since the download: run `tasklens models verify {command}` to check "
+            f"them, then `tasklens models download {command} --force` to download it again"
+        )
+    else:
+        fix = "the weights file is damaged or was saved from a diverged model: re-create or copy it again"
+    raise TasklensError(f"The model {source!r} has {bad:,} NaN or infinite weights in {name}; {fix}")
+
+
+def _not_a_folder(spec: str, path: Path) -> TasklensError:
+    holder = path.parent
+    hint = f" ({str(holder)!r}, which holds it, looks like one)" if (holder / "config.json").is_file() else ""
+    return TasklensError(
+        f"Model {spec!r} is a file, not a model folder; give the folder that holds config.json, "
+        f"model.safetensors and the tokenizer files{hint}"
+    )
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -193,7 +274,10 @@ def load_model(
         ``cfg.model_name`` set to ``spec``.
     """
 
+    check_device(device)
     folder = model_folder(spec)
+    if spec != ORGANISM and not zoo.is_known(spec) and folder.is_file():
+        raise _not_a_folder(spec, folder)
     if zoo.is_known(spec):
         dtype = dtype or getattr(torch, zoo.stored_dtype(spec))
     is_local = spec == ORGANISM or zoo.is_known(spec) or folder.is_dir()
@@ -215,8 +299,11 @@ def load_model(
             from transformers import AutoModelForCausalLM
 
             hf_model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype)
+            _check_finite(hf_model.named_parameters(), spec, source)
         model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype, hf_model=hf_model)
         enable_kv_cache(model)
+    except TasklensError:
+        raise
     except OSError as error:
         if is_local:
             raise TasklensError(f"Could not load the model folder {source!r}: {error}") from error
@@ -232,6 +319,12 @@ def load_model(
         raise TasklensError(
             f"The model folder {source!r} is corrupt or incomplete ({type(error).__name__}: {error}); {fix}"
         ) from error
+    if not is_local:
+        config = getattr(getattr(model, "original_model", None), "config", None)
+        problem = not_causal_lm(config.to_dict()) if config is not None else None
+        if problem:
+            raise TasklensError(f"Model {spec!r} {problem}")
+        _check_finite(model.named_parameters(), spec, spec)
     model.eval()
     model.cfg.model_name = spec
     if zoo.is_known(spec):

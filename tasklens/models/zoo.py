@@ -9,13 +9,15 @@ licence file the release ships) under the tasklens cache (``$TASKLENS_HOME``, de
 ``~/.cache/tasklens``) and records every file's size and SHA-256 in the folder's marker.
 Everything is made inside one temporary folder named after its host and process, then
 moved into place: a killed download leaves nothing that loads, and the next download
-removes what it left. Loading checks the sizes (and the hash of a file whose
-modification time changed); `verify` checks every hash.
+removes what it left. Loading checks the sizes, the hash of a file whose modification time
+changed and a sampled hash of the others (`sampled_sha256`: a replaced or largely overwritten
+file; `tasklens.models.load_model` also refuses NaN or infinite weights); `verify` checks every hash.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import importlib.util
 import json
 import os
@@ -97,6 +99,11 @@ class ModelSource:
     notices: tuple[Part, ...] = ()
     aliases: tuple[str, ...] = ()
     prepend_bos: bool = True
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the model is known by, its own first, each once (an alias may repeat it)."""
+        return tuple(dict.fromkeys((self.name, *self.aliases)))
 
     @property
     def command_name(self) -> str:
@@ -245,14 +252,14 @@ def cache_dir() -> Path:
 def source_of(name: str) -> ModelSource:
     """The downloadable model called ``name`` (or one of its aliases)."""
     for source in SOURCES.values():
-        if name == source.name or name in source.aliases:
+        if name in source.names:
             return source
-    known = [n for s in SOURCES.values() for n in (s.name, *s.aliases)]
+    known = [n for s in SOURCES.values() for n in s.names]
     raise TasklensError(f"Unknown model {name!r} to download; choose one of {known}")
 
 
 def is_known(name: str) -> bool:
-    return any(name == s.name or name in s.aliases for s in SOURCES.values())
+    return any(name in s.names for s in SOURCES.values())
 
 
 def folder_of(name: str) -> Path:
@@ -298,8 +305,29 @@ def local_folder(name: str) -> Path:
     return folder
 
 
+#: `sampled_sha256` reads this many blocks of SAMPLE_BYTES, evenly spaced from the first to the last
+SAMPLE_BLOCKS = 256
+SAMPLE_BYTES = 4096
+
+
+def sampled_sha256(path: Path) -> str:
+    """SHA-256 of `SAMPLE_BLOCKS` blocks of a file, evenly spaced from its start to its end (the
+    whole file when it is smaller): about 1 MiB read, so every load can afford it. An overwritten
+    stretch longer than the gap between blocks (the file's size / 255) always changes it."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if size <= SAMPLE_BLOCKS * SAMPLE_BYTES:
+            digest.update(handle.read())
+        else:
+            for i in range(SAMPLE_BLOCKS):
+                handle.seek(i * (size - SAMPLE_BYTES) // (SAMPLE_BLOCKS - 1))
+                digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
 def _record_files(folder: Path) -> dict[str, dict]:
-    """Size, SHA-256 and modification time of every file in ``folder`` but the marker."""
+    """Size, SHA-256, sampled SHA-256 and modification time of every file in ``folder`` but the marker."""
     files = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != MARKER:
@@ -307,6 +335,7 @@ def _record_files(folder: Path) -> dict[str, dict]:
             files[path.relative_to(folder).as_posix()] = {
                 "size": stat.st_size,
                 "sha256": file_sha256(path),
+                "sampled_sha256": sampled_sha256(path),
                 "mtime_ns": stat.st_mtime_ns,
             }
     return files
@@ -316,18 +345,22 @@ def problems(folder: Path, check: str = "sizes") -> list[str] | None:
     """What differs between ``folder``'s files and its marker's record: ``[]`` when nothing does,
     ``None`` when the marker records no files (written by an older tasklens).
 
-    ``check`` is ``"sizes"`` (stat only), ``"changed"`` (sizes, and the hash of a file whose
-    modification time differs from the recorded one) or ``"hashes"`` (every file hashed)."""
+    ``check`` is ``"sizes"`` (stat only), ``"changed"`` (sizes, the hash of a file whose
+    modification time differs from the recorded one, and the sampled hash of the others, where
+    the marker records one) or ``"hashes"`` (every file hashed)."""
     try:
         record = json.loads((folder / MARKER).read_text())
         files = record.get("files")
         if files is None:
             return None
-        files = {name: (int(e["size"]), str(e["sha256"]), int(e["mtime_ns"])) for name, e in files.items()}
+        files = {
+            name: (int(e["size"]), str(e["sha256"]), int(e["mtime_ns"]), e.get("sampled_sha256"))
+            for name, e in files.items()
+        }
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return [f"its {MARKER} is unreadable"]
     found = []
-    for name, (size, sha256, mtime_ns) in files.items():
+    for name, (size, sha256, mtime_ns, sampled) in files.items():
         path = folder / name
         try:
             stat = path.stat()
@@ -336,6 +369,8 @@ def problems(folder: Path, check: str = "sizes") -> list[str] | None:
             elif check == "hashes" or (check == "changed" and stat.st_mtime_ns != mtime_ns):
                 if file_sha256(path) != sha256:
                     found.append(f"{name} is not the file downloaded (its SHA-256 changed)")
+            elif check == "changed" and sampled is not None and sampled_sha256(path) != sampled:
+                found.append(f"{name} is not the file downloaded (its sampled SHA-256 changed)")
         except FileNotFoundError:
             found.append(f"{name} is missing")
         except OSError as error:
@@ -657,9 +692,9 @@ def _convert(gguf: Path, out: Path, dtype: str = "float32") -> None:
 
 
 def list_models() -> list[dict[str, str]]:
-    """Every model tasklens knows by name: where it is, whether it is there (``damaged`` when
-    its files' sizes differ from those recorded; ``note`` then says what and the fix), its
-    download size, licence and what its conversion was verified against."""
+    """Every model tasklens knows by name (``also``: its other names): where it is, whether it is
+    there (``damaged`` when its files' sizes differ from those recorded; ``note`` then says what
+    and the fix), its download size, licence and what its conversion was verified against."""
     rows = [
         {
             "name": "organism",
@@ -672,6 +707,8 @@ def list_models() -> list[dict[str, str]]:
     for source in SOURCES.values():
         folder = folder_of(source.name)
         row = {"name": source.name, "status": "not downloaded", "where": str(folder)}
+        if len(source.names) > 1:
+            row["also"] = ", ".join(source.names[1:])
         if is_downloaded(source.name):
             found = problems(folder, "sizes")
             if found:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tasklens.errors import TasklensError
 from tasklens.io import atomic_write_text
 from tasklens.models import ModelInfo
 from tasklens.runs import RunFolder
@@ -146,6 +147,40 @@ def _stability(files: list[Path]) -> dict[str, str] | None:
     return {r.task: f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in pd.read_csv(path).itertuples()}
 
 
+#: the settings the report reads from each stage's recorded config
+READS = {"locate": ("model", "tasks", "method", "select", "value"), "ablate": ("eval_split",)}
+
+
+def recorded_config(folder: RunFolder, stage: str) -> dict[str, Any]:
+    """The settings the report reads (`READS`) from a finished stage's config in the manifest, each
+    checked against its `RunConfig` type: a hand-edited manifest gets a one-line error naming the
+    setting, not a traceback."""
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from tasklens.runs.folder import MANIFEST
+    from tasklens.runs.pipeline import RunConfig
+
+    config = folder.record(stage).get("config")
+    where = f"{str(folder.path / MANIFEST)!r}: the `{stage}` stage's config"
+    fix = f"undo the edit or re-run `tasklens {stage}`"
+    if not isinstance(config, dict):
+        raise TasklensError(f"{where} is {type(config).__name__}, not a table of settings; {fix}")
+    types = typing.get_type_hints(RunConfig)
+    for key in READS[stage]:
+        if key not in config:
+            raise TasklensError(f"{where} has no {key!r}; {fix}")
+        try:
+            TypeAdapter(types[key]).validate_python(config[key], strict=True)
+        except ValidationError as error:
+            expected = types[key].__name__ if isinstance(types[key], type) else str(types[key])
+            raise TasklensError(
+                f"{where} has {key} = {config[key]!r}, not a {expected} ({error.errors()[0]['msg']}); {fix}"
+            ) from error
+    return config
+
+
 def render(**context: Any) -> str:
     """The report page from the template, given its variables (see `build_report`)."""
     import jinja2
@@ -170,10 +205,10 @@ def build_report(
     from tasklens.runs.pipeline import load_scores, load_task
 
     folder = RunFolder(run)
-    locate = folder.record("locate")
+    config = recorded_config(folder, "locate")
     folder.check_writable(["report.html"])
-    config = locate["config"]
     stages = folder.manifest()["stages"]
+    eval_split = recorded_config(folder, "ablate")["eval_split"] if "ablate" in stages else "evaluation"
     written = [folder.files(stage) for stage in stages if stage != "report"]
     files = sorted({p for group in written for p in group})
     summary, evaluation = _summary(folder)
@@ -204,7 +239,6 @@ def build_report(
         from tasklens.views.page import neuron_pages, page_tasks
 
         model = model if model is not None else load_model(config["model"])
-        eval_split = stages.get("ablate", {}).get("config", {}).get("eval_split", "evaluation")
         for spec in config["tasks"]:
             task = load_task(spec, eval_split, n_prompts)
             if task.name in scores:
@@ -235,7 +269,7 @@ def build_report(
                 "name": name,
                 "finished": record.get("finished", ""),
                 "version": record.get("tasklens_version", ""),
-                "config": json.dumps(record["config"], indent=2),
+                "config": json.dumps(record.get("config"), indent=2),
             }
             for name, record in stages.items()
             if name != "report"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -325,14 +326,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv"):
         raise TasklensError(f"{where} has suffix {path.suffix!r}; use .jsonl, .json or .csv")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise TasklensError(
-            f"{where} is not UTF-8 (byte {error.start} is {data[error.start : error.start + 1]!r}; "
-            "latin-1 or Windows-1252 text?); re-save it as UTF-8"
-        ) from error
+    text = _decode(path.read_bytes(), where)
     if not text.strip():
         raise TasklensError(f"{where} is empty; it needs one record per line with 'prompt' and 'answer'")
     if suffix == ".csv":
@@ -351,11 +345,56 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+#: byte-order marks and the encodings they announce (UTF-32 first: its little-endian mark
+#: begins with UTF-16's)
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def _decode(data: bytes, where: str) -> str:
+    """A task file's text: UTF-8, or the UTF-16 / UTF-32 its byte-order mark announces (as
+    Windows editors save "Unicode" text); anything else is refused naming the fix."""
+    bom, encoding = next(((b, e) for b, e in _BOMS if data.startswith(b)), (b"", "utf-8"))
+    try:
+        text = data[len(bom) :].decode(encoding)
+    except UnicodeDecodeError as error:
+        at = len(bom) + error.start
+        what, guess = ("UTF-8", "latin-1 or Windows-1252 text?")
+        if bom:
+            what, guess = (f"valid {encoding.upper()}", "the file is cut short?")
+        raise TasklensError(
+            f"{where} is not {what} (byte {at} is {data[at : at + 1]!r}; {guess}); re-save it as UTF-8"
+        ) from error
+    if encoding == "utf-8" and "\0" in text:
+        raise TasklensError(
+            f"{where} holds NUL bytes (UTF-16 or UTF-32 text without a byte-order mark?); re-save it as UTF-8"
+        )
+    return text
+
+
 def _csv_rows(text: str, where: str) -> list[dict[str, Any]]:
     import csv
     import io
 
-    reader = csv.DictReader(io.StringIO(text))
+    # csv refuses fields over 131,072 characters (a process-wide limit); no field is longer than the file
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text)))
+    try:
+        return _csv_records(csv.DictReader(io.StringIO(text, newline="")), where)
+    except csv.Error as error:
+        raise TasklensError(
+            f"{where} is not valid CSV ({error}); fix it there or save the task as JSONL"
+        ) from error
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_records(reader, where: str) -> list[dict[str, Any]]:
     rows = []
     for row in reader:
         if None in row:  # more fields than the header names
@@ -377,6 +416,8 @@ def _json_rows(text: str, where: str) -> list[Any] | None:
     objects, or one object); None when the file holds several values (JSON lines)."""
     try:
         data = json.loads(text, **_AS_WRITTEN)
+    except RecursionError as error:
+        raise TasklensError(_too_deep(where)) from error
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":
             return None
@@ -402,11 +443,17 @@ def _json_rows(text: str, where: str) -> list[Any] | None:
 
 def _json_lines(text: str, where: str) -> list[Any]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # records end at a newline only: JSON strings may hold U+2028, U+0085 and the other line breaks
+    # that str.splitlines() would split at (json.dumps(..., ensure_ascii=False) writes them raw);
+    # a raw carriage return is never inside a JSON string
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line, **_AS_WRITTEN))
+        except RecursionError as error:
+            raise TasklensError(_too_deep(f"{where}, line {number}")) from error
         except ValueError as error:
             if line.strip() in ("{", "[", "[{"):
                 raise TasklensError(_pretty_jsonl(where)) from error
@@ -415,6 +462,14 @@ def _json_lines(text: str, where: str) -> list[Any]:
                 'each line must be one object like {"prompt": ..., "answer": ...}'
             ) from error
     return rows
+
+
+def _too_deep(where: str) -> str:
+    return (
+        f"{where} holds a value nested too deeply to read (lists or objects inside one another "
+        "hundreds of levels deep); tasklens reads only the prompt and answer columns: remove or "
+        "flatten the nested column"
+    )
 
 
 def _pretty_jsonl(where: str) -> str:

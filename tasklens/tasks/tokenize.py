@@ -65,10 +65,11 @@ class TokenizedTask:
                     "tokenisation; give answers the tokenizer turns into at least one token"
                 )
             if len(p) + len(a) > n_ctx:
+                longer, text = ("answer", task.answers[i]) if len(a) > len(p) else ("prompt", task.prompts[i])
                 raise TasklensError(
-                    f"Task {task.name!r}: prompt {i} and its answer take {len(p) + len(a)} tokens, "
-                    f"more than the model's context of {n_ctx}; shorten the prompt "
-                    f"({task.prompts[i][:60]!r}...) or use a model with a longer context"
+                    f"Task {task.name!r}: prompt {i} and its answer take {len(p) + len(a)} tokens "
+                    f"(prompt {len(p)}, answer {len(a)}), more than the model's context of {n_ctx}; "
+                    f"shorten the {longer} ({text[:60]!r}...) or use a model with a longer context"
                 )
         _warn_split_answers(task, tokenizer, prompts, answers, len(bos))
         pad = tokenizer.pad_token_id

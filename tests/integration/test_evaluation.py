@@ -7,6 +7,8 @@ import torch
 
 import tasklens
 from tasklens.errors import TasklensError
+from tasklens.evaluation.evaluate import evaluate_prompts
+from tasklens.evaluation.metrics import answer_logit
 
 pytestmark = pytest.mark.reliability
 
@@ -35,6 +37,26 @@ def test_answer_logprob_is_taken_in_float64(organism, continent):
 def test_evaluation_refuses_an_empty_batch(organism, continent):
     with pytest.raises(TasklensError, match="batch_size must be at least 1"):
         tasklens.accuracy(organism, continent, batch_size=0)
+
+
+@pytest.mark.parametrize(
+    ("metric", "shown"),
+    [
+        (lambda logits, batch: logits[:, -1, :2], r"a tensor of shape \[8, 2\] for a batch of 8 prompts"),
+        (lambda logits, batch: logits[:, -1, 0].mean(), r"a tensor of shape \[\] for a batch of 8 prompts"),
+        (lambda logits, batch: logits[:, -1, 0].tolist(), "returned a list for a batch of 8 prompts"),
+    ],
+    ids=["two_per_prompt", "one_for_the_batch", "a_list"],
+)
+def test_a_metric_of_the_wrong_shape_is_a_clear_error(organism, continent, metric, shown):
+    """A scalar would otherwise be broadcast to every prompt and a [batch, 2] tensor fail inside torch."""
+    with pytest.raises(TasklensError, match=shown + ".*one value per prompt"):
+        evaluate_prompts(organism, continent, metric, batch_size=8)
+    reference = evaluate_prompts(organism, continent, "logit", batch_size=8)
+    own = evaluate_prompts(
+        organism, continent, lambda logits, batch: answer_logit(logits, batch), batch_size=8
+    )
+    torch.testing.assert_close(own, reference, rtol=0, atol=0)
 
 
 def test_answer_metrics_computed_from_the_answer_positions_equal_the_full_logits(organism):

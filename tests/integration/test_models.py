@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import pytest
@@ -115,3 +117,98 @@ def test_a_corrupt_downloaded_model_names_the_command_that_repairs_it(tmp_path, 
     repair = r"corrupt or incomplete.*run `tasklens models download smollm2 --force`$"
     with pytest.raises(TasklensError, match=repair):
         load_model("smollm2-135m")
+
+
+@pytest.fixture
+def bert_folder(tmp_path):
+    """A masked language model (BERT) saved as Hugging Face saves it, with the organism's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(ORGANISM_DIR)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertForMaskedLM(config).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    return tmp_path / "bert"
+
+
+@pytest.mark.reliability
+def test_a_masked_language_model_is_refused_before_any_work(bert_folder, tmp_path):
+    """transformers would load it as BertLMHeadModel with a fresh head and tasklens would run on it."""
+    from typer.testing import CliRunner
+
+    from tasklens.cli import app
+
+    with pytest.raises(TasklensError, match=r"holds a BertForMaskedLM, not a causal language model"):
+        load_model(str(bert_folder))
+    result = CliRunner().invoke(app, ["locate", "--model", str(bert_folder), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().count("\n") == 0 and "not a causal language model" in result.output
+    assert not (tmp_path / "run").exists()
+    config = json.loads((bert_folder / "config.json").read_text())
+    for changed in (
+        {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]},
+        {"model_type": None},
+    ):
+        (bert_folder / "config.json").write_text(json.dumps({**config, **changed}))
+        with pytest.raises(TasklensError, match="cannot run as a causal language model"):
+            load_model(str(bert_folder))
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("arch", ["gpt2", "pythia", "llama", "llama without architectures"])
+def test_causal_language_models_of_other_architectures_still_load(tmp_path, arch):
+    from conftest import build_tiny
+
+    folder = build_tiny(tmp_path / "model", arch.split()[0])
+    if arch.endswith("without architectures"):  # a config written by hand names no class
+        config = json.loads((folder / "config.json").read_text())
+        del config["architectures"]
+        (folder / "config.json").write_text(json.dumps(config))
+    model = load_model(str(folder))
+    assert model(model.to_tokens("The capital of France is")).isfinite().all()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_local_folder_with_non_finite_weights_is_refused_on_load(tmp_path, value):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(ORGANISM_DIR, folder)
+    weights = load_file(folder / "model.safetensors")
+    name = "model.layers.2.mlp.down_proj.weight"
+    weights[name][3, :5] = value
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(
+        TasklensError, match=rf"has 5 NaN or infinite weights in {name}; the weights file is damaged"
+    ):
+        load_model(str(folder))
+
+
+@pytest.mark.reliability
+def test_a_device_this_torch_cannot_use_is_refused_not_ignored():
+    """On a CPU-only torch, device='cuda' gave a model on the CPU whose config said cuda."""
+    refused = ["cuda:99", "tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    refused += [] if torch.backends.mps.is_available() else ["mps"]
+    for device in refused:
+        with pytest.raises(TasklensError, match=rf"device '{device}'|Unknown device '{device}'"):
+            load_model("organism", device=device)
+
+
+@pytest.mark.reliability
+def test_a_file_given_as_the_model_says_to_give_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(ORGANISM_DIR, folder)
+    holder = re.escape(repr(str(folder)))
+    looks_like = rf"is a file, not a model folder; .* \({holder}, which holds it, looks like one\)"
+    with pytest.raises(TasklensError, match=looks_like):
+        load_model(str(folder / "model.safetensors"))
+    monkeypatch.chdir(folder)
+    with pytest.raises(TasklensError, match=r"'config\.json' is a file, not a model folder"):
+        load_model("config.json")

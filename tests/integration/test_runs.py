@@ -127,6 +127,51 @@ def test_report_refuses_to_overwrite_a_users_report(organism, tmp_path):
     assert (tmp_path / "run/report.html").read_text() == "<p>my notes</p>"
 
 
+def edit_locate_config(manifest, edit) -> None:
+    record = manifest["stages"]["locate"]
+    record["config"] = edit(record["config"])
+
+
+def without(key):
+    return lambda config: {k: v for k, v in config.items() if k != key}
+
+
+HAND_EDITS = {
+    "no model": (without("model"), "config has no 'model'"),
+    "model a number": (lambda c: {**c, "model": 3}, "has model = 3, not a str"),
+    "tasks one string": (
+        lambda c: {**c, "tasks": "continent_of"},
+        "has tasks = 'continent_of', not a list[str]",
+    ),
+    "tasks numbers": (lambda c: {**c, "tasks": [1]}, "has tasks = [1], not a list[str]"),
+    "value as text": (lambda c: {**c, "value": "1.0"}, "has value = '1.0', not a float"),
+    "no select": (without("select"), "config has no 'select'"),
+    "no method": (without("method"), "config has no 'method'"),
+    "a list": (lambda c: ["model", "organism"], "config is list, not a table of settings"),
+}
+
+
+def test_a_hand_edited_config_is_a_one_line_error_in_report(organism, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr("tasklens.models.load_model", lambda *a, **k: organism)
+    locate(small_run(tmp_path), organism)
+    for name, (edit, message) in HAND_EDITS.items():
+        run = tmp_path / name.replace(" ", "_")
+        shutil.copytree(tmp_path / "run", run)
+        edit_manifest(run, lambda manifest, edit=edit: edit_locate_config(manifest, edit))
+        line = refused(cli("report", str(run)), message, "undo the edit or re-run `tasklens locate`")
+        assert "manifest.json': the `locate` stage's" in line
+        assert not (run / "report.html").exists()
+    run = tmp_path / "ablate_edited"
+    shutil.copytree(tmp_path / "run", run)
+    edit_manifest(
+        run, lambda manifest: manifest["stages"].update(ablate={"config": {"eval_split": 3}, "files": {}})
+    )
+    refused(cli("report", str(run)), "the `ablate` stage's config has eval_split = 3, not a str")
+    assert cli("report", str(tmp_path / "run")).exit_code == 0  # the run as written still reports
+
+
 def test_a_stage_refuses_a_file_it_wrote_that_the_user_changed_since(organism, tmp_path):
     config = small_run(tmp_path)
     locate(config, organism)

@@ -126,7 +126,16 @@ def test_batches_sorted_by_length_give_each_prompt_its_own_value(organism):
 
 def test_prompt_longer_than_context_is_a_clear_error(organism):
     long = Task.from_lists("long", ["word " * 500], [" x"])
-    with pytest.raises(TasklensError, match="more than the model's context of 64"):
+    with pytest.raises(TasklensError, match="more than the model's context of 64; shorten the prompt"):
+        TokenizedTask.for_model(long, organism)
+
+
+@pytest.mark.reliability
+def test_an_answer_longer_than_the_context_is_called_the_answer(organism):
+    """An answer of a few hundred kilobytes (a whole document pasted in the wrong column)."""
+    long = Task.from_lists("long_answer", ["The capital of France is"], [" Paris" * 40_000])
+    message = r"\(prompt 7, answer 40000\), more than the model's context of 64; shorten the answer \(' Paris"
+    with pytest.raises(TasklensError, match=message):
         TokenizedTask.for_model(long, organism)
 
 

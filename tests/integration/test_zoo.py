@@ -130,16 +130,29 @@ def test_a_folder_placed_during_the_conversion_is_kept(fake_source, tmp_path, mo
 def test_overwritten_weights_are_refused_and_force_repairs_them(downloaded, organism):
     weights = downloaded / "model.safetensors"
     with open(weights, "r+b") as handle:  # 64 KiB of NaN float32 in the middle of the tensors
+        assert weights.stat().st_size > 2**20  # more than the sampled hash reads
         handle.seek(weights.stat().st_size // 2)
         handle.write(b"\xff" * 65536)
     with pytest.raises(
         TasklensError, match=r"damaged \(model\.safetensors is not the file downloaded.*--force"
     ):
         load_model(NAME)
-    # with its modification time put back, loading checks only the size; verify hashes everything
-    recorded = json.loads((downloaded / zoo.MARKER).read_text())["files"]["model.safetensors"]
+    # with its modification time put back (bit rot, a copy that keeps times), the sampled hash finds it
+    marker = downloaded / zoo.MARKER
+    recorded = json.loads(marker.read_text())["files"]["model.safetensors"]
     os.utime(weights, ns=(recorded["mtime_ns"], recorded["mtime_ns"]))
-    assert torch.isnan(logits(load_model(NAME))).any()
+    with pytest.raises(TasklensError, match=r"sampled SHA-256 changed.*download smollm2 --force"):
+        load_model(NAME)
+    assert_one_line_error(invoke("locate", "--model", NAME), "sampled SHA-256 changed", "--force")
+    # a marker without sampled hashes (an older tasklens): the NaN weights are refused on load
+    record = json.loads(marker.read_text())
+    for entry in record["files"].values():
+        del entry["sampled_sha256"]
+    marker.write_text(json.dumps(record))
+    with pytest.raises(
+        TasklensError, match=r"has [\d,]+ NaN or infinite weights in model\.layers\.\d.*models verify smollm2"
+    ):
+        load_model(NAME)
     result = invoke("models", "verify", "smollm2")
     assert_one_line_error(
         result, "model.safetensors is not the file downloaded", "models download smollm2 --force"

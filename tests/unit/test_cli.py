@@ -72,6 +72,8 @@ def test_a_plugin_given_as_a_file_path_is_loaded(workdir):
         ("raise RuntimeError('needs a GPU')", "RuntimeError: needs a GPU"),
         ("def broken(:\n    pass\n", "SyntaxError"),
         ("import h5_no_such_dependency\n", "No module named 'h5_no_such_dependency'"),
+        ("import sys\nsys.exit(0)\n", "it called sys.exit(0) while being imported"),
+        ("raise SystemExit('usage: my_plugins.py FILE')", "sys.exit('usage: my_plugins.py FILE')"),
     ],
 )
 def test_a_plugin_that_fails_on_import_is_one_clear_line(workdir, source, shown):
@@ -232,3 +234,27 @@ def test_cli_version_and_one_error_handler(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "Traceback" not in result.output
+
+
+@pytest.mark.reliability
+def test_models_list_and_an_unknown_model_give_every_name_once(tmp_path, monkeypatch):
+    """gemma3-270m and the Qwen models list their own name among their aliases."""
+    from tasklens.models.zoo import SOURCES
+
+    monkeypatch.setenv("TASKLENS_HOME", str(tmp_path))
+    listing = CliRunner().invoke(app, ["models", "list"])
+    assert listing.exit_code == 0, listing.output
+    names = [n for source in SOURCES.values() for n in (source.name, *source.aliases)]
+    assert len(set(names)) < len(names)  # the aliases do repeat names
+    shown = [line.split()[0] for line in listing.output.splitlines() if line[:1].strip()]
+    shown += [
+        n
+        for line in listing.output.splitlines()
+        if "also: " in line
+        for n in line.split("also: ")[1].split(", ")
+    ]
+    assert sorted(shown) == sorted({"organism", *names})
+    result = CliRunner().invoke(app, ["models", "download", "nosuch"])
+    one_line_error(result, "Unknown model 'nosuch'")
+    listed = result.output.split("choose one of ")[1]
+    assert all(listed.count(f"'{name}'") == 1 for name in names), listed

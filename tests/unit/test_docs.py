@@ -7,6 +7,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -53,19 +54,132 @@ def test_readme_python_imports_exist():
             assert hasattr(loaded, name.strip()), f"{module} has no {name.strip()}"
 
 
-def test_docs_build_strict_offline(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The docs site, built once with ``mkdocs build --strict`` into a temporary folder."""
     for module in ("mkdocs", "mkdocstrings_handlers.python"):
         if importlib.util.find_spec(module.split(".")[0]) is None:
             pytest.skip(f'{module} is not installed: pip install -e ".[test]" installs it')
+    out = tmp_path_factory.mktemp("docs") / "site"
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "site" / "api" / "tasklens.scoring" / "index.html").exists()
+    return out
+
+
+def test_docs_build_strict_offline(site):
+    assert (site / "api" / "tasklens.scoring" / "index.html").exists()
     assert "tasklens.scoring.GradientAttribution" in (
-        tmp_path / "site" / "api" / "tasklens.scoring" / "index.html"
+        site / "api" / "tasklens.scoring" / "index.html"
     ).read_text(encoding="utf-8")
+    assert not list(site.rglob("*.py"))  # the Griffe extension is not published as a page
+
+
+class Reference(HTMLParser):
+    """A rendered API page: its headings' ids, the text of the code blocks under each heading,
+    the rows of each Returns table, and how many quote blocks there are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heading = ""
+        self.headings: list[str] = []
+        self.code: dict[str, list[str]] = {}
+        self.returns: dict[str, list[int]] = {}
+        self.quotes = 0
+        self._in_pre = self._in_title = self._in_returns = False
+        self._returns_next = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("h1", "h2", "h3", "h4") and attrs.get("id"):
+            self.heading = attrs["id"]
+            self.headings.append(self.heading)
+        elif tag == "pre":
+            self._in_pre = True
+            self.code.setdefault(self.heading, []).append("")
+        elif tag == "blockquote":
+            self.quotes += 1
+        elif tag == "span" and "doc-section-title" in (attrs.get("class") or ""):
+            self._in_title = True
+        elif tag == "table" and self._returns_next:
+            self._in_returns, self._returns_next = True, False
+            self.returns.setdefault(self.heading, []).append(0)
+        elif tag == "tr" and self._in_returns and "doc-section-item" in (attrs.get("class") or ""):
+            self.returns[self.heading][-1] += 1
+
+    def handle_endtag(self, tag):
+        if tag == "pre":
+            self._in_pre = False
+        elif tag == "span":
+            self._in_title = False
+        elif tag == "table":
+            self._in_returns = False
+
+    def handle_data(self, data):
+        if self._in_pre:
+            self.code[self.heading][-1] += data
+        if self._in_title and data.strip() == "Returns:":
+            self._returns_next = True
+
+
+def rendered_dom(browser: str, page: Path, profile: Path) -> str:
+    """The DOM of a local page after headless Chromium rendered it (no network)."""
+    result = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--proxy-server=127.0.0.1:9",
+            "--proxy-bypass-list=<-loopback>",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "</html>" in result.stdout, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.reliability
+def test_the_scoring_reference_shows_every_scorer_and_its_examples_as_code_in_a_browser(site, tmp_path):
+    """Each public scorer has its heading, each doctest of its `attribute` is a code block under
+    that method's heading (not quotes run into one paragraph), and its Returns is one row."""
+    import doctest
+    import inspect
+    import os
+    import shutil
+
+    from tasklens.scoring import SCORERS
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("no chromium here (`apt-get install chromium` to run this check)")
+    page = Reference()
+    page.feed(rendered_dom(browser, site / "api" / "tasklens.scoring" / "index.html", tmp_path / "profile"))
+    assert page.quotes == 0
+    parser = doctest.DocTestParser()
+    for _, scorer in SCORERS.items():
+        heading = f"tasklens.scoring.{scorer.__name__}"
+        assert heading in page.headings and f"{heading}.attribute" in page.headings, heading
+        examples = parser.get_examples(inspect.getdoc(scorer.attribute))
+        assert len(examples) >= 5, heading
+        code = "\n".join(page.code.get(f"{heading}.attribute", []))
+        for example in examples:
+            assert ">>> " + example.source.splitlines()[0] in code, (heading, example.source)
+            assert example.want.splitlines()[0] in code if example.want else True
+        assert page.returns[f"{heading}.attribute"] == [1], heading
