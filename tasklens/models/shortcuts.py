@@ -51,8 +51,9 @@ SHORTCUTS = {
     "output_decoding": "output-side decoding of each neuron's write through the final norm and unembedding",
 }
 
-#: largest difference (in the metric's units, or 1 - cosine) a shortcut may show against the model
-TOLERANCE = 1e-4
+#: largest difference (in the metric's units, or 1 - cosine) a shortcut may show against the
+#: model, by parameter precision: half precisions round each step to about 3 digits
+TOLERANCE = {"float32": 1e-4, "float64": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
 
 
 def family(model) -> str:
@@ -62,7 +63,11 @@ def family(model) -> str:
     config = getattr(hf, "config", None)
     if config is not None and getattr(config, "model_type", None):
         return str(config.model_type)
-    return str(getattr(model.cfg, "original_architecture", "") or "unknown")
+    architecture = str(getattr(model.cfg, "original_architecture", "") or "")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    by_class = {cls: kind for kind, cls in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items()}
+    return by_class.get(architecture, architecture or "unknown")
 
 
 def _state(model) -> dict[str, bool]:
@@ -98,14 +103,14 @@ def check_shortcut(model, name: str, difference: Callable[[], float]) -> bool:
     """Compare shortcut ``name`` with the model's own forward once per model.
 
     ``difference`` computes the largest difference between the two on a few neurons; above
-    `TOLERANCE` the shortcut is turned off for this model (with a one-line note). Returns
-    whether the shortcut may be used."""
+    `TOLERANCE` (for the model's dtype) the shortcut is turned off for this model, with a
+    one-line note. Returns whether the shortcut may be used."""
     if not shortcut_allowed(model, name):
         return False
     state = _state(model)
     if name not in state:
         gap = float(difference())
-        state[name] = gap <= TOLERANCE
+        state[name] = gap <= TOLERANCE.get(ModelInfo.of(model).dtype, 1e-4)
         if not state[name]:
             _note(model, name, f"it differs from the model's own forward by {gap:.2g}")
     return state[name]
