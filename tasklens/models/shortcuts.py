@@ -49,6 +49,7 @@ SHORTCUTS = {
     "final_readout": "logits read off the last residual stream by the final norm and unembedding",
     "analytic_last_layer": "exact ablation of the last layer read off the final residual stream",
     "output_decoding": "output-side decoding of each neuron's write through the final norm and unembedding",
+    "input_decoding": "input-side decoding of each token's embedding through the MLP's input norm",
 }
 
 #: largest difference (in the metric's units, or 1 - cosine) a shortcut may show against the
@@ -145,6 +146,35 @@ def _probe(model) -> Tensor:
     """A short fixed token sequence to compare a shortcut with the model's own forward on."""
     vocab = int(model.cfg.d_vocab)
     return torch.tensor([[i * 7919 % vocab for i in range(1, 9)]], device=model.cfg.device)
+
+
+def mlp_input_norm(model, layer: int):
+    """The norm layer ``layer``'s MLP reads the residual stream through: the block's ``ln2``,
+    else ``ln1`` (blocks that run attention and MLP side by side from one norm, Phi), else None
+    (OLMo-2 normalises only outputs). `input_norm_gap` checks the choice against the model."""
+    block = model.blocks[layer]
+    return getattr(block, "ln2", None) or getattr(block, "ln1", None)
+
+
+@torch.no_grad()
+def input_norm_gap(model) -> float:
+    """Largest relative difference, on a short sequence at the first and last layer, between
+    `mlp_input_norm` applied to the residual stream and what the MLP actually reads."""
+    from tasklens.models.loading import mlp_input
+
+    info = ModelInfo.of(model)
+    gap = 0.0
+    for layer in sorted({0, info.n_layers - 1}):
+        stream = f"blocks.{layer}.hook_resid_mid"
+        if stream not in model.hook_dict:  # attention and MLP read the same input
+            stream = f"blocks.{layer}.hook_resid_pre"
+        read = info.mlp_input_name(layer)
+        _, cache = model.run_with_cache(_probe(model), names_filter=[stream, read])
+        norm = mlp_input_norm(model, layer)
+        ours = cache[stream] if norm is None else norm(cache[stream])
+        theirs = mlp_input(model, layer, cache[read])
+        gap = max(gap, float((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1e-30)))
+    return gap
 
 
 def post_mlp_norm(model, layer: int):

@@ -16,11 +16,13 @@ per model, compared with the write the model itself makes; a family outside the
 conformance table, or a model that disagrees, gets each neuron's write measured by
 running the block instead.
 
-Input side: which tokens, taken straight from the embedding through the layer's
-MLP-input norm, most drive the neuron's gate (``hook_pre``: the gate projection of
-a gated MLP, W_in of a GELU MLP) or its up projection (``hook_pre_linear``, gated
-MLPs only). This is the direct path from the embedding: in later layers the
-residual stream has moved far from any single token's embedding.
+Input side: which tokens, taken straight from the embedding through the layer's own
+MLP-input norm module (checked once per model against what the MLP reads; none on
+OLMo-2), most drive the neuron's gate (``hook_pre``: the gate projection of a gated
+MLP, W_in of a GELU MLP) or its up projection (``hook_pre_linear``, gated MLPs only).
+This is the direct path from the embedding: in later layers the residual stream has
+moved far from any single token's embedding. A family outside the conformance table
+is refused (there is no exact path to fall back to).
 
 Everything is batched over neurons, so memory stays at ``chunk x vocab`` floats
 whatever the model's size.
@@ -46,7 +48,10 @@ from tasklens.io import load_artifact, save_artifact
 from tasklens.models import ModelInfo, mlp_weight
 from tasklens.models.shortcuts import (
     check_shortcut,
+    family,
+    input_norm_gap,
     measured_write_directions,
+    mlp_input_norm,
     norm_scale,
     write_directions,
 )
@@ -184,14 +189,14 @@ def decode_neurons(
         reader = (
             model.W_U.detach().float() * norm_scale(model.ln_final, d_model).to(model.W_U.device)[:, None]
         )
-    elif all(getattr(block, "ln2", None) is not None for block in model.blocks):
-        embed = model.W_E.detach().float()  # [vocab, d_model]
-        embed = embed / embed.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # each token as the norm sees it
-        # a transposed view, shared by every layer: each layer's norm scale goes on its weight rows,
-        # a [d_mlp, d_model] product instead of a [vocab, d_model] one per layer
-        reader = _center(embed, model).T  # [d_model, vocab]
-    else:  # the MLP reads the residual stream as it is (OLMo-2 normalises only outputs)
-        reader = model.W_E.detach().float().T
+    else:
+        if not check_shortcut(model, "input_decoding", lambda: input_norm_gap(model)):
+            raise TasklensError(
+                f"Input-side decoding reads each token's embedding through the MLP's input norm, "
+                f"which tasklens has not verified on {info.name!r} ({family(model)}; see "
+                "docs/conformance.md); decode side='output' instead"
+            )
+        embed = model.W_E.detach()  # [vocab, d_model]
     chosen = (
         neurons.check_fits(info.shape).mask
         if neurons is not None
@@ -205,10 +210,8 @@ def decode_neurons(
             rows = _output_rows(model, layer, idx, shortcut)  # [len(idx), d_model]
         else:
             weight = "W_gate" if (side == "hook_pre" and info.gated) else "W_in"
+            reader = _embedding_read(model, layer, embed)  # [d_model, vocab]
             rows = mlp_weight(model, layer, weight).detach().float().T[idx.to(reader.device)]
-            norm = getattr(model.blocks[layer], "ln2", None)
-            if norm is not None:
-                rows = rows * norm_scale(norm, d_model).to(reader.device)
         for lo in range(0, len(idx), chunk):
             part = idx[lo : lo + chunk]
             scores = rows[lo : lo + chunk].to(reader.device) @ reader  # [chunk, vocab]
@@ -227,6 +230,16 @@ def decode_neurons(
         model_fingerprint(model),
         round(time.perf_counter() - start, 3),
     )
+
+
+@torch.no_grad()
+def _embedding_read(model, layer: int, embed: Tensor, rows: int = 32768) -> Float[Tensor, "d_model vocab"]:
+    """Every token's embedding as layer ``layer``'s MLP reads it: through the model's own input
+    norm module (a chunk of the vocabulary at a time), transposed for the product."""
+    norm = mlp_input_norm(model, layer)
+    if norm is None:
+        return embed.float().T
+    return torch.cat([norm(part[None])[0].float() for part in embed.split(rows)]).T
 
 
 def _output_rows(model, layer: int, idx: Tensor, shortcut: bool) -> Tensor:
