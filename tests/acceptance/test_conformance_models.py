@@ -72,8 +72,8 @@ def test_exact_ablation_of_inner_and_last_layer_neurons_equals_an_own_loop(pair)
 
 
 def test_output_decoding_follows_each_write_through_the_models_own_norms(pair):
-    """100 neurons in each of three layers: the same top 10 tokens as the write measured through
-    the post-MLP norm (Gemma) and the final norm, each with its scale held."""
+    """100 neurons in each of three layers: the same top 10 tokens (up to float32 ties) as the
+    write measured through the post-MLP norm (Gemma) and the final norm, each with its scale held."""
     name, model, plain = pair
     n_layers = model.cfg.n_layers
     layers = (n_layers // 4, n_layers // 2, n_layers - 1)
@@ -109,6 +109,10 @@ def test_output_decoding_follows_each_write_through_the_models_own_norms(pair):
             post = post.double()
             writes = torch.stack([frozen_jvp(post, captured[layer], w) for w in writes])
         changes = torch.stack([frozen_jvp(final, captured["final"], w) for w in writes])
-        top = (changes @ head.double().T).topk(10).indices
+        logits = changes @ head.double().T  # [neurons, vocab]
+        tenth = logits.topk(10).values[:, -1]
+        spread = logits.amax(-1) - logits.amin(-1)
         for row, neuron in enumerate(neurons.tolist()):
-            assert set(vocab.top_ids[layer, neuron].tolist()) == set(top[row].tolist()), (name, layer, neuron)
+            # the same ten tokens, up to float32 ties: each scores at least the oracle's tenth best
+            chosen = logits[row, vocab.top_ids[layer, neuron]]
+            assert float(chosen.min()) >= float(tenth[row] - 1e-5 * spread[row]), (name, layer, neuron)
