@@ -26,7 +26,7 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 from tasklens.errors import TasklensError
-from tasklens.io import atomic_dir, check_replaceable
+from tasklens.io import MARKER, atomic_dir, check_own_folder
 
 META = "checkpoint.json"
 TRAINED = "deltas.safetensors"
@@ -67,7 +67,7 @@ def write_checkpoint(
     data = {TRAINED: _bytes(trained, binding), OPTIMIZER: _bytes(optimizer, binding)}
     meta["files"] = {name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()}
     text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
-    with atomic_dir(folder, is_checkpoint_folder, WHAT) as tmp:
+    with atomic_dir(folder, WHAT, is_checkpoint_folder) as tmp:
         for name, blob in data.items():
             (tmp / name).write_bytes(blob)
         (tmp / META).write_text(text, encoding="utf-8")
@@ -82,7 +82,7 @@ def is_checkpoint_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a tasklens fine-tuning checkpoint and nothing else (so replacing
     it loses nothing of the user's)."""
     folder = Path(folder)
-    if {p.name for p in folder.iterdir()} - {META, TRAINED, OPTIMIZER}:
+    if {p.name for p in folder.iterdir()} - {META, TRAINED, OPTIMIZER, MARKER}:
         return False
     try:
         read_meta(folder)
@@ -93,8 +93,9 @@ def is_checkpoint_folder(folder: str | Path) -> bool:
 
 def check_checkpoint_dir(folder: str | Path) -> Path:
     """``folder`` (resolved) if checkpoints may be written there: missing, empty, or a tasklens
-    fine-tuning checkpoint; raises a `TasklensError` before any training otherwise."""
-    return check_replaceable(folder, is_checkpoint_folder, WHAT)
+    fine-tuning checkpoint whose every file its marker lists; raises a `TasklensError` naming
+    the user's files before any training otherwise."""
+    return check_own_folder(folder, WHAT, is_checkpoint_folder)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
