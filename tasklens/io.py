@@ -46,10 +46,11 @@ def read_marker(folder: str | Path) -> dict[str, str | None] | None:
     return files
 
 
-def foreign_files(folder: str | Path) -> list[str]:
+def foreign_files(folder: str | Path, listed: dict[str, str | None] | None = None) -> list[str]:
     """What in ``folder``, at any depth, tasklens's marker does not list with its current content
     (links, folders no listed file lies in, and a ``manifest.json`` that is not a marker included):
-    the user's. Empty for a folder that is tasklens's alone.
+    the user's. Empty for a folder that is tasklens's alone. ``listed``: the files tasklens wrote
+    there (name -> SHA-256, None: any content), for a folder that lists them in a file of its own.
 
     Example:
         >>> import tempfile; folder = Path(tempfile.mkdtemp())
@@ -57,9 +58,11 @@ def foreign_files(folder: str | Path) -> list[str]:
         ['notes.txt']
     """
     folder = Path(folder)
-    listed = read_marker(folder)
-    foreign = [] if listed is not None or not (folder / MARKER).exists() else [MARKER]
-    listed = listed or {}
+    skip, foreign = None, []
+    if listed is None:
+        skip, listed = MARKER, read_marker(folder)
+        foreign = [] if listed is not None or not (folder / MARKER).exists() else [MARKER]
+        listed = listed or {}
     parents = {str(parent) for name in listed for parent in PurePosixPath(name).parents}
     for root, dirs, files in os.walk(folder):
         here = Path(root).relative_to(folder)
@@ -70,7 +73,7 @@ def foreign_files(folder: str | Path) -> list[str]:
                 dirs.remove(name)
         for name in files:
             relative = (here / name).as_posix()
-            if relative == MARKER:
+            if relative == skip:
                 continue
             if relative not in listed or not unchanged(Path(root) / name, listed[relative]):
                 foreign.append(relative)
@@ -140,10 +143,16 @@ def _listing(names: list[str], most: int = 3) -> str:
     return ", ".join(names[:most]) + more
 
 
-def check_own_folder(path: str | Path, what: str, is_kind: Callable[[Path], bool] | None = None) -> Path:
+def check_own_folder(
+    path: str | Path,
+    what: str,
+    is_kind: Callable[[Path], bool] | None = None,
+    foreign: Callable[[Path], list[str]] = foreign_files,
+) -> Path:
     """``path`` resolved, if tasklens may replace it: missing, empty, or a folder whose every file
-    tasklens's marker lists unchanged (`foreign_files`) and, if given, ``is_kind`` recognises as
-    ``what``. Anything else raises a `TasklensError` naming the user's files, before any work.
+    tasklens's marker lists unchanged (``foreign``, by default `foreign_files`, finds none) and, if
+    given, ``is_kind`` recognises as ``what``. Anything else raises a `TasklensError` naming the
+    user's files, before any work.
 
     Example:
         >>> import tempfile; folder = Path(tempfile.mkdtemp()) / "out"
@@ -153,10 +162,10 @@ def check_own_folder(path: str | Path, what: str, is_kind: Callable[[Path], bool
     path = check_folder_path(path, what)
     if not path.exists() or not any(path.iterdir()):
         return path
-    foreign = foreign_files(path)
-    if foreign:
+    found = foreign(path)
+    if found:
         raise TasklensError(
-            f"{str(path)!r} holds files tasklens did not write ({_listing(foreign)}); tasklens replaces "
+            f"{str(path)!r} holds files tasklens did not write ({_listing(found)}); tasklens replaces "
             f"the folder it writes, so move them away or choose a new or empty folder for {what}"
         )
     if is_kind is not None and not is_kind(path):
@@ -167,16 +176,23 @@ def check_own_folder(path: str | Path, what: str, is_kind: Callable[[Path], bool
 
 
 @contextmanager
-def atomic_dir(path: str | Path, what: str, is_kind: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+def atomic_dir(
+    path: str | Path,
+    what: str,
+    is_kind: Callable[[Path], bool] | None = None,
+    foreign: Callable[[Path], list[str]] | None = None,
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path``, with a marker
-    (`MARKER`) listing every file in it.
+    (`MARKER`) listing every file in it (``foreign`` given: the folder lists its files itself, and
+    ``foreign`` finds what it does not list).
 
     ``path`` is checked first with `check_own_folder` (so only a missing or empty folder, or one
     whose every file tasklens's marker lists, is ever replaced), and again before the swap. On an
     exception (or interruption) the temporary folder is removed and any existing ``path`` is
     left as it was.
     """
-    path = check_own_folder(path, what, is_kind)
+    marked, foreign = foreign is None, foreign or foreign_files
+    path = check_own_folder(path, what, is_kind, foreign)
     if not _writes():
         with tempfile.TemporaryDirectory() as scratch:
             yield Path(scratch)
@@ -185,9 +201,10 @@ def atomic_dir(path: str | Path, what: str, is_kind: Callable[[Path], bool] | No
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        write_marker(tmp)
+        if marked:
+            write_marker(tmp)
         _default_permissions(tmp)
-        check_own_folder(path, what, is_kind)  # it may have changed while the content was made
+        check_own_folder(path, what, is_kind, foreign)  # it may have changed while the content was made
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
