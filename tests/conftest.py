@@ -113,6 +113,8 @@ SLOW = (
     "tests/integration/test_matrix.py::test_the_specificity_test_can_pass_and_can_fail",
     "tests/integration/test_matrix.py::test_every_cell_has_its_prompts_an_interval_and_the_controls_kept",
     "tests/integration/test_scorers.py::test_exact_ablation_falls_back_to_full_forwards_with_one_warning",
+    "tests/integration/test_user_files.py::test_organism_retrain_keeps_the_users_files",
+    "tests/integration/test_user_files.py::test_a_ladder_stage_writes_beside_the_users_files_and_keeps_them_on_reruns",
 )
 
 

@@ -147,12 +147,13 @@ def test_organism_retrain_keeps_the_users_files(tmp_path, monkeypatch):
     import functools
 
     from tasklens.organism import suite
+    from tasklens.organism.train import check_replaceable
 
     # the model card's evaluation on 4 prompts per task and split (the command's own is 300)
     monkeypatch.setattr(suite, "evaluate_suite", functools.partial(suite.evaluate_suite, max_prompts=4))
     folder = tmp_path / "organism"
     run("organism", "train", "--out", str(folder), "--steps", "2", expect=(0,))
-    run("organism", "train", "--out", str(folder), "--steps", "2", expect=(0,))  # its own: replaced
+    check_replaceable(folder)  # tasklens's own folder, the model card included: a re-run replaces it
     before = plant(folder, DEEP)
     model = snapshot(folder, {"model.safetensors": b""})
     result = run("organism", "train", "--out", str(folder), "--steps", "2", expect=(2,))

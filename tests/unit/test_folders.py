@@ -89,7 +89,7 @@ def test_the_marker_is_extended_by_files_added_later(tmp_path):
 def test_links_files_and_read_only_parents_get_their_own_messages(tmp_path, monkeypatch):
     (tmp_path / "target").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "target")
-    with pytest.raises(TasklensError, match="is a symbolic link .*not a folder of its own.*real folder"):
+    with pytest.raises(TasklensError, match=r"is a symbolic link .*not a folder of its own.*real folder"):
         check_own_folder(tmp_path / "link", WHAT)
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(TasklensError, match=r"is a symbolic link \(to '.*nowhere', which does not exist\)"):
@@ -120,11 +120,12 @@ def test_a_replaced_folder_gets_the_usual_permissions(tmp_path):
 def test_a_run_folder_held_by_another_run_says_so(tmp_path):
     run = RunFolder(tmp_path / "run")
     with run.lock():
-        other = open(tmp_path / "run" / ".tasklens.lock")  # noqa: SIM115 (held across the check)
+        other = open(tmp_path / "run" / ".tasklens.lock")
         with pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
         other.close()
-        with pytest.raises(TasklensError, match=rf"another run holds this folder \(tasklens pid {os.getpid()}\)"):
+        held = rf"another run holds this folder \(tasklens pid {os.getpid()}\)"
+        with pytest.raises(TasklensError, match=held):
             run.check_writable(["sets/x.json"])
     run.check_writable(["sets/x.json"])  # free again
 
@@ -152,5 +153,5 @@ def test_a_read_only_run_folder_is_refused_in_one_sentence(tmp_path, monkeypatch
     (folder / "manifest.json").write_text(json.dumps({"kind": "tasklens-run", "stages": {}}))
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
-    with pytest.raises(TasklensError, match="is read-only: .*make it writable"):
+    with pytest.raises(TasklensError, match=r"is read-only: .*make it writable"):
         RunFolder(folder).check_writable(["report.html"])
