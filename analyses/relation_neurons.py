@@ -108,12 +108,12 @@ def main() -> None:
     parser.add_argument("--stability-splits", type=int, default=3)
     parser.add_argument("--min-language-known", type=int, default=20)
     args = parser.parse_args()
+    check_args(args)
     if args.min_known > args.detection_prompts + args.eval_prompts:
         parser.error(
             f"--min-known {args.min_known} can never be reached: at most --detection-prompts + "
             f"--eval-prompts = {args.detection_prompts + args.eval_prompts} known facts are kept per relation"
         )
-    check_args(args)
     started = time.perf_counter()
     model = load_model(args.model)
     info = ModelInfo.of(model)
