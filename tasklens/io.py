@@ -203,7 +203,7 @@ def atomic_dir(
         yield tmp
         if marked:
             write_marker(tmp)
-        _default_permissions(tmp)
+        default_permissions(tmp)
         check_own_folder(path, what, is_kind, foreign)  # it may have changed while the content was made
         old = None
         if path.exists():
@@ -224,8 +224,9 @@ def _writes() -> bool:
     return is_main()
 
 
-def _default_permissions(folder: Path) -> None:
-    """mkdtemp/mkstemp create private files; give the result the usual umask permissions."""
+def default_permissions(folder: Path) -> None:
+    """Give ``folder`` and everything in it the usual umask permissions (mkdtemp and mkstemp
+    create private ones)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(folder, 0o777 & ~umask)

@@ -43,8 +43,14 @@ STAGES = ("locate", "ablate", "compare", "report")
 def check_out_folder(path: str | Path) -> Path:
     """``path`` as a run folder that can be created and written, or a clear error."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise TasklensError(
+            f"--out {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+            "create that folder or choose another --out"
+        )
     if path.exists() and not path.is_dir():
-        raise TasklensError(f"--out {str(path)!r} is a file, not a folder; choose a folder for the run")
+        link = f" (a symbolic link to {os.readlink(path)!r})" if path.is_symlink() else ""
+        raise TasklensError(f"--out {str(path)!r}{link} is a file, not a folder; choose a folder for the run")
     parent = path
     while not parent.exists():
         parent = parent.parent

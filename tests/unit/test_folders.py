@@ -155,3 +155,46 @@ def test_a_read_only_run_folder_is_refused_in_one_sentence(tmp_path, monkeypatch
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
     with pytest.raises(TasklensError, match=r"is read-only: .*make it writable"):
         RunFolder(folder).check_writable(["report.html"])
+
+
+def test_a_dangling_or_file_link_as_a_run_folder_is_named_as_a_link(tmp_path):
+    from tasklens.runs import check_out_folder
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(TasklensError, match=r"a symbolic link to '.*nowhere', which does not exist; create"):
+        check_out_folder(tmp_path / "dangling")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "to_file").symlink_to(tmp_path / "file")
+    with pytest.raises(TasklensError, match=r"\(a symbolic link to '.*file'\) is a file, not a folder"):
+        check_out_folder(tmp_path / "to_file")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "to_folder").symlink_to(tmp_path / "folder")
+    assert check_out_folder(tmp_path / "to_folder") == tmp_path / "to_folder"  # runs write into the folder
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["organism", "train", "--steps", "2", "--out"],
+        ["finetune", "currency_code", "--steps", "2", "--checkpoint-dir"],
+    ],
+)
+def test_a_read_only_parent_of_a_swapped_in_folder_is_refused_first(command, tmp_path, monkeypatch):
+    """Organism training and fine-tuning checkpoints write a temporary folder beside their own
+    (then swap it in): a read-only parent is refused before any training, in one line."""
+    from typer.testing import CliRunner
+
+    import tasklens.models
+    from tasklens.cli import app
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the folder must be checked before the model loads")
+
+    monkeypatch.setattr(tasklens.models, "load_model", no_model)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    result = CliRunner().invoke(app, [*command, str(locked / "out")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"'{locked}' is not a writable folder" in result.output and list(locked.iterdir()) == []
