@@ -133,3 +133,11 @@ def test_an_out_that_is_a_file_a_read_only_folder_or_the_users_folder(name, tmp_
     code, line = run(name, with_out(name, users), monkeypatch, capsys)
     assert code == 2 and "holds files tasklens did not write (config.json, notes.txt, sub/)" in line
     assert snapshot(users) == before
+
+
+def test_the_ladder_summary_refuses_a_summary_folder_of_the_users(tmp_path, monkeypatch, capsys):
+    (tmp_path / "summary" / "mine").mkdir(parents=True)
+    (tmp_path / "summary" / "mine" / "table.csv").write_text("a,b\n")
+    code, line = run("ladder", ["--summary", "--root", str(tmp_path)], monkeypatch, capsys)
+    assert code == 2 and "holds files tasklens did not write (mine/)" in line
+    assert sorted(p.name for p in (tmp_path / "summary").iterdir()) == ["mine"]
