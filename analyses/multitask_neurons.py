@@ -216,7 +216,7 @@ def similarity(model, out: OutputDir, sets, result) -> None:
 def stability(model, args, out: OutputDir, data) -> None:
     """Split-half Jaccard of one task's set as prompts grow."""
     name = args.stability_task
-    if name in data.detection:
+    if name in data.detection and args.stability_splits >= 1:  # 0: off, as set_stability's
         pool = load_for_model(model, name, "detection", shots=args.shots) + load_for_model(
             model, name, "evaluation", shots=args.shots
         )
