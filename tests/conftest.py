@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tasklens.models import load_model
@@ -9,6 +12,19 @@ from tasklens.models import load_model
 def organism():
     """The shipped organism, loaded once for the whole session."""
     return load_model("organism")
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: ``os.access`` says ``folder`` cannot be written, as the system says to
+    anyone but root (root writes anywhere, so a chmod shows nothing to a test run as root)."""
+
+    def make(folder) -> None:
+        real = os.access
+        denied = lambda p, mode: Path(p) == Path(folder) and bool(mode & os.W_OK)  # noqa: E731
+        monkeypatch.setattr(os, "access", lambda p, mode: not denied(p, mode) and real(p, mode))
+
+    return make
 
 
 @pytest.fixture

@@ -208,14 +208,11 @@ def test_a_ladder_stage_writes_beside_the_users_files_and_keeps_them_on_reruns(t
     assert snapshot(tmp_path / "L", beside) == before
 
 
-def test_report_on_a_read_only_run_folder_is_one_line(organism, tmp_path, monkeypatch):
-    import os
+def test_report_on_a_read_only_run_folder_is_one_line(organism, tmp_path, read_only):
 
     folder = located(tmp_path, organism)
     before = snapshot(folder, {})
-    real_access = os.access
-    # root writes anywhere: answer for the folder as the system answers anyone else
-    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
+    read_only(folder)
     result = run("report", str(folder), expect=(2,))
     assert "is read-only" in result.output and ".tasklens.lock" not in result.output
     assert snapshot(folder, {}) == before and not (folder / "report.html").exists()

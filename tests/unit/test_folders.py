@@ -86,7 +86,7 @@ def test_the_marker_is_extended_by_files_added_later(tmp_path):
     assert foreign_files(folder) == [] and len(read_marker(folder)) == 3
 
 
-def test_links_files_and_read_only_parents_get_their_own_messages(tmp_path, monkeypatch):
+def test_links_files_and_read_only_parents_get_their_own_messages(tmp_path, read_only):
     (tmp_path / "target").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "target")
     with pytest.raises(TasklensError, match=r"is a symbolic link .*not a folder of its own.*real folder"):
@@ -99,9 +99,7 @@ def test_links_files_and_read_only_parents_get_their_own_messages(tmp_path, monk
         check_own_folder(tmp_path / "file", WHAT)
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_access = os.access
-    # root writes anywhere: answer for the folder as the system answers anyone else
-    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    read_only(locked)
     with pytest.raises(TasklensError, match=rf"'{locked}' is not a writable folder"):
         check_own_folder(locked / "new" / "deeper", WHAT)
 
@@ -147,12 +145,11 @@ def test_a_run_folder_never_truncates_a_lock_file_it_did_not_write(tmp_path):
     assert (tmp_path / "elsewhere").read_text() == "keep"
 
 
-def test_a_read_only_run_folder_is_refused_in_one_sentence(tmp_path, monkeypatch):
+def test_a_read_only_run_folder_is_refused_in_one_sentence(tmp_path, read_only):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "manifest.json").write_text(json.dumps({"kind": "tasklens-run", "stages": {}}))
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
+    read_only(folder)
     with pytest.raises(TasklensError, match=r"is read-only: .*make it writable"):
         RunFolder(folder).check_writable(["report.html"])
 
@@ -179,7 +176,7 @@ def test_a_dangling_or_file_link_as_a_run_folder_is_named_as_a_link(tmp_path):
         ["finetune", "currency_code", "--steps", "2", "--checkpoint-dir"],
     ],
 )
-def test_a_read_only_parent_of_a_swapped_in_folder_is_refused_first(command, tmp_path, monkeypatch):
+def test_a_read_only_parent_of_a_swapped_in_folder_is_refused(command, tmp_path, monkeypatch, read_only):
     """Organism training and fine-tuning checkpoints write a temporary folder beside their own
     (then swap it in): a read-only parent is refused before any training, in one line."""
     from typer.testing import CliRunner
@@ -193,8 +190,7 @@ def test_a_read_only_parent_of_a_swapped_in_folder_is_refused_first(command, tmp
     monkeypatch.setattr(tasklens.models, "load_model", no_model)
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    read_only(locked)
     result = CliRunner().invoke(app, [*command, str(locked / "out")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert f"'{locked}' is not a writable folder" in result.output and list(locked.iterdir()) == []

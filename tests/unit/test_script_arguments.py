@@ -8,7 +8,6 @@ imported once); tests/unit/test_scripts.py runs the same cases as separate proce
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -109,7 +108,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
-def test_an_out_that_is_a_file_a_read_only_folder_or_the_users_folder(name, tmp_path, monkeypatch, capsys):
+def test_an_out_that_is_a_file_a_read_only_folder_or_the_users_folder(
+    name, tmp_path, monkeypatch, capsys, read_only
+):
     (tmp_path / "file.txt").write_text("mine")
     code, line = run(name, with_out(name, tmp_path / "file.txt"), monkeypatch, capsys)
     assert code == 2 and "'file.txt' is a file, not a folder" in line.replace(str(tmp_path) + "/", "")
@@ -117,9 +118,7 @@ def test_an_out_that_is_a_file_a_read_only_folder_or_the_users_folder(name, tmp_
 
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_access = os.access
-    # root writes anywhere: answer for the folder as the system answers anyone else
-    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    read_only(locked)
     code, line = run(name, with_out(name, locked / "out"), monkeypatch, capsys)
     assert code == 2 and f"'{locked}' is not a writable folder" in line
     assert list(locked.iterdir()) == []
