@@ -1,7 +1,13 @@
-"""What the analysis scripts share: tasks in the form that suits the model, filtered to what it knows."""
+"""What the analysis scripts share: their arguments checked before any work (bad input ends a
+script with one line and exit code 2, as in the CLI), and tasks in the form that suits the model,
+filtered to what it knows."""
 
 from __future__ import annotations
 
+import argparse
+import math
+import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +17,142 @@ import pandas as pd
 
 from tasklens.analysis.locate import locate
 from tasklens.analysis.stability import held_out_effect, split_half
+from tasklens.cli import PATH_ERRORS, error_line
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.evaluation.known import default_style, known_by, load_for_model
+from tasklens.io import check_own_folder
 from tasklens.selection import contrast as contrast_scores
-from tasklens.tasks.builtin import builtin_task_info
+from tasklens.tasks.builtin import builtin_task_info, builtin_task_names
 from tasklens.tasks.builtin.natural import natural_tasks
 from tasklens.tasks.task import Task
+
+#: the smallest value of each whole-number option of the scripts (by argparse name)
+AT_LEAST = {
+    "batch_size": 1, "detection_prompts": 1, "eval_prompts": 1, "test_prompts": 1, "steps": 1,
+    "asked": 1, "max_relations": 2, "min_known": 1, "controls": 2, "cumulativity_controls": 0,
+    "interference_prompts": 0, "other_prompts": 1, "stability_splits": 0, "shots": 0, "n_demo": 1,
+    "min_language_known": 0, "stability_sizes": 2,
+}  # fmt: skip
+#: options that are a share of the neurons, in percent
+PERCENTS = ("percent", "percents", "base_percent")
+#: options that must be a positive number
+POSITIVE = ("lr_neurons", "lr_full", "factors")
+#: options naming built-in tasks
+TASK_OPTIONS = ("tasks", "relations", "stability_task")
+WHAT = "the results of this analysis"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit code 2, as the CLI's are."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a script's ``main``: bad input (a `TasklensError`, an operating-system error about a
+    path) ends it with one line on stderr and exit code 2, never a traceback."""
+    try:
+        main()
+    except (TasklensError, *PATH_ERRORS) as error:
+        print(error_line(error), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _values(value) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def check_args(
+    args: argparse.Namespace, at_least: dict[str, int] | None = None, tasks: str = "builtin", out: bool = True
+) -> None:
+    """Check every option a script shares before any work: whole numbers against `AT_LEAST`
+    (``at_least`` overrides), percentages in (0, 100], metrics registered, task names known
+    (``tasks="finetune"``: fine-tuning tasks or task files) and ``--out`` a folder tasklens may
+    write (`tasklens.io.check_own_folder`: missing, empty, or holding only tasklens's files).
+
+    Raises:
+        TasklensError: naming the option, the value and the fix.
+    """
+    values = vars(args)
+    for name, least in {**AT_LEAST, **(at_least or {})}.items():
+        for value in _values(values.get(name)):
+            if value is not None and value < least:
+                raise TasklensError(f"{_flag(name)} must be at least {least}, got {value}")
+    for name in PERCENTS:
+        for value in _values(values.get(name)):
+            if value is not None and not 0 < value <= 100:
+                raise TasklensError(
+                    f"{_flag(name)} is a share of the neurons, in percent: give a number in (0, 100], "
+                    f"got {value:g}"
+                )
+    for name in POSITIVE:
+        for value in _values(values.get(name)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise TasklensError(f"{_flag(name)} must be a positive number, got {value:g}")
+    for name in ("metric", "metrics", "tasks", "relations", "percents", "methods", "factors"):
+        if values.get(name) == []:
+            raise TasklensError(
+                f"{_flag(name)} was given without a value; name at least one, or leave it out"
+            )
+    if "metric" in values or "metrics" in values:
+        import tasklens.evaluation.evaluate  # noqa: F401 (registers greedy_match)
+        from tasklens.evaluation.metrics import METRICS
+
+        for metric in _values(values.get("metric")) + _values(values.get("metrics")):
+            if metric is not None:
+                METRICS.get(metric)
+    for name in TASK_OPTIONS:
+        for task in _values(values.get(name)):
+            if task is not None:
+                check_task_name(task, tasks, _flag(name))
+    if out and values.get("out") is not None:
+        check_own_folder(values["out"], WHAT)
+
+
+def check_task_name(name: str, kind: str = "builtin", flag: str = "--tasks") -> None:
+    """A `TasklensError` unless ``name`` is a built-in task (``kind="finetune"``: a fine-tuning
+    task or a task file)."""
+    if kind == "finetune":
+        from tasklens.finetune import new_task_names
+        from tasklens.tasks.task import is_task_file
+
+        known = [*new_task_names(), *builtin_task_names()]
+        if name not in known and not is_task_file(name):
+            raise TasklensError(
+                f"{flag}: unknown task {name!r}; choose one of {', '.join(known)}, or a JSONL/JSON/CSV file"
+            )
+        return
+    known = list(dict.fromkeys([*builtin_task_names(), *natural_tasks()]))
+    if name not in known:
+        raise TasklensError(f"{flag}: unknown task {name!r}; choose one of {', '.join(known)}")
+
+
+#: every kind of task
+KINDS = ("relation", "algorithmic", "classification", "translation")
+
+
+def check_model_tasks(
+    model, names: list[str] | None, kinds: tuple[str, ...] = KINDS, style: str | None = None
+) -> None:
+    """A `TasklensError` if a task the user named is not asked of this model in its form (of
+    these ``kinds``, in any language)."""
+    if (style or default_style(model)) == "organism":
+        available = [r["name"] for r in builtin_task_info() if r["kind"] in kinds]
+    else:
+        available = [n for n, t in natural_tasks().items() if t.kind in kinds]
+    missing = [n for n in names or () if n not in available]
+    if missing:
+        raise TasklensError(
+            f"{model.cfg.model_name} is not asked {', '.join(missing)} in its form; choose among "
+            f"{', '.join(available)}"
+        )
 
 
 def task_names(model, kinds: tuple[str, ...], style: str | None = None, language: str = "en") -> list[str]:

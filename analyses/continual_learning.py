@@ -18,8 +18,9 @@ each task's neurons found by |a * dL/da| (top ``--percent``):
 
 from __future__ import annotations
 
-import argparse
 import time
+
+from common import Parser, check_args, run_main
 
 from tasklens.analysis.plots import heatmap
 from tasklens.finetune import (
@@ -48,7 +49,7 @@ PAPER = "Llama-2-7B: task neurons 83.2, random neurons 54.8, zero-shot 53.3; NCF
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/continual_learning")
     parser.add_argument("--tasks", nargs="*", default=TASKS)
@@ -57,11 +58,14 @@ def main() -> None:
     parser.add_argument("--lr-neurons", type=float, default=1e-2)
     parser.add_argument("--lr-full", type=float, default=1e-3)
     parser.add_argument("--test-prompts", type=int, default=60)
-    parser.add_argument("--methods", nargs="*", default=["SeqFT", "NCFT", "W-NCFT"])
+    parser.add_argument(
+        "--methods", nargs="*", default=["SeqFT", "NCFT", "W-NCFT"], choices=["SeqFT", "NCFT", "W-NCFT"]
+    )
     args = parser.parse_args()
-    out = OutputDir(args.out, vars(args))
+    check_args(args, tasks="finetune")
     started = time.perf_counter()
     model = load_model(args.model)
+    out = OutputDir(args.out, vars(args))
     train = {n: load_finetune_task(n, "train") for n in args.tasks}
     test = {n: load_finetune_task(n, "test").sample(args.test_prompts) for n in args.tasks}
     neurons = task_neurons(model, train, value=args.percent, n_prompts=64)
@@ -119,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

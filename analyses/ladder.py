@@ -22,20 +22,27 @@ Holm across the sets of a stage.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from common import prepare
+from common import Parser, check_args, prepare, run_main
 
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.stats import ALPHA
 from tasklens.data.neurons import NeuronSet
+from tasklens.errors import TasklensError
 from tasklens.interventions import Intervention
-from tasklens.io import atomic_dir, atomic_write_text
+from tasklens.io import (
+    atomic_dir,
+    atomic_write_text,
+    check_folder_path,
+    check_own_folder,
+    read_marker,
+    unchanged,
+)
 from tasklens.models import ModelInfo, load_model
 from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import CGVST, AveragePrecisionExpertise, GradientAttribution, PromptMeans
@@ -122,13 +129,24 @@ class Ladder:
             )  # fmt: skip
         return self._data[style]
 
+    def finished(self, stage: str) -> bool:
+        """Whether an earlier run finished ``stage``: its folder's marker lists its findings, unchanged."""
+        folder = self.out / stage
+        digest = (read_marker(folder) or {}).get("findings.md")
+        return digest is not None and unchanged(folder / "findings.md", digest)
+
+    def check(self, stages) -> None:
+        """Refuse, before any work, a stage folder that holds files tasklens did not write."""
+        for stage in stages:
+            if not self.finished(stage):
+                check_own_folder(self.out / stage, f"the ladder stage {stage}")
+
     def run(self, stage: str) -> None:
         folder = self.out / stage
-        if (folder / "findings.md").is_file():
+        if self.finished(stage):
             print(f"[{stage}] kept from an earlier run ({folder})", flush=True)
             return
-        owned = lambda path: (path / "config.json").is_file()  # noqa: E731
-        with atomic_dir(folder, owned, f"the ladder stage {stage}") as tmp:
+        with atomic_dir(folder, f"the ladder stage {stage}") as tmp:
             out = OutputDir(tmp, {"model": self.name, "stage": stage, "controls": self.controls})
             started = time.perf_counter()
             with out.stage(stage):
@@ -256,7 +274,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=(*MODELS, "organism"))
     parser.add_argument("--out", help="default: analyses/results/ladder/MODEL")
     parser.add_argument("--stages", nargs="*", choices=STAGES, help="default: the model's SCALES entry")
@@ -267,7 +285,9 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="write the summary of every model's results")
     parser.add_argument("--root", default=str(ROOT), help="where --summary reads the models' folders")
     args = parser.parse_args()
+    check_args(args, out=False)
     if args.summary:
+        check_own_folder(Path(args.root) / "summary", "the ladder's summary")
         table = summary(Path(args.root))
         out = OutputDir(Path(args.root) / "summary", {"models": list(MODELS)})
         out.table("summary", table)
@@ -277,12 +297,12 @@ def main() -> None:
         print(table.to_string() if len(table) else "no results yet")
         return
     if args.model is None:
-        raise SystemExit("give --model NAME (one of " + ", ".join(MODELS) + "), or --summary")
+        raise TasklensError("give --model NAME (one of " + ", ".join(MODELS) + "), or --summary")
     scale = SCALES.get(args.model, Scale())
     controls = scale.controls if args.controls is None else args.controls
-    if controls < 2:
-        raise SystemExit("--controls must be at least 2: the tests compare with the random sets' spread")
-    ladder = Ladder(args.model, Path(args.out) if args.out else ROOT / args.model, controls, args.batch_size)
+    out = check_folder_path(args.out or ROOT / args.model, "the ladder's stages")
+    ladder = Ladder(args.model, out, controls, args.batch_size)
+    ladder.check(args.stages or scale.stages)
     timings = {}
     for stage in args.stages or scale.stages:
         start = time.perf_counter()
@@ -292,4 +312,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

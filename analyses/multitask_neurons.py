@@ -19,16 +19,20 @@ correctly; the top 10 % are the task's neurons (the paper's setting). Then:
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import pandas as pd
 from common import (
+    KINDS,
+    Parser,
+    check_args,
+    check_model_tasks,
     describe_counts,
     held_out_effects,
     locate_saved,
     own_effect_table,
     prepare,
+    run_main,
     set_stability,
     task_names,
 )
@@ -55,7 +59,7 @@ PAPER = {"original": 87.7, "random_off": 84.8, "set_off": 76.0}  # Llama-2-7B, c
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/multitask_neurons")
     parser.add_argument("--tasks", nargs="*", help="default: every task (organism) or NATURAL_TASKS")
@@ -75,10 +79,12 @@ def main() -> None:
     parser.add_argument("--stability-sizes", type=int, nargs="*", default=[16, 64, 256])
     parser.add_argument("--stability-splits", type=int, default=2)
     args = parser.parse_args()
-    out = OutputDir(args.out, vars(args))
+    check_args(args, {"controls": 1})
     started = time.perf_counter()
     model = load_model(args.model)
     info = ModelInfo.of(model)
+    check_model_tasks(model, args.tasks, KINDS)
+    out = OutputDir(args.out, vars(args))
     organism = default_style(model) == "organism"
     names = args.tasks or (task_names(model, tuple(GROUPS)) if organism else NATURAL_TASKS)
     with out.stage("known facts"):
@@ -210,7 +216,7 @@ def similarity(model, out: OutputDir, sets, result) -> None:
 def stability(model, args, out: OutputDir, data) -> None:
     """Split-half Jaccard of one task's set as prompts grow."""
     name = args.stability_task
-    if name in data.detection:
+    if name in data.detection and args.stability_splits >= 1:  # 0: off, as set_stability's
         pool = load_for_model(model, name, "detection", shots=args.shots) + load_for_model(
             model, name, "evaluation", shots=args.shots
         )
@@ -235,4 +241,4 @@ def stability(model, args, out: OutputDir, data) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,16 +24,19 @@ paper's 3,000 of Llama-2-7B's 835,584; 166 of SmolLM2's 46,080). Then:
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import pandas as pd
 from common import (
+    Parser,
+    check_args,
+    check_model_tasks,
     describe_counts,
     held_out_effects,
     locate_saved,
     own_effect_table,
     prepare,
+    run_main,
     set_stability,
     task_names,
 )
@@ -59,7 +62,7 @@ def scaled_grid(n_neurons: int, k: int) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/relation_neurons")
     parser.add_argument(
@@ -105,15 +108,18 @@ def main() -> None:
     parser.add_argument("--stability-splits", type=int, default=3)
     parser.add_argument("--min-language-known", type=int, default=20)
     args = parser.parse_args()
+    check_args(args)
     if args.min_known > args.detection_prompts + args.eval_prompts:
         parser.error(
             f"--min-known {args.min_known} can never be reached: at most --detection-prompts + "
             f"--eval-prompts = {args.detection_prompts + args.eval_prompts} known facts are kept per relation"
         )
-    out = OutputDir(args.out, vars(args))
     started = time.perf_counter()
     model = load_model(args.model)
     info = ModelInfo.of(model)
+    info.check_unit(args.unit)
+    check_model_tasks(model, args.relations, ("relation",))
+    out = OutputDir(args.out, vars(args))
     k = max(1, round(args.percent / 100 * info.n_neurons))
     means = PromptMeans()
 
@@ -355,4 +361,4 @@ def versatility(model, args, out: OutputDir, sets, data, relations) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

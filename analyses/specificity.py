@@ -24,13 +24,21 @@ findings.md is generated from those tests.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from common import describe_counts, prepare, set_stability, task_names
+from common import (
+    Parser,
+    check_args,
+    check_model_tasks,
+    describe_counts,
+    prepare,
+    run_main,
+    set_stability,
+    task_names,
+)
 
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.stats import ALPHA
@@ -172,7 +180,7 @@ def forest(table: pd.DataFrame):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/specificity")
     parser.add_argument("--tasks", nargs="*", help="default: ORGANISM_TASKS or NATURAL_TASKS")
@@ -185,14 +193,15 @@ def main() -> None:
     parser.add_argument("--stability-splits", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=48)
     args = parser.parse_args()
-    if args.controls < 2:
-        raise SystemExit("--controls must be at least 2: the test compares with the random sets' spread")
-    out = OutputDir(args.out, vars(args))
+    check_args(args)
     started = time.perf_counter()
     model = load_model(args.model)
+    kinds = ("relation", "algorithmic", "classification")
+    check_model_tasks(model, args.tasks, kinds)
+    out = OutputDir(args.out, vars(args))
     organism = default_style(model) == "organism"
     names = args.tasks or (ORGANISM_TASKS if organism else NATURAL_TASKS)
-    names = [n for n in names if n in task_names(model, ("relation", "algorithmic", "classification"))]
+    names = [n for n in names if n in task_names(model, kinds)]
     with out.stage("known facts"):
         data = prepare(model, names, args.detection_prompts, args.eval_prompts, known_eval=False)
     out.table("known_facts", data.counts, index=False)
@@ -322,4 +331,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,11 +16,21 @@ found on against held-out ones.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import pandas as pd
-from common import describe_counts, held_out_effects, locate_saved, prepare, set_stability
+from common import (
+    KINDS,
+    Parser,
+    check_args,
+    check_model_tasks,
+    describe_counts,
+    held_out_effects,
+    locate_saved,
+    prepare,
+    run_main,
+    set_stability,
+)
 
 from tasklens.analysis.matrix import evaluation_matrix
 from tasklens.evaluation.known import default_style
@@ -35,7 +45,7 @@ ORGANISM_MARKERS = ("Q:", "A:", "Question:", "Answer:")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/task_neurons_cgvst")
     parser.add_argument("--tasks", nargs="*")
@@ -55,11 +65,13 @@ def main() -> None:
     parser.add_argument("--metric", default="next_token", help="next_token = greedy exact match, one pass")
     parser.add_argument("--stability-splits", type=int, default=2)
     args = parser.parse_args()
-    out = OutputDir(args.out, vars(args))
+    check_args(args, {"controls": 0})
     started = time.perf_counter()
     model = load_model(args.model)
     info = ModelInfo.of(model)
     organism = default_style(model) == "organism"
+    check_model_tasks(model, args.tasks, KINDS, None if organism else "chat")
+    out = OutputDir(args.out, vars(args))
     names = args.tasks or (ORGANISM_TASKS if organism else CHAT_TASKS)
     with out.stage("known facts"):
         data = prepare(
@@ -160,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,14 +27,19 @@ from tasklens.errors import TasklensError
 PATH_ERRORS = (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def fail(error: Exception) -> typing.NoReturn:
-    """Print ``error`` as one line on stderr and exit with code 2."""
+def error_line(error: Exception) -> str:
+    """``error`` as the one line the user is shown (``error: ...``), with the fix for a path error."""
     message = str(error)
     if isinstance(error, PATH_ERRORS):
         fix = "check its permissions" if isinstance(error, PermissionError) else "check the path"
         where = f": {str(error.filename)!r}" if error.filename is not None else ""
         message = f"{error.strerror or type(error).__name__}{where}; {fix}"
-    typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+    return f"error: {' '.join(message.split())}"
+
+
+def fail(error: Exception) -> typing.NoReturn:
+    """Print ``error`` as one line on stderr and exit with code 2."""
+    typer.secho(error_line(error), fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 

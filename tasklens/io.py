@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from safetensors import SafetensorError
@@ -20,22 +20,117 @@ from torch import Tensor
 
 from tasklens.errors import TasklensError
 
+#: the file in which tasklens lists the files it wrote into a folder (name -> SHA-256)
+MARKER = "manifest.json"
+MARKER_KIND = "tasklens-output"
 
-def check_replaceable(path: str | Path, owned: Callable[[Path], bool], what: str) -> Path:
-    """``path`` resolved, if tasklens may replace it: missing, an empty folder, or a folder for
-    which ``owned`` says tasklens wrote it. Anything else (a file, the user's own folder, the
-    working folder) raises a `TasklensError` naming ``what`` the folder was meant to hold (with its article:
-    ``"an organism checkpoint"``)."""
+
+def unchanged(path: Path, digest: str | None) -> bool:
+    """``path`` is a plain file (not a link) with the SHA-256 ``digest`` (None: any content)."""
+    return not path.is_symlink() and path.is_file() and (digest is None or file_sha256(path) == digest)
+
+
+def read_marker(folder: str | Path) -> dict[str, str | None] | None:
+    """The files tasklens's marker in ``folder`` lists (name -> SHA-256, None while being
+    written), or None when there is no marker or the file there is not one."""
+    file = Path(folder) / MARKER
+    if file.is_symlink() or not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) and data.get("kind") == MARKER_KIND else None
+    if not isinstance(files, dict) or not all(isinstance(d, str | None) for d in files.values()):
+        return None
+    return files
+
+
+def foreign_files(folder: str | Path, listed: dict[str, str | None] | None = None) -> list[str]:
+    """What in ``folder``, at any depth, tasklens's marker does not list with its current content
+    (links, folders no listed file lies in, and a ``manifest.json`` that is not a marker included):
+    the user's. Empty for a folder that is tasklens's alone. ``listed``: the files tasklens wrote
+    there (name -> SHA-256, None: any content), for a folder that lists them in a file of its own.
+
+    Example:
+        >>> import tempfile; folder = Path(tempfile.mkdtemp())
+        >>> (folder / "notes.txt").write_text("mine") and foreign_files(folder)
+        ['notes.txt']
+    """
+    folder = Path(folder)
+    skip, foreign = None, []
+    if listed is None:
+        skip, listed = MARKER, read_marker(folder)
+        foreign = [] if listed is not None or not (folder / MARKER).exists() else [MARKER]
+        listed = listed or {}
+    parents = {str(parent) for name in listed for parent in PurePosixPath(name).parents}
+    for root, dirs, files in os.walk(folder):
+        here = Path(root).relative_to(folder)
+        for name in list(dirs):
+            relative = (here / name).as_posix()
+            if (Path(root) / name).is_symlink() or relative not in parents:
+                foreign.append(relative + ("" if (Path(root) / name).is_symlink() else "/"))
+                dirs.remove(name)
+        for name in files:
+            relative = (here / name).as_posix()
+            if relative == skip:
+                continue
+            if relative not in listed or not unchanged(Path(root) / name, listed[relative]):
+                foreign.append(relative)
+    return sorted(foreign)
+
+
+def write_marker(folder: str | Path, names: list[str] | None = None) -> None:
+    """List files in ``folder``'s marker with their SHA-256: ``names`` (added to what it lists
+    already), or every file there (``None``: a folder tasklens has just written whole)."""
+    folder = Path(folder)
+    if names is None:
+        files = {}
+        names = sorted(
+            p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER
+        )
+    else:
+        files = read_marker(folder) or {}
+    for name in names:
+        files[name] = file_sha256(folder / name)
+    write_json(folder / MARKER, {"kind": MARKER_KIND, "files": dict(sorted(files.items()))})
+
+
+def check_folder_path(path: str | Path, what: str) -> Path:
+    """``path`` resolved, if a folder for ``what`` can be made there: not a file or a link, not the
+    working folder, and in a folder that can be written (tasklens writes beside it first)."""
     path = Path(path).expanduser().absolute()
-    if not path.exists() and not path.is_symlink():
-        return path
-    if path.is_symlink() or not path.is_dir():
+    if path.is_symlink():
+        target = os.readlink(path)
+        state = "which does not exist" if not path.exists() else "not a folder of its own"
+        raise TasklensError(
+            f"{str(path)!r} is a symbolic link (to {target!r}, {state}); tasklens does not write "
+            f"through links: give a real folder for {what}"
+        )
+    if path.exists() and not path.is_dir():
         raise TasklensError(f"{str(path)!r} is a file, not a folder; choose a new or empty folder for {what}")
     if path == Path.cwd() or path in Path.cwd().parents:
         raise TasklensError(
             f"{str(path)!r} is the working folder (or holds it); choose a new or empty folder for {what}"
         )
-    if any(path.iterdir()) and not owned(path):
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise TasklensError(
+            f"Cannot write {what} at {str(path)!r}: {str(parent)!r} is not a writable folder; "
+            "choose another folder"
+        )
+    return path
+
+
+def check_replaceable(path: str | Path, owned: Callable[[Path], bool], what: str) -> Path:
+    """``path`` resolved, if tasklens may replace it: missing, an empty folder, or a folder for
+    which ``owned`` says tasklens wrote it. Anything else (a file, a link, the user's own folder,
+    the working folder, a folder in a read-only one) raises a `TasklensError` naming ``what`` the
+    folder was meant to hold (with its article: ``"an organism checkpoint"``)."""
+    path = check_folder_path(path, what)
+    if path.exists() and any(path.iterdir()) and not owned(path):
         raise TasklensError(
             f"{str(path)!r} already holds files and is not {what} written by tasklens; tasklens "
             "replaces the folder it writes, so choose a new or empty folder"
@@ -43,15 +138,61 @@ def check_replaceable(path: str | Path, owned: Callable[[Path], bool], what: str
     return path
 
 
-@contextmanager
-def atomic_dir(path: str | Path, owned: Callable[[Path], bool], what: str) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path``.
+def _listing(names: list[str], most: int = 3) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
-    ``path`` is checked first with `check_replaceable` (so only a missing or empty folder, or
-    one that ``owned`` recognises as tasklens's, is ever replaced). On an exception (or
-    interruption) the temporary folder is removed and any existing ``path`` is left as it was.
+
+def check_own_folder(
+    path: str | Path,
+    what: str,
+    is_kind: Callable[[Path], bool] | None = None,
+    foreign: Callable[[Path], list[str]] = foreign_files,
+) -> Path:
+    """``path`` resolved, if tasklens may replace it: missing, empty, or a folder whose every file
+    tasklens's marker lists unchanged (``foreign``, by default `foreign_files`, finds none) and, if
+    given, ``is_kind`` recognises as ``what``. Anything else raises a `TasklensError` naming the
+    user's files, before any work.
+
+    Example:
+        >>> import tempfile; folder = Path(tempfile.mkdtemp()) / "out"
+        >>> check_own_folder(folder, "an output") == folder
+        True
     """
-    path = check_replaceable(path, owned, what)
+    path = check_folder_path(path, what)
+    if not path.exists() or not any(path.iterdir()):
+        return path
+    found = foreign(path)
+    if found:
+        raise TasklensError(
+            f"{str(path)!r} holds files tasklens did not write ({_listing(found)}); tasklens replaces "
+            f"the folder it writes, so move them away or choose a new or empty folder for {what}"
+        )
+    if is_kind is not None and not is_kind(path):
+        raise TasklensError(
+            f"{str(path)!r} holds tasklens output that is not {what}; choose a new or empty folder for {what}"
+        )
+    return path
+
+
+@contextmanager
+def atomic_dir(
+    path: str | Path,
+    what: str,
+    is_kind: Callable[[Path], bool] | None = None,
+    foreign: Callable[[Path], list[str]] | None = None,
+) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path``, with a marker
+    (`MARKER`) listing every file in it (``foreign`` given: the folder lists its files itself, and
+    ``foreign`` finds what it does not list).
+
+    ``path`` is checked first with `check_own_folder` (so only a missing or empty folder, or one
+    whose every file tasklens's marker lists, is ever replaced), and again before the swap. On an
+    exception (or interruption) the temporary folder is removed and any existing ``path`` is
+    left as it was.
+    """
+    marked, foreign = foreign is None, foreign or foreign_files
+    path = check_own_folder(path, what, is_kind, foreign)
     if not _writes():
         with tempfile.TemporaryDirectory() as scratch:
             yield Path(scratch)
@@ -60,8 +201,10 @@ def atomic_dir(path: str | Path, owned: Callable[[Path], bool], what: str) -> It
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        _default_permissions(tmp)
-        check_replaceable(path, owned, what)  # it may have changed while the content was made
+        if marked:
+            write_marker(tmp)
+        default_permissions(tmp)
+        check_own_folder(path, what, is_kind, foreign)  # it may have changed while the content was made
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
@@ -81,8 +224,9 @@ def _writes() -> bool:
     return is_main()
 
 
-def _default_permissions(folder: Path) -> None:
-    """mkdtemp/mkstemp create private files; give the result the usual umask permissions."""
+def default_permissions(folder: Path) -> None:
+    """Give ``folder`` and everything in it the usual umask permissions (mkdtemp and mkstemp
+    create private ones)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(folder, 0o777 & ~umask)

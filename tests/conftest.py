@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tasklens.models import load_model
@@ -24,6 +27,19 @@ def one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: ``os.access`` says ``folder`` cannot be written, as the system says to
+    anyone but root (root writes anywhere, so a chmod shows nothing to a test run as root)."""
+
+    def make(folder) -> None:
+        real = os.access
+        denied = lambda p, mode: Path(p) == Path(folder) and bool(mode & os.W_OK)  # noqa: E731
+        monkeypatch.setattr(os, "access", lambda p, mode: not denied(p, mode) and real(p, mode))
+
+    return make
 
 
 @pytest.fixture
@@ -128,6 +144,8 @@ SLOW = (
     "tests/integration/test_matrix.py::test_the_specificity_test_can_pass_and_can_fail",
     "tests/integration/test_matrix.py::test_every_cell_has_its_prompts_an_interval_and_the_controls_kept",
     "tests/integration/test_scorers.py::test_exact_ablation_falls_back_to_full_forwards_with_one_warning",
+    "tests/integration/test_user_files.py::test_organism_retrain_keeps_the_users_files",
+    "tests/integration/test_user_files.py::test_a_ladder_stage_writes_beside_the_users_files_and_keeps_them_on_reruns",
 )
 
 

@@ -25,8 +25,9 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from tasklens import io
 from tasklens.errors import TasklensError
-from tasklens.io import atomic_dir, check_replaceable
+from tasklens.io import atomic_dir, check_own_folder
 
 META = "checkpoint.json"
 TRAINED = "deltas.safetensors"
@@ -67,7 +68,7 @@ def write_checkpoint(
     data = {TRAINED: _bytes(trained, binding), OPTIMIZER: _bytes(optimizer, binding)}
     meta["files"] = {name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()}
     text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
-    with atomic_dir(folder, is_checkpoint_folder, WHAT) as tmp:
+    with atomic_dir(folder, WHAT, foreign=foreign_files) as tmp:
         for name, blob in data.items():
             (tmp / name).write_bytes(blob)
         (tmp / META).write_text(text, encoding="utf-8")
@@ -78,23 +79,29 @@ def has_checkpoint(folder: str | Path) -> bool:
     return (Path(folder) / META).is_file()
 
 
+def foreign_files(folder: str | Path) -> list[str]:
+    """What in ``folder`` is not the checkpoint's: ``checkpoint.json`` lists the tensor files with
+    their hashes (and binds itself to them), so it is the folder's marker (`tasklens.io.foreign_files`)."""
+    try:
+        files = read_meta(folder).get("files")
+    except TasklensError:
+        return io.foreign_files(folder, {})
+    files = files if isinstance(files, dict) else {}
+    listed = {name: files.get(name) for name in (TRAINED, OPTIMIZER) if isinstance(files.get(name), str)}
+    return io.foreign_files(folder, {META: None, **listed})
+
+
 def is_checkpoint_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a tasklens fine-tuning checkpoint and nothing else (so replacing
     it loses nothing of the user's)."""
-    folder = Path(folder)
-    if {p.name for p in folder.iterdir()} - {META, TRAINED, OPTIMIZER}:
-        return False
-    try:
-        read_meta(folder)
-    except TasklensError:
-        return False
-    return True
+    return has_checkpoint(folder) and not foreign_files(folder)
 
 
 def check_checkpoint_dir(folder: str | Path) -> Path:
     """``folder`` (resolved) if checkpoints may be written there: missing, empty, or a tasklens
-    fine-tuning checkpoint; raises a `TasklensError` before any training otherwise."""
-    return check_replaceable(folder, is_checkpoint_folder, WHAT)
+    fine-tuning checkpoint and nothing else; raises a `TasklensError` naming the user's files
+    before any training otherwise."""
+    return check_own_folder(folder, WHAT, foreign=foreign_files)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:

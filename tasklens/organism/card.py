@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 from tasklens._version import __version__
-from tasklens.io import atomic_write_text, write_json
+from tasklens.io import atomic_write_text, write_json, write_marker
 
 
 def write_card(folder: str | Path, accuracy: dict[str, dict[str, float]]) -> dict:
-    """Write ``model_card.json`` and ``README.md`` into the checkpoint folder."""
+    """Write ``model_card.json`` and ``README.md`` into the checkpoint folder (and list them in
+    its marker, so the folder stays tasklens's alone)."""
     folder = Path(folder)
     training = json.loads((folder / "training.json").read_text())
     card = {
@@ -42,4 +43,5 @@ def write_card(folder: str | Path, accuracy: dict[str, dict[str, float]]) -> dic
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     atomic_write_text(folder / "README.md", "\n".join(lines) + "\n")
+    write_marker(folder, ["model_card.json", "README.md"])
     return card

@@ -109,12 +109,16 @@ def is_organism_checkpoint(folder: Path) -> bool:
     return isinstance(record, dict) and {"config", "n_parameters"} <= set(record)
 
 
+WHAT = "an organism checkpoint"
+
+
 def check_replaceable(out_dir: str | Path) -> None:
-    """``out_dir`` may be written: missing, empty, or an organism checkpoint tasklens wrote.
+    """``out_dir`` may be written: missing, empty, or an organism checkpoint whose every file
+    tasklens's marker lists (`tasklens.io.check_own_folder`).
 
     Anything else is refused before training starts, so nothing the user keeps there is deleted.
     """
-    io.check_replaceable(out_dir, is_organism_checkpoint, "an organism checkpoint")
+    io.check_own_folder(out_dir, WHAT, is_organism_checkpoint)
 
 
 def train_organism(
@@ -222,7 +226,7 @@ def train_organism(
         "loss_last_50": sum(losses[-50:]) / len(losses[-50:]),
         "tasks": {task.name: len(task) for task in tasks},
     }
-    with atomic_dir(out_dir, is_organism_checkpoint, "an organism checkpoint") as tmp:
+    with atomic_dir(out_dir, WHAT, is_organism_checkpoint) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=2))

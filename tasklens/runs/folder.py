@@ -43,8 +43,14 @@ STAGES = ("locate", "ablate", "compare", "report")
 def check_out_folder(path: str | Path) -> Path:
     """``path`` as a run folder that can be created and written, or a clear error."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise TasklensError(
+            f"--out {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+            "create that folder or choose another --out"
+        )
     if path.exists() and not path.is_dir():
-        raise TasklensError(f"--out {str(path)!r} is a file, not a folder; choose a folder for the run")
+        link = f" (a symbolic link to {os.readlink(path)!r})" if path.is_symlink() else ""
+        raise TasklensError(f"--out {str(path)!r}{link} is a file, not a folder; choose a folder for the run")
     parent = path
     while not parent.exists():
         parent = parent.parent
@@ -113,11 +119,41 @@ class RunFolder:
         return owned
 
     def check_writable(self, names: list[str]) -> None:
-        """Refuse, before any work, if a file of the user's is where a stage writes one of ``names``."""
+        """Refuse, before any work, a folder tasklens cannot write, one another run holds, or a file
+        of the user's where a stage writes one of ``names``."""
         if self.path.is_dir():
+            self._check_access()
+            self._check_free()
             ledger = Ledger(self.path, self.owned(self.manifest()))
             for name in names:
                 ledger.check(name)
+
+    def _read_only(self) -> TasklensError:
+        return TasklensError(
+            f"Run folder {str(self.path)!r} is read-only: a stage writes its lock, manifest and files "
+            "there; make it writable (chmod u+w) or copy the run to a writable folder"
+        )
+
+    def _check_access(self) -> None:
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise self._read_only()
+
+    def _in_use(self, holder: str) -> TasklensError:
+        return TasklensError(
+            f"Run folder {str(self.path)!r} is in use: another run holds this folder ({holder}); wait "
+            "for it to finish or choose another --out"
+        )
+
+    def _check_free(self) -> None:
+        """Refuse if another process holds the folder's lock (the lock is not taken)."""
+        file = self.path / LOCK
+        if file.is_symlink() or not file.is_file():
+            return
+        with open(file) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                raise self._in_use(handle.read().strip() or "another process") from error
 
     def record(self, stage: str) -> dict[str, Any]:
         """The finished stage's record (config, files), or a clear error if it has none."""
@@ -164,17 +200,29 @@ class RunFolder:
     def lock(self) -> Iterator[None]:
         """Hold the folder's exclusive lock (fails at once if another process holds it)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK, "a+")
+        file = self.path / LOCK
+        if file.is_symlink() or (file.exists() and not file.is_file()):
+            raise TasklensError(
+                f"{str(file)!r} is not tasklens's lock file (a link or a folder); move it away or "
+                "choose another --out"
+            )
+        try:
+            handle = open(file, "a+")
+        except OSError as error:  # a read-only folder (or file system)
+            raise self._read_only() from error
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as error:
                 handle.seek(0)
-                holder = handle.read().strip() or "another process"
+                raise self._in_use(handle.read().strip() or "another process") from error
+            handle.seek(0)
+            held = handle.read()
+            if held.strip() and not held.startswith("tasklens pid "):
                 raise TasklensError(
-                    f"Run folder {str(self.path)!r} is in use by {holder}; wait for it to finish or "
-                    "choose another --out"
-                ) from error
+                    f"{str(file)!r} is not tasklens's lock file, so tasklens will not overwrite it; "
+                    "move it away or choose another --out"
+                )
             handle.seek(0)
             handle.truncate()
             handle.write(f"tasklens pid {os.getpid()}")

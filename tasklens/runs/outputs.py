@@ -25,9 +25,17 @@ import pandas as pd
 from tasklens._version import __version__
 from tasklens.data.provenance import plain
 from tasklens.errors import TasklensError
-from tasklens.io import atomic_write_bytes, atomic_write_text, file_sha256, write_json
+from tasklens.io import (
+    MARKER,
+    MARKER_KIND,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    unchanged,
+    write_json,
+)
 
-MANIFEST = "manifest.json"
+MANIFEST = MARKER
 
 
 def command_line() -> str:
@@ -48,11 +56,6 @@ def inside(folder: Path, name: str) -> Path | None:
         return None
     path = folder / name
     return path if path.resolve().is_relative_to(folder.resolve()) else None
-
-
-def unchanged(path: Path, digest: str | None) -> bool:
-    """``path`` is a plain file (not a link) with the SHA-256 ``digest`` (None: any content)."""
-    return not path.is_symlink() and path.is_file() and (digest is None or file_sha256(path) == digest)
 
 
 class Ledger:
@@ -94,7 +97,7 @@ class Ledger:
     def of_folder(cls, folder: Path) -> Ledger:
         """A standalone folder's ledger, kept in its ``manifest.json``."""
         file = folder / MANIFEST
-        data: Any = {"kind": "tasklens-output", "files": {}}
+        data: Any = {"kind": MARKER_KIND, "files": {}}
         if file.exists() or file.is_symlink():
             try:
                 data = json.loads(file.read_text(encoding="utf-8")) if unchanged(file, None) else None
@@ -104,7 +107,7 @@ class Ledger:
             valid = isinstance(files, dict) and all(
                 inside(folder, n) and isinstance(d, str | None) for n, d in files.items()
             )
-            if not valid or data.get("kind") != "tasklens-output":
+            if not valid or data.get("kind") != MARKER_KIND:
                 raise TasklensError(
                     f"{str(file)!r} is not the list of files tasklens wrote into {str(folder)!r}; "
                     "choose another output folder"

@@ -24,6 +24,7 @@ PUBLIC = (
     "tasklens.models.forward",
     "tasklens.tasks.tokenize",
     "tasklens.tasks.builtin.natural",
+    "tasklens.io",
 )
 SCORERS = (
     "ActivationStats",

@@ -202,13 +202,13 @@ def test_run_refuses_a_foreign_checkpoint_folder_and_keeps_its_files(organism, s
     config = FinetuneConfig(steps=2, batch_size=4, checkpoint_every=1)
     folder = users_folder(tmp_path)
     before = contents(folder)
-    with pytest.raises(TasklensError, match=r"already holds files.*choose a new or empty folder"):
+    with pytest.raises(TasklensError, match=r"holds files tasklens did not write.*a new or empty folder"):
         FinetuneRun(organism, train, neurons, config, checkpoint_dir=folder)
     assert contents(folder) == before
     ours = tmp_path / "ours"
     FinetuneRun(organism, train, neurons, config, checkpoint_dir=ours).train()
     (ours / "notes.txt").write_text("added by the user")  # a checkpoint folder holding a user's file
-    with pytest.raises(TasklensError, match="new or empty folder"):
+    with pytest.raises(TasklensError, match=r"holds files tasklens did not write \(notes.txt\); .*move them"):
         FinetuneRun(organism, train, neurons, config, checkpoint_dir=ours)
     assert (ours / "notes.txt").read_text() == "added by the user"
 

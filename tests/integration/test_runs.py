@@ -342,7 +342,10 @@ def test_a_file_changed_after_its_stage_is_detected(organism, tmp_path):
 
 def test_two_writers_cannot_share_a_run_folder(organism, tmp_path):
     config = two_task_run(tmp_path, tasks=["continent_of"])
-    with RunFolder(config.out).lock(), pytest.raises(TasklensError, match="in use by tasklens pid"):
+    with (
+        RunFolder(config.out).lock(),
+        pytest.raises(TasklensError, match="another run holds this folder \\(tasklens pid"),
+    ):
         locate(config, organism)
     locate(config, organism)  # the lock is released with its block
 

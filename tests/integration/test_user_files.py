@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tasklens import io
 from tasklens.cli import app
 from tasklens.runs.pipeline import RunConfig, locate
 
 pytestmark = pytest.mark.reliability
 
-BESIDE = {  # names no command writes
+BESIDE = {  # names no command writes, at every depth
     "notes.txt": b"my notes\n",
     "data/results.json": b'{"accuracy": 0.93}\n',
     "scores/mine.txt": b"scores I computed elsewhere\n",
+    "sets/old/deeper/mine.json": b'{"mine": 1}\n',
 }
 USER = {**BESIDE, "report.html": b"<html>my own report</html>\n"}
 FAST = ["--max-prompts", "8"]
@@ -130,3 +132,87 @@ def test_models_download_refuses_a_users_folder_before_any_network(tmp_path, mon
     before = plant(folder, USER)
     run("models", "download", "smollm2", expect=(2,))
     assert snapshot(folder, USER) == before
+
+
+DEEP = {  # the user's files in a folder tasklens wrote before, at every depth
+    "NOTES.txt": b"my notes on this model\n",
+    "my_results/r.csv": b"task,accuracy\naddition,0.9\n",
+    "my_results/deeper/plot.png": b"\x89PNG not really\n",
+}
+
+
+def test_organism_retrain_keeps_the_users_files(tmp_path, monkeypatch):
+    """The issue's reproduction: re-training into a folder tasklens trained into earlier, into
+    which the user then put files, replaced the whole folder (exit 0, the files gone)."""
+    import functools
+
+    from tasklens.organism import suite
+    from tasklens.organism.train import check_replaceable
+
+    # the model card's evaluation on 4 prompts per task and split (the command's own is 300)
+    monkeypatch.setattr(suite, "evaluate_suite", functools.partial(suite.evaluate_suite, max_prompts=4))
+    folder = tmp_path / "organism"
+    run("organism", "train", "--out", str(folder), "--steps", "2", expect=(0,))
+    check_replaceable(folder)  # tasklens's own folder, the model card included: a re-run replaces it
+    before = plant(folder, DEEP)
+    model = snapshot(folder, {"model.safetensors": b""})
+    result = run("organism", "train", "--out", str(folder), "--steps", "2", expect=(2,))
+    assert "holds files tasklens did not write (NOTES.txt, my_results/)" in result.output
+    assert snapshot(folder, DEEP) == before and snapshot(folder, {"model.safetensors": b""}) == model
+
+
+def ladder(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    import sys
+
+    root = Path(__file__).parents[2]
+    return subprocess.run(
+        [sys.executable, "analyses/ladder.py", "--model", "organism", "--out", str(out), "--stages", "known",
+         *extra],
+        cwd=root, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_a_ladder_stage_never_replaces_the_users_folder(tmp_path):
+    """The issue's reproduction: ``DIR/known/`` of the user's (config.json, notes.txt) was replaced
+    by the stage (exit 0, notes.txt gone): a stage counted a folder holding config.json as its own."""
+    users = {"known/config.json": b'{"mine": true}\n', "known/notes.txt": b"my notes\n",
+             "known/sub/more.txt": b"more\n"}  # fmt: skip
+    before = plant(tmp_path / "L", users)
+    result = ladder(tmp_path / "L")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: '{tmp_path / 'L' / 'known'}' holds files tasklens did not write (config.json, notes.txt, "
+        "sub/); tasklens replaces the folder it writes, so move them away or choose a new or empty "
+        "folder for the ladder stage known"
+    ]
+    assert "[known]" not in result.stdout  # refused before any work
+    assert snapshot(tmp_path / "L", users) == before
+
+
+def test_a_ladder_stage_writes_beside_the_users_files_and_keeps_them_on_reruns(tmp_path):
+    beside = {"notes.txt": b"mine\n", "data/results.json": b"{}\n"}
+    before = plant(tmp_path / "L", beside)
+    first = ladder(tmp_path / "L")
+    assert first.returncode == 0, first.stderr[-2000:]
+    stage = tmp_path / "L" / "known"
+    assert io.foreign_files(stage) == [] and "findings.md" in io.read_marker(stage)
+    inside = plant(stage, {"my_notes.txt": b"notes on the stage\n"})  # a finished stage: kept as it is
+    again = ladder(tmp_path / "L")
+    assert again.returncode == 0 and "kept from an earlier run" in again.stdout, again.stderr[-2000:]
+    assert snapshot(stage, {"my_notes.txt": b""}) == inside
+    (stage / "findings.md").write_text("my own findings\n")  # not the stage's any more: refused
+    edited = snapshot(stage, {"my_notes.txt": b"", "findings.md": b""})
+    third = ladder(tmp_path / "L")
+    assert third.returncode == 2 and "findings.md" in third.stderr, third.stderr[-2000:]
+    assert snapshot(stage, {"my_notes.txt": b"", "findings.md": b""}) == edited
+    assert snapshot(tmp_path / "L", beside) == before
+
+
+def test_report_on_a_read_only_run_folder_is_one_line(organism, tmp_path, read_only):
+
+    folder = located(tmp_path, organism)
+    before = snapshot(folder, {})
+    read_only(folder)
+    result = run("report", str(folder), expect=(2,))
+    assert "is read-only" in result.output and ".tasklens.lock" not in result.output
+    assert snapshot(folder, {}) == before and not (folder / "report.html").exists()

@@ -21,14 +21,17 @@ def test_organism_training_never_replaces_a_foreign_folder(tmp_path):
     foreign = tmp_path / "organism"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
-    with pytest.raises(TasklensError, match="not an organism checkpoint"):
+    with pytest.raises(TasklensError, match=r"holds files tasklens did not write \(notes.txt\)"):
         train_organism([load_builtin("addition", "train")], foreign, OrganismConfig(steps=5))
     assert (foreign / "notes.txt").read_text() == "keep"
     (tmp_path / "file").write_text("x")
     with pytest.raises(TasklensError, match="is a file"):
         check_replaceable(tmp_path / "file")
-    shutil.copytree(ORGANISM_DIR, tmp_path / "old_organism")
+    train_organism([load_builtin("addition", "train")], tmp_path / "old_organism", OrganismConfig(steps=1))
     check_replaceable(tmp_path / "old_organism")  # a checkpoint tasklens wrote may be replaced
+    shutil.copytree(ORGANISM_DIR, tmp_path / "unmarked")  # no marker lists its files: refused
+    with pytest.raises(TasklensError, match="holds files tasklens did not write"):
+        check_replaceable(tmp_path / "unmarked")
     check_replaceable(tmp_path / "new")
     for steps in (0, -3):
         with pytest.raises(TasklensError, match="at least 1 step"):
@@ -40,5 +43,5 @@ def test_organism_train_cli_keeps_a_foreign_folder(tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
     result = CliRunner().invoke(app, ["organism", "train", "--out", str(foreign), "--steps", "5"])
-    assert result.exit_code == 2 and "not an organism checkpoint" in result.output
+    assert result.exit_code == 2 and "holds files tasklens did not write (notes.txt)" in result.output
     assert (foreign / "notes.txt").read_text() == "keep"
