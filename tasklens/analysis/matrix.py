@@ -236,7 +236,8 @@ class EvaluationResult:
         else 0 for a metric whose values lie in [0, 1] (exact match, probabilities), else NaN
         (the specificity verdict is then "not tested" on that task)."""
         measured = self.floor_values.groupby("task")["value"].mean() if len(self.floor_values) else {}
-        bounded = bool(len(self.prompt_values) and self.prompt_values["value"].between(0.0, 1.0).all())
+        values = self.prompt_values["value"].to_numpy(dtype=float)
+        bounded = bool(values.size) and bool(((values >= 0) & (values <= 1)).all())
         return pd.Series(
             {t: float(measured[t]) if t in measured else (0.0 if bounded else np.nan) for t in self.tasks},
             dtype=float,
@@ -245,23 +246,12 @@ class EvaluationResult:
     def _cells(self) -> dict[str, dict[str, TaskCells]]:
         """Per set, per task: its `TaskCells` (per-prompt values in prompt order)."""
         self._require_prompts()
-
-        def by(frame: pd.DataFrame, keys: list[str]) -> dict:
-            ordered = frame.sort_values("prompt") if "prompt" in frame else frame
-            return {k: g["value"].to_numpy(dtype=float) for k, g in ordered.groupby(keys, sort=False)}
-
-        prompts = by(self.prompt_values, ["set", "task"])
-        detailed = len(self.control_prompt_values) > 0
-        if detailed:
-            runs = {
-                k: g.pivot(index="run", columns="prompt", values="value").to_numpy(dtype=float)
-                for k, g in self.control_prompt_values.groupby(["set", "task"], sort=False)
-            }
+        prompts = _arrays(self.prompt_values, ["set", "task", "prompt"])
+        if len(self.control_prompt_values):
+            runs = _arrays(self.control_prompt_values, ["set", "task", "run", "prompt"], by_run=True)
         else:
-            runs = {
-                k: g.sort_values("run")["value"].to_numpy(dtype=float)[:, None]
-                for k, g in self.control_values.dropna(subset=["value"]).groupby(["set", "task"], sort=False)
-            }
+            means = _arrays(self.control_values.dropna(), ["set", "task", "run"])
+            runs = {k: v[:, None] for k, v in means.items()}
         floor = self.floor()
         empty = np.zeros(0)
         return {
@@ -583,6 +573,22 @@ class EvaluationResult:
             summary = ""
         table = self.pivot().to_html(float_format=lambda v: f"{v:.3f}", border=0)
         return f"<div>{head}{summary}{table}</div>"
+
+
+def _arrays(frame: pd.DataFrame, order: list[str], by_run: bool = False) -> dict[tuple, np.ndarray]:
+    """``frame``'s values per (set, task), sorted by the rest of ``order``; with ``by_run`` as
+    ``[run x prompt]`` (every run holds the same prompts)."""
+    ordered = frame.sort_values(order, kind="stable")
+    keys = ordered[order[:2]].to_numpy()
+    values = ordered["value"].to_numpy(dtype=float)
+    starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)])
+    out = {}
+    for start, stop in zip(starts, np.r_[starts[1:], len(values)], strict=True):
+        part = values[start:stop]
+        if by_run:
+            part = part.reshape(ordered["run"].iloc[start:stop].nunique(), -1)
+        out[tuple(keys[start])] = part
+    return out
 
 
 def _drop_words(p: float, p_adjusted: float, p_floor: float, alpha: float) -> str:
