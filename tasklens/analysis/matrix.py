@@ -253,6 +253,8 @@ class EvaluationResult:
             means = _arrays(self.control_values.dropna(), ["set", "task", "run"])
             runs = {k: v[:, None] for k, v in means.items()}
         floor = self.floor()
+        measured = _arrays(self.floor_values.assign(set=""), ["set", "task", "prompt"])
+        floors = {t: measured.get(("", t), np.array([floor[t]])) for t in self.tasks}
         empty = np.zeros(0)
         return {
             name: {
@@ -260,7 +262,7 @@ class EvaluationResult:
                     prompts.get((BASELINE, task), empty),
                     prompts.get((name, task), empty),
                     runs.get((name, task), np.zeros((0, 1))),
-                    float(floor[task]),
+                    floors[task],
                 )
                 for task in self.tasks
             }
@@ -578,6 +580,8 @@ class EvaluationResult:
 def _arrays(frame: pd.DataFrame, order: list[str], by_run: bool = False) -> dict[tuple, np.ndarray]:
     """``frame``'s values per (set, task), sorted by the rest of ``order``; with ``by_run`` as
     ``[run x prompt]`` (every run holds the same prompts)."""
+    if frame.empty:
+        return {}
     ordered = frame.sort_values(order, kind="stable")
     keys = ordered[order[:2]].to_numpy()
     values = ordered["value"].to_numpy(dtype=float)

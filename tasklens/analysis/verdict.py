@@ -212,12 +212,17 @@ def sign_test_lower(own: np.ndarray, rival: np.ndarray) -> float:
 class TaskCells:
     """One task's per-prompt values: unmodified ``base``, ``value`` with the set intervened,
     the random sets' ``random`` (``[run x prompt]``, or ``[run x 1]`` holding each run's mean
-    when only means were kept), and ``floor`` (the task's no-information floor, a mean)."""
+    when only means were kept) and ``floors``, the task's no-information floor per prompt (one
+    value for a fixed floor such as exact match's 0)."""
 
     base: np.ndarray
     value: np.ndarray
     random: np.ndarray
-    floor: float
+    floors: np.ndarray
+
+    @property
+    def floor(self) -> float:
+        return float(self.floors.mean()) if self.floors.size else math.nan
 
     @property
     def gap(self) -> float:
@@ -236,10 +241,30 @@ class TaskCells:
             return np.zeros(0)
         return (float(self.base.mean()) - self.random.mean(axis=1)) / self.gap
 
+    def resampled(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`N_RESAMPLES` bootstrap draws of the prompts: ``(prompts, base, gap)``, the drawn
+        indices ``[draw x prompt]`` and each draw's unmodified mean and gap (the floor drawn
+        with its prompts when it was measured per prompt)."""
+        n = self.base.size
+        prompts = rng.integers(0, n, size=(N_RESAMPLES, n))
+        base = self.base[prompts].mean(axis=1)
+        floor = self.floors[prompts].mean(axis=1) if self.floors.size == n else self.floor
+        return prompts, base, base - floor
+
+    def resampled_effects(self, rng: np.random.Generator) -> np.ndarray:
+        """The normalised effect over `N_RESAMPLES` bootstrap draws (NaN where a draw has no gap)."""
+        prompts, base, gap = self.resampled(rng)
+        return _ratio(base - self.value[prompts].mean(axis=1), gap)
+
+
+def _ratio(drop: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap > 0, drop / gap, np.nan)
+
 
 def effect_interval(cells: TaskCells, alpha: float = ALPHA, seed: int = 0) -> dict[str, float]:
     """The set's normalised effect and its excess over the random sets, with percentile
-    bootstrap intervals resampling the prompts and the random sets together.
+    bootstrap intervals resampling the prompts (with their floors) and the random sets together.
 
     Returns ``effect``, ``effect_low``, ``effect_high``, ``random_effect``, ``excess``,
     ``excess_low``, ``excess_high`` (NaN where the task has no gap above its floor). When the
@@ -252,30 +277,42 @@ def effect_interval(cells: TaskCells, alpha: float = ALPHA, seed: int = 0) -> di
     if not cells.gap > 0 or cells.value.size != cells.base.size:
         return out
     rng = np.random.default_rng(seed)
-    n_prompts = cells.base.size
-    prompts = rng.integers(0, n_prompts, size=(N_RESAMPLES, n_prompts))
-    base, value = cells.base[prompts].mean(axis=1), cells.value[prompts].mean(axis=1)
-    gap = base - cells.floor
-    with np.errstate(divide="ignore", invalid="ignore"):
-        effect = np.where(gap > 0, (base - value) / gap, np.nan)
+    prompts, base, gap = cells.resampled(rng)
+    value = cells.value[prompts].mean(axis=1)
+    effect = _ratio(base - value, gap)
     tail = (100 * alpha / 2, 100 * (1 - alpha / 2))
     out["effect"] = cells.effect()
     out["effect_low"], out["effect_high"] = np.nanpercentile(effect, tail)
     runs = cells.random
     if runs.size:
-        per_prompt = runs.shape[1] == n_prompts
+        per_prompt = runs.shape[1] == cells.base.size
         kept = runs.mean(axis=1)
         means = (
             runs.T[prompts].mean(axis=1) if per_prompt else np.broadcast_to(kept, (N_RESAMPLES, len(runs)))
         )
         picked = rng.integers(0, len(runs), size=(N_RESAMPLES, len(runs)))
         random_mean = np.take_along_axis(means, picked, axis=1).mean(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            excess = effect - np.where(gap > 0, (base - random_mean) / gap, np.nan)
+        excess = _ratio(random_mean - value, gap)  # the set's drop beyond the random sets' mean
         out["random_effect"] = float(cells.random_effects().mean())
         out["excess"] = out["effect"] - out["random_effect"]
         out["excess_low"], out["excess_high"] = np.nanpercentile(excess, tail)
     return {k: float(v) for k, v in out.items()}
+
+
+def _compare(
+    mine: np.ndarray, mine_drawn: np.ndarray, other: TaskCells, rng: np.random.Generator
+) -> tuple[float, float]:
+    """(b) for one other task: ``(p, sd)``, the larger p of a permutation test of the per-prompt
+    normalised changes (which respects what few prompts can show) and a bootstrap test that
+    also resamples each task's floor (whose estimate the permutation test takes as exact); the
+    larger spread of the difference under either, for the power calculation."""
+    p_perm, sd_perm = permutation_p(mine, other.per_prompt(), int(rng.integers(2**31)))
+    difference = mine_drawn - other.resampled_effects(rng)
+    difference = difference[np.isfinite(difference)]
+    if difference.size == 0:
+        return p_perm, sd_perm
+    p_boot = float((1 + np.sum(difference <= 0)) / (1 + difference.size))
+    return max(p_perm, p_boot), max(sd_perm, float(difference.std()))
 
 
 def _minimum_detectable(sd: float, threshold: float) -> float:
@@ -332,14 +369,16 @@ def specificity_verdict(
     others = {k: c for k, c in tasks.items() if k != own and c.gap > 0 and c.value.size}
     p_others, closest, closest_effect, mde_others = math.nan, "", math.nan, 0.0
     mine = cells.per_prompt()
+    rng = np.random.default_rng(seed)
+    mine_drawn = cells.resampled_effects(rng)
     for i, (name, other) in enumerate(others.items()):
-        p, sd = permutation_p(mine, other.per_prompt(), seed + i)
+        p, sd = _compare(mine, mine_drawn, other, np.random.default_rng(seed + i + 1))
         mde_others = max(mde_others, _minimum_detectable(sd, alpha))
         if not p <= p_others:  # the largest p so far (also replaces NaN)
             p_others, closest, closest_effect = p, name, other.effect()
         if p >= alpha:
             decisive = _minimum_detectable(sd, alpha) <= 1
-            reason = f"hurts {name} as much ({other.effect():.2f} vs {effect:.2f} of the gap, p = {p:.2g})"
+            reason = f"hurts {name} as much ({other.effect():.2f} of its gap vs {effect:.2f}, p = {p:.2g})"
             failures.append((decisive, reason if decisive else f"{reason}; too few prompts to tell"))
     if not others:
         row["reason"] = "no other task with a gap above its floor to compare with"

@@ -135,10 +135,10 @@ def test_null_sets_give_false_positives_at_most_at_the_nominal_rate():
     rng = np.random.default_rng(1)
     start = time.time()
     table = pd.concat([many(rng, null_set, N_NULL // 2, skewed=skewed) for skewed in (False, True)])
-    alarms = int((table["verdict"] == "specific").sum())
+    alarms = int((table["p_value"] < ALPHA).sum())  # before any correction: the per-test rate
     random_part = int((table["p_random"] < ALPHA).sum())
     print(
-        f"\nnull sets: {alarms}/{len(table)} specific, {random_part}/{len(table)} beyond random sets "
+        f"\nnull sets: {alarms}/{len(table)} with p < {ALPHA}, {random_part}/{len(table)} beyond random sets "
         f"at {ALPHA} (nominal: at most {ALPHA * len(table):.0f}); {time.time() - start:.1f} s"
     )
     assert len(table) >= N_NULL and alarms <= upper_tolerance(len(table))
@@ -147,17 +147,19 @@ def test_null_sets_give_false_positives_at_most_at_the_nominal_rate():
     assert (table["p_value"] >= 1 / 40).all()
 
 
-def test_a_set_hurting_every_task_alike_is_at_most_nominally_often_specific():
-    """The boundary of (b): the set removes the same share of every task's gap (beyond random)."""
+def test_a_set_hurting_a_sibling_alike_is_at_most_nominally_often_specific():
+    """The boundary of (b): the set removes the same share of its own task's gap and of the next
+    task's (and nothing of the third), so the verdict rests on one comparison at its null."""
     rng = np.random.default_rng(3)
 
     def alike(own, k, base, random_run):
-        return base - 0.4 * (base.mean() + 10.0) + rng.normal(0.0, 0.3, base.size)
+        share = 0.4 if k in (own, (own + 1) % 3) else 0.0
+        return base - share * (base.mean() + 10.0) + rng.normal(0.0, 0.3, base.size)
 
     table = many(rng, alike, 150)
-    alarms = int((table["verdict"] == "specific").sum())
+    alarms = int((table["p_value"] < ALPHA).sum())
     nominal = ALPHA * len(table)
-    print(f"\nhurts every task alike: {alarms}/{len(table)} specific (nominal: at most {nominal:.0f})")
+    print(f"\nhurts a sibling alike: {alarms}/{len(table)} with p < {ALPHA} (nominal: at most {nominal:.0f})")
     assert (table["p_random"] < ALPHA).all()  # (a) holds: the verdict rests on (b)
     assert alarms <= upper_tolerance(len(table))
 
