@@ -19,6 +19,7 @@ import pandas as pd
 from tasklens.analysis.stats import ALPHA, bootstrap_interval, mean_interval
 from tasklens.analysis.verdict import (
     TaskCells,
+    against_random,
     apply_family,
     check_alpha,
     effect_interval,
@@ -325,9 +326,10 @@ class EvaluationResult:
 
         ``effect`` is the own task's normalised drop (see `specificity`) with its bootstrap
         interval, ``random_effect`` the random sets' mean; ``p_value`` the Monte Carlo p
-        ``(b + 1) / (n + 1)`` over the ``n_null`` random sets, ``p_adjusted`` over the table
-        (``correction``), ``verdict`` in words ("underpowered" when ``1 / (n + 1)`` cannot
-        reach ``alpha``).
+        ``(b + 1) / (n + 1)`` over the ``n_null`` random sets, ``mde`` the smallest effect it
+        calls significant, ``p_adjusted`` over the table (``correction``), ``verdict`` in words
+        ("underpowered" when ``1 / (n + 1)`` cannot reach ``alpha``); ``decisive``, ``reason``
+        and ``what`` let `tasklens.analysis.verdict.apply_family` reword it for a page.
         """
         alpha = check_alpha(alpha)
         names = self._named_after_tasks("against_random")
@@ -337,6 +339,11 @@ class EvaluationResult:
             own = cells[name][name]
             drops = own.random_effects()
             effect = own.effect()
+            p, mde, decisive, reason = (
+                against_random(name, effect, drops, alpha)
+                if drops.size and np.isfinite(effect)
+                else (np.nan, np.nan, False, "no gap above the floor or no random sets")
+            )
             rows.append(
                 {
                     "set": name,
@@ -344,18 +351,16 @@ class EvaluationResult:
                     "n_null": int(drops.size),
                     "change": float(own.value.mean() - own.base.mean()) if own.base.size else np.nan,
                     **effect_interval(own, alpha),
-                    "p_value": monte_carlo_p(effect, drops),
+                    "p_value": p,
                     "p_floor": 1 / (drops.size + 1),
+                    "mde": mde,
+                    "decisive": decisive,
+                    "reason": reason,
+                    "what": "beyond random sets",
                 }
             )
-        frame = pd.DataFrame(rows).set_index("set")
-        adjusted = family(frame["p_value"].to_numpy(), correction, alpha, "this table")
-        frame["p_adjusted"], frame["family"] = adjusted.adjusted, adjusted.label
-        frame["verdict"] = [
-            _drop_words(p, q, floor, alpha)
-            for p, q, floor in zip(frame["p_value"], frame["p_adjusted"], frame["p_floor"], strict=True)
-        ]
-        return frame
+        table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
+        return table
 
     def cell_tests(self, alpha: float = ALPHA, correction: str = "bh") -> pd.DataFrame:
         """Every cell (set x task): does the set move that task more than its random sets do,
@@ -593,19 +598,6 @@ def _arrays(frame: pd.DataFrame, order: list[str], by_run: bool = False) -> dict
             part = part.reshape(ordered["run"].iloc[start:stop].nunique(), -1)
         out[tuple(keys[start])] = part
     return out
-
-
-def _drop_words(p: float, p_adjusted: float, p_floor: float, alpha: float) -> str:
-    """The words for a test of the own task's drop against random sets."""
-    if not np.isfinite(p_adjusted):
-        return "not tested"
-    if p_adjusted < alpha:
-        return f"hurts its task more than random sets (p = {p_adjusted:.2g})"
-    if p_floor >= alpha:
-        return f"underpowered: {round(1 / p_floor) - 1} random sets cannot give p < {alpha:g}"
-    if p < alpha:
-        return f"underpowered: p = {p:.2g} alone, {p_adjusted:.2g} after correction"
-    return f"as random sets (p = {p_adjusted:.2g})"
 
 
 def _split(frame: pd.DataFrame) -> dict[str, list]:

@@ -320,6 +320,25 @@ def _minimum_detectable(sd: float, threshold: float) -> float:
     return (stats.norm.isf(threshold) + stats.norm.ppf(POWER)) * sd
 
 
+def against_random(
+    own: str, effect: float, drops: np.ndarray, alpha: float = ALPHA
+) -> tuple[float, float, bool, str]:
+    """(a): does the set lower task ``own`` more than its random sets (normalised ``drops``)?
+
+    Returns ``(p, mde, decisive, reason)``: the Monte Carlo p-value, the smallest effect it
+    calls significant (`monte_carlo_threshold`), whether a non-significant result is decisive
+    (that effect lies within reach, at most 1, or the exceedances seen already put the true p
+    above ``alpha`` with 95 % confidence, Clopper-Pearson) and the words for a failure.
+    """
+    p = monte_carlo_p(effect, drops)
+    mde = monte_carlo_threshold(drops, alpha)
+    exceed = int(np.sum(drops >= effect))
+    p_lowest = proportion_confint(exceed, drops.size, alpha=2 * alpha, method="beta")[0]
+    if mde <= 1 or p_lowest > alpha:
+        return p, mde, True, f"{own} falls no more than random sets (p = {p:.2g})"
+    return p, mde, False, f"{drops.size} random sets cannot give p < {alpha:g}; evaluate more"
+
+
 def specificity_verdict(
     own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, seed: int = 0
 ) -> dict[str, object]:
@@ -355,16 +374,8 @@ def specificity_verdict(
     if drops.size == 0 or not np.isfinite(drops).all():
         row["reason"] = "no random sets on the own task"
         return row
-    p_random = monte_carlo_p(effect, drops)
-    mde_random = monte_carlo_threshold(drops, alpha)
-    exceed = int(np.sum(drops >= effect))
-    p_lowest = proportion_confint(exceed, drops.size, alpha=2 * alpha, method="beta")[0]
-    failures: list[tuple[bool, str]] = []  # (decisive, reason)
-    if p_random >= alpha:
-        decisive = mde_random <= 1 or p_lowest > alpha
-        failures.append((decisive, f"{own} falls no more than random sets (p = {p_random:.2g})"))
-        if not decisive:
-            failures[-1] = (False, f"{drops.size} random sets cannot give p < {alpha:g}; evaluate more")
+    p_random, mde_random, decisive, reason = against_random(own, effect, drops, alpha)
+    failures: list[tuple[bool, str]] = [(decisive, reason)] if p_random >= alpha else []  # (decisive, why)
 
     others = {k: c for k, c in tasks.items() if k != own and c.gap > 0 and c.value.size}
     p_others, closest, closest_effect, mde_others = math.nan, "", math.nan, 0.0
@@ -460,9 +471,11 @@ def family(
     return Family(out, method, name, int(finite.sum()), alpha)
 
 
-def verdict_words(p_adjusted: float, decisive: bool, reason: str, alpha: float = ALPHA) -> str:
-    """The words for one verdict: "specific", "not specific: why", "underpowered: why" or
-    "not tested: why" (NaN p). Never "not specific" for a test that lacked the power.
+def verdict_words(
+    p_adjusted: float, decisive: bool, reason: str, alpha: float = ALPHA, what: str = "specific"
+) -> str:
+    """The words for one verdict: ``what`` ("specific"), "not <what>: why", "underpowered: why"
+    or "not tested: why" (NaN p). Never "not specific" for a test that lacked the power.
 
     >>> verdict_words(0.01, False, "")
     'specific'
@@ -472,23 +485,26 @@ def verdict_words(p_adjusted: float, decisive: bool, reason: str, alpha: float =
     if not math.isfinite(p_adjusted):
         return f"not tested: {reason}" if reason else "not tested"
     if p_adjusted < alpha:
-        return "specific"
+        return what
     if decisive:
-        return f"not specific: {reason}"
+        return f"not {what}: {reason}"
     return f"underpowered: {reason}" if reason else "underpowered: significant alone, not after correction"
 
 
 def apply_family(
     table: pd.DataFrame, method: str = "bh", alpha: float = ALPHA, name: str = ""
 ) -> tuple[pd.DataFrame, Family]:
-    """A specificity table (`EvaluationResult.specificity`, or several concatenated: one page's)
-    with ``p_adjusted``, ``family`` and ``verdict`` recomputed over all its rows together."""
+    """A table of tests (`EvaluationResult.specificity` or `~EvaluationResult.against_random`,
+    or several concatenated: one page's) with ``p_adjusted``, ``family`` and ``verdict``
+    recomputed over all its rows together; a ``what`` column, where present, names what each
+    row's test finds when significant (default "specific")."""
     adjusted = family(table["p_value"].to_numpy(dtype=float), method, alpha, name)
     out = table.copy()
     out["p_adjusted"] = adjusted.adjusted
     out["family"] = adjusted.label
+    what = out["what"] if "what" in out else pd.Series("specific", out.index)
     out["verdict"] = [
-        verdict_words(p, bool(d), str(r), alpha)
-        for p, d, r in zip(out["p_adjusted"], out["decisive"], out["reason"], strict=True)
+        verdict_words(p, bool(d), str(r), alpha, str(w))
+        for p, d, r, w in zip(out["p_adjusted"], out["decisive"], out["reason"], what, strict=True)
     ]
     return out, adjusted
