@@ -317,7 +317,9 @@ class EvaluationResult:
             own = cells[name][name].value
             rivals = {r: cells[r][name].value for r in names if r != name and cells[r][name].value.size}
             row["rival"], row["p_rival"] = rival_test(own, rivals)
-            rows.append({"set": name, "n_prompts": int(cells[name][name].base.size), **row})
+            rows.append(
+                {"set": name, "n_prompts": int(cells[name][name].base.size), **row, "what": "specific"}
+            )
         table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
         return table
 

@@ -502,7 +502,7 @@ def apply_family(
     out = table.copy()
     out["p_adjusted"] = adjusted.adjusted
     out["family"] = adjusted.label
-    what = out["what"] if "what" in out else pd.Series("specific", out.index)
+    what = out["what"].fillna("specific") if "what" in out else pd.Series("specific", out.index)
     out["verdict"] = [
         verdict_words(p, bool(d), str(r), alpha, str(w))
         for p, d, r, w in zip(out["p_adjusted"], out["decisive"], out["reason"], what, strict=True)
