@@ -388,7 +388,9 @@ def specificity_verdict(
         if not p <= p_others:  # the largest p so far (also replaces NaN)
             p_others, closest, closest_effect = p, name, other.effect()
         if p >= alpha:
-            decisive = _minimum_detectable(sd, alpha) <= 1
+            # powered when it could detect a set doing to its own task what this one does, and
+            # nothing to ``name``
+            decisive = _minimum_detectable(sd, alpha) <= effect
             reason = f"hurts {name} as much ({other.effect():.2f} of its gap vs {effect:.2f}, p = {p:.2g})"
             failures.append((decisive, reason if decisive else f"{reason}; too few prompts to tell"))
     if not others:

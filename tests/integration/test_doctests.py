@@ -20,6 +20,7 @@ PUBLIC = (
     "tasklens.evaluation",
     "tasklens.analysis.stats",
     "tasklens.analysis.matrix",
+    "tasklens.analysis.verdict",
     "tasklens.interventions",
     "tasklens.models.forward",
     "tasklens.tasks.tokenize",
