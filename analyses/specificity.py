@@ -246,6 +246,9 @@ def main() -> None:
         run("A_exclusive", list(exclusive.values()), "zero", experiment="A",
             selection="exclusive", positions="all", percent=args.base_percent)  # fmt: skip
         if len(core):
+            out.file("core.json")  # the sidecar NeuronSet.save writes beside the tensor
+            core.save(out.file("core.safetensors"))
+            out.table("core_neurons", pd.DataFrame(core.pairs(), columns=["layer", "neuron"]), index=False)
             for metric, result in run("A_core", [core], "zero", experiment="A", **full).items():
                 low, high = result.intervals("change")
                 change, control = result.change().loc["core"], result.control_change().loc["core"]
