@@ -400,7 +400,7 @@ class EvaluationResult:
                         random_change=float(runs.mean() - cell.base.mean()) if runs.size else np.nan,
                         **effect_interval(cell, alpha),
                         n_null=int(runs.size),
-                        p_value=min(1.0, 2 * min(down, up)) if runs.size else np.nan,
+                        p_value=float(np.minimum(1.0, 2 * np.minimum(down, up))),  # NaN stays NaN
                         lower=down < up,
                     )
                 )

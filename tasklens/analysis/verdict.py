@@ -368,6 +368,10 @@ def specificity_verdict(
         ("p_random", "p_others", "closest_effect", "margin", "p_value", "mde_random", "mde_others"), math.nan
     )
     row.update(blank, closest="", decisive=False)
+    missing = [k for k, c in tasks.items() if not (np.isfinite(c.base).all() and np.isfinite(c.value).all())]
+    if missing:
+        row["reason"] = f"missing values (NaN) on {', '.join(missing)}"
+        return row
     if not math.isfinite(effect):
         row["reason"] = f"no gap between {own}'s unmodified value and its floor"
         return row

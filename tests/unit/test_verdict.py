@@ -231,6 +231,12 @@ def test_missing_values_are_not_tested_and_alpha_is_checked():
     result.floor_values = result.floor_values[result.floor_values["task"] != "a"]  # logprob: no floor
     row = result.specificity().loc["a"]
     assert row["verdict"].startswith("not tested: no gap") and math.isnan(row["p_adjusted"])
+    holed = simulate(rng, null_set, n_random=20)
+    last = holed.prompt_values.index[-1]  # set a's last prompt on task c
+    holed.prompt_values.loc[last, "value"] = float("nan")
+    row = holed.specificity().loc["a"]
+    assert row["verdict"] == "not tested: missing values (NaN) on c" and math.isnan(row["p_value"])
+    assert holed.cell_tests().set_index("task").loc["c", "direction"] == "not tested"
     for bad in (0.0, 1.0, 1.5, float("nan"), -0.1):
         with pytest.raises(TasklensError, match="alpha must be a number between 0 and 1"):
             result.specificity(alpha=bad)
