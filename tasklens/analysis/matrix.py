@@ -568,7 +568,7 @@ class EvaluationResult:
             control_prompt_values=pd.concat(
                 [self.control_prompt_values, other.control_prompt_values], ignore_index=True
             ),
-            floor_values=self.floor_values,
+            floor_values=self.floor_values if len(self.floor_values) else other.floor_values,
         )
 
     def _repr_html_(self) -> str:
