@@ -623,6 +623,7 @@ def evaluation_matrix(
     progress: Callable[[str], None] | None = None,
     controls_on: str = "all",
     measure_floor: bool = True,
+    stop_after: int | None = None,
 ) -> EvaluationResult:
     """``metric`` on every task with each neuron set intervened on, beside random controls.
 
@@ -643,12 +644,17 @@ def evaluation_matrix(
         measure_floor: also evaluate the unmodified model on each task with every prompt scored
             against another prompt's answer (`EvaluationResult.floor_values`), the floor the
             specificity verdict normalises by (one extra evaluation per task).
+        stop_after: sequential Monte Carlo (Besag & Clifford 1991): stop a set's random sets
+            once this many of them lower the set's own task (the first metric) at least as much
+            as the set does; ``n_controls`` is then the most drawn. A set that is clearly no
+            better than random stops after a few draws; one whose verdict is at stake gets all.
+            The Monte Carlo p-value stays valid (`tasklens.analysis.verdict.monte_carlo_p`).
 
     `evaluation_matrices` measures several metrics in the same forward passes.
     """
     return evaluation_matrices(
         model, sets, tasks, (metric,), n_controls, seed, intervention, batch_size, progress, controls_on,
-        measure_floor,
+        measure_floor, stop_after,
     )[metric]  # fmt: skip
 
 
@@ -664,6 +670,7 @@ def evaluation_matrices(
     progress: Callable[[str], None] | None = None,
     controls_on: str = "all",
     measure_floor: bool = True,
+    stop_after: int | None = None,
 ) -> dict[str, EvaluationResult]:
     """`evaluation_matrix` for several ``metrics`` at once, by metric name: the teacher-forced
     metrics share each forward pass, so two cost about what one does."""
@@ -679,6 +686,10 @@ def evaluation_matrices(
         raise TasklensError("evaluation_matrix got no tasks; give at least one Task to evaluate the sets on")
     if not isinstance(n_controls, int) or isinstance(n_controls, bool) or n_controls < 0:
         raise TasklensError(f"n_controls must be a whole number >= 0, got {n_controls!r}")
+    if stop_after is not None and (isinstance(stop_after, bool) or not 1 <= stop_after <= max(n_controls, 1)):
+        raise TasklensError(
+            f"stop_after must be a whole number from 1 to n_controls ({n_controls}), got {stop_after!r}"
+        )
     for what, names in (("sets", [s.name for s in sets]), ("tasks", [t.name for t in tasks])):
         if len(set(names)) != len(names):
             raise TasklensError(f"The {what} need distinct names, got {names}")
@@ -732,6 +743,8 @@ def evaluation_matrices(
             for metric, row in measure(rows=prompt_rows, set=neurons.name).items():
                 values[metric][neurons.name] = row
         runs: dict[str, list] = {m: [] for m in metrics}
+        own = values[metrics[0]][neurons.name].get(neurons.name)  # the set's own task, if named so
+        exceedances = 0
         for i in range(n_controls):
             with spec.on(random_like(neurons, seed + i)).apply(model):
                 only = neurons.name if controls_on == "own" else None
@@ -741,11 +754,15 @@ def evaluation_matrices(
                 control_rows[metric].extend(
                     {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in row.items()
                 )
+            if stop_after is not None and own is not None:
+                exceedances += run[metrics[0]][neurons.name] <= own  # lowers it at least as much
+                if exceedances >= stop_after:
+                    break
         for metric in metrics:
             frame = pd.DataFrame(runs[metric], columns=columns, dtype=float)
             empty = pd.Series(float("nan"), columns)
-            controls[metric][neurons.name] = frame.mean() if n_controls else empty
-            spread[metric][neurons.name] = frame.std(ddof=0) if n_controls else empty
+            controls[metric][neurons.name] = frame.mean() if len(frame) else empty
+            spread[metric][neurons.name] = frame.std(ddof=0) if len(frame) else empty
     names = [s.name for s in sets]
 
     def table(data: dict) -> pd.DataFrame:

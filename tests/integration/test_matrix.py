@@ -148,3 +148,18 @@ def test_metrics_measured_together_equal_each_measured_alone(organism):
         pd.testing.assert_frame_equal(together[metric].control_values, alone.control_values)
         pd.testing.assert_frame_equal(together[metric].prompt_values, alone.prompt_values)
     assert (together["logprob"].values < 0).all().all()  # a log-probability, not an accuracy
+
+
+def test_sequential_random_sets_stop_early_for_a_set_no_better_than_random(organism):
+    from tasklens.selection import random_like
+
+    tasks = [load_builtin(n, "evaluation").head(12) for n in ("continent_of", "larger_number")]
+    base = NeuronSet.from_pairs([(1, i) for i in range(0, 512, 16)], GRID, "continent_of")
+    null = random_like(base, seed=99).renamed("continent_of")
+    result = evaluation_matrix(organism, [null], tasks, n_controls=30, metric="logprob", stop_after=3)
+    runs = result.control_values.query("task == 'continent_of'")["value"].to_numpy()
+    lower = runs <= result.values.loc["continent_of", "continent_of"]
+    assert len(runs) < 30 and lower.sum() == 3 and lower[-1]  # stopped at the third exceedance
+    assert result.against_random().loc["continent_of", "p_value"] == pytest.approx(4 / (len(runs) + 1))
+    with pytest.raises(TasklensError, match="stop_after must be a whole number from 1 to n_controls"):
+        evaluation_matrix(organism, [null], tasks, n_controls=3, stop_after=4)
