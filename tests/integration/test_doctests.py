@@ -21,6 +21,7 @@ PUBLIC = (
     "tasklens.analysis.stats",
     "tasklens.analysis.matrix",
     "tasklens.analysis.verdict",
+    "tasklens.analysis.generic",
     "tasklens.interventions",
     "tasklens.models.forward",
     "tasklens.tasks.tokenize",
