@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from common import describe_counts, prepare, set_stability, task_names
 
+from tasklens.analysis.generic import position_zero_profile
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.verdict import ALPHA, apply_family
 from tasklens.data.neurons import NeuronScores, NeuronSet
@@ -248,7 +249,13 @@ def main() -> None:
         if len(core):
             out.file("core.json")  # the sidecar NeuronSet.save writes beside the tensor
             core.save(out.file("core.safetensors"))
-            out.table("core_neurons", pd.DataFrame(core.pairs(), columns=["layer", "neuron"]), index=False)
+            profile = out.table("core_neurons", position_zero_profile(model, pooled, core), index=False)
+            out.finding(
+                f"A. core: {int((profile.ratio >= 10).sum())} of {len(core)} neurons average at least 10 "
+                "times their |activation| elsewhere at position 0 (generic units, docs/statistics.md); "
+                "largest "
+                + ", ".join(f"L{r.layer}N{r.neuron} {r.ratio:.0f}x" for r in profile.head(3).itertuples())
+            )
             for metric, result in run("A_core", [core], "zero", experiment="A", **full).items():
                 low, high = result.intervals("change")
                 change, control = result.change().loc["core"], result.control_change().loc["core"]

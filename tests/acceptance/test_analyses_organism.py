@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path
         in findings
     )
     assert (out / "specificity.png").stat().st_size > 1000
+    core = pd.read_csv(out / "core_neurons.csv")  # the all-task core's identities, with position 0
+    assert len(core) == json.loads((out / "core.json").read_text())["size"] and (core.ratio > 0).all()
 
 
 def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
