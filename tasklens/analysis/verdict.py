@@ -412,9 +412,15 @@ def specificity_verdict(
         mde_random=mde_random,
         mde_others=mde_others,
         decisive=bool(decisive),
-        reason="; ".join(decisive or [r for _, r in failures]),
+        reason=_first(decisive or [r for _, r in failures]),
     )
     return row
+
+
+def _first(reasons: list[str], shown: int = 2) -> str:
+    """The first ``shown`` reasons, and how many more there are."""
+    more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
+    return "; ".join(reasons[:shown]) + more
 
 
 def rival_test(own_values: np.ndarray, rivals: Mapping[str, np.ndarray]) -> tuple[str, float]:
