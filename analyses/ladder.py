@@ -13,8 +13,9 @@ finished stage (a stage's folder appears whole, or not at all: rerun the command
 Each stage evaluates every set on every task beside 10 random sets of the same per-layer counts
 (on every task), with exact match and answer log-probability, on evaluation prompts known or
 not, and tests each set twice: against its random sets on its own task
-(`EvaluationResult.against_random`), and for specificity (`EvaluationResult.specificity`),
-Holm across the sets of a stage.
+(`EvaluationResult.against_random`), and for specificity (`EvaluationResult.specificity`, a
+double dissociation on the normalised scale of docs/statistics.md). The summary adjusts every
+p-value behind it together (Benjamini-Hochberg, q = 0.05) and says how many tests lacked power.
 
     python analyses/ladder.py --model smollm2-135m        # analyses/results/ladder/smollm2-135m
     python analyses/ladder.py --summary                   # summary.csv / summary.md over the models
@@ -31,7 +32,7 @@ import pandas as pd
 from common import Parser, check_args, prepare, run_main
 
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
-from tasklens.analysis.stats import ALPHA
+from tasklens.analysis.verdict import ALPHA, apply_family
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.interventions import Intervention
@@ -227,40 +228,53 @@ class Ladder:
             result.save(out.file(f"result_{metric}.json"))
             out.table(f"matrix_{metric}", result.pivot())
             frames.append(tests(result, stage, metric))
-        table = out.table("tests", pd.concat(frames, ignore_index=True), index=False)
+        table, page = apply_family(pd.concat(frames, ignore_index=True), "bh", ALPHA, f"stage {stage}")
+        out.table("tests", table, index=False)
         for r in table.itertuples():
             out.finding(
-                f"{stage}, {r.set}, {r.metric}, {r.test} ({r.n_prompts} prompts): {r.statistic:+.3f} "
-                f"[{r.low:+.3f}, {r.high:+.3f}] vs random sets {r.null_mean:+.3f} (sd {r.null_sd:.3f}): "
-                f"{r.verdict}"
+                f"{stage}, {r.set}, {r.metric}, {r.test} ({r.n_prompts} prompts, {r.n_null} random sets): "
+                f"own task loses {r.effect:.2f} of its gap to the floor [{r.effect_low:.2f}, "
+                f"{r.effect_high:.2f}] vs random sets {r.random_effect:.2f}; p {r.p_value:.2g}: {r.verdict}"
             )
+        out.finding(f"error control: {page.label}")
 
 
 def summary(root: Path) -> pd.DataFrame:
-    """One row per claim and test, one column per model: how many sets pass, with their intervals."""
-    rows = []
+    """One row per claim and test, one column per model: how many sets pass, with their effects;
+    every p-value behind the table adjusted together (Benjamini-Hochberg), named in ``attrs``."""
+    frames = []
     for model in (*MODELS, "organism"):
         for stage, claim in CLAIMS.items():
             path = root / model / stage / "tests.csv"
             if not path.is_file() or path.stat().st_size < 5:
                 continue
             table = pd.read_csv(path)
-            for (metric, test), part in table.groupby(["metric", "test"]):
-                passed = int((part.p_holm < ALPHA).sum())
-                cells = "; ".join(
-                    f"{r.set} {r.statistic:+.2f} [{r.low:+.2f}, {r.high:+.2f}]" for r in part.itertuples()
-                )
-                rows.append(
-                    dict(claim=claim, metric=metric, test=test, model=model,
-                         cell=f"{passed}/{len(part)} at p < {ALPHA:g} (Holm); {cells}")
-                )  # fmt: skip
-    if not rows:
+            if "decisive" not in table:  # written before the verdict was a double dissociation
+                continue
+            frames.append(table.assign(model=model, claim=claim))
+    if not frames:
         return pd.DataFrame()
+    tested, page = apply_family(pd.concat(frames, ignore_index=True), "bh", ALPHA, "the ladder summary")
+    rows = []
+    for (claim, metric, test, model), part in tested.groupby(
+        ["claim", "metric", "test", "model"], sort=False
+    ):
+        kinds = part["verdict"].str.split(":").str[0]
+        passed, weak = int((kinds == part["what"]).sum()), int((kinds == "underpowered").sum())
+        cells = "; ".join(
+            f"{r.set} {r.effect:.2f} [{r.effect_low:.2f}, {r.effect_high:.2f}]" for r in part.itertuples()
+        )
+        rows.append(
+            dict(claim=claim, metric=metric, test=test, model=model,
+                 cell=f"{passed}/{len(part)} pass, {weak} underpowered; {cells}")
+        )  # fmt: skip
     frame = pd.DataFrame(rows)
     table = frame.pivot_table(
         index=["claim", "metric", "test"], columns="model", values="cell", aggfunc="first"
     )
-    return table[[m for m in (*MODELS, "organism") if m in table.columns]]  # smallest model first
+    table = table[[m for m in (*MODELS, "organism") if m in table.columns]]  # smallest model first
+    table.attrs["family"] = page.label
+    return table
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -270,6 +284,8 @@ def markdown(table: pd.DataFrame) -> str:
     for (claim, metric, test), row in table.iterrows():
         cells = [str(row[m]) if isinstance(row[m], str) else "not run" for m in models]
         lines.append(f"| {claim} | {metric} | {test} | " + " | ".join(cells) + " |")
+    if table.attrs.get("family"):
+        lines.append(f"\nError control: {table.attrs['family']}.")
     return "\n".join(lines) + "\n"
 
 

@@ -297,7 +297,7 @@ def interference_tested(model, sets, relations, args, out: OutputDir) -> None:
         model, sets, tasks, ("exact_match", "logprob"), args.controls, batch_size=32
     )
     for metric, result in results.items():
-        cells = out.table(f"interference_tested_{metric}", result.cell_tests(), index=False)
+        cells = out.table(f"interference_tested_{metric}", result.cell_tests(correction="holm"), index=False)
         off = cells[cells.set != cells.task]
         counts = off.direction.value_counts()
         out.finding(

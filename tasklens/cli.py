@@ -231,7 +231,10 @@ def list_plugins(
 def demo(
     model: str = typer.Option("organism", help="Model spec: 'organism', a local HF folder, or a hub name."),
     percent: float = typer.Option(1.0, help="Top percentage of neurons selected per task."),
-    controls: int = typer.Option(10, help="Random control sets per task (same per-layer counts)."),
+    controls: int = typer.Option(
+        20,
+        help="Random control sets per task (same per-layer counts); under 20 no verdict can be 'specific'.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only (for scripts)."),
     device: str = run_option("device"),
     dtype: str = run_option("dtype"),
@@ -239,7 +242,7 @@ def demo(
     """Locate each task's top neurons (activation statistics), ablate them, print the table
     beside random sets of the same per-layer counts.
 
-    Example: tasklens demo --percent 1 --controls 10
+    Example: tasklens demo --percent 1 --controls 20
     """
     from tasklens.runs.demo import run_demo
 
@@ -256,7 +259,10 @@ def demo(
     typer.echo(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
     typer.echo(
         f"\nEach set on its own task, beside {controls} random sets of the same per-layer counts; "
-        "'others change' is the mean change on the other tasks, p the specificity test (Holm)\n"
+        "'others change' is the mean change on the other tasks; 'own effect' the share of the own "
+        "task's gap to its floor the set removes, 'hurts most' the other task it lowers most (share of "
+        "that task's gap); p the specificity verdict's (docs/statistics.md), adjusted by "
+        "Benjamini-Hochberg over the sets; 'detectable' the smallest effect it could detect\n"
     )
     typer.echo(result.controls().to_string(float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"\n{time.time() - start:.0f} s")
@@ -290,6 +296,16 @@ def ablate(config) -> None:
 
     result = run_ablate(config)
     typer.echo(result.pivot().to_string(float_format=lambda v: f"{v:.3f}"))
+    named = [s for s in result.set_names if s in result.tasks]
+    if named and len(result.tasks) > 1 and result.n_controls:
+        table = result.specificity()
+        typer.echo(f"\nSpecificity (docs/statistics.md), {table['family'].iloc[0]}:")
+        for name, row in table.iterrows():
+            typer.echo(
+                f"  {name}: removes {row.effect:.2f} of its task's gap to the floor "
+                f"(random sets {row.random_effect:.2f}); p {row.p_value:.2g}, adjusted "
+                f"{row.p_adjusted:.2g}: {row.verdict}"
+            )
 
 
 @config_command("compare", FROM_RUN + LOCATED)

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tasklens.analysis.stats import (
-    ALPHA,
-    bootstrap_interval,
-    drop_test,
-    holm,
-    mean_interval,
-    specificity_test,
-    verdict,
+from tasklens.analysis.stats import ALPHA, bootstrap_interval, mean_interval
+from tasklens.analysis.verdict import (
+    TaskCells,
+    against_random,
+    apply_family,
+    check_alpha,
+    effect_interval,
+    family,
+    monte_carlo_p,
+    rival_test,
+    specificity_verdict,
 )
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, check_choice
@@ -37,6 +40,8 @@ from tasklens.tasks.task import Task, check_task
 BASELINE = "unmodified"
 PROMPT_COLUMNS = ["set", "task", "prompt", "value"]
 CONTROL_COLUMNS = ["set", "run", "task", "value"]
+CONTROL_PROMPT_COLUMNS = ["set", "run", "task", "prompt", "value"]
+FLOOR_COLUMNS = ["task", "prompt", "value"]
 
 
 @dataclass
@@ -60,6 +65,12 @@ class EvaluationResult:
             computed from.
         control_values: long table (``set``, ``run``, ``task``, ``value``) of every random
             control's mean per task: the null distribution the tests compare with.
+        control_prompt_values: long table (``set``, ``run``, ``task``, ``prompt``, ``value``) of
+            every random control per prompt (empty in results saved before it was kept), for
+            intervals that resample prompts and random sets together.
+        floor_values: long table (``task``, ``prompt``, ``value``): the unmodified model's metric
+            of each prompt scored against another prompt's answer (a derangement within the
+            task), the task's no-information floor (`floor`).
     """
 
     metric: str
@@ -74,6 +85,10 @@ class EvaluationResult:
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompt_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROMPT_COLUMNS))
     control_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONTROL_COLUMNS))
+    control_prompt_values: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=CONTROL_PROMPT_COLUMNS)
+    )
+    floor_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FLOOR_COLUMNS))
 
     # --- views ------------------------------------------------------------------------
     @property
@@ -217,101 +232,189 @@ class EvaluationResult:
                 low.loc[name, task], high.loc[name, task] = interval
         return low, high
 
-    def specificity(self, alpha: float = ALPHA) -> pd.DataFrame:
-        """Per set named after a task: is its effect specific to that task, beyond random sets?
+    def floor(self) -> pd.Series:
+        """``[task]`` each task's no-information floor: the mean of `floor_values` where measured,
+        else 0 for a metric whose values lie in [0, 1] (exact match, probabilities), else NaN
+        (the specificity verdict is then "not tested" on that task)."""
+        measured = self.floor_values.groupby("task")["value"].mean() if len(self.floor_values) else {}
+        values = self.prompt_values["value"].to_numpy(dtype=float)
+        bounded = bool(values.size) and bool(((values >= 0) & (values <= 1)).all())
+        return pd.Series(
+            {t: float(measured[t]) if t in measured else (0.0 if bounded else np.nan) for t in self.tasks},
+            dtype=float,
+        )
 
-        The statistic is the mean change on the other tasks minus the change on the own task
-        (positive: the own task falls more), with a bootstrap interval over prompts; each random
-        control of the set gives the same statistic, and `tasklens.stats.specificity_test`
-        compares the two. p-values are one-sided and Holm-corrected across the sets
-        (``p_holm``); ``verdict`` says it in words. Needs controls on every task
-        (``controls_on="all"``) and at least two of them.
-        """
-        names = [n for n in self.set_names if n in self.tasks]
-        if not names or len(self.tasks) < 2:
-            raise TasklensError(
-                "Specificity needs sets named after tasks and at least two tasks; "
-                f"sets {self.set_names}, tasks {self.tasks}"
-            )
+    def _cells(self) -> dict[str, dict[str, TaskCells]]:
+        """Per set, per task: its `TaskCells` (per-prompt values in prompt order)."""
         self._require_prompts()
-        baseline = self.baseline
+        prompts = _arrays(self.prompt_values, ["set", "task", "prompt"])
+        if len(self.control_prompt_values):
+            runs = _arrays(self.control_prompt_values, ["set", "task", "run", "prompt"], by_run=True)
+        else:
+            means = _arrays(self.control_values.dropna(), ["set", "task", "run"])
+            runs = {k: v[:, None] for k, v in means.items()}
+        floor = self.floor()
+        measured = _arrays(self.floor_values.assign(set=""), ["set", "task", "prompt"])
+        floors = {t: measured.get(("", t), np.array([floor[t]])) for t in self.tasks}
+        empty = np.zeros(0)
+        return {
+            name: {
+                task: TaskCells(
+                    prompts.get((BASELINE, task), empty),
+                    prompts.get((name, task), empty),
+                    runs.get((name, task), np.zeros((0, 1))),
+                    floors[task],
+                )
+                for task in self.tasks
+            }
+            for name in self.set_names
+        }
+
+    def _named_after_tasks(self, what: str, at_least: int = 1) -> list[str]:
+        names = [n for n in self.set_names if n in self.tasks]
+        if not names or len(self.tasks) < at_least:
+            raise TasklensError(
+                f"{what} needs sets named after tasks"
+                + (f" and at least {at_least} tasks" if at_least > 1 else "")
+                + f"; sets {self.set_names}, tasks {self.tasks}"
+            )
+        return names
+
+    def specificity(self, alpha: float = ALPHA, correction: str = "bh", seed: int = 0) -> pd.DataFrame:
+        """Per set named after a task: is it specific to that task? (`tasklens.analysis.verdict`)
+
+        Specific means: (a) it lowers its task more than its random sets of the same per-layer
+        counts (Monte Carlo p, ``p_random``); (b) it lowers its task more than it lowers every
+        other task, each compared by a permutation test over prompts (``p_others``, the largest,
+        from task ``closest``); (c) both as the fraction of the gap between the unmodified value
+        and the task's no-information floor (`floor`) that the set removes (``effect``).
+        ``p_value`` is the largest component p; ``p_adjusted`` adjusts the table's p-values
+        together (``correction``: ``"bh"`` Benjamini-Hochberg or ``"holm"``; ``family`` names
+        it; a page reporting several tables adjusts them together with
+        `tasklens.analysis.verdict.apply_family`). ``mde_random`` / ``mde_others`` are the
+        smallest own effect and margin over the other tasks the tests detect with 80 % power;
+        ``verdict`` says "specific", "not specific: why", "underpowered: why" or "not tested".
+        ``rival`` / ``p_rival``: on this task's prompts, the other task's set that comes closest
+        to hurting them as much (exact sign test, paired by prompt; McNemar's for 0/1 values).
+
+        Example:
+            >>> import tasklens
+            >>> from tasklens.selection import top_k
+            >>> model = tasklens.load_model("organism")
+            >>> names = ("addition", "continent_of")
+            >>> tasks = [tasklens.load_builtin(n, "evaluation").head(12) for n in names]
+            >>> scores = tasklens.scoring.ActivationStats().attribute(model, tasks[0])
+            >>> result = evaluation_matrix(model, [top_k(scores, 50).renamed("addition")], tasks, 3)
+            >>> result.specificity().loc["addition", "verdict"].split(":")[0]
+            'underpowered'
+        """
+        alpha = check_alpha(alpha)
+        names = self._named_after_tasks("Specificity", at_least=2)
+        cells = self._cells()
         rows = []
         for name in names:
-            others = [t for t in self.tasks if t != name]
-            runs = self._control_runs(name)
-            table = runs.pivot(index="run", columns="task", values="value").reindex(columns=self.tasks)
-            change = table - baseline
-            null = (change[others].mean(axis=1) - change[name]).dropna().to_numpy()
-            test = specificity_test(
-                self._changes(name, name), [self._changes(name, t) for t in others], null, alpha
+            row = specificity_verdict(name, cells[name], alpha, seed)
+            own = cells[name][name].value
+            rivals = {r: cells[r][name].value for r in names if r != name and cells[r][name].value.size}
+            row["rival"], row["p_rival"] = rival_test(own, rivals)
+            rows.append(
+                {"set": name, "n_prompts": int(cells[name][name].base.size), **row, "what": "specific"}
             )
-            rows.append({"set": name, "n_prompts": len(self._prompts(BASELINE, name)), **test.to_dict()})
-        frame = pd.DataFrame(rows).set_index("set")
-        frame["p_holm"] = holm(frame["p_value"].to_numpy(), alpha)
-        frame["verdict"] = [verdict(p, alpha) for p in frame["p_holm"]]
-        return frame
+        table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
+        return table
 
-    def against_random(self, alpha: float = ALPHA) -> pd.DataFrame:
+    def against_random(self, alpha: float = ALPHA, correction: str = "bh") -> pd.DataFrame:
         """Per set named after a task: does it lower its own task more than its random sets?
 
-        The statistic is the own task's drop (minus the mean per-prompt change; positive: the
-        metric falls), with a bootstrap interval over prompts, against the drops of the random
-        sets of the same per-layer counts on the same prompts (`tasklens.stats.drop_test`);
-        p-values one-sided, Holm-corrected across the sets. Needs at least two controls.
+        ``effect`` is the own task's normalised drop (see `specificity`) with its bootstrap
+        interval, ``random_effect`` the random sets' mean; ``p_value`` the Monte Carlo p
+        ``(b + 1) / (n + 1)`` over the ``n_null`` random sets, ``mde`` the smallest effect it
+        calls significant, ``p_adjusted`` over the table (``correction``), ``verdict`` in words
+        ("underpowered" when ``1 / (n + 1)`` cannot reach ``alpha``); ``decisive``, ``reason``
+        and ``what`` let `tasklens.analysis.verdict.apply_family` reword it for a page.
         """
-        names = [n for n in self.set_names if n in self.tasks]
-        if not names:
-            raise TasklensError(f"against_random needs sets named after tasks; sets {self.set_names}")
-        self._require_prompts()
+        alpha = check_alpha(alpha)
+        names = self._named_after_tasks("against_random")
+        cells = self._cells()
         rows = []
         for name in names:
-            runs = self._control_runs(name, name)
-            null = (self.baseline[name] - runs["value"]).to_numpy(dtype=float)
-            test = drop_test(self._changes(name, name), null, alpha)
-            rows.append({"set": name, "n_prompts": len(self._prompts(BASELINE, name)), **test.to_dict()})
-        frame = pd.DataFrame(rows).set_index("set")
-        frame["p_holm"] = holm(frame["p_value"].to_numpy(), alpha)
-        frame["verdict"] = [
-            verdict(p, alpha, "hurts its task more than random sets") for p in frame["p_holm"]
-        ]
-        return frame
+            own = cells[name][name]
+            drops = own.random_effects()
+            effect = own.effect()
+            p, mde, decisive, reason = (
+                against_random(name, effect, drops, alpha)
+                if drops.size and np.isfinite(effect)
+                else (np.nan, np.nan, False, "no gap above the floor or no random sets")
+            )
+            rows.append(
+                {
+                    "set": name,
+                    "n_prompts": int(own.base.size),
+                    "n_null": int(drops.size),
+                    "change": float(own.value.mean() - own.base.mean()) if own.base.size else np.nan,
+                    **effect_interval(own, alpha),
+                    "p_value": p,
+                    "p_floor": 1 / (drops.size + 1),
+                    "mde": mde,
+                    "decisive": decisive,
+                    "reason": reason,
+                    "what": "beyond random sets",
+                }
+            )
+        table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
+        return table
 
-    def cell_tests(self, alpha: float = ALPHA) -> pd.DataFrame:
+    def cell_tests(self, alpha: float = ALPHA, correction: str = "bh") -> pd.DataFrame:
         """Every cell (set x task): does the set move that task more than its random sets do,
         in either direction? The relation paper's interference, with improvements allowed.
 
         Columns: ``set``, ``task``, ``n_prompts``, ``change`` (mean per-prompt change, set on
         minus unmodified) with its bootstrap interval ``low``/``high``, ``random_change`` (mean
-        of the random sets on that task), ``p_value`` (two-sided: twice the smaller one-sided
-        `tasklens.stats.drop_test` p), ``p_holm`` over all cells, and ``direction``
-        (``"lower"``, ``"higher"`` or ``"as random"`` at ``alpha`` after Holm). Needs controls
-        on every task.
+        of the random sets on that task), ``effect`` (the normalised drop, see `specificity`)
+        with ``effect_low``/``effect_high``, ``excess`` over the random sets with
+        ``excess_low``/``excess_high`` (prompts and random sets resampled together),
+        ``n_null``, ``p_value`` (two-sided Monte Carlo: twice the smaller one-sided
+        ``(b + 1) / (n + 1)``), ``p_adjusted`` over all cells (``correction``) and
+        ``direction``: ``"lower"``, ``"higher"``, ``"as random"``, ``"underpowered"`` (the
+        random sets are too few for ``2 / (n + 1)`` to reach ``alpha``) or ``"not tested"``.
         """
-        self._require_prompts()
+        alpha = check_alpha(alpha)
+        cells = self._cells()
         rows = []
         for name in self.set_names:
             for task in self.tasks:
-                runs = self._control_runs(name, task)
-                null = (self.baseline[task] - runs["value"]).to_numpy(dtype=float)
-                changes = self._changes(name, task)
-                down, up = drop_test(changes, null, alpha), drop_test(-changes, -null, alpha)
+                cell = cells[name][task]
+                changes = cell.value - cell.base if cell.value.size == cell.base.size else np.zeros(0)
+                runs = cell.random.mean(axis=1) if cell.random.size else np.zeros(0)
+                drop, drops = -changes.mean() if changes.size else np.nan, cell.base.mean() - runs
+                down, up = monte_carlo_p(drop, drops), monte_carlo_p(-drop, -drops)
+                low, high = bootstrap_interval(changes, alpha)
                 rows.append(
                     dict(
                         set=name,
                         task=task,
-                        n_prompts=len(changes),
-                        change=-down.statistic,
-                        low=-down.high,
-                        high=-down.low,
-                        random_change=-down.null_mean,
-                        p_value=min(1.0, 2 * min(down.p_value, up.p_value)),
-                        lower=down.p_value < up.p_value,
+                        n_prompts=int(changes.size),
+                        change=-drop,
+                        low=low,
+                        high=high,
+                        random_change=float(runs.mean() - cell.base.mean()) if runs.size else np.nan,
+                        **effect_interval(cell, alpha),
+                        n_null=int(runs.size),
+                        p_value=float(np.minimum(1.0, 2 * np.minimum(down, up))),  # NaN stays NaN
+                        lower=down < up,
                     )
                 )
         frame = pd.DataFrame(rows)
-        frame["p_holm"] = holm(frame["p_value"].to_numpy(), alpha)
-        frame["direction"] = np.where(
-            frame["p_holm"] >= alpha, "as random", np.where(frame.pop("lower"), "lower", "higher")
+        frame["p_adjusted"] = family(frame["p_value"].to_numpy(), correction, alpha).adjusted
+        reachable = 2 / (frame["n_null"] + 1) < alpha
+        frame["direction"] = np.select(
+            [
+                frame["p_adjusted"].isna(),
+                frame["p_adjusted"] < alpha,
+                ~reachable,
+            ],
+            ["not tested", np.where(frame.pop("lower"), "lower", "higher"), "underpowered"],
+            "as random",
         )
         return frame
 
@@ -380,6 +483,8 @@ class EvaluationResult:
             "sets": self.sets,
             "prompt_values": self.prompt_values.to_dict(orient="list"),
             "control_values": self.control_values.to_dict(orient="list"),
+            "control_prompt_values": self.control_prompt_values.to_dict(orient="list"),
+            "floor_values": self.floor_values.to_dict(orient="list"),
         }
 
     @classmethod
@@ -404,6 +509,10 @@ class EvaluationResult:
             sets=data.get("sets", {}),
             prompt_values=pd.DataFrame(data.get("prompt_values") or {c: [] for c in PROMPT_COLUMNS}),
             control_values=pd.DataFrame(data.get("control_values") or {c: [] for c in CONTROL_COLUMNS}),
+            control_prompt_values=pd.DataFrame(
+                data.get("control_prompt_values") or {c: [] for c in CONTROL_PROMPT_COLUMNS}
+            ),
+            floor_values=pd.DataFrame(data.get("floor_values") or {c: [] for c in FLOOR_COLUMNS}),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -456,6 +565,10 @@ class EvaluationResult:
                 ignore_index=True,
             ),
             control_values=pd.concat([self.control_values, other.control_values], ignore_index=True),
+            control_prompt_values=pd.concat(
+                [self.control_prompt_values, other.control_prompt_values], ignore_index=True
+            ),
+            floor_values=self.floor_values if len(self.floor_values) else other.floor_values,
         )
 
     def _repr_html_(self) -> str:
@@ -469,6 +582,24 @@ class EvaluationResult:
             summary = ""
         table = self.pivot().to_html(float_format=lambda v: f"{v:.3f}", border=0)
         return f"<div>{head}{summary}{table}</div>"
+
+
+def _arrays(frame: pd.DataFrame, order: list[str], by_run: bool = False) -> dict[tuple, np.ndarray]:
+    """``frame``'s values per (set, task), sorted by the rest of ``order``; with ``by_run`` as
+    ``[run x prompt]`` (every run holds the same prompts)."""
+    if frame.empty:
+        return {}
+    ordered = frame.sort_values(order, kind="stable")
+    keys = ordered[order[:2]].to_numpy()
+    values = ordered["value"].to_numpy(dtype=float)
+    starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)])
+    out = {}
+    for start, stop in zip(starts, np.r_[starts[1:], len(values)], strict=True):
+        part = values[start:stop]
+        if by_run:
+            part = part.reshape(ordered["run"].iloc[start:stop].nunique(), -1)
+        out[tuple(keys[start])] = part
+    return out
 
 
 def _split(frame: pd.DataFrame) -> dict[str, list]:
@@ -491,6 +622,8 @@ def evaluation_matrix(
     batch_size: int = 64,
     progress: Callable[[str], None] | None = None,
     controls_on: str = "all",
+    measure_floor: bool = True,
+    stop_after: int | None = None,
 ) -> EvaluationResult:
     """``metric`` on every task with each neuron set intervened on, beside random controls.
 
@@ -508,12 +641,21 @@ def evaluation_matrix(
         controls_on: ``"all"`` tasks, or ``"own"``: random controls only on the task named
             like the set (the others' control cells are NaN), which saves
             ``n_controls x (tasks - 1)`` evaluations per set on a large model.
+        measure_floor: also evaluate the unmodified model on each task with every prompt scored
+            against another prompt's answer (`EvaluationResult.floor_values`), the floor the
+            specificity verdict normalises by (one extra evaluation per task).
+        stop_after: sequential Monte Carlo (Besag & Clifford 1991): stop a set's random sets
+            once this many of them lower the set's own task (the first metric) at least as much
+            as the set does; ``n_controls`` is then the most drawn. A set that is clearly no
+            better than random stops after a few draws; one whose verdict is at stake gets all.
+            The Monte Carlo p-value stays valid (`tasklens.analysis.verdict.monte_carlo_p`).
 
     `evaluation_matrices` measures several metrics in the same forward passes.
     """
     return evaluation_matrices(
-        model, sets, tasks, (metric,), n_controls, seed, intervention, batch_size, progress, controls_on
-    )[metric]
+        model, sets, tasks, (metric,), n_controls, seed, intervention, batch_size, progress, controls_on,
+        measure_floor, stop_after,
+    )[metric]  # fmt: skip
 
 
 def evaluation_matrices(
@@ -527,6 +669,8 @@ def evaluation_matrices(
     batch_size: int = 64,
     progress: Callable[[str], None] | None = None,
     controls_on: str = "all",
+    measure_floor: bool = True,
+    stop_after: int | None = None,
 ) -> dict[str, EvaluationResult]:
     """`evaluation_matrix` for several ``metrics`` at once, by metric name: the teacher-forced
     metrics share each forward pass, so two cost about what one does."""
@@ -542,6 +686,10 @@ def evaluation_matrices(
         raise TasklensError("evaluation_matrix got no tasks; give at least one Task to evaluate the sets on")
     if not isinstance(n_controls, int) or isinstance(n_controls, bool) or n_controls < 0:
         raise TasklensError(f"n_controls must be a whole number >= 0, got {n_controls!r}")
+    if stop_after is not None and (isinstance(stop_after, bool) or not 1 <= stop_after <= max(n_controls, 1)):
+        raise TasklensError(
+            f"stop_after must be a whole number from 1 to n_controls ({n_controls}), got {stop_after!r}"
+        )
     for what, names in (("sets", [s.name for s in sets]), ("tasks", [t.name for t in tasks])):
         if len(set(names)) != len(names):
             raise TasklensError(f"The {what} need distinct names, got {names}")
@@ -553,7 +701,12 @@ def evaluation_matrices(
 
     prompt_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
 
-    def measure(only: str | None = None, record: str | None = None) -> dict[str, dict[str, float]]:
+    floor_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
+    control_prompt_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
+
+    def measure(
+        only: str | None = None, rows: dict[str, list] | None = None, **labels: Any
+    ) -> dict[str, dict[str, float]]:
         means: dict[str, dict[str, float]] = {m: {} for m in metrics}
         for task in tasks:
             if only is not None and task.name != only:
@@ -561,14 +714,23 @@ def evaluation_matrices(
             per_prompt = evaluate_metrics(model, task, metrics, batch_size, spec.runs_in_pieces).double()
             for j, metric in enumerate(metrics):
                 means[metric][task.name] = float(per_prompt[:, j].mean())
-                if record is not None:
-                    prompt_rows[metric].extend(
-                        {"set": record, "task": task.name, "prompt": i, "value": float(v)}
+                if rows is not None:
+                    rows[metric].extend(
+                        {**labels, "task": task.name, "prompt": i, "value": float(v)}
                         for i, v in enumerate(per_prompt[:, j].tolist())
                     )
         return means
 
-    baselines = {m: pd.Series(v, dtype=float) for m, v in measure(record=BASELINE).items()}
+    baselines = {m: pd.Series(v, dtype=float) for m, v in measure(rows=prompt_rows, set=BASELINE).items()}
+    if measure_floor:
+        for task in tasks:
+            if len(task) > 1:
+                per_prompt = evaluate_metrics(model, _deranged(task, seed), metrics, batch_size)
+                for j, metric in enumerate(metrics):
+                    floor_rows[metric].extend(
+                        {"task": task.name, "prompt": i, "value": float(v)}
+                        for i, v in enumerate(per_prompt[:, j].double().tolist())
+                    )
     columns = list(baselines[metrics[0]].index)
     values: dict[str, dict] = {m: {} for m in metrics}
     controls: dict[str, dict] = {m: {} for m in metrics}
@@ -578,22 +740,29 @@ def evaluation_matrices(
         if progress:
             progress(neurons.name)
         with spec.on(neurons).apply(model):
-            for metric, row in measure(record=neurons.name).items():
+            for metric, row in measure(rows=prompt_rows, set=neurons.name).items():
                 values[metric][neurons.name] = row
         runs: dict[str, list] = {m: [] for m in metrics}
+        own = values[metrics[0]][neurons.name].get(neurons.name)  # the set's own task, if named so
+        exceedances = 0
         for i in range(n_controls):
             with spec.on(random_like(neurons, seed + i)).apply(model):
-                run = measure(neurons.name if controls_on == "own" else None)
+                only = neurons.name if controls_on == "own" else None
+                run = measure(only, control_prompt_rows, set=neurons.name, run=i)
             for metric, row in run.items():
                 runs[metric].append(row)
                 control_rows[metric].extend(
                     {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in row.items()
                 )
+            if stop_after is not None and own is not None:
+                exceedances += run[metrics[0]][neurons.name] <= own  # lowers it at least as much
+                if exceedances >= stop_after:
+                    break
         for metric in metrics:
             frame = pd.DataFrame(runs[metric], columns=columns, dtype=float)
             empty = pd.Series(float("nan"), columns)
-            controls[metric][neurons.name] = frame.mean() if n_controls else empty
-            spread[metric][neurons.name] = frame.std(ddof=0) if n_controls else empty
+            controls[metric][neurons.name] = frame.mean() if len(frame) else empty
+            spread[metric][neurons.name] = frame.std(ddof=0) if len(frame) else empty
     names = [s.name for s in sets]
 
     def table(data: dict) -> pd.DataFrame:
@@ -614,9 +783,22 @@ def evaluation_matrices(
             sets={s.name: s.summary() for s in sets},
             prompt_values=pd.DataFrame(prompt_rows[metric], columns=PROMPT_COLUMNS),
             control_values=pd.DataFrame(control_rows[metric], columns=CONTROL_COLUMNS),
+            control_prompt_values=pd.DataFrame(control_prompt_rows[metric], columns=CONTROL_PROMPT_COLUMNS),
+            floor_values=pd.DataFrame(floor_rows[metric], columns=FLOOR_COLUMNS),
         )
         for metric in metrics
     }
+
+
+def _deranged(task: Task, seed: int) -> Task:
+    """``task`` with every prompt given another prompt's answer (a random cyclic derangement):
+    what the model scores without the information the prompt's subject carries."""
+    order = np.random.default_rng(seed).permutation(len(task))
+    answers = list(task.answers)
+    shuffled = answers.copy()
+    for here, there in zip(order, np.roll(order, -1), strict=True):
+        shuffled[here] = answers[there]
+    return replace(task, answers=shuffled, split=f"{task.split}, answers deranged")
 
 
 def ablation_matrix(model, sets, tasks, **kwargs) -> EvaluationResult:

@@ -2,8 +2,8 @@
 
 For each task: score every neuron on the task's detection prompts, keep the top
 ``percent`` %, zero-ablate the set and measure exact match on every task's
-evaluation prompts, beside random sets with the same per-layer counts; each set's
-own-task drop is tested against theirs (`EvaluationResult.specificity`).
+evaluation prompts, beside random sets with the same per-layer counts; each set gets the
+specificity verdict (`EvaluationResult.specificity`, docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ class DemoResult:
     def controls(self) -> pd.DataFrame:
         """Per set: its own task with the set off (and 95 % interval over prompts) beside random
         sets of the same per-layer counts (their mean and 2.5-97.5 percentile range), the mean
-        change on the other tasks, and the specificity test (Holm-corrected p, verdict)."""
+        change on the other tasks, and the specificity verdict: the share of its own task's gap
+        to the floor the set removes, the other task it hurts most (and by how much of that
+        task's gap), the p-value and its Benjamini-Hochberg adjustment over the sets, the
+        smallest own effect the test could detect, and the verdict."""
         own = self.result.own_and_others()
         test = self.result.specificity()
         return pd.DataFrame(
@@ -54,8 +57,15 @@ class DemoResult:
                 "random sets": own["baseline"] + own["control_own_change"],
                 "random 95% range": _intervals(own["control_value_low"], own["control_value_high"]),
                 "others change": own["others_change"],
-                "p (Holm)": test["p_holm"],
-                "verdict": [v.split(" (")[0] for v in test["verdict"]],
+                "own effect": test["effect"],
+                "hurts most": [
+                    f"{c} {e:.2f}" if c else ""
+                    for c, e in zip(test["closest"], test["closest_effect"], strict=True)
+                ],
+                "p": test["p_value"],
+                "p (BH)": test["p_adjusted"],
+                "detectable": test[["mde_random", "mde_others"]].max(axis=1),
+                "verdict": [v.split(":")[0] for v in test["verdict"]],
             }
         )
 
@@ -67,6 +77,7 @@ class DemoResult:
             "controls": self.controls().to_dict(orient="index"),
             "n_controls": self.result.n_controls,
             "metric": self.result.metric,
+            "error_control": self.result.specificity()["family"].iloc[0],
         }
 
 
@@ -80,7 +91,7 @@ def run_demo(
     percent: float = 1.0,
     statistic: str = "mean_abs",
     positions: str = "last_prompt",
-    n_controls: int = 10,
+    n_controls: int = 20,
     max_prompts: int = 100,
     batch_size: int = 50,
     model=None,

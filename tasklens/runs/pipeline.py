@@ -267,7 +267,7 @@ def stage_files(config: RunConfig, stage: str) -> list[str]:
     if stage == "ablate":
         return [
             "matrix_result.json",
-            *table("matrix", "matrix_long", "effects"),
+            *table("matrix", "matrix_long", "effects", "specificity"),
             "matrix_change.png",
             "effects.png",
         ]
@@ -479,6 +479,8 @@ def ablate(config: RunConfig, model=None) -> EvaluationResult:
         if any(s.name in result.tasks for s in sets):
             out.table("effects", result.own_and_others())
             out.figure("effects", result.plot_own_vs_others())
+            if len(result.tasks) > 1 and config.controls > 0:
+                out.table("specificity", result.specificity())
     return result
 
 

@@ -129,13 +129,24 @@ def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
         table = result.own_and_others()
     except Exception:  # sets not named after tasks
         return [], evaluation
+    try:
+        verdicts = result.specificity()
+        evaluation["family"] = str(verdicts["family"].iloc[0])
+    except TasklensError:  # one task, or no random sets: no verdict to show
+        verdicts = None
     rows = []
     for name, row in table.iterrows():
-        spread = max(row.control_own_std, 1e-9) if row.control_own_std == row.control_own_std else 1e-9
-        specific = abs(row.own_change - row.control_own_change) > 2 * spread and abs(row.own_change) > abs(
-            row.others_change
+        verdict = verdicts.loc[name] if verdicts is not None and name in verdicts.index else None
+        rows.append(
+            {
+                "set": name,
+                **row.to_dict(),
+                "effect": float(verdict["effect"]) if verdict is not None else float("nan"),
+                "verdict": str(verdict["verdict"]) if verdict is not None else "not tested",
+                # painted only when the verdict (random sets, every other task, one error rate) says so
+                "specific": verdict is not None and verdict["verdict"] == "specific",
+            }
         )
-        rows.append({"set": name, **row.to_dict(), "specific": specific})
     return rows, evaluation
 
 

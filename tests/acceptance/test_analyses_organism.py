@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +29,25 @@ def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path
     table = pd.read_csv(out / "specificity.csv")
     assert set(table.experiment) == {"A", "B", "C"}
     assert set(table.intervention) == {"zero", "mean", "zero_spare_bos"}
-    assert ((table.low <= table.statistic + 1e-9) & (table.statistic <= table.high + 1e-9)).all()
-    assert table.p_holm.between(0, 1).all() and (table.n_null == 3).all()
+    tested = table.dropna(subset=["p_value"])
+    assert ((tested.effect_low <= tested.effect + 1e-9) & (tested.effect <= tested.effect_high + 1e-9)).all()
+    assert tested.p_adjusted.between(0, 1).all() and (table.n_null == 3).all()
+    assert (tested.p_value >= 1 / 4).all()  # 3 random sets: no p below 1/4, so no verdict "specific"
+    assert not (table.verdict == "specific").any()
     findings = (out / "findings.md").read_text()
-    verdicts = [line for line in findings.splitlines() if "random sets" in line and "specificity" in line]
+    verdicts = [line for line in findings.splitlines() if "own task loses" in line]
     assert len(verdicts) == len(table)
-    assert all("after Holm" in line for line in verdicts)
+    assert all(re.search(r": (not specific|underpowered|not tested)", line) for line in verdicts)
+    assert (
+        f"error control: Benjamini-Hochberg (q = 0.05) over the {len(tested)} tests of findings.md"
+        in findings
+    )
     assert (out / "specificity.png").stat().st_size > 1000
+    n_core = int(re.search(r"(\d+) neurons are in every task's set", findings).group(1))
+    assert (out / "core_neurons.csv").is_file() == (n_core > 0)  # the all-task core's identities, if any
+    if n_core:
+        core = pd.read_csv(out / "core_neurons.csv")
+        assert len(core) == n_core == json.loads((out / "core.json").read_text())["size"]
 
 
 def test_a_ladder_stage_is_written_once_and_kept(tmp_path):

@@ -132,6 +132,8 @@ def test_a_missing_value_in_the_summary_is_a_dash():
         others_change=float("nan"),  # one task: no other tasks
         control_own_change=-0.01,
         control_own_std=0.02,
+        effect=0.8,
+        verdict="specific",
         specific=True,
     )
     page = render(
@@ -154,6 +156,7 @@ def test_a_missing_value_in_the_summary_is_a_dash():
     )
     assert "+nan" not in page and ">nan" not in page
     assert '<td class="hurt">-0.500</td>\n<td>-</td>\n<td>-0.010 ± 0.020</td>' in page
+    assert '<td>0.800</td><td class="name">specific</td>' in page
 
 
 def _chromium() -> str | None:

@@ -20,6 +20,8 @@ PUBLIC = (
     "tasklens.evaluation",
     "tasklens.analysis.stats",
     "tasklens.analysis.matrix",
+    "tasklens.analysis.verdict",
+    "tasklens.analysis.generic",
     "tasklens.interventions",
     "tasklens.models.forward",
     "tasklens.tasks.tokenize",

@@ -46,8 +46,12 @@ def test_what_another_model_made_is_refused_before_any_evaluation(organism, eval
         evaluation_matrix(organism, [ours], [task], n_controls=0, intervention=mean)
     assert evaluations == []
     result = evaluation_matrix(organism, [ours], [task], n_controls=1, metric="next_token")
-    assert evaluations == ["continent_of"] * 3  # baseline, the set, its control
+    assert evaluations == ["continent_of"] * 4  # baseline, its floor, the set, its control
     assert result.values.shape == (1, 1) and result.sizes["ours"] == 1
+
+
+#: random sets per set: two sets under Benjamini-Hochberg need p < 0.025, so at least 40
+N_RANDOM = 40
 
 
 @pytest.fixture(scope="module")
@@ -61,33 +65,35 @@ def planted(organism):
     addition = top_k(scores, 100).renamed("addition")
     noise = random_like(addition, seed=123).renamed("continent_of")
     tasks = [load_builtin(n, "evaluation").head(40) for n in ("addition", "continent_of", "larger_number")]
-    return evaluation_matrix(organism, [addition, noise], tasks, n_controls=10)
+    return evaluation_matrix(organism, [addition, noise], tasks, n_controls=N_RANDOM)
 
 
 def test_the_specificity_test_can_pass_and_can_fail(planted):
     table = planted.specificity()
-    assert table.loc["addition", "p_holm"] < 0.05
-    assert table.loc["addition", "verdict"].startswith("specific at p < 0.05 after Holm")
-    assert table.loc["addition", "low"] > 0  # the own task falls more than the others, beyond prompt noise
-    assert table.loc["continent_of", "p_holm"] > 0.05
-    assert table.loc["continent_of", "verdict"].startswith("not distinguishable from random")
-    assert (table["n_null"] == 10).all() and (table["n_prompts"] == 40).all()
+    assert table.loc["addition", "verdict"] == "specific"
+    assert table.loc["addition", "p_random"] == pytest.approx(1 / (N_RANDOM + 1))  # beats every random set
+    assert table.loc["addition", "effect_low"] > 0.1 and table.loc["addition", "margin"] > 0.1
+    assert planted.floor().between(0.0, 0.5).all()  # exact match by chance: another prompt's answer
+    assert table.loc["continent_of", "verdict"].startswith("not specific: continent_of falls no more")
+    assert (table["n_null"] == N_RANDOM).all() and (table["n_prompts"] == 40).all()
+    assert table["family"].iloc[0] == "Benjamini-Hochberg (q = 0.05) over the 2 tests of this table"
 
 
 def test_the_test_against_random_sets_can_pass_and_can_fail(planted):
     table = planted.against_random()
-    assert table.loc["addition", "verdict"].startswith("hurts its task more than random sets at p < 0.05")
-    assert table.loc["addition", "statistic"] > 0.1 and table.loc["addition", "low"] > 0
-    assert table.loc["continent_of", "verdict"].startswith("not distinguishable from random")
-    assert (table["n_null"] == 10).all()
+    assert table.loc["addition", "verdict"] == "beyond random sets"
+    assert table.loc["addition", "effect"] > 0.1 and table.loc["addition", "effect_low"] > 0
+    assert table.loc["continent_of", "verdict"].startswith("not beyond random sets")
+    assert (table["n_null"] == N_RANDOM).all()
 
 
 def test_cell_tests_find_the_planted_drop_and_allow_rises(planted):
     cells = planted.cell_tests().set_index(["set", "task"])
-    assert cells.loc[("addition", "addition"), "direction"] == "lower"
-    assert cells.loc[("addition", "addition"), "high"] < 0
-    assert (cells.loc["continent_of", "direction"] == "as random").all()  # the random set
-    assert set(cells.direction) <= {"lower", "higher", "as random"} and cells.p_holm.between(0, 1).all()
+    drop = cells.loc[("addition", "addition")]
+    assert drop["high"] < 0 and drop["p_value"] == pytest.approx(2 / (N_RANDOM + 1))  # below every random set
+    assert drop["excess_low"] > 0
+    assert not cells.loc["continent_of", "direction"].isin(["lower", "higher"]).any()  # the random set
+    assert set(cells.direction) <= {"lower", "higher", "as random"} and cells.p_adjusted.between(0, 1).all()
 
 
 def test_every_cell_has_its_prompts_an_interval_and_the_controls_kept(planted):
@@ -97,11 +103,12 @@ def test_every_cell_has_its_prompts_an_interval_and_the_controls_kept(planted):
     assert ((low <= values + 1e-12) & (values <= high + 1e-12)).all().all()
     assert (high - low).loc["addition", "addition"] > 0.1  # 40 prompts leave room
     runs = planted.control_values
-    assert len(runs) == 2 * 10 * 3 and set(runs["run"]) == set(range(10))
+    assert len(runs) == 2 * N_RANDOM * 3 and set(runs["run"]) == set(range(N_RANDOM))
+    assert len(planted.control_prompt_values) == 2 * N_RANDOM * 3 * 40 and len(planted.floor_values) == 3 * 40
     means = runs.groupby(["set", "task"])["value"].mean().unstack()
     assert (means - planted.controls.loc[means.index, means.columns]).abs().max().max() < 1e-12
     again = type(planted).from_dict(planted.to_dict())
-    assert again.specificity()["p_holm"].tolist() == pytest.approx(planted.specificity()["p_holm"].tolist())
+    pd.testing.assert_frame_equal(again.specificity(), planted.specificity())
 
 
 # --- replayed review cases: typed results ---------------------------------------------------------
@@ -141,3 +148,18 @@ def test_metrics_measured_together_equal_each_measured_alone(organism):
         pd.testing.assert_frame_equal(together[metric].control_values, alone.control_values)
         pd.testing.assert_frame_equal(together[metric].prompt_values, alone.prompt_values)
     assert (together["logprob"].values < 0).all().all()  # a log-probability, not an accuracy
+
+
+def test_sequential_random_sets_stop_early_for_a_set_no_better_than_random(organism):
+    from tasklens.selection import random_like
+
+    tasks = [load_builtin(n, "evaluation").head(12) for n in ("continent_of", "larger_number")]
+    base = NeuronSet.from_pairs([(1, i) for i in range(0, 512, 16)], GRID, "continent_of")
+    null = random_like(base, seed=99).renamed("continent_of")
+    result = evaluation_matrix(organism, [null], tasks, n_controls=30, metric="logprob", stop_after=3)
+    runs = result.control_values.query("task == 'continent_of'")["value"].to_numpy()
+    lower = runs <= result.values.loc["continent_of", "continent_of"]
+    assert len(runs) < 30 and lower.sum() == 3 and lower[-1]  # stopped at the third exceedance
+    assert result.against_random().loc["continent_of", "p_value"] == pytest.approx(4 / (len(runs) + 1))
+    with pytest.raises(TasklensError, match="stop_after must be a whole number from 1 to n_controls"):
+        evaluation_matrix(organism, [null], tasks, n_controls=3, stop_after=4)

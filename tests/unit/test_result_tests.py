@@ -11,9 +11,10 @@ from tasklens.analysis.matrix import BASELINE, EvaluationResult
 N = 30
 
 
-def result(shift: dict[str, float]) -> EvaluationResult:
+def result(shift: dict[str, float], n_controls: int = 150) -> EvaluationResult:
     """One set "a" on tasks a, b, c: its per-prompt log-probabilities move by ``shift[task]``
-    (plus noise); its 10 random sets move each task by a little noise only."""
+    (plus noise); its random sets (only their means kept, as older results hold) move each task
+    by a little noise only; every task's floor is measured at -10 nats."""
     rng = np.random.default_rng(0)
     tasks = ["a", "b", "c"]
     base = {t: rng.normal(-2.0, 0.5, N) for t in tasks}
@@ -28,7 +29,7 @@ def result(shift: dict[str, float]) -> EvaluationResult:
     controls = pd.DataFrame(
         [
             {"set": "a", "run": r, "task": t, "value": means.loc[BASELINE, t] + rng.normal(0, 0.02)}
-            for r in range(10)
+            for r in range(n_controls)
             for t in tasks
         ]
     )
@@ -40,9 +41,12 @@ def result(shift: dict[str, float]) -> EvaluationResult:
         controls=controls.groupby(["set", "task"])["value"].mean().unstack(),
         controls_std=controls.groupby(["set", "task"])["value"].std(ddof=0).unstack(),
         sizes=pd.Series({"a": 5}),
-        n_controls=10,
+        n_controls=n_controls,
         prompt_values=frame,
         control_values=controls,
+        floor_values=pd.DataFrame(
+            {"task": np.repeat(tasks, N), "prompt": np.tile(range(N), 3), "value": -10.0}
+        ),
     )
 
 
@@ -56,10 +60,14 @@ def test_cell_tests_tell_a_drop_from_a_rise_from_nothing():
 
 def test_specificity_and_the_test_against_random_sets_on_made_up_results():
     specific = result({"a": -1.0, "b": 0.0, "c": 0.0})
-    assert specific.specificity().loc["a", "p_holm"] < 0.05
-    assert specific.against_random().loc["a", "p_holm"] < 0.05
+    assert specific.specificity().loc["a", "verdict"] == "specific"
+    assert specific.against_random().loc["a", "verdict"] == "beyond random sets"
+    assert specific.specificity().loc["a", "effect"] == pytest.approx(1 / 8, abs=0.03)  # 1 of 8 nats
     everywhere = result({"a": -1.0, "b": -1.0, "c": -1.0})  # hurts everything alike: not specific
-    assert everywhere.specificity().loc["a", "p_holm"] > 0.05
-    assert everywhere.against_random().loc["a", "p_holm"] < 0.05
+    assert everywhere.specificity().loc["a", "verdict"].startswith("not specific: hurts")
+    assert everywhere.against_random().loc["a", "p_adjusted"] < 0.05
     nothing = result({"a": 0.0, "b": 0.0, "c": 0.0})
-    assert nothing.against_random().loc["a", "p_holm"] > 0.05
+    assert nothing.against_random().loc["a", "verdict"].startswith("not beyond random sets: a falls no more")
+    few = result({"a": -1.0, "b": 0.0, "c": 0.0}, n_controls=10)
+    assert few.specificity().loc["a", "verdict"].startswith("underpowered: 10 random sets cannot give")
+    assert few.against_random().loc["a", "p_value"] == pytest.approx(1 / 11)
