@@ -157,13 +157,34 @@ def mlp_input_norm(model, layer: int):
 
 
 @torch.no_grad()
-def input_norm_gap(model) -> float:
-    """Largest relative difference, on a short sequence at the first and last layer, between
-    `mlp_input_norm` applied to the residual stream and what the MLP actually reads."""
+def normalised_embedding(model) -> Float[Tensor, "vocab d_model"]:
+    """Every token's embedding as the MLPs' input norms see it before their weights: centred
+    (LayerNorm) and divided by its root mean square with the model's epsilon; as it is where the
+    MLP reads the residual stream without a norm."""
+    embed = model.W_E.detach().float()
+    norm = mlp_input_norm(model, 0)
+    if norm is None:
+        return embed
+    if centres(norm):
+        embed = embed - embed.mean(-1, keepdim=True)
+    eps = float(getattr(model.cfg, "eps", 1e-5))
+    return embed / embed.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+
+
+@torch.no_grad()
+def input_norm_gap(model, n_tokens: int = 8) -> float:
+    """Largest relative difference between what decoding assumes the MLPs read and what they do:
+    on a short sequence at the first and last layer, `mlp_input_norm` applied to the residual
+    stream against the MLP's own input; on a few embeddings at every layer, the norm module's
+    output against `normalised_embedding` times the norm's probed weight (plus its bias)."""
     from tasklens.models.loading import mlp_input
 
     info = ModelInfo.of(model)
     gap = 0.0
+
+    def worse(ours: Tensor, theirs: Tensor) -> float:
+        return max(gap, float((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1e-30)))
+
     for layer in sorted({0, info.n_layers - 1}):
         stream = f"blocks.{layer}.hook_resid_mid"
         if stream not in model.hook_dict:  # attention and MLP read the same input
@@ -171,9 +192,20 @@ def input_norm_gap(model) -> float:
         read = info.mlp_input_name(layer)
         _, cache = model.run_with_cache(_probe(model), names_filter=[stream, read])
         norm = mlp_input_norm(model, layer)
-        ours = cache[stream] if norm is None else norm(cache[stream])
-        theirs = mlp_input(model, layer, cache[read])
-        gap = max(gap, float((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1e-30)))
+        gap = worse(
+            cache[stream] if norm is None else norm(cache[stream]), mlp_input(model, layer, cache[read])
+        )
+    tokens = _probe(model)[0, :n_tokens]
+    shared = normalised_embedding(model)[tokens.to(model.W_E.device)]
+    embed = model.W_E.detach()[tokens.to(model.W_E.device)]
+    for layer in range(info.n_layers):
+        norm = mlp_input_norm(model, layer)
+        if norm is None:
+            gap = worse(shared, embed.float())
+            continue
+        offset = norm(torch.zeros_like(embed[:1])[None])[0].float()
+        expected = shared * norm_scale(norm, shared.shape[-1]).to(shared.device) + offset
+        gap = worse(expected, norm(embed[None])[0].float())
     return gap
 
 

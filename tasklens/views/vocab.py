@@ -53,6 +53,7 @@ from tasklens.models.shortcuts import (
     measured_write_directions,
     mlp_input_norm,
     norm_scale,
+    normalised_embedding,
     write_directions,
 )
 from tasklens.views.contexts import check_count
@@ -196,7 +197,9 @@ def decode_neurons(
                 f"which tasklens has not verified on {info.name!r} ({family(model)}; see "
                 "docs/conformance.md); decode side='output' instead"
             )
-        embed = model.W_E.detach()  # [vocab, d_model]
+        # every token as the MLPs' input norm sees it before its weight, shared by every layer:
+        # each layer's weight goes on its [d_mlp, d_model] rows, not on the [vocab, d_model] table
+        reader = normalised_embedding(model).T  # [d_model, vocab]
     chosen = (
         neurons.check_fits(info.shape).mask
         if neurons is not None
@@ -210,8 +213,10 @@ def decode_neurons(
             rows = _output_rows(model, layer, idx, shortcut)  # [len(idx), d_model]
         else:
             weight = "W_gate" if (side == "hook_pre" and info.gated) else "W_in"
-            reader = _embedding_read(model, layer, embed)  # [d_model, vocab]
             rows = mlp_weight(model, layer, weight).detach().float().T[idx.to(reader.device)]
+            norm = mlp_input_norm(model, layer)
+            if norm is not None:
+                rows = rows * norm_scale(norm, d_model).to(reader.device)
         for lo in range(0, len(idx), chunk):
             part = idx[lo : lo + chunk]
             scores = rows[lo : lo + chunk].to(reader.device) @ reader  # [chunk, vocab]
@@ -230,16 +235,6 @@ def decode_neurons(
         model_fingerprint(model),
         round(time.perf_counter() - start, 3),
     )
-
-
-@torch.no_grad()
-def _embedding_read(model, layer: int, embed: Tensor, rows: int = 32768) -> Float[Tensor, "d_model vocab"]:
-    """Every token's embedding as layer ``layer``'s MLP reads it: through the model's own input
-    norm module (a chunk of the vocabulary at a time), transposed for the product."""
-    norm = mlp_input_norm(model, layer)
-    if norm is None:
-        return embed.float().T
-    return torch.cat([norm(part[None])[0].float() for part in embed.split(rows)]).T
 
 
 def _output_rows(model, layer: int, idx: Tensor, shortcut: bool) -> Tensor:

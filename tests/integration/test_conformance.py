@@ -16,7 +16,7 @@ import torch
 from families import FAMILIES, Plain, answer_logprob, build_family, frozen_jvp, record, sequence_ids
 
 from tasklens.data.neurons import NeuronSet
-from tasklens.errors import TasklensWarning
+from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.models import load_model
 from tasklens.models.shortcuts import VERIFIED_FAMILIES
 from tasklens.scoring import AttributionPatching, ExactAblation, GradientAttribution
@@ -194,6 +194,8 @@ def test_a_family_outside_the_table_takes_the_exact_paths_and_says_so_once(tmp_p
         decode_neurons(fresh, k=5)
     notes = [str(w.message) for w in caught if issubclass(w.category, TasklensWarning)]
     assert len(notes) == 2 and all("gemma99" in n and "exact path" in n for n in notes), notes
+    with pytest.warns(TasklensWarning), pytest.raises(TasklensError, match="not verified on"):
+        decode_neurons(fresh, side="hook_pre", k=5)  # input decoding has no exact path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TasklensWarning)
         analytic = ExactAblation(only=tested).attribute(model, task, batch_size=2)
