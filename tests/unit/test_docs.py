@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from browser import rendered_dom
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -127,50 +128,17 @@ class Reference(HTMLParser):
             self._returns_next = True
 
 
-def rendered_dom(browser: str, page: Path, profile: Path) -> str:
-    """The DOM of a local page after headless Chromium rendered it (no network)."""
-    result = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            "--proxy-server=127.0.0.1:9",
-            "--proxy-bypass-list=<-loopback>",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "</html>" in result.stdout, result.stderr[-2000:]
-    return result.stdout
-
-
 @pytest.mark.reliability
 def test_the_scoring_reference_shows_every_scorer_and_its_examples_as_code_in_a_browser(site, tmp_path):
     """Each public scorer has its heading, each doctest of its `attribute` is a code block under
     that method's heading (not quotes run into one paragraph), and its Returns is one row."""
     import doctest
     import inspect
-    import os
-    import shutil
 
     from tasklens.scoring import SCORERS
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-        pytest.skip("no chromium here (`apt-get install chromium` to run this check)")
     page = Reference()
-    page.feed(rendered_dom(browser, site / "api" / "tasklens.scoring" / "index.html", tmp_path / "profile"))
+    page.feed(rendered_dom(site / "api" / "tasklens.scoring" / "index.html", tmp_path / "profile"))
     assert page.quotes == 0
     parser = doctest.DocTestParser()
     for _, scorer in SCORERS.items():
