@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasklens.errors import TasklensError
-from tasklens.io import check_replaceable, file_sha256
+from tasklens.io import check_replaceable, default_permissions, file_sha256
 
 MARKER = "tasklens_model.json"
 ORGANISM = "organism"
@@ -632,6 +632,7 @@ def download(
             "files": _record_files(converted),
         }
         (converted / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        default_permissions(converted)  # the temporary folder's 0700 / 0600 are not the user's
         _check_target(source, target)  # it may have changed during the conversion
         if target.exists():
             os.replace(target, work / "replaced")

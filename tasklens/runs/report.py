@@ -127,7 +127,7 @@ def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
     }
     try:
         table = result.own_and_others()
-    except Exception:  # sets not named after tasks
+    except TasklensError:  # sets not named after tasks
         return [], evaluation
     try:
         verdicts = result.specificity()

@@ -48,6 +48,7 @@ def fake_source(tmp_path, monkeypatch):
     def convert(gguf, out, dtype="float32"):
         calls["convert"].append(out)
         shutil.copytree(ORGANISM_DIR, out, dirs_exist_ok=True)
+        os.chmod(out / "model.safetensors", 0o600)  # as the real conversion's temporary file leaves it
 
     monkeypatch.setattr(zoo, "_gguf_file", gguf_file)
     monkeypatch.setattr(zoo, "_convert", convert)
@@ -87,6 +88,10 @@ def test_download_records_every_file_and_loads_the_model(downloaded, fake_source
     assert weights["size"] == (ORGANISM_DIR / "model.safetensors").stat().st_size
     assert weights["sha256"] == zoo.file_sha256(ORGANISM_DIR / "model.safetensors")
     assert set(marker["files"]) == {p.name for p in ORGANISM_DIR.iterdir()}
+    # the folder keeps the usual permissions, not its temporary folder's private ones
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in downloaded.iterdir()} == {oct(0o666 & ~umask)}
     torch.testing.assert_close(logits(load_model(NAME)), logits(organism))
     # the work folder was named after this host and process, and is gone
     work = fake_source["gguf"][0]
