@@ -8,6 +8,7 @@ and to every generated token.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -15,7 +16,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tasklens import distributed
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.evaluation.metrics import METRICS, is_generative
 from tasklens.models import (
     cache_filled,
@@ -216,6 +217,15 @@ def evaluate_metrics(
     for i, fn in enumerate(fns):
         if i not in forced:
             out[:, i] = per_prompt_values(fn(model, task, batch_size), fn, len(task))
+    bad = (~torch.isfinite(out)).sum(0)
+    for i in bad.nonzero().flatten().tolist():
+        name = getattr(fns[i], "__name__", repr(fns[i]))
+        warnings.warn(
+            f"Metric {name!r} gave {int(bad[i])} non-finite values on the {len(task)} prompts of "
+            f"{task.name!r}: every mean, interval and verdict that includes them is not tested",
+            TasklensWarning,
+            stacklevel=2,
+        )
     return out
 
 

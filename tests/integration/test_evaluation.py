@@ -59,6 +59,30 @@ def test_a_metric_of_the_wrong_shape_is_a_clear_error(organism, continent, metri
     torch.testing.assert_close(own, reference, rtol=0, atol=0)
 
 
+@pytest.mark.reliability
+def test_a_metric_giving_nan_on_half_the_prompts_is_said_and_its_cells_are_not_tested(
+    organism, continent, monkeypatch
+):
+    from tasklens.analysis.matrix import evaluation_matrix
+    from tasklens.data.neurons import NeuronSet
+    from tasklens.errors import TasklensWarning
+    from tasklens.evaluation.metrics import METRICS
+
+    def half_nan(logits, batch):
+        value = answer_logit(logits, batch)
+        return torch.where(torch.arange(len(value), device=value.device) % 2 == 0, value, torch.nan)
+
+    with pytest.warns(TasklensWarning, match=r"gave 4 non-finite values on the 8 prompts of 'continent_of'"):
+        values = evaluate_prompts(organism, continent, half_nan, batch_size=8)
+    assert int(torch.isnan(values).sum()) == 4
+    monkeypatch.setitem(METRICS._items, "half_nan", half_nan)  # a plug-in metric, for this test only
+    neurons = NeuronSet.from_pairs([(3, 1), (3, 2)], (4, 512), "continent_of")
+    with pytest.warns(TasklensWarning, match="non-finite"):
+        result = evaluation_matrix(organism, [neurons], [continent], 2, metric="half_nan")
+    verdict = result.against_random()
+    assert verdict["verdict"].str.startswith("not tested").all(), verdict["verdict"].tolist()
+
+
 def test_answer_metrics_computed_from_the_answer_positions_equal_the_full_logits(organism):
     from tasklens.evaluation.evaluate import evaluate_metrics
     from tasklens.evaluation.metrics import METRICS
