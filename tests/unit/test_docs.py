@@ -141,7 +141,7 @@ def test_the_scoring_reference_shows_every_scorer_and_its_examples_as_code_in_a_
     page.feed(rendered_dom(site / "api" / "tasklens.scoring" / "index.html", tmp_path / "profile"))
     assert page.quotes == 0
     parser = doctest.DocTestParser()
-    public = [s for s in SCORERS.values() if s.__module__.startswith("tasklens.scoring")]  # not tests' own
+    public = [s for _, s in SCORERS.items() if s.__module__.startswith("tasklens.scoring")]  # not tests own
     assert len(public) >= 8
     for scorer in public:
         heading = f"tasklens.scoring.{scorer.__name__}"
