@@ -69,18 +69,19 @@ class Scale:
 
     detection: int = 32
     evaluation: int = 16
-    controls: int = 10
+    #: 20 random sets: with fewer, a Monte Carlo p-value cannot go below 0.05 (1 / (n + 1))
+    controls: int = 20
     stages: tuple[str, ...] = STAGES
 
 
-#: smaller samples and the core stages on the larger models fit the ladder into two hours on
-#: 2 cores (107 minutes measured, docs/ladder.md; a forward costs about 3.4x SmolLM2's on
-#: Qwen 0.5B and 12x on the 1.5B)
+#: smaller samples and the core stages on the larger models (a forward costs about 3.4x SmolLM2's
+#: on Qwen 0.5B and 12x on the 1.5B); with 10 random sets (6 on the 1.5B) the ladder took
+#: 107 minutes on 2 cores (docs/ladder.md), with 20 it is not yet timed
 SCALES = {
     "smollm2-135m": Scale(),
     "gemma3-270m": Scale(),
     "qwen2.5-coder-0.5b": Scale(24, 12, stages=CORE),
-    "qwen2.5-coder-1.5b": Scale(16, 8, controls=6, stages=CORE),
+    "qwen2.5-coder-1.5b": Scale(16, 8, stages=CORE),
 }
 CLAIMS = {
     "relations_ap": "AP neurons (top 0.36 %) carry their relation (Liu et al.)",

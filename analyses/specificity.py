@@ -189,7 +189,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", help="default: ORGANISM_TASKS or NATURAL_TASKS")
     parser.add_argument("--detection-prompts", type=int, default=32)
     parser.add_argument("--eval-prompts", type=int, default=12, help="per task, known or not")
-    parser.add_argument("--controls", type=int, default=10, help="random sets per set (at least 2)")
+    parser.add_argument(
+        "--controls", type=int, default=20, help="random sets per set (at least 2; 20 for p below 0.05)"
+    )
     parser.add_argument("--base-percent", type=float, default=1.0, help="A and C: each task's top %% set")
     parser.add_argument("--percents", type=float, nargs="*", default=[0.1, 0.5, 1.0], help="B's sizes, %%")
     parser.add_argument("--metrics", nargs="*", default=["exact_match", "logprob"])
