@@ -152,8 +152,7 @@ class ExactAblation(PatchingOptions, ScorerParams):
 
         def difference() -> float:
             few = neurons[:2]
-            part = fill[..., :2] if fill is not None and fill.ndim > 1 else fill
-            part = part[:2] if part is not None and part.ndim == 1 else part
+            part = None if fill is None else fill[..., :2]  # a mean per neuron, or [batch, pos, neuron]
             analytic = self._last_layer(model, batch, cache, name, few, part, metric)
             layer = ModelInfo.of(model).n_layers - 1
             run = self._run_copies(model, batch, tokens, name, few, part, metric, block_inputs, layer)
@@ -172,8 +171,9 @@ class ExactAblation(PatchingOptions, ScorerParams):
             new = fill.to(act.dtype).expand_as(act)
         else:
             new = fill.to(act.dtype)
-        last = ModelInfo.of(model).n_layers - 1
-        raw_name, resid_name = _last_layer_names(ModelInfo.of(model), last)
+        info = ModelInfo.of(model)
+        last = info.n_layers - 1
+        raw_name, resid_name = _last_layer_names(info, last)
         w_out = mlp_weight(model, last, "W_out")[neurons.to(act.device)]  # [copies, d_model]
         raw = cache[raw_name][:, None]  # [batch, 1, pos, d_model]
         new_raw = raw + (new - act).permute(0, 2, 1)[..., None] * w_out[None, :, None, :]

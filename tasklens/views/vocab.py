@@ -47,6 +47,7 @@ from tasklens.errors import TasklensError, check_choice
 from tasklens.io import load_artifact, save_artifact
 from tasklens.models import ModelInfo, mlp_weight
 from tasklens.models.shortcuts import (
+    centres,
     check_shortcut,
     family,
     input_norm_gap,
@@ -62,8 +63,8 @@ SIDES = ("output", "hook_pre", "hook_pre_linear")
 
 
 def _center(x: Tensor, model) -> Tensor:
-    kind = str(getattr(model.cfg, "normalization_type", "") or "")
-    return x - x.mean(-1, keepdim=True) if kind.startswith("LN") else x
+    """``x`` as the final norm reads it before scaling: centred where it is a LayerNorm."""
+    return x - x.mean(-1, keepdim=True) if centres(model.ln_final) else x
 
 
 @dataclass
