@@ -113,15 +113,21 @@ def check_folder_path(path: str | Path, what: str) -> Path:
         raise TasklensError(
             f"{str(path)!r} is the working folder (or holds it); choose a new or empty folder for {what}"
         )
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    parent = unwritable_ancestor(path.parent)
+    if parent is not None:
         raise TasklensError(
             f"Cannot write {what} at {str(path)!r}: {str(parent)!r} is not a writable folder; "
             "choose another folder"
         )
     return path
+
+
+def unwritable_ancestor(path: Path) -> Path | None:
+    """The nearest existing one of ``path`` and its parents, if it is not a folder tasklens may
+    create things in (a file, or read-only); None when creating ``path`` can go ahead."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return None if path.is_dir() and os.access(path, os.W_OK | os.X_OK) else path
 
 
 def check_replaceable(path: str | Path, owned: Callable[[Path], bool], what: str) -> Path:

@@ -31,7 +31,7 @@ from typing import Any
 
 from tasklens._version import __version__
 from tasklens.errors import TasklensError
-from tasklens.io import file_sha256, write_json
+from tasklens.io import file_sha256, unwritable_ancestor, write_json
 from tasklens.runs.outputs import Ledger, OutputDir, inside, unchanged
 
 MANIFEST = "manifest.json"
@@ -51,10 +51,8 @@ def check_out_folder(path: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         link = f" (a symbolic link to {os.readlink(path)!r})" if path.is_symlink() else ""
         raise TasklensError(f"--out {str(path)!r}{link} is a file, not a folder; choose a folder for the run")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    parent = unwritable_ancestor(path)
+    if parent is not None:
         raise TasklensError(
             f"Cannot write the run folder {str(path)!r}: {str(parent)!r} is not writable; "
             "choose another --out"
