@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasklens.analysis.stats import ALPHA, bootstrap_interval, mean_interval
+from tasklens.analysis.stats import ALPHA, bootstrap_interval, mean_interval, monte_carlo_p
 from tasklens.analysis.verdict import (
     TaskCells,
     against_random,
@@ -24,7 +24,6 @@ from tasklens.analysis.verdict import (
     check_alpha,
     effect_interval,
     family,
-    monte_carlo_p,
     rival_test,
     specificity_verdict,
 )
@@ -648,7 +647,7 @@ def evaluation_matrix(
             once this many of them lower the set's own task (the first metric) at least as much
             as the set does; ``n_controls`` is then the most drawn. A set that is clearly no
             better than random stops after a few draws; one whose verdict is at stake gets all.
-            The Monte Carlo p-value stays valid (`tasklens.analysis.verdict.monte_carlo_p`).
+            The Monte Carlo p-value stays valid (`tasklens.analysis.stats.monte_carlo_p`).
 
     `evaluation_matrices` measures several metrics in the same forward passes.
     """

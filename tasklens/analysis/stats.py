@@ -135,6 +135,22 @@ class SpecificityTest:
         return asdict(self)
 
 
+def monte_carlo_p(observed: float, null: Sequence[float] | np.ndarray) -> float:
+    """One-sided Monte Carlo p-value ``(b + 1) / (n + 1)``: ``b`` of the ``n`` null draws are at
+    least ``observed``. Never below ``1 / (n + 1)``; NaN without draws or observation.
+
+    >>> monte_carlo_p(3.0, [0.0, 1.0, 4.0])
+    0.5
+    >>> monte_carlo_p(-1.0, [0.0, 0.0])  # doctest: +ELLIPSIS
+    1.0
+    """
+    null = np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)]
+    if null.size == 0 or not math.isfinite(observed):
+        return math.nan
+    return float((1 + np.sum(null >= observed)) / (1 + null.size))
+
+
 def specificity(own: float, others: Sequence[float] | np.ndarray) -> float:
     """Mean change on the other tasks minus the change on the own task."""
     return float(np.mean(others)) - float(own) if len(others) else math.nan
@@ -185,7 +201,7 @@ def specificity_test(
     value = float(statistic(own, *others))
     low, high, se = _bootstrap((own, *others), statistic, alpha, seed)
     null_mean, null_sd = float(null.mean()), float(null.std(ddof=1))
-    p_value = float((1 + np.sum(null >= value)) / (1 + null.size))
+    p_value = monte_carlo_p(value, null)
     return SpecificityTest(value, low, high, se, null_mean, null_sd, int(null.size), p_value, p_value)
 
 

@@ -30,10 +30,9 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
+from tasklens.analysis.stats import ALPHA, monte_carlo_p
 from tasklens.errors import TasklensError
 
-#: the significance level (or false discovery rate) of every verdict tasklens writes
-ALPHA = 0.05
 #: the power the smallest detectable effect is computed for
 POWER = 0.8
 #: resamples for permutation tests and bootstrap intervals
@@ -75,22 +74,6 @@ def normalised_effect(base: np.ndarray, value: np.ndarray, floor: float) -> floa
 
 
 # --- Monte Carlo p-values -------------------------------------------------------------------------
-
-
-def monte_carlo_p(observed: float, null: Sequence[float] | np.ndarray) -> float:
-    """One-sided Monte Carlo p-value ``(b + 1) / (n + 1)``: ``b`` of the ``n`` null draws are at
-    least ``observed``. Never below ``1 / (n + 1)``; NaN without draws or observation.
-
-    >>> monte_carlo_p(3.0, [0.0, 1.0, 4.0])
-    0.5
-    >>> monte_carlo_p(-1.0, [0.0, 0.0])  # doctest: +ELLIPSIS
-    1.0
-    """
-    null = np.asarray(null, dtype=float)
-    null = null[np.isfinite(null)]
-    if null.size == 0 or not math.isfinite(observed):
-        return math.nan
-    return float((1 + np.sum(null >= observed)) / (1 + null.size))
 
 
 @dataclass(frozen=True)
