@@ -156,17 +156,20 @@ def not_causal_lm(config: dict) -> str | None:
     return None
 
 
-def check_device(device: str | torch.device) -> None:
+def check_device(device: str | torch.device, cpu: str = "device='cpu'") -> None:
     """Refuse a device this machine's torch cannot place a model on (a model would otherwise be
-    left on the CPU while its config says ``cuda``)."""
+    left on the CPU while its config says ``cuda``); ``cpu`` is how the caller's user asks for
+    the CPU instead (a keyword here, a TOML setting in a run config)."""
     try:
         kind = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise TasklensError(f"Unknown device {device!r}; choose cpu, cuda, cuda:N or mps") from error
+        raise TasklensError(
+            f"Unknown device {device!r}; choose cpu, cuda, cuda:N (N a GPU's number) or mps"
+        ) from error
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(kind.type, False):
         what = "is not a device tasklens runs on" if kind.type not in available else "is not available here"
-        raise TasklensError(f"device {str(device)!r}: {kind.type.upper()} {what}; use device='cpu'")
+        raise TasklensError(f"device {str(device)!r}: {kind.type.upper()} {what}; use {cpu}")
     if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
         raise TasklensError(
             f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "

@@ -223,19 +223,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def check_device(device: str, dtype: str = "float32") -> None:
     """``device`` names a torch device this machine has, and ``dtype`` one it can compute in."""
+    from tasklens.models.loading import check_device as check_torch_device
+
     check_choice("dtype", dtype, DTYPES)
-    kind, colon, index = device.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (colon and not (kind == "cuda" and index.isdigit())):
-        raise TasklensError(f"Unknown device {device!r}; choose cpu, cuda, cuda:N (N a GPU's number) or mps")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available[kind]:
-        raise TasklensError(f'device {device!r}: {kind.upper()} is not available here; use device = "cpu"')
-    if colon and int(index) >= torch.cuda.device_count():
-        raise TasklensError(
-            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}; choose one of them"
-        )
-    if kind == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+    check_torch_device(device, 'device = "cpu"')
+    if device.startswith("cuda") and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
         raise TasklensError(
             f'device {device!r} cannot compute in bfloat16; use dtype = "float16" or "float32"'
         )
