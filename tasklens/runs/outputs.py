@@ -31,6 +31,7 @@ from tasklens.io import (
     atomic_write_bytes,
     atomic_write_text,
     file_sha256,
+    read_marker,
     unchanged,
     write_json,
 )
@@ -99,19 +100,13 @@ class Ledger:
         file = folder / MANIFEST
         data: Any = {"kind": MARKER_KIND, "files": {}}
         if file.exists() or file.is_symlink():
-            try:
-                data = json.loads(file.read_text(encoding="utf-8")) if unchanged(file, None) else None
-            except ValueError:
-                data = None
-            files = data.get("files") if isinstance(data, dict) else None
-            valid = isinstance(files, dict) and all(
-                inside(folder, n) and isinstance(d, str | None) for n, d in files.items()
-            )
-            if not valid or data.get("kind") != MARKER_KIND:
+            files = read_marker(folder)
+            if files is None or not all(inside(folder, name) for name in files):
                 raise TasklensError(
                     f"{str(file)!r} is not the list of files tasklens wrote into {str(folder)!r}; "
                     "choose another output folder"
                 )
+            data["files"] = files
         return cls(
             folder,
             data["files"],
