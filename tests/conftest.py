@@ -42,6 +42,22 @@ def read_only(monkeypatch):
     return make
 
 
+@pytest.fixture(scope="session")
+def family_folder(tmp_path_factory):
+    """Factory: ``family_folder(family)``, the folder of a tiny model of that family
+    (`tests/families.py`), built once per session for every test that reads it."""
+    from families import build_family
+
+    built = {}
+
+    def folder(family: str):
+        if family not in built:
+            built[family] = build_family(tmp_path_factory.mktemp(family), family)
+        return built[family]
+
+    return folder
+
+
 @pytest.fixture
 def tiny_model(tmp_path):
     """Factory: ``tiny_model(arch, n_layers)`` loads a random-init model of another architecture."""

@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 import torch
-from families import FAMILIES, Plain, answer_logprob, build_family, frozen_jvp, record, sequence_ids
+from families import FAMILIES, Plain, answer_logprob, frozen_jvp, record, sequence_ids
 
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, TasklensWarning
@@ -30,8 +30,8 @@ ONE_THREAD = True
 PER_LAYER = 2
 
 
-def _pair(tmp_path_factory, family: str):
-    folder = build_family(tmp_path_factory.mktemp(family), family)
+def _pair(family_folder, family: str):
+    folder = family_folder(family)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TasklensWarning)  # a claimed family takes no fallback
         model = load_model(str(folder))
@@ -40,9 +40,9 @@ def _pair(tmp_path_factory, family: str):
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def pair(request, tmp_path_factory):
+def pair(request, family_folder):
     """(family, tasklens model, plain model, task, (prompt ids, prompt + answer ids) per prompt)."""
-    return _pair(tmp_path_factory, request.param)
+    return _pair(family_folder, request.param)
 
 
 def _tested(model) -> NeuronSet:
@@ -181,8 +181,8 @@ def test_every_family_of_the_suite_is_the_verified_set():
     assert set(FAMILIES) == VERIFIED_FAMILIES
 
 
-def test_a_family_outside_the_table_takes_the_exact_paths_and_says_so_once(tmp_path_factory, monkeypatch):
-    _, model, _, task, _ = _pair(tmp_path_factory, "gemma3_text")
+def test_a_family_outside_the_table_takes_the_exact_paths_and_says_so_once(family_folder, monkeypatch):
+    _, model, _, task, _ = _pair(family_folder, "gemma3_text")
     fresh = load_model(model.cfg.model_name)
     monkeypatch.setattr(fresh.original_model.config, "model_type", "gemma99")
     tested = _tested(fresh)
@@ -204,12 +204,12 @@ def test_a_family_outside_the_table_takes_the_exact_paths_and_says_so_once(tmp_p
     assert torch.equal(measured.top_ids, read_off.top_ids)
 
 
-def test_a_shortcut_that_disagrees_with_the_model_is_dropped_with_one_note(tmp_path_factory, monkeypatch):
+def test_a_shortcut_that_disagrees_with_the_model_is_dropped_with_one_note(family_folder, monkeypatch):
     """The analytic last layer as it was before the post-MLP norm was taken into account: on
     Gemma its own check catches it and the exact path runs."""
     import tasklens.scoring.exact as exact
 
-    _, model, plain, task, ids = _pair(tmp_path_factory, "gemma2")
+    _, model, plain, task, ids = _pair(family_folder, "gemma2")
     fresh = load_model(model.cfg.model_name)
     monkeypatch.setattr(exact, "mlp_write_change", lambda model, layer, raw, new_raw: new_raw - raw)
     last = fresh.cfg.n_layers - 1

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 import torch
-from families import DOWN, FAMILIES, GATE_OR_IN, UP, Plain, answer_logprob, build_family, record
+from families import DOWN, FAMILIES, GATE_OR_IN, UP, Plain, answer_logprob, record
 
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, TasklensWarning
@@ -93,9 +93,9 @@ class Pair:
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def pair(request, tmp_path_factory) -> Pair:
+def pair(request, family_folder) -> Pair:
     family = request.param
-    return Pair(family, build_family(tmp_path_factory.mktemp(family), family))
+    return Pair(family, family_folder(family))
 
 
 @pytest.fixture
