@@ -376,3 +376,36 @@ def set_stability(
         + f"; two random sets of that size: {size / (2 * n_neurons - size):.3f}"
     )
     return table
+
+
+#: the two independent selections every verdict is confirmed by
+HALVES = ("half 1", "half 2")
+
+
+def halves(detection: dict[str, Task], seed: int = 0) -> dict[str, dict[str, Task]]:
+    """Each task's detection prompts split at random into two disjoint halves, by `HALVES` name:
+    two independent selections, neither touching the evaluation prompts."""
+    out: dict[str, dict[str, Task]] = {h: {} for h in HALVES}
+    for name, task in detection.items():
+        order = np.random.default_rng(seed).permutation(len(task)).tolist()
+        for part, half in enumerate(HALVES):
+            out[half][name] = task.subset(sorted(order[part::2]), split=f"{task.split}, {half}")
+    return out
+
+
+def confirm(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``table`` (verdicts after the page's error control, a ``half`` column naming the selection)
+    with ``confirmed``: for rows whose set was selected on both halves, whether both selections
+    got the verdict "specific" (``"yes"`` / ``"no"``); empty where only one selection was tested."""
+    kinds = table["verdict"].str.split(":").str[0]
+    specific = (kinds == table.get("what", pd.Series("specific", table.index)).fillna("specific")).rename(
+        "ok"
+    )
+    groups = table[keys].astype(str).agg(" | ".join, axis=1)
+    both = (
+        table.assign(_group=groups, _ok=specific)
+        .groupby("_group")
+        .agg(n=("half", "nunique"), ok=("_ok", "all"))
+    )
+    status = groups.map(lambda g: ("yes" if both.loc[g, "ok"] else "no") if both.loc[g, "n"] == 2 else "")
+    return table.assign(confirmed=status.to_numpy())

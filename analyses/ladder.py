@@ -8,14 +8,18 @@ finished stage (a stage's folder appears whole, or not at all: rerun the command
   the other relations, detected on known facts);
 - ``gradient_1pct`` / ``gradient_10pct``: Leng & Xiong's top 1 % and 10 % |a * dL/da| sets;
 - ``cgvst_5pct``: CGVST's format-marker-gradient top 5 %, on the chat form (ChatML models);
-- ``gradient_1pct_mean``: the 1 % sets under mean ablation (is the collapse an artifact of zeroing?).
+- ``gradient_1pct_mean``: the 1 % sets under mean ablation with position 0 apart, the means
+  taken from the detection prompts (is the collapse an artifact of zeroing?).
 
-Each stage evaluates every set on every task beside 10 random sets of the same per-layer counts
-(on every task), with exact match and answer log-probability, on evaluation prompts known or
-not, and tests each set twice: against its random sets on its own task
-(`EvaluationResult.against_random`), and for specificity (`EvaluationResult.specificity`, a
-double dissociation on the normalised scale of docs/statistics.md). The summary adjusts every
-p-value behind it together (Benjamini-Hochberg, q = 0.05) and says how many tests lacked power.
+Every set is selected twice, on two random halves of the detection prompts, and evaluated on
+evaluation prompts no selection saw (known facts, up to the model's scale) and on a general-text
+control, with exact match and answer log-probability, beside random sets of the same per-layer
+counts on its own task (sequential Monte Carlo, at most the scale's ``controls``). Each set is
+tested twice: against its random sets on its own task (`EvaluationResult.against_random`), and
+for specificity (`EvaluationResult.specificity`, a double dissociation on the normalised scale
+of docs/statistics.md); a verdict is confirmed when both halves' sets pass. The summary adjusts
+every p-value behind it together (Benjamini-Hochberg, q = 0.05) and says how many tests lacked
+power.
 
     python analyses/ladder.py --model smollm2-135m        # analyses/results/ladder/smollm2-135m
     python analyses/ladder.py --summary                   # summary.csv / summary.md over the models
@@ -25,11 +29,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
-from common import Parser, check_args, prepare, run_main
+from common import HALVES, Parser, check_args, confirm, halves, prepare, run_main
 
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.verdict import ALPHA, apply_family
@@ -50,6 +54,7 @@ from tasklens.scoring import CGVST, AveragePrecisionExpertise, GradientAttributi
 from tasklens.selection import top_k, top_percent
 from tasklens.tasks.builtin.natural import has_chatml
 from tasklens.tasks.task import Task
+from tasklens.tasks.text import general_text
 
 ROOT = Path(__file__).resolve().parent / "results" / "ladder"
 MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
@@ -65,24 +70,28 @@ CORE = ("known", "relations_ap", "gradient_1pct", "gradient_1pct_mean")
 
 @dataclass(frozen=True)
 class Scale:
-    """How much of the ladder a model runs: prompts per task, random sets per set, stages."""
+    """How much of the ladder a model runs: known facts per task for detection (split into two
+    halves) and for evaluation, the most random sets per set, when a set stops drawing them, stages."""
 
-    detection: int = 32
-    evaluation: int = 16
-    #: 20 random sets: with fewer, a Monte Carlo p-value cannot go below 0.05 (1 / (n + 1))
-    controls: int = 20
+    detection: int = 48
+    evaluation: int = 48
+    #: a Monte Carlo p-value cannot go below 1 / (controls + 1): 0.025 with 39
+    controls: int = 39
+    #: Besag-Clifford: a set stops drawing random sets once this many lower its task as much
+    stop_after: int = 5
     stages: tuple[str, ...] = STAGES
 
 
-#: smaller samples and the core stages on the larger models (a forward costs about 3.4x SmolLM2's
-#: on Qwen 0.5B and 12x on the 1.5B); with 10 random sets (6 on the 1.5B) the ladder took
-#: 107 minutes on 2 cores (docs/ladder.md), with 20 it is not yet timed
+#: the core stages beyond SmolLM2 (a forward costs about 1.3x SmolLM2's on Gemma-3-270M, 3.4x on
+#: Qwen 0.5B and 12x on the 1.5B), and smaller samples on the Qwen models
 SCALES = {
-    "smollm2-135m": Scale(),
-    "gemma3-270m": Scale(),
-    "qwen2.5-coder-0.5b": Scale(24, 12, stages=CORE),
-    "qwen2.5-coder-1.5b": Scale(16, 8, stages=CORE),
+    "smollm2-135m": Scale(stages=(*CORE, "gradient_10pct")),
+    "gemma3-270m": Scale(stages=CORE),
+    "qwen2.5-coder-0.5b": Scale(48, 24, stages=CORE),
+    "qwen2.5-coder-1.5b": Scale(32, 16, stages=CORE),
 }
+#: the organism (for checking the script quickly)
+ORGANISM_SCALE = Scale(16, 16, 9, 3)
 CLAIMS = {
     "relations_ap": "AP neurons (top 0.36 %) carry their relation (Liu et al.)",
     "gradient_1pct": "top 1 % gradient-attribution neurons carry their task (Leng & Xiong)",
@@ -92,14 +101,15 @@ CLAIMS = {
 }
 
 
-def tests(result: EvaluationResult, stage: str, metric: str) -> pd.DataFrame:
-    """Both tests of every set of ``result``, one row per set and test."""
+def tests(result: EvaluationResult, stage: str, metric: str, half: str) -> pd.DataFrame:
+    """Both tests of every set of ``result`` (selected on detection ``half``), one row per set and test."""
     frames = []
     for test, table in (("against_random", result.against_random()), ("specificity", result.specificity())):
         table = table.reset_index()
         table.insert(0, "test", test)
         frames.append(table)
     out = pd.concat(frames, ignore_index=True)
+    out.insert(0, "half", half)
     out.insert(0, "metric", metric)
     out.insert(0, "stage", stage)
     return out
@@ -108,10 +118,8 @@ def tests(result: EvaluationResult, stage: str, metric: str) -> pd.DataFrame:
 class Ladder:
     """The stages of one model, each written once into ``out/<stage>/``."""
 
-    def __init__(self, name: str, out: Path, controls: int, batch_size: int) -> None:
-        self.name, self.out, self.controls, self.batch_size = name, out, controls, batch_size
-        scale = SCALES.get(name, Scale())
-        self.detection_prompts, self.eval_prompts = scale.detection, scale.evaluation
+    def __init__(self, name: str, out: Path, scale: Scale, batch_size: int) -> None:
+        self.name, self.out, self.scale, self.batch_size = name, out, scale, batch_size
         self._model = None
         self._data: dict[str, object] = {}
         self._gradient_scores: dict[str, object] = {}
@@ -126,8 +134,8 @@ class Ladder:
     def data(self, style: str | None = None):
         if style not in self._data:
             self._data[style] = prepare(
-                self.model, [*self.relations, "addition"], self.detection_prompts, self.eval_prompts,
-                style=style, known_eval=False, min_known=2,
+                self.model, [*self.relations, "addition"], self.scale.detection, self.scale.evaluation,
+                style=style, min_known=4,
             )  # fmt: skip
         return self._data[style]
 
@@ -149,7 +157,7 @@ class Ladder:
             print(f"[{stage}] kept from an earlier run ({folder})", flush=True)
             return
         with atomic_dir(folder, f"the ladder stage {stage}") as tmp:
-            out = OutputDir(tmp, {"model": self.name, "stage": stage, "controls": self.controls})
+            out = OutputDir(tmp, {"model": self.name, "stage": stage, **vars(self.scale)})
             started = time.perf_counter()
             with out.stage(stage):
                 getattr(self, stage)(out)
@@ -162,31 +170,44 @@ class Ladder:
         out.table("known_facts", counts, index=False)
         out.finding(
             "known / asked: "
-            + ", ".join(f"{r.task} {r.known_detection}/{r.asked_detection}" for r in counts.itertuples())
-            + " (detection split, asked until enough were known)"
+            + ", ".join(
+                f"{r.task} detection {r.known_detection}/{r.asked_detection}, "
+                f"evaluation {r.known_evaluation:.0f}/{r.asked_evaluation:.0f}"
+                for r in counts.itertuples()
+            )
+            + f" (asked until {self.scale.detection} and {self.scale.evaluation} were known, or 300 asked)"
         )
 
     def relations_ap(self, out: OutputDir) -> None:
         data = self.data()
         relations = [r for r in self.relations if r in data.detection]
         k = max(1, round(0.0036 * ModelInfo.of(self.model).n_neurons))
-        means, sets = PromptMeans(), []
-        for r in relations:
-            negatives = [data.detection[o] for o in relations if o != r]
-            scores = AveragePrecisionExpertise(negatives=negatives, means=means).attribute(
-                self.model, data.detection[r]
-            )
-            sets.append(top_k(scores, k).renamed(r))
-        self.evaluate(out, "relations_ap", sets, [data.evaluation[r] for r in relations])
+        by_half = {}
+        for half, detection in halves(data.detection).items():
+            means, sets = PromptMeans(), []
+            for r in relations:
+                negatives = [detection[o] for o in relations if o != r]
+                scores = AveragePrecisionExpertise(negatives=negatives, means=means).attribute(
+                    self.model, detection[r]
+                )
+                sets.append(top_k(scores, k).renamed(r))
+            by_half[half] = sets
+        self.evaluate(out, "relations_ap", by_half, [data.evaluation[r] for r in relations])
 
-    def _gradient_sets(self, percent: float) -> list[NeuronSet]:
-        """Each task's top ``percent`` by |a * dL/da|; the scores are computed once per run."""
+    def _gradient_sets(self, percent: float) -> dict[str, list[NeuronSet]]:
+        """Per detection half, each task's top ``percent`` by |a * dL/da| (scored once per run)."""
         if not self._gradient_scores:
             self._gradient_scores = {
-                name: GradientAttribution().attribute(self.model, task)
-                for name, task in self.data().detection.items()
+                half: {
+                    name: GradientAttribution().attribute(self.model, task)
+                    for name, task in detection.items()
+                }
+                for half, detection in halves(self.data().detection).items()
             }
-        return [top_percent(scores, percent).renamed(name) for name, scores in self._gradient_scores.items()]
+        return {
+            half: [top_percent(scores, percent).renamed(name) for name, scores in by_task.items()]
+            for half, by_task in self._gradient_scores.items()
+        }
 
     def gradient_1pct(self, out: OutputDir) -> None:
         self.evaluate(out, "gradient_1pct", self._gradient_sets(1.0), list(self.data().evaluation.values()))
@@ -195,12 +216,15 @@ class Ladder:
         self.evaluate(out, "gradient_10pct", self._gradient_sets(10.0), list(self.data().evaluation.values()))
 
     def gradient_1pct_mean(self, out: OutputDir) -> None:
-        tasks = list(self.data().evaluation.values())
-        pooled = Task.from_lists(
-            "pooled", [p for t in tasks for p in t.prompts], [a for t in tasks for a in t.answers]
+        detection = list(self.data().detection.values())
+        source = Task.from_lists(
+            "detection prompts",
+            [p for t in detection for p in t.prompts],
+            [a for t in detection for a in t.answers],
         )
-        sets = self._gradient_sets(1.0)
-        self.evaluate(out, "gradient_1pct_mean", sets, tasks, Intervention("mean", source=pooled))
+        means = Intervention("position_mean", source=source)  # never the evaluated prompts
+        tasks = list(self.data().evaluation.values())
+        self.evaluate(out, "gradient_1pct_mean", self._gradient_sets(1.0), tasks, means)
 
     def cgvst_5pct(self, out: OutputDir) -> None:
         if not has_chatml(self.model.tokenizer):
@@ -211,31 +235,46 @@ class Ladder:
             return
         data = self.data("chat")
         n_demo = 3 * (1 + 2 * 1)  # ChatML: system turn and one demonstration turn, 3 markers each
-        sets = [
-            top_percent(CGVST(n_demo=n_demo).attribute(self.model, task), 5.0).renamed(name)
-            for name, task in data.detection.items()
-        ]
+        sets = {
+            half: [
+                top_percent(CGVST(n_demo=n_demo).attribute(self.model, task), 5.0).renamed(name)
+                for name, task in detection.items()
+            ]
+            for half, detection in halves(data.detection).items()
+        }
         self.evaluate(out, "cgvst_5pct", sets, list(data.evaluation.values()))
 
     def evaluate(
-        self, out: OutputDir, stage: str, sets, tasks, intervention: Intervention | str = "zero"
+        self,
+        out: OutputDir,
+        stage: str,
+        sets: dict[str, list[NeuronSet]],
+        tasks: list[Task],
+        intervention: Intervention | str = "zero",
     ) -> None:
-        results = evaluation_matrices(
-            self.model, sets, tasks, ("exact_match", "logprob"), self.controls,
-            intervention=intervention, batch_size=self.batch_size,
-        )  # fmt: skip
+        """Each half's ``sets`` on ``tasks`` and the general-text control, with both tests."""
         frames = []
-        for metric, result in results.items():
-            result.save(out.file(f"result_{metric}.json"))
-            out.table(f"matrix_{metric}", result.pivot())
-            frames.append(tests(result, stage, metric))
+        for half, half_sets in sets.items():
+            results = evaluation_matrices(
+                self.model, half_sets, [*tasks, general_text()], ("exact_match", "logprob"),
+                self.scale.controls, intervention=intervention, batch_size=self.batch_size,
+                controls_on="own", stop_after=self.scale.stop_after,
+            )  # fmt: skip
+            tag = half.replace(" ", "")
+            for metric, result in results.items():
+                result.save(out.file(f"result_{metric}_{tag}.json"))
+                out.table(f"matrix_{metric}_{tag}", result.pivot())
+                frames.append(tests(result, stage, metric, half))
         table, page = apply_family(pd.concat(frames, ignore_index=True), "bh", ALPHA, f"stage {stage}")
+        table = confirm(table, ["stage", "metric", "test", "set"])
         out.table("tests", table, index=False)
         for r in table.itertuples():
             out.finding(
-                f"{stage}, {r.set}, {r.metric}, {r.test} ({r.n_prompts} prompts, {r.n_null} random sets): "
-                f"own task loses {r.effect:.2f} of its gap to the floor [{r.effect_low:.2f}, "
-                f"{r.effect_high:.2f}] vs random sets {r.random_effect:.2f}; p {r.p_value:.2g}: {r.verdict}"
+                f"{stage}, {r.set} ({r.half}), {r.metric}, {r.test} ({r.n_prompts} prompts, "
+                f"{r.n_null} random sets): own task loses {r.effect:.2f} of its gap to the floor "
+                f"[{r.effect_low:.2f}, {r.effect_high:.2f}] vs random sets {r.random_effect:.2f}; "
+                f"p {r.p_value:.2g}: {r.verdict}"
+                + (f"; confirmed by the other half: {r.confirmed}" if r.confirmed else "")
             )
         out.finding(f"error control: {page.label}")
 
@@ -250,24 +289,27 @@ def summary(root: Path) -> pd.DataFrame:
             if not path.is_file() or path.stat().st_size < 5:
                 continue
             table = pd.read_csv(path)
-            if "decisive" not in table:  # written before the verdict was a double dissociation
+            if "half" not in table:  # written before verdicts were confirmed by a second selection
                 continue
             frames.append(table.assign(model=model, claim=claim))
     if not frames:
         return pd.DataFrame()
     tested, page = apply_family(pd.concat(frames, ignore_index=True), "bh", ALPHA, "the ladder summary")
+    tested = confirm(tested, ["model", "stage", "metric", "test", "set"])
     rows = []
-    for (claim, metric, test, model), part in tested.groupby(
+    for (claim, metric, test, model), both in tested.groupby(
         ["claim", "metric", "test", "model"], sort=False
     ):
+        part = both[both["half"] == HALVES[0]]
         kinds = part["verdict"].str.split(":").str[0]
         passed, weak = int((kinds == part["what"]).sum()), int((kinds == "underpowered").sum())
+        confirmed = int((part["confirmed"] == "yes").sum())
         cells = "; ".join(
             f"{r.set} {r.effect:.2f} [{r.effect_low:.2f}, {r.effect_high:.2f}]" for r in part.itertuples()
         )
         rows.append(
             dict(claim=claim, metric=metric, test=test, model=model,
-                 cell=f"{passed}/{len(part)} pass, {weak} underpowered; {cells}")
+                 cell=f"{passed}/{len(part)} pass ({confirmed} confirmed), {weak} underpowered; {cells}")
         )  # fmt: skip
     frame = pd.DataFrame(rows)
     table = frame.pivot_table(
@@ -315,10 +357,11 @@ def main() -> None:
         return
     if args.model is None:
         raise TasklensError("give --model NAME (one of " + ", ".join(MODELS) + "), or --summary")
-    scale = SCALES.get(args.model, Scale())
-    controls = scale.controls if args.controls is None else args.controls
+    scale = SCALES.get(args.model, ORGANISM_SCALE)
+    if args.controls is not None:
+        scale = replace(scale, controls=args.controls, stop_after=min(scale.stop_after, args.controls))
     out = check_folder_path(args.out or ROOT / args.model, "the ladder's stages")
-    ladder = Ladder(args.model, out, controls, args.batch_size)
+    ladder = Ladder(args.model, out, scale, args.batch_size)
     ladder.check(args.stages or scale.stages)
     timings = {}
     for stage in args.stages or scale.stages:

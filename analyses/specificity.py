@@ -1,18 +1,24 @@
 """Is any neuron set task-specific? Every set tested against random sets of the same per-layer counts.
 
-Three experiments on |a * dL/da| (gradient attribution) scores of each task, each set evaluated
-on every task (random controls on every task too), with exact match and answer log-probability,
-on evaluation prompts that include facts the model does not know (so improvements can show):
+Each task's prompts are split three ways: the detection prompts, cut at random into two halves
+that select neurons independently, and evaluation prompts (48 known facts per task where the
+model knows that many) that no selection sees. Every set is selected twice, once per half, and
+each selection gets its own verdict; a verdict is *confirmed* when both selections are specific.
+Scores are |a * dL/da| (gradient attribution); each set is evaluated on every task and on a
+general-text control (`tasklens.tasks.text.general_text`), with exact match and answer
+log-probability, beside random sets of the same per-layer counts on its own task (sequential
+Monte Carlo: a set stops drawing them once ``--stop-after`` of them lower its task as much).
 
 - A. shared core vs exclusive periphery: from each task's top ``--base-percent`` % set, the
-  neurons every task's set holds (the core) and each set's neurons no other set holds;
-- B. contrastive selection, dose-response: each task's scores divided by their largest value,
-  then own minus the mean of the other tasks at top 0.1 / 0.5 / 1 %; at 1 %, own minus the
-  max of the others, and gradients at the ``last_prompt`` position instead of ``all``;
-  split-half stability of every set;
-- C. is the collapse an artifact of zeroing? zero ablation vs mean ablation (each neuron's mean
-  over the pooled prompts of every task) vs zero ablation that spares the BOS position, on A's
-  full sets and B's 1 % sets.
+  neurons every task's set holds (the core, saved with each neuron's position-0 profile) and
+  each set's neurons no other set holds;
+- B. contrastive selection: each task's scores divided by their largest value, minus the mean
+  (or the max) of the other tasks', top ``--percents``;
+- C. is the collapse an artifact of zeroing? A's full sets under mean ablation with position
+  0 apart, the means taken from the detection prompts (never evaluated), and under zero
+  ablation that spares position 0;
+- D. A's full sets without the generic units (neurons whose position-0 activation is at least
+  ``--generic-ratio`` times their activation elsewhere, `tasklens.analysis.generic`).
 
 Each set named after a task gets `EvaluationResult.specificity()` (docs/statistics.md): specific
 when it lowers its own task beyond its random sets (Monte Carlo p) and, as a fraction of each
@@ -31,27 +37,30 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from common import (
+    HALVES,
     Parser,
     check_args,
     check_model_tasks,
+    confirm,
     describe_counts,
+    halves,
     prepare,
     run_main,
-    set_stability,
     task_names,
 )
 
-from tasklens.analysis.generic import position_zero_profile
+from tasklens.analysis.generic import generic_units, position_zero_profile
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.verdict import ALPHA, apply_family
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.evaluation.known import default_style
 from tasklens.interventions import Intervention, register
-from tasklens.models import ModelInfo, load_model
+from tasklens.models import load_model
 from tasklens.runs.outputs import OutputDir
 from tasklens.scoring import GradientAttribution
 from tasklens.selection import top_percent
 from tasklens.tasks.task import Task
+from tasklens.tasks.text import general_text
 
 #: relations and an algorithmic task a natural-language model does well above chance; four
 #: tasks on 12 prompts each fit the run into 45 minutes on 2 cores (sentiment, two labels at
@@ -87,33 +96,6 @@ def contrastive(scores: dict[str, NeuronScores], against: str) -> dict[str, Neur
             values=normed[task] - rest, model=s.model, task=task, method=f"{s.method}-minus-{against}"
         )
     return out
-
-
-def half_scores(model, detection: dict[str, Task], positions: str, n_splits: int) -> list:
-    """Each split's two halves of every task's prompts, scored: ``[split][half][task]``."""
-    scorer = GradientAttribution(positions=positions)
-    splits = []
-    for split in range(n_splits):
-        halves = []
-        for part in (0, 1):
-            scores = {}
-            for name, task in detection.items():
-                order = torch.randperm(len(task), generator=torch.Generator().manual_seed(split)).tolist()
-                scores[name] = scorer.attribute(model, task.subset(order[part::2]))
-            halves.append(scores)
-        splits.append(halves)
-    return splits
-
-
-def split_half_contrastive(splits: list, against: str, percent: float) -> pd.DataFrame:
-    """Jaccard of the contrastive sets found on two disjoint halves of every task's prompts."""
-    rows = []
-    for split, halves in enumerate(splits):
-        sets = [{t: top_percent(s, percent) for t, s in contrastive(h, against).items()} for h in halves]
-        for name in sets[0]:
-            a, b = sets[0][name].mask, sets[1][name].mask
-            rows.append({"task": name, "split": split, "jaccard": float((a & b).sum() / (a | b).sum())})
-    return pd.DataFrame(rows)
 
 
 def exclusive_and_core(sets: dict[str, NeuronSet]) -> tuple[dict[str, NeuronSet], NeuronSet]:
@@ -152,6 +134,7 @@ def finding_lines(table: pd.DataFrame, what: str) -> list[str]:
             f"to the floor [{r.effect_low:.2f}, {r.effect_high:.2f}] vs random sets {r.random_effect:.2f} "
             f"(n {r.n_null}){closest}; p {r.p_value:.2g}, {r.p_adjusted:.2g} adjusted; detectable "
             f"own effect {r.mde_random:.2f}, margin {r.mde_others:.2f}: {r.verdict}"
+            + (f"; confirmed by the other half's selection: {r.confirmed}" if r.confirmed else "")
         )
     return lines
 
@@ -172,7 +155,7 @@ def forest(table: pd.DataFrame):
     ax.plot(rows.closest_effect, y, "x", ms=4, color="tab:red", label="the other task it hurts most")
     ax.axvline(0, color="black", lw=0.5)
     labels = [
-        f"{r.experiment} {r.selection} {r.positions} {r.percent:g}% {r.intervention} {r.metric}: {r.set}"
+        f"{r.experiment} {r.selection} {r.percent:g}% ({r.half}) {r.intervention} {r.metric}: {r.set}"
         for r in rows.itertuples()
     ]
     ax.set_yticks(list(y), labels, fontsize=6)
@@ -182,23 +165,47 @@ def forest(table: pd.DataFrame):
     return fig
 
 
+def jaccard(a: NeuronSet, b: NeuronSet) -> float:
+    union = (a.mask | b.mask).sum()
+    return float((a.mask & b.mask).sum() / union) if union else float("nan")
+
+
 def main() -> None:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--out", default="runs/specificity")
     parser.add_argument("--tasks", nargs="*", help="default: ORGANISM_TASKS or NATURAL_TASKS")
-    parser.add_argument("--detection-prompts", type=int, default=32)
-    parser.add_argument("--eval-prompts", type=int, default=12, help="per task, known or not")
     parser.add_argument(
-        "--controls", type=int, default=20, help="random sets per set (at least 2; 20 for p below 0.05)"
+        "--detection-prompts", type=int, default=48, help="known facts per task, split into two halves"
     )
-    parser.add_argument("--base-percent", type=float, default=1.0, help="A and C: each task's top %% set")
-    parser.add_argument("--percents", type=float, nargs="*", default=[0.1, 0.5, 1.0], help="B's sizes, %%")
+    parser.add_argument(
+        "--eval-prompts", type=int, default=48, help="known facts per task, never selected on"
+    )
+    parser.add_argument("--text-prompts", type=int, default=48, help="general-text sentences (at most 48)")
+    parser.add_argument(
+        "--controls", type=int, default=39, help="the most random sets per set (p >= 1 / (controls + 1))"
+    )
+    parser.add_argument(
+        "--stop-after", type=int, default=5,
+        help="stop a set's random sets once this many lower its task as much (Besag-Clifford)",
+    )  # fmt: skip
+    parser.add_argument("--base-percent", type=float, default=1.0, help="A, C, D: each task's top %% set")
+    parser.add_argument("--percents", type=float, nargs="*", default=[1.0], help="B's sizes, %%")
+    parser.add_argument(
+        "--generic-ratio", type=float, default=10.0, help="D: position-0 ratio of a generic unit"
+    )
     parser.add_argument("--metrics", nargs="*", default=["exact_match", "logprob"])
-    parser.add_argument("--stability-splits", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=48)
     args = parser.parse_args()
     check_args(args)
+    if not 1 <= args.stop_after <= args.controls:
+        raise SystemExit(
+            f"--stop-after must be from 1 to --controls ({args.controls}), got {args.stop_after}"
+        )
+    if not 1 <= args.text_prompts <= 48:
+        raise SystemExit(
+            f"--text-prompts must be from 1 to 48 (the sentences shipped), got {args.text_prompts}"
+        )
     started = time.perf_counter()
     model = load_model(args.model)
     kinds = ("relation", "algorithmic", "classification")
@@ -208,71 +215,86 @@ def main() -> None:
     names = args.tasks or (ORGANISM_TASKS if organism else NATURAL_TASKS)
     names = [n for n in names if n in task_names(model, kinds)]
     with out.stage("known facts"):
-        data = prepare(model, names, args.detection_prompts, args.eval_prompts, known_eval=False)
+        data = prepare(model, names, args.detection_prompts, args.eval_prompts, min_known=4)
     out.table("known_facts", data.counts, index=False)
     out.finding(describe_counts(data.counts, args.model))
-    tasks = list(data.evaluation.values())
-    pooled = Task.from_lists(
-        "pooled", [p for t in tasks for p in t.prompts], [a for t in tasks for a in t.answers]
+    short = [
+        f"{r.task} {r.known_evaluation:.0f}"
+        for r in data.counts.itertuples()
+        if r.task in data.evaluation and len(data.evaluation[r.task]) < args.eval_prompts
+    ]
+    out.finding(
+        f"evaluation: {args.eval_prompts} known facts per task, never used for selection"
+        + (f"; the model knows fewer for {', '.join(short)}" if short else "")
+        + f"; plus {args.text_prompts} general-text sentences (the control every set is also measured on)"
     )
-    n_neurons = ModelInfo.of(model).n_neurons
+    tasks = [*data.evaluation.values(), general_text(args.text_prompts)]
+    selection = halves(data.detection)
+    source = Task.from_lists(
+        "detection prompts", [p for t in data.detection.values() for p in t.prompts],
+        [a for t in data.detection.values() for a in t.answers],
+    )  # fmt: skip
     tables, results = [], {}
 
-    def run(key: str, sets: list[NeuronSet], intervention: str, **labels) -> dict[str, EvaluationResult]:
+    def run(key: str, sets: list[NeuronSet], intervention, *, controls_on="own", ablation="zero", **labels):
         """Every metric of ``sets`` on every task (one pass per batch), with the tests, saved at once."""
-        spec = Intervention("mean", source=pooled) if intervention == "mean" else Intervention(intervention)
+        n_controls, stop = (args.controls, args.stop_after) if controls_on == "own" else (10, None)
         by_metric = evaluation_matrices(
-            model, [s for s in sets if len(s)], tasks, args.metrics, args.controls,
-            intervention=spec, batch_size=args.batch_size,
+            model, [s for s in sets if len(s)], tasks, args.metrics, n_controls, intervention=intervention,
+            batch_size=args.batch_size, controls_on=controls_on, stop_after=stop,
         )  # fmt: skip
         for metric, result in by_metric.items():
             results[f"{key}_{metric}"] = result
+            result.save(out.file(f"result_{key}_{metric}.json"))
             out.table(f"matrix_{key}_{metric}", result.pivot())
-            tables.append(tested(result, **labels, intervention=intervention, metric=metric))
+            tables.append(tested(result, **labels, intervention=ablation, metric=metric))
         return by_metric
 
     with out.stage("scores"):
         scores = {
-            pos: {
-                n: GradientAttribution(positions=pos).attribute(model, t) for n, t in data.detection.items()
-            }
-            for pos in ("all", "last_prompt")
+            half: {n: GradientAttribution().attribute(model, t) for n, t in detection.items()}
+            for half, detection in selection.items()
         }
-    base = {t: top_percent(s, args.base_percent).renamed(t) for t, s in scores["all"].items()}
-    exclusive, core = exclusive_and_core(base)
-    top = max(args.percents)
-    own_mean = {
-        pos: {pct: [top_percent(s, pct).renamed(t) for t, s in contrastive(scores[pos], "mean").items()]
-              for pct in args.percents}
-        for pos in ("all", "last_prompt")
-    }  # fmt: skip
-    full = dict(selection="full", positions="all", percent=args.base_percent)
+    base = {
+        h: {t: top_percent(s, args.base_percent).renamed(t) for t, s in scores[h].items()} for h in HALVES
+    }
+    first = HALVES[0]
+    exclusive, core = exclusive_and_core(base[first])
+    full = dict(selection="full", percent=args.base_percent)
+    out.finding(
+        "selections: Jaccard of the two halves' sets, full top "
+        f"{args.base_percent:g} %: "
+        + ", ".join(f"{t} {jaccard(base[HALVES[0]][t], base[HALVES[1]][t]):.2f}" for t in base[first])
+    )
 
     with out.stage("A: shared core vs exclusive periphery"):
         out.finding(
-            f"A. top {args.base_percent:g} % sets ({len(next(iter(base.values())))} neurons each): "
-            f"{len(core)} neurons are in every task's set; exclusive parts "
+            f"A. top {args.base_percent:g} % sets ({len(next(iter(base[first].values())))} neurons each, "
+            f"{first}): {len(core)} neurons are in every task's set; exclusive parts "
             + ", ".join(f"{t} {len(s)}" for t, s in exclusive.items())
         )
-        run("A_full", list(base.values()), "zero", experiment="A", **full)
-        run("A_exclusive", list(exclusive.values()), "zero", experiment="A",
-            selection="exclusive", positions="all", percent=args.base_percent)  # fmt: skip
+        for half in HALVES:
+            run(f"A_full_{half.replace(' ', '')}", list(base[half].values()), "zero", experiment="A",
+                half=half, **full)  # fmt: skip
+        run("A_exclusive", list(exclusive.values()), "zero", experiment="A", half=first,
+            selection="exclusive", percent=args.base_percent)  # fmt: skip
         if len(core):
             out.file("core.json")  # the sidecar NeuronSet.save writes beside the tensor
             core.save(out.file("core.safetensors"))
-            profile = out.table("core_neurons", position_zero_profile(model, pooled, core), index=False)
+            profile = out.table("core_neurons", position_zero_profile(model, source, core), index=False)
             out.finding(
-                f"A. core: {int((profile.ratio >= 10).sum())} of {len(core)} neurons average at least 10 "
-                "times their |activation| elsewhere at position 0 (generic units, docs/statistics.md); "
-                "largest "
+                f"A. core: {int((profile.ratio >= args.generic_ratio).sum())} of {len(core)} neurons "
+                f"average at least {args.generic_ratio:g} times their |activation| elsewhere at position 0 "
+                "(generic units, docs/statistics.md); largest "
                 + ", ".join(f"L{r.layer}N{r.neuron} {r.ratio:.0f}x" for r in profile.head(3).itertuples())
             )
-            for metric, result in run("A_core", [core], "zero", experiment="A", **full).items():
+            for metric, result in run("A_core", [core], "zero", controls_on="all", experiment="A",
+                                      half=first, **full).items():  # fmt: skip
                 low, high = result.intervals("change")
                 change, control = result.change().loc["core"], result.control_change().loc["core"]
                 out.finding(
                     f"A. core ({len(core)} neurons) off, {metric}, {result.n_prompts().iloc[0]} prompts "
-                    "per task: change per task "
+                    f"per task, beside {result.n_controls} random sets on every task: change per task "
                     + ", ".join(
                         f"{t} {change[t]:+.3f} [{low.loc['core', t]:+.3f}, {high.loc['core', t]:+.3f}] "
                         f"(random {control[t]:+.3f})"
@@ -282,66 +304,60 @@ def main() -> None:
 
     with out.stage("B: contrastive selection"):
         for pct in args.percents:
-            run(f"B_all_mean_{pct:g}", own_mean["all"][pct], "zero",
-                experiment="B", selection="own-mean", positions="all", percent=pct)  # fmt: skip
-        max_sets = [top_percent(s, top).renamed(t) for t, s in contrastive(scores["all"], "max").items()]
-        run(f"B_all_max_{top:g}", max_sets, "zero",
-            experiment="B", selection="own-max", positions="all", percent=top)  # fmt: skip
-        run(f"B_last_prompt_mean_{top:g}", own_mean["last_prompt"][top], "zero",
-            experiment="B", selection="own-mean", positions="last_prompt", percent=top)  # fmt: skip
+            for half in HALVES:
+                sets = [top_percent(s, pct).renamed(t) for t, s in contrastive(scores[half], "mean").items()]
+                run(f"B_mean_{pct:g}_{half.replace(' ', '')}", sets, "zero", experiment="B", half=half,
+                    selection="own-mean", percent=pct)  # fmt: skip
+        top = max(args.percents)
+        max_sets = [top_percent(s, top).renamed(t) for t, s in contrastive(scores[first], "max").items()]
+        run(f"B_max_{top:g}", max_sets, "zero", experiment="B", half=first, selection="own-max", percent=top)
 
-    with out.stage("C: zero vs mean vs BOS-sparing ablation"):
-        for intervention in ("mean", SPARE_BOS):
-            run(f"C_full_{intervention}", list(base.values()), intervention, experiment="C", **full)
-            run(f"C_own-mean_{intervention}", own_mean["all"][top], intervention,
-                experiment="C", selection="own-mean", positions="all", percent=top)  # fmt: skip
+    with out.stage("C: zero vs position-matched mean vs position-0-sparing ablation"):
+        means = Intervention("position_mean", source=source)
+        run("C_position_mean", list(base[first].values()), means, experiment="C", half=first,
+            ablation="position_mean", **full)  # fmt: skip
+        run(f"C_{SPARE_BOS}", list(base[first].values()), SPARE_BOS, experiment="C", half=first,
+            ablation=SPARE_BOS, **full)  # fmt: skip
+
+    with out.stage("D: without generic units"):
+        generic = generic_units(model, source, args.generic_ratio)
+        out.file("generic.json")
+        generic.save(out.file("generic.safetensors"))
+        kept = [s - generic for s in base[first].values()]
+        out.finding(
+            f"D. {len(generic)} generic units (position-0 |activation| >= {args.generic_ratio:g} x the rest, "
+            "on the detection prompts); the full sets hold "
+            + ", ".join(
+                f"{s.name} {len(s) - len(k)}" for s, k in zip(base[first].values(), kept, strict=True)
+            )
+        )
+        kept = [k.renamed(s.name) for s, k in zip(base[first].values(), kept, strict=True)]
+        run("D_without_generic", kept, "zero", experiment="D", half=first, selection="full minus generic",
+            percent=args.base_percent)  # fmt: skip
 
     table = pd.concat([t for t in tables if len(t)], ignore_index=True)
     table, page = apply_family(table, "bh", ALPHA, "findings.md")
+    table = confirm(table, ["experiment", "selection", "percent", "intervention", "metric", "set"])
     out.table("specificity", table, index=False)
     out.figure("specificity", forest(table))
     labels = {
-        "A": "A. {selection} set, zero ablation",
-        "B": "B. {selection}, {positions} positions, top {percent:g} %",
-        "C": "C. {selection} set, {intervention} ablation",
+        "A": "A. {selection} set ({half}), zero ablation",
+        "B": "B. {selection}, top {percent:g} % ({half})",
+        "C": "C. {selection} set ({half}), {intervention} ablation",
+        "D": "D. {selection} set ({half}), zero ablation",
     }
-    keys = ["selection", "positions", "percent", "intervention"]
+    keys = ["selection", "percent", "intervention", "half"]
     for experiment, what in labels.items():
         for values, part in table[table.experiment == experiment].groupby(keys, sort=False):
             for line in finding_lines(part, what.format(**dict(zip(keys, values, strict=True)))):
                 out.finding(line)
     verdicts = table["verdict"].str.split(":").str[0].value_counts()
     out.finding(
-        f"{verdicts.get('specific', 0)} of {len(table)} tests specific, "
+        f"{verdicts.get('specific', 0)} of {len(table)} tests specific "
+        f"({int((table.confirmed == 'yes').sum()) // 2} confirmed by both selections), "
         f"{verdicts.get('not specific', 0)} not specific, {verdicts.get('underpowered', 0)} underpowered, "
         f"{verdicts.get('not tested', 0)} not tested; error control: {page.label}"
     )
-
-    with out.stage("stability"):
-        set_stability(
-            model, data.detection, lambda _: GradientAttribution(), "top_percent", args.base_percent,
-            n_neurons, out, args.stability_splits,
-        )  # fmt: skip
-        if args.stability_splits >= 1:
-            frames = []
-            halves = {pos: half_scores(model, data.detection, pos, args.stability_splits) for pos in scores}
-            for pos, against, pct in [("all", "mean", p) for p in args.percents] + [
-                ("all", "max", top),
-                ("last_prompt", "mean", top),
-            ]:
-                part = split_half_contrastive(halves[pos], against, pct)
-                part.insert(0, "percent", pct)
-                part.insert(0, "against", against)
-                part.insert(0, "positions", pos)
-                frames.append(part)
-            stability = pd.concat(frames, ignore_index=True)
-            out.table("stability_contrastive", stability, index=False)
-            summary = stability.groupby(["positions", "against", "percent"])["jaccard"].mean()
-            out.finding(
-                "B. split-half Jaccard of the contrastive sets (mean over tasks and "
-                f"{args.stability_splits} splits): "
-                + ", ".join(f"{p} own-{a} {q:g} % {v:.2f}" for (p, a, q), v in summary.items())
-            )
     out.finding(f"{time.perf_counter() - started:.0f} s in all")
     out.close()
 

@@ -644,10 +644,12 @@ def evaluation_matrix(
             against another prompt's answer (`EvaluationResult.floor_values`), the floor the
             specificity verdict normalises by (one extra evaluation per task).
         stop_after: sequential Monte Carlo (Besag & Clifford 1991): stop a set's random sets
-            once this many of them lower the set's own task (the first metric) at least as much
-            as the set does; ``n_controls`` is then the most drawn. A set that is clearly no
-            better than random stops after a few draws; one whose verdict is at stake gets all.
-            The Monte Carlo p-value stays valid (`tasklens.analysis.stats.monte_carlo_p`).
+            once, for every metric, this many of them lower the set's own task at least as
+            much as the set does; ``n_controls`` is then the most drawn. A set that is clearly
+            no better than random stops after a few draws; one whose verdict is at stake gets
+            all. The Monte Carlo p-value stays valid (`tasklens.analysis.stats.monte_carlo_p`):
+            a set that stops early already has ``stop_after`` exceedances, so the fixed
+            ``n_controls`` test would not have rejected it either.
 
     `evaluation_matrices` measures several metrics in the same forward passes.
     """
@@ -742,8 +744,8 @@ def evaluation_matrices(
             for metric, row in measure(rows=prompt_rows, set=neurons.name).items():
                 values[metric][neurons.name] = row
         runs: dict[str, list] = {m: [] for m in metrics}
-        own = values[metrics[0]][neurons.name].get(neurons.name)  # the set's own task, if named so
-        exceedances = 0
+        own = {m: values[m][neurons.name].get(neurons.name) for m in metrics}  # own task, if named so
+        exceedances = dict.fromkeys(metrics, 0)
         for i in range(n_controls):
             with spec.on(random_like(neurons, seed + i)).apply(model):
                 only = neurons.name if controls_on == "own" else None
@@ -753,9 +755,10 @@ def evaluation_matrices(
                 control_rows[metric].extend(
                     {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in row.items()
                 )
-            if stop_after is not None and own is not None:
-                exceedances += run[metrics[0]][neurons.name] <= own  # lowers it at least as much
-                if exceedances >= stop_after:
+            if stop_after is not None and neurons.name in columns:
+                for metric in metrics:  # lowers it at least as much
+                    exceedances[metric] += run[metric][neurons.name] <= own[metric]
+                if min(exceedances.values()) >= stop_after:
                     break
         for metric in metrics:
             frame = pd.DataFrame(runs[metric], columns=columns, dtype=float)

@@ -38,7 +38,7 @@ from tasklens.interventions.base import (
     kind_class,
     register,
 )
-from tasklens.interventions.kinds import Amplify, Clamp, Mean, Resample, Zero
+from tasklens.interventions.kinds import Amplify, Clamp, Mean, PositionMean, Resample, Zero
 from tasklens.models import DEFAULT_UNIT
 from tasklens.tasks.task import Task
 
@@ -156,6 +156,7 @@ __all__ = [
     "FunctionKind",
     "Intervention",
     "Mean",
+    "PositionMean",
     "Resample",
     "Zero",
     "ablate",

@@ -16,7 +16,7 @@ from torch import Tensor
 from tasklens.errors import TasklensError
 from tasklens.interventions.base import SUMMARY, Edit, Intervention, check_mean, register
 from tasklens.models import ModelInfo
-from tasklens.models.hooks import mean_activations, stream_activations
+from tasklens.models.hooks import mean_activations, position_means, stream_activations
 from tasklens.tasks.task import Task
 
 
@@ -98,6 +98,79 @@ class Mean(Intervention):
         return lambda layer, idx, current: (
             mean[layer, idx].to(current.device, current.dtype).expand_as(current)
         )
+
+
+@register("position_mean")
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PositionMean(Intervention):
+    """Mean ablation with position 0 apart: the neurons take their mean at position 0 there
+    and their mean over the other tokens elsewhere, both measured on ``source``.
+
+    A plain mean over every token mixes the BOS state, where some neurons take values they take
+    nowhere else, into every position. Take ``source`` from prompts that are not evaluated, so
+    the replacement carries no information about the evaluated answers. The sequence must be run
+    whole (position 0 is its first token), so it applies to teacher-forced metrics.
+
+    Args:
+        source: the task whose position-0 and other-token means are used.
+        first: a ``[n_layers, d_mlp]`` tensor of position-0 means used instead of ``source``'s.
+        rest: likewise, the means over the other positions.
+
+    Examples:
+        >>> import torch
+        >>> from tasklens import NeuronSet, load_model
+        >>> from tasklens.interventions import PositionMean
+        >>> model = load_model("organism")
+        >>> neurons = NeuronSet.from_pairs([(1, 3)], (4, 512), "one")
+        >>> first, rest = torch.zeros(4, 512), torch.zeros(4, 512)
+        >>> first[1, 3], rest[1, 3] = 2.0, 0.5
+        >>> with PositionMean(neurons, first=first, rest=rest).apply(model):
+        ...     _, cache = model.run_with_cache("Paris is in", names_filter="blocks.1.mlp.hook_post")
+        >>> cache["blocks.1.mlp.hook_post"][0, :, 3].tolist()
+        [2.0, 0.5, 0.5, 0.5, 0.5, 0.5]
+    """
+
+    source: Task | None = field(default=None, metadata=SUMMARY)
+    first: Float[Tensor, "layer neuron"] | None = field(default=None, metadata=SUMMARY)
+    rest: Float[Tensor, "layer neuron"] | None = field(default=None, metadata=SUMMARY)
+
+    @property
+    def label(self) -> str:
+        return "mean ablation, position 0 apart"
+
+    def prepared(self, model) -> PositionMean:
+        if (self.first is None or self.rest is None) and self.source is not None:
+            first, rest = position_means(model, self.source, self.unit)
+            return dataclasses.replace(self, first=first, rest=rest)
+        return self
+
+    def check(self, model) -> PositionMean:
+        super().check(model)
+        if self.positions is not None:
+            raise TasklensError(
+                "position_mean edits every position (position 0 apart) and takes no positions=; "
+                "use mean ablation to edit chosen positions"
+            )
+        for means in (self.first, self.rest):
+            if means is not None:
+                check_mean(means, ModelInfo.of(model).shape)
+        return self
+
+    def edit_for(self, model) -> Edit:
+        if self.first is None or self.rest is None:
+            raise TasklensError(
+                "Position-matched mean ablation needs source= (the Task whose means are used, not the "
+                "evaluated prompts) or both first= and rest= ([n_layers, d_mlp] tensors)"
+            )
+        shape = ModelInfo.of(model).shape
+        first, rest = check_mean(self.first, shape).detach(), check_mean(self.rest, shape).detach()
+
+        def edit(layer: int, idx: Tensor, current: Tensor) -> Tensor:
+            out = rest[layer, idx].to(current.device, current.dtype).expand_as(current).clone()
+            out[:, :1] = first[layer, idx].to(current.device, current.dtype)
+            return out
+
+        return edit
 
 
 @register("resample")

@@ -24,14 +24,18 @@ def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path
     out = tmp_path / "specificity"
     run(
         "specificity.py", "--out", str(out), "--eval-prompts", "12", "--detection-prompts", "12",
-        "--controls", "3", "--percents", "1", "--stability-splits", "1",
+        "--controls", "3", "--stop-after", "2", "--percents", "1", "--text-prompts", "8",
     )  # fmt: skip
     table = pd.read_csv(out / "specificity.csv")
-    assert set(table.experiment) == {"A", "B", "C"}
-    assert set(table.intervention) == {"zero", "mean", "zero_spare_bos"}
+    assert set(table.experiment) == {"A", "B", "C", "D"}
+    assert set(table.intervention) == {"zero", "position_mean", "zero_spare_bos"}
+    assert set(table.half) == {"half 1", "half 2"}  # two independent selections
+    twice = table[table.selection.isin(["full", "own-mean"]) & (table.intervention == "zero")]
+    assert set(twice.confirmed) <= {"yes", "no"} and twice.half.value_counts().nunique() == 1
+    assert table[~table.index.isin(twice.index)].confirmed.isna().all()  # one selection: nothing to confirm
     tested = table.dropna(subset=["p_value"])
     assert ((tested.effect_low <= tested.effect + 1e-9) & (tested.effect <= tested.effect_high + 1e-9)).all()
-    assert tested.p_adjusted.between(0, 1).all() and (table.n_null == 3).all()
+    assert tested.p_adjusted.between(0, 1).all() and table.n_null.between(2, 3).all()  # sequential stops
     assert (tested.p_value >= 1 / 4).all()  # 3 random sets: no p below 1/4, so no verdict "specific"
     assert not (table.verdict == "specific").any()
     findings = (out / "findings.md").read_text()
@@ -48,6 +52,9 @@ def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path
     if n_core:
         core = pd.read_csv(out / "core_neurons.csv")
         assert len(core) == n_core == json.loads((out / "core.json").read_text())["size"]
+    matrix = pd.read_csv(out / "matrix_A_full_half1_logprob.csv", index_col=0)
+    assert "general_text" in matrix.columns  # every set is also measured on plain text
+    assert (matrix["general_text"] < 0).all()
 
 
 def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
@@ -57,7 +64,8 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     tests = pd.read_csv(out / "gradient_1pct" / "tests.csv")
     assert set(tests.test) == {"against_random", "specificity"}
     assert set(tests.metric) == {"exact_match", "logprob"}
-    assert len(tests) == 2 * 2 * 4  # two tests x two metrics x four sets
+    assert len(tests) == 2 * 2 * 4 * 2  # two tests x two metrics x four sets x two selections
+    assert set(tests.half) == {"half 1", "half 2"} and set(tests.confirmed) <= {"yes", "no"}
     assert "kept from an earlier run" in run("ladder.py", *args)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written stage left
     summary = run("ladder.py", "--summary", "--root", str(tmp_path))
