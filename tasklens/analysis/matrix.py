@@ -25,6 +25,7 @@ from tasklens.analysis.verdict import (
     effect_interval,
     family,
     rival_test,
+    sequential_draws,
     specificity_verdict,
 )
 from tasklens.data.neurons import NeuronSet
@@ -744,22 +745,27 @@ def evaluation_matrices(
             for metric, row in measure(rows=prompt_rows, set=neurons.name).items():
                 values[metric][neurons.name] = row
         runs: dict[str, list] = {m: [] for m in metrics}
-        own = {m: values[m][neurons.name].get(neurons.name) for m in metrics}  # own task, if named so
-        exceedances = dict.fromkeys(metrics, 0)
-        for i in range(n_controls):
+        only = neurons.name if controls_on == "own" else None
+
+        def draw(
+            i: int, neurons: NeuronSet = neurons, only: str | None = only, runs: dict = runs
+        ) -> list[float]:
+            """Evaluate random set ``i``; its own-task drop per metric (more negative: lower)."""
             with spec.on(random_like(neurons, seed + i)).apply(model):
-                only = neurons.name if controls_on == "own" else None
                 run = measure(only, control_prompt_rows, set=neurons.name, run=i)
             for metric, row in run.items():
                 runs[metric].append(row)
                 control_rows[metric].extend(
                     {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in row.items()
                 )
-            if stop_after is not None and neurons.name in columns:
-                for metric in metrics:  # lowers it at least as much
-                    exceedances[metric] += run[metric][neurons.name] <= own[metric]
-                if min(exceedances.values()) >= stop_after:
-                    break
+            return [-run[m].get(neurons.name, np.nan) for m in metrics]
+
+        if stop_after is not None and n_controls and neurons.name in columns:
+            own = [-values[m][neurons.name][neurons.name] for m in metrics]
+            sequential_draws(own, draw, stop_after, n_controls)  # a random set as low as the set: exceedance
+        else:
+            for i in range(n_controls):
+                draw(i)
         for metric in metrics:
             frame = pd.DataFrame(runs[metric], columns=columns, dtype=float)
             empty = pd.Series(float("nan"), columns)

@@ -124,6 +124,42 @@ def sequential_monte_carlo_p(
     return SequentialP((exceedances + 1) / (n_max + 1), n_max, exceedances, False)
 
 
+def sequential_draws(
+    observed: Sequence[float] | np.ndarray,
+    draw: Callable[[int], Sequence[float] | np.ndarray],
+    h: int,
+    n_max: int,
+) -> np.ndarray:
+    """Null draws for several statistics at once (one per metric), stopped Besag-Clifford style:
+    after ``n_max`` draws, or once *every* statistic has ``h`` draws at least its ``observed``.
+
+    ``draw(i)`` returns the ``i``-th draw's statistics (larger: more extreme). Returns the draws,
+    ``[n x statistics]``. Each statistic's `monte_carlo_p` over them keeps its level: a stop
+    before ``n_max`` leaves every statistic with ``h >= 1`` exceedances, so it happens only where
+    the test with all ``n_max`` draws would not have rejected either (when ``(h + 1) / (n_max +
+    1)`` is at least the level) and p is then at least ``(h + 1) / (n + 1)``.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> draws = sequential_draws([0.0, 9.0], lambda i: rng.normal(size=2), h=3, n_max=39)
+        >>> draws.shape  # the second statistic is extreme: all 39 draws are needed
+        (39, 2)
+        >>> sequential_draws([-5.0, -5.0], lambda i: rng.normal(size=2), h=3, n_max=39).shape
+        (3, 2)
+    """
+    observed = np.asarray(observed, dtype=float)
+    if h < 1 or n_max < h:
+        raise TasklensError(f"Sequential Monte Carlo needs 1 <= h <= n_max, got h={h}, n_max={n_max}")
+    rows, exceedances = [], np.zeros(observed.size, dtype=int)
+    for i in range(n_max):
+        row = np.asarray(draw(i), dtype=float)
+        rows.append(row)
+        exceedances += row >= observed
+        if (exceedances >= h).all():
+            break
+    return np.array(rows).reshape(len(rows), observed.size)
+
+
 def monte_carlo_threshold(null: np.ndarray, threshold: float) -> float:
     """The smallest observation a Monte Carlo test against ``null`` calls significant below
     ``threshold`` (it must exceed the returned value); inf when ``1 / (n + 1)`` is not below it.

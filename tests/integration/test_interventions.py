@@ -381,3 +381,36 @@ def test_positions_beyond_the_prompt_are_a_clear_error(organism):
     with pytest.raises(TasklensError, match="outside this forward pass"):
         with Intervention("zero", neurons, positions=(50,)).apply(organism):
             organism(organism.to_tokens("short prompt"))
+
+
+def test_position_matched_mean_ablation_keeps_position_zero_apart(organism):
+    from tasklens.interventions import Intervention, PositionMean
+    from tasklens.models.hooks import position_means
+    from tasklens.tasks.builtin import load_builtin
+
+    source = load_builtin("continent_of", "detection").head(6)
+    first, rest = position_means(organism, source)
+    tokenized = TokenizedTask.for_model(source, organism)
+    by_hand_first, by_hand_rest = [], []
+    for prompt, answer in zip(tokenized.prompt_ids, tokenized.answer_ids, strict=True):
+        _, cache = organism.run_with_cache(
+            torch.tensor([prompt + answer]), names_filter="blocks.2.mlp.hook_post"
+        )
+        acts = cache["blocks.2.mlp.hook_post"][0]
+        by_hand_first.append(acts[0])
+        by_hand_rest.append(acts[1:])
+    torch.testing.assert_close(first[2], torch.stack(by_hand_first).mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(rest[2], torch.cat(by_hand_rest).mean(0), atol=1e-5, rtol=1e-4)
+    assert (first[2] - rest[2]).abs().max() > 0.05  # position 0 differs: one mean would mix the two
+
+    neurons = NeuronSet.from_pairs([(2, 5), (2, 40)], (4, 512), "s")
+    with Intervention("position_mean", neurons, source=source).apply(organism):
+        edited = post(organism, 2)[0]
+    torch.testing.assert_close(edited[0, [5, 40]], first[2, [5, 40]])
+    torch.testing.assert_close(edited[1:, [5, 40]], rest[2, [5, 40]].expand(edited.shape[0] - 1, 2))
+    with pytest.raises(TasklensError, match="takes no positions"):
+        with PositionMean(neurons, positions=(1,), source=source).apply(organism):
+            pass
+    with pytest.raises(TasklensError, match="needs source="):
+        with PositionMean(neurons).apply(organism):
+            pass

@@ -360,3 +360,18 @@ def test_loading_is_deterministic_across_processes() -> None:
         for seed in ("1", "2")
     }
     assert len(outputs) == 1
+
+
+def test_the_general_text_control_is_the_shipped_sentences_split_after_their_first_words():
+    from tasklens.tasks.text import PROMPT_WORDS, general_sentences, general_text
+
+    sentences = general_sentences()
+    task = general_text()
+    assert len(sentences) == len(task) == 48 and task.name == "general_text"
+    assert len(set(sentences)) == 48  # no sentence twice
+    for sentence, prompt, answer in zip(sentences, task.prompts, task.answers, strict=True):
+        assert prompt + answer == sentence and len(prompt.split(" ")) == PROMPT_WORDS
+        assert answer.startswith(" ") and len(answer.split()) >= 5
+    assert len(general_text(5)) == 5
+    with pytest.raises(TasklensError, match="ask for 1 to 48"):
+        general_text(49)

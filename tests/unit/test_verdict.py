@@ -24,6 +24,7 @@ from tasklens.analysis.verdict import (
     check_alpha,
     family,
     monte_carlo_p,
+    sequential_draws,
     sequential_monte_carlo_p,
     sign_test_lower,
 )
@@ -294,6 +295,35 @@ def test_sequential_monte_carlo_stops_early_for_null_sets_and_is_calibrated():
     assert hit.p == pytest.approx(1 / 200) and not hit.stopped_early
     with pytest.raises(TasklensError, match="h <= n_max"):
         sequential_monte_carlo_p(0.0, lambda: 0.0, h=0)
+
+
+def test_sequential_draws_over_several_metrics_keep_each_metric_calibrated():
+    """The random sets of `evaluation_matrices` stop once every metric has ``h`` exceedances; each
+    metric's Monte Carlo p over the draws made must keep its level, null sets (correlated and
+    skewed statistics, as exact match and log-probability are) must stop early, and a set extreme
+    on one metric only must get every draw."""
+    rng = np.random.default_rng(21)
+
+    def pair():
+        drop = rng.gamma(0.6, 0.25)
+        return np.array([drop + rng.normal(0, 0.05), 2 * drop + rng.normal(0, 0.2)])
+
+    ps, sizes = [], []
+    for _ in range(N_NULL):
+        observed = pair()  # a null set: drawn like its random sets
+        draws = sequential_draws(observed, lambda i: pair(), h=5, n_max=39)
+        ps.append([monte_carlo_p(observed[k], draws[:, k]) for k in range(2)])
+        sizes.append(len(draws))
+    ps = np.array(ps)
+    false = (ps < ALPHA).sum(axis=0)
+    print(f"sequential, two metrics: {false.tolist()}/{N_NULL} null sets below {ALPHA}; "
+          f"median {np.median(sizes):.0f} of 39 draws")  # fmt: skip
+    assert (false <= upper_tolerance(N_NULL)).all() and ps.min() >= 1 / 40
+    assert np.median(sizes) < 39  # clearly null sets stop early
+    planted = sequential_draws([0.0, 50.0], lambda i: pair(), h=5, n_max=39)
+    assert len(planted) == 39 and monte_carlo_p(50.0, planted[:, 1]) == pytest.approx(1 / 40)
+    with pytest.raises(TasklensError, match="h <= n_max"):
+        sequential_draws([0.0], lambda i: [0.0], h=3, n_max=2)
 
 
 def test_one_family_per_page_names_its_control():
