@@ -12,6 +12,7 @@ ordering, `tasklens.data.neurons.ranking` (ties broken by neuron index).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable
@@ -192,6 +193,32 @@ def select(scores: NeuronScores, rule: str, value: int | float) -> NeuronSet:
         NeuronSet(name='capital_of', size=2, shape=[2, 4])
     """
     return SELECTIONS.get(rule)(scores, value)
+
+
+def excluding(scores: NeuronScores, exclude: NeuronSet) -> NeuronScores:
+    """``scores`` with the neurons of ``exclude`` ranked below every other neuron, so a selection
+    rule picks the same number of neurons from the rest (e.g. without the generic units of
+    `tasklens.analysis.generic.generic_units`); remove ``exclude`` from the set it selects.
+
+    Example:
+        >>> import torch
+        >>> from tasklens import NeuronScores, NeuronSet
+        >>> values = torch.tensor([[0.1, 0.9, 0.3, 0.0], [0.8, 0.2, 0.7, 0.4]])
+        >>> scores = NeuronScores(values, model="demo", task="capital_of", method="demo")
+        >>> generic = NeuronSet.from_pairs([(0, 1)], (2, 4), "generic")
+        >>> top_k(excluding(scores, generic), 2).pairs()
+        [(1, 0), (1, 2)]
+    """
+    if tuple(exclude.shape) != tuple(scores.values.shape):
+        raise TasklensError(
+            f"The neurons to exclude have shape {list(exclude.shape)}, the scores "
+            f"{list(scores.values.shape)}; take both from the same model"
+        )
+    values = scores.values.clone()
+    mask = exclude.mask.to(values.device)
+    if mask.any():
+        values[mask] = values[~mask].min() - 1 if (~mask).any() else 0.0
+    return dataclasses.replace(scores, values=values, method=f"{scores.method}, excluding {exclude.name}")
 
 
 def random_like(neurons: NeuronSet, seed: int) -> NeuronSet:

@@ -13,7 +13,7 @@ from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
 from tasklens.scoring import Scorer, get_scorer
 from tasklens.selection import contrast as contrast_scores
-from tasklens.selection import select
+from tasklens.selection import excluding, select
 from tasklens.tasks.task import Task
 
 Tasks = Mapping[str, Task] | Sequence[Task]
@@ -32,6 +32,7 @@ def locate(
     scores: MutableMapping[str, NeuronScores] | None = None,
     on_scores: Callable[[str, NeuronScores], None] | None = None,
     progress: bool = False,
+    exclude: NeuronSet | None = None,
 ) -> dict[str, NeuronSet]:
     r"""Each task's neuron set: ``scorer``'s scores on the task's prompts, selected by ``rule``.
 
@@ -61,6 +62,9 @@ def locate(
             name and scores as soon as they are computed (not for those found in
             ``scores``), e.g. to save them so that a killed run can resume.
         progress (bool, optional): show a progress bar. Default: False.
+        exclude (NeuronSet, optional): neurons no set may hold, e.g. the generic units of
+            `tasklens.analysis.generic.generic_units`: they are ranked last
+            (`tasklens.selection.excluding`), so each set keeps its size from the other neurons.
 
     Returns:
         dict[str, NeuronSet]: one set per task of ``tasks``, in their order, named after it.
@@ -94,6 +98,11 @@ def locate(
     ranked = {name: found[name] for name in everything}
     if contrast is not False:
         ranked = contrast_scores(ranked)
+    if exclude is not None:
+        return {
+            name: (select(excluding(ranked[name], exclude), rule, value) - exclude).renamed(name)
+            for name in named
+        }
     return {name: select(ranked[name], rule, value).renamed(name) for name in named}
 
 

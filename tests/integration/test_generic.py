@@ -22,3 +22,17 @@ def test_position_zero_units_are_found_and_can_be_excluded(organism):
     assert (chosen - generic).pairs() == [(0, 1)]
     core = position_zero_profile(organism, task, neurons=chosen)
     assert len(core) == 2 and core["ratio"].iloc[0] == top["ratio"]
+
+
+def test_locate_can_exclude_generic_units_and_keeps_each_sets_size(organism):
+    from tasklens.analysis.locate import locate
+
+    tasks = [load_builtin(n, "detection").head(8) for n in ("continent_of", "addition")]
+    generic = generic_units(organism, tasks[0], ratio=10.0)
+    with_them = locate(organism, tasks, "activation_stats", "top_k", 40)
+    without = locate(organism, tasks, "activation_stats", "top_k", 40, exclude=generic)
+    for name, neurons in without.items():
+        assert len(neurons) == 40 and not (neurons.mask & generic.mask).any()
+        kept = with_them[name] - generic  # the neurons that were not generic stay chosen
+        assert (kept.mask & ~neurons.mask).sum() == 0
+    assert any((s.mask & generic.mask).any() for s in with_them.values())  # there was something to exclude
