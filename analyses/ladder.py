@@ -279,11 +279,11 @@ class Ladder:
         out.finding(f"error control: {page.label}")
 
 
-def summary(root: Path) -> pd.DataFrame:
+def summary(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
     """One row per claim and test, one column per model: how many sets pass, with their effects;
     every p-value behind the table adjusted together (Benjamini-Hochberg), named in ``attrs``."""
     frames = []
-    for model in (*MODELS, "organism"):
+    for model in models:
         for stage, claim in CLAIMS.items():
             path = root / model / stage / "tests.csv"
             if not path.is_file() or path.stat().st_size < 5:
@@ -315,7 +315,7 @@ def summary(root: Path) -> pd.DataFrame:
     table = frame.pivot_table(
         index=["claim", "metric", "test"], columns="model", values="cell", aggfunc="first"
     )
-    table = table[[m for m in (*MODELS, "organism") if m in table.columns]]  # smallest model first
+    table = table[[m for m in models if m in table.columns]]  # smallest model first
     table.attrs["family"] = page.label
     return table
 
@@ -343,12 +343,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--summary", action="store_true", help="write the summary of every model's results")
     parser.add_argument("--root", default=str(ROOT), help="where --summary reads the models' folders")
+    parser.add_argument(
+        "--models", nargs="*", choices=(*MODELS, "organism"), default=list(MODELS),
+        help="the models --summary adjusts together (the organism only checks the script)",
+    )  # fmt: skip
     args = parser.parse_args()
     check_args(args, out=False)
     if args.summary:
         check_own_folder(Path(args.root) / "summary", "the ladder's summary")
-        table = summary(Path(args.root))
-        out = OutputDir(Path(args.root) / "summary", {"models": list(MODELS)})
+        table = summary(Path(args.root), tuple(args.models))
+        out = OutputDir(Path(args.root) / "summary", {"models": list(args.models)})
         out.table("summary", table)
         if len(table):
             atomic_write_text(out.file("summary.md"), markdown(table))

@@ -68,5 +68,5 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     assert set(tests.half) == {"half 1", "half 2"} and set(tests.confirmed) <= {"yes", "no"}
     assert "kept from an earlier run" in run("ladder.py", *args)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written stage left
-    summary = run("ladder.py", "--summary", "--root", str(tmp_path))
+    summary = run("ladder.py", "--summary", "--root", str(tmp_path), "--models", "organism")
     assert "top 1 % gradient-attribution neurons carry their task" in summary
