@@ -15,7 +15,7 @@ import torch
 
 from tasklens.data.neurons import NeuronSet
 from tasklens.models import DEFAULT_UNIT, ModelInfo
-from tasklens.models.hooks import stream_activations
+from tasklens.models.hooks import position_means
 from tasklens.tasks.task import Task
 
 
@@ -41,22 +41,8 @@ def position_zero_profile(
         (2048, ['layer', 'neuron', 'position_0', 'other_positions', 'ratio'])
     """
     info = ModelInfo.of(model)
-    names = info.hook_names(unit)
-    first = torch.zeros(info.shape, dtype=torch.float64)
-    rest = torch.zeros(info.shape, dtype=torch.float64)
-    n_first = n_rest = 0
-    for batch, store in stream_activations(model, task, names, batch_size, with_answers=False):
-        mask = batch.position_mask("prompt").to(store[names[0]].device).clone()
-        at_zero = torch.zeros_like(mask)
-        at_zero[:, 0] = mask[:, 0]
-        mask[:, 0] = False
-        for layer, name in enumerate(names):
-            values = store[name].float().abs()
-            first[layer] += values[at_zero].sum(0).double().cpu()
-            rest[layer] += values[mask].sum(0).double().cpu()
-        n_first += int(at_zero.sum())
-        n_rest += int(mask.sum())
-    first, rest = first / max(n_first, 1), rest / max(n_rest, 1)
+    first, rest = position_means(model, task, unit, batch_size, absolute=True, with_answers=False)
+    first, rest = first.double(), rest.double()
     pairs = (
         neurons.pairs()
         if neurons is not None

@@ -57,10 +57,17 @@ def mean_activations(
 
 
 def position_means(
-    model, task: Task, unit: str = DEFAULT_UNIT, batch_size: int = 32
+    model,
+    task: Task,
+    unit: str = DEFAULT_UNIT,
+    batch_size: int = 32,
+    *,
+    absolute: bool = False,
+    with_answers: bool = True,
 ) -> tuple[Float[Tensor, "layer neuron"], Float[Tensor, "layer neuron"]]:
     """Each neuron's mean activation at position 0 (the BOS state every prompt shares) and its
-    mean over every other real token of ``task``: ``(first, rest)``.
+    mean over every other real token of ``task``: ``(first, rest)``; of ``|activation|`` with
+    ``absolute``, over the prompts alone without ``with_answers``.
 
     Position 0 is kept apart because some neurons take values there that they never take
     elsewhere (massive activations); a mean over every token would mix the two.
@@ -70,12 +77,13 @@ def position_means(
     first = torch.zeros(info.shape, dtype=torch.float64)
     rest = torch.zeros(info.shape, dtype=torch.float64)
     n_first = n_rest = 0
-    for batch, store in stream_activations(model, task, names, batch_size):
+    for batch, store in stream_activations(model, task, names, batch_size, with_answers=with_answers):
         real = batch.attention_mask.bool().to(store[names[0]].device).clone()
         real[:, 0] = False
         for layer, name in enumerate(names):
-            first[layer] += store[name][:, 0].double().sum(0).cpu()
-            rest[layer] += store[name][real].double().sum(0).cpu()
+            values = store[name].abs() if absolute else store[name]
+            first[layer] += values[:, 0].double().sum(0).cpu()
+            rest[layer] += values[real].double().sum(0).cpu()
         n_first += batch.size
         n_rest += int(real.sum())
     return (first / max(n_first, 1)).float(), (rest / max(n_rest, 1)).float()
