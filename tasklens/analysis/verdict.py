@@ -347,15 +347,30 @@ def against_random(
     Returns ``(p, mde, decisive, reason)``: the Monte Carlo p-value, the smallest effect it
     calls significant (`monte_carlo_threshold`), whether a non-significant result is decisive
     (that effect lies within reach, at most 1, or the exceedances seen already put the true p
-    above ``alpha`` with 95 % confidence, Clopper-Pearson) and the words for a failure.
+    above ``alpha`` with 95 % confidence, Clopper-Pearson) and the words for a failure. A p
+    below ``alpha`` is not a failure: ``(p, mde, False, "")``, so a page's correction that
+    undoes it reads "underpowered: significant alone, not after correction".
+
+    >>> against_random("t", 0.9, np.linspace(0.0, 0.1, 39))[2:]
+    (False, '')
+    >>> against_random("t", 0.05, np.linspace(0.0, 0.1, 39))[3]
+    't falls no more than random sets (p = 0.5)'
+    
     """
     p = monte_carlo_p(effect, drops)
     mde = monte_carlo_threshold(drops, alpha)
+    if p < alpha:  # significant alone: only a page's correction can undo it, which lacks power
+        return p, mde, False, ""
     exceed = int(np.sum(drops >= effect))
     p_lowest = proportion_confint(exceed, drops.size, alpha=2 * alpha, method="beta")[0]
     if mde <= 1 or p_lowest > alpha:
         return p, mde, True, f"{own} falls no more than random sets (p = {p:.2g})"
-    return p, mde, False, f"{drops.size} random sets cannot give p < {alpha:g}; evaluate more"
+    if 1 / (drops.size + 1) >= alpha:
+        return p, mde, False, f"{drops.size} random sets cannot give p < {alpha:g}; evaluate more"
+    return p, mde, False, (
+        f"random sets remove up to {mde:.2f} of the gap, more than a perfect set's 1 (p = {p:.2g}); "
+        "evaluate more random sets or prompts"
+    )
 
 
 def specificity_verdict(

@@ -418,3 +418,19 @@ def test_exact_match_at_16_prompts_states_its_power():
     assert weak["verdict"].startswith("underpowered: hurts") and weak["mde_others"] > weak["effect"]
     strong = exact_match(rng, lost=16).specificity().iloc[0]  # every fact lost: found
     assert strong["verdict"] == "specific" and strong["effect"] > 1.0  # below the 20 % chance floor
+
+
+def test_a_set_beyond_random_sets_that_a_pages_correction_undoes_is_underpowered_not_as_random():
+    """39 random sets give p >= 1 / 40; a page of many tests can undo that, which is a lack of
+    power, never evidence that the set does no more than random sets."""
+    rng = np.random.default_rng(5)
+    result = simulate(rng, lambda own, k, base, random_run: base - 5.0 if k == own else random_run(base))
+    alone = result.against_random()
+    assert (
+        alone.loc["a", "p_value"] == pytest.approx(1 / 40)
+        and alone.loc["a", "verdict"] == "beyond random sets"
+    )
+    nulls = alone.iloc[[0] * 9].assign(p_value=1.0, decisive=True, reason="falls no more than random sets")
+    page, _ = apply_family(pd.concat([alone, nulls]), "bh", ALPHA, "a page")
+    assert page["p_adjusted"].iloc[0] > ALPHA
+    assert page["verdict"].iloc[0] == "underpowered: significant alone, not after correction"
