@@ -164,6 +164,30 @@ class Ladder:
             out.finding(f"{stage}: {time.perf_counter() - started:.0f} s on {self.name}")
             out.close()
 
+    def retest(self, stage: str) -> None:
+        """Recompute a finished stage's tests from the results it saved, without running the model:
+        the evaluations stay valid when only the tests change."""
+        folder = self.out / stage
+        saved = sorted(folder.glob("result_*_half*.json")) if self.finished(stage) else []
+        if not saved:
+            print(f"[{stage}] nothing to retest (not finished, or no saved results)", flush=True)
+            return
+        results: dict[str, dict[str, EvaluationResult]] = {}
+        for path in saved:
+            metric, tag = path.stem.removeprefix("result_").rsplit("_", 1)
+            results.setdefault(tag.replace("half", "half "), {})[metric] = EvaluationResult.load(path)
+        config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+                  if k not in ("tasklens_version", "python", "command")}  # fmt: skip
+        seconds = pd.read_csv(folder / "timings.csv")["seconds"].sum()
+        with atomic_dir(folder, f"the ladder stage {stage}") as tmp:
+            out = OutputDir(tmp, {**config, "retested": True})
+            self.report(out, stage, results)
+            out.finding(
+                f"{stage}: {seconds:.0f} s on {self.name} (the evaluation); tests recomputed from its saved "
+                "results by --retest"
+            )
+            out.close()
+
     # --- the stages ------------------------------------------------------------------------
     def known(self, out: OutputDir) -> None:
         counts = self.data().counts
@@ -253,15 +277,28 @@ class Ladder:
         intervention: Intervention | str = "zero",
     ) -> None:
         """Each half's ``sets`` on ``tasks`` and the general-text control, with both tests."""
+        results = {
+            half: evaluation_matrices(
+                self.model,
+                half_sets,
+                [*tasks, general_text()],
+                ("exact_match", "logprob"),
+                self.scale.controls,
+                intervention=intervention,
+                batch_size=self.batch_size,
+                controls_on="own",
+                stop_after=self.scale.stop_after,
+            )
+            for half, half_sets in sets.items()
+        }
+        self.report(out, stage, results)
+
+    def report(self, out: OutputDir, stage: str, results: dict[str, dict[str, EvaluationResult]]) -> None:
+        """Save each half's results by metric and write both tests of every set, adjusted together."""
         frames = []
-        for half, half_sets in sets.items():
-            results = evaluation_matrices(
-                self.model, half_sets, [*tasks, general_text()], ("exact_match", "logprob"),
-                self.scale.controls, intervention=intervention, batch_size=self.batch_size,
-                controls_on="own", stop_after=self.scale.stop_after,
-            )  # fmt: skip
+        for half, by_metric in results.items():
             tag = half.replace(" ", "")
-            for metric, result in results.items():
+            for metric, result in by_metric.items():
                 result.save(out.file(f"result_{metric}_{tag}.json"))
                 out.table(f"matrix_{metric}_{tag}", result.pivot())
                 frames.append(tests(result, stage, metric, half))
@@ -342,6 +379,10 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--summary", action="store_true", help="write the summary of every model's results")
+    parser.add_argument(
+        "--retest", action="store_true",
+        help="recompute the tests of --model's finished stages from their saved results (no model run)",
+    )  # fmt: skip
     parser.add_argument("--root", default=str(ROOT), help="where --summary reads the models' folders")
     parser.add_argument(
         "--models", nargs="*", choices=(*MODELS, "organism"), default=list(MODELS),
@@ -366,6 +407,10 @@ def main() -> None:
         scale = replace(scale, controls=args.controls, stop_after=min(scale.stop_after, args.controls))
     out = check_folder_path(args.out or ROOT / args.model, "the ladder's stages")
     ladder = Ladder(args.model, out, scale, args.batch_size)
+    if args.retest:
+        for stage in args.stages or STAGES:
+            ladder.retest(stage)
+        return
     ladder.check(args.stages or scale.stages)
     timings = {}
     for stage in args.stages or scale.stages:

@@ -67,6 +67,10 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     assert len(tests) == 2 * 2 * 4 * 2  # two tests x two metrics x four sets x two selections
     assert set(tests.half) == {"half 1", "half 2"} and set(tests.confirmed) <= {"yes", "no"}
     assert "kept from an earlier run" in run("ladder.py", *args)
+    run("ladder.py", *args, "--retest")  # the tests again, from the saved results alone
+    again = pd.read_csv(out / "gradient_1pct" / "tests.csv")
+    pd.testing.assert_series_equal(again.p_value, tests.p_value)
+    assert "tests recomputed from its saved results" in (out / "gradient_1pct" / "findings.md").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written stage left
     summary = run("ladder.py", "--summary", "--root", str(tmp_path), "--models", "organism")
     assert "top 1 % gradient-attribution neurons carry their task" in summary
