@@ -31,8 +31,10 @@ its smallest detectable effect ("underpowered" where it could not detect a perfe
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -165,6 +167,85 @@ def forest(table: pd.DataFrame):
     return fig
 
 
+def labels_of(key: str, base_percent: float) -> dict[str, object]:
+    """What a run's key (its result files' names: ``A_full_half2``, ``B_mean_1_half1``,
+    ``C_position_mean``...) tested: experiment, selection, percent, intervention and half."""
+    experiment, rest = key.split("_", 1)
+    half = HALVES[0]
+    if rest[-6:-1] == "_half":
+        half, rest = f"half {rest[-1]}", rest[:-6]
+    labels = dict(
+        experiment=experiment, selection="full", percent=base_percent, intervention="zero", half=half
+    )
+    if experiment == "A":
+        labels["selection"] = rest
+    elif experiment == "B":
+        against, percent = rest.split("_")
+        labels.update(selection=f"own-{against}", percent=float(percent))
+    elif experiment == "C":
+        labels["intervention"] = rest
+    elif experiment == "D":
+        labels["selection"] = "full minus generic"
+    return labels
+
+
+def report(out: OutputDir, results: dict[str, dict[str, EvaluationResult]], base_percent: float) -> None:
+    """Every set's verdict (``specificity.csv``, the forest plot, one finding each), adjusted together."""
+    tables = [
+        tested(result, **labels_of(key, base_percent), metric=metric)
+        for key, by_metric in results.items()
+        for metric, result in by_metric.items()
+    ]
+    table = pd.concat([t for t in tables if len(t)], ignore_index=True)
+    table, page = apply_family(table, "bh", ALPHA, "findings.md")
+    table = confirm(table, ["experiment", "selection", "percent", "intervention", "metric", "set"])
+    out.table("specificity", table, index=False)
+    out.figure("specificity", forest(table))
+    labels = {
+        "A": "A. {selection} set ({half}), zero ablation",
+        "B": "B. {selection}, top {percent:g} % ({half})",
+        "C": "C. {selection} set ({half}), {intervention} ablation",
+        "D": "D. {selection} set ({half}), zero ablation",
+    }
+    keys = ["selection", "percent", "intervention", "half"]
+    for experiment, what in labels.items():
+        for values, part in table[table.experiment == experiment].groupby(keys, sort=False):
+            for line in finding_lines(part, what.format(**dict(zip(keys, values, strict=True)))):
+                out.finding(line)
+    verdicts = table["verdict"].str.split(":").str[0].value_counts()
+    out.finding(
+        f"{verdicts.get('specific', 0)} of {len(table)} tests specific "
+        f"({int((table.confirmed == 'yes').sum()) // 2} confirmed by both selections), "
+        f"{verdicts.get('not specific', 0)} not specific, {verdicts.get('underpowered', 0)} underpowered, "
+        f"{verdicts.get('not tested', 0)} not tested; error control: {page.label}"
+    )
+
+
+def retest(folder: Path, metrics: list[str]) -> None:
+    """Recompute the verdicts of a finished run from the results it saved, without the model; the
+    run's other findings (what the model knows, the core, the generic units) are kept."""
+    config = json.loads((folder / "config.json").read_text())
+    results: dict[str, dict[str, EvaluationResult]] = {}
+    for path in sorted(folder.glob("result_*.json")):
+        name = path.stem.removeprefix("result_")
+        metric = next((m for m in metrics if name.endswith(f"_{m}")), None)
+        if metric is not None:
+            results.setdefault(name.removesuffix(f"_{metric}"), {})[metric] = EvaluationResult.load(path)
+    if not results:
+        raise SystemExit(f"{folder} holds no saved results (result_*.json) to retest; run the analysis first")
+    kept = [
+        line.removeprefix("- ")
+        for line in (folder / "findings.md").read_text().splitlines()
+        if "own task loses" not in line and " tests specific (" not in line and "by --retest" not in line
+    ]
+    out = OutputDir(folder, config, write_config=False)
+    for line in kept:
+        out.finding(line)
+    report(out, results, float(config["base_percent"]))
+    out.finding("verdicts recomputed from the saved results by --retest")
+    out.close()
+
+
 def jaccard(a: NeuronSet, b: NeuronSet) -> float:
     union = (a.mask | b.mask).sum()
     return float((a.mask & b.mask).sum() / union) if union else float("nan")
@@ -196,8 +277,15 @@ def main() -> None:
     )
     parser.add_argument("--metrics", nargs="*", default=["exact_match", "logprob"])
     parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument(
+        "--retest",
+        action="store_true",
+        help="recompute the verdicts in --out from its saved results (no model)",
+    )
     args = parser.parse_args()
     check_args(args)
+    if args.retest:
+        return retest(Path(args.out), args.metrics)
     if not 1 <= args.stop_after <= args.controls:
         raise SystemExit(
             f"--stop-after must be from 1 to --controls ({args.controls}), got {args.stop_after}"
@@ -234,20 +322,19 @@ def main() -> None:
         "detection prompts", [p for t in data.detection.values() for p in t.prompts],
         [a for t in data.detection.values() for a in t.answers],
     )  # fmt: skip
-    tables, results = [], {}
+    results: dict[str, dict[str, EvaluationResult]] = {}
 
-    def run(key: str, sets: list[NeuronSet], intervention, *, controls_on="own", ablation="zero", **labels):
+    def run(key: str, sets: list[NeuronSet], intervention, *, controls_on="own"):
         """Every metric of ``sets`` on every task (one pass per batch), with the tests, saved at once."""
         n_controls, stop = (args.controls, args.stop_after) if controls_on == "own" else (10, None)
         by_metric = evaluation_matrices(
             model, [s for s in sets if len(s)], tasks, args.metrics, n_controls, intervention=intervention,
             batch_size=args.batch_size, controls_on=controls_on, stop_after=stop,
         )  # fmt: skip
+        results[key] = by_metric
         for metric, result in by_metric.items():
-            results[f"{key}_{metric}"] = result
             result.save(out.file(f"result_{key}_{metric}.json"))
             out.table(f"matrix_{key}_{metric}", result.pivot())
-            tables.append(tested(result, **labels, intervention=ablation, metric=metric))
         return by_metric
 
     with out.stage("scores"):
@@ -260,7 +347,6 @@ def main() -> None:
     }
     first = HALVES[0]
     exclusive, core = exclusive_and_core(base[first])
-    full = dict(selection="full", percent=args.base_percent)
     out.finding(
         "selections: Jaccard of the two halves' sets, full top "
         f"{args.base_percent:g} %: "
@@ -274,10 +360,8 @@ def main() -> None:
             + ", ".join(f"{t} {len(s)}" for t, s in exclusive.items())
         )
         for half in HALVES:
-            run(f"A_full_{half.replace(' ', '')}", list(base[half].values()), "zero", experiment="A",
-                half=half, **full)  # fmt: skip
-        run("A_exclusive", list(exclusive.values()), "zero", experiment="A", half=first,
-            selection="exclusive", percent=args.base_percent)  # fmt: skip
+            run(f"A_full_{half.replace(' ', '')}", list(base[half].values()), "zero")
+        run("A_exclusive", list(exclusive.values()), "zero")
         if len(core):
             out.file("core.json")  # the sidecar NeuronSet.save writes beside the tensor
             core.save(out.file("core.safetensors"))
@@ -288,8 +372,7 @@ def main() -> None:
                 "(generic units, docs/statistics.md); largest "
                 + ", ".join(f"L{r.layer}N{r.neuron} {r.ratio:.0f}x" for r in profile.head(3).itertuples())
             )
-            for metric, result in run("A_core", [core], "zero", controls_on="all", experiment="A",
-                                      half=first, **full).items():  # fmt: skip
+            for metric, result in run("A_core", [core], "zero", controls_on="all").items():
                 low, high = result.intervals("change")
                 change, control = result.change().loc["core"], result.control_change().loc["core"]
                 out.finding(
@@ -306,18 +389,15 @@ def main() -> None:
         for pct in args.percents:
             for half in HALVES:
                 sets = [top_percent(s, pct).renamed(t) for t, s in contrastive(scores[half], "mean").items()]
-                run(f"B_mean_{pct:g}_{half.replace(' ', '')}", sets, "zero", experiment="B", half=half,
-                    selection="own-mean", percent=pct)  # fmt: skip
+                run(f"B_mean_{pct:g}_{half.replace(' ', '')}", sets, "zero")
         top = max(args.percents)
         max_sets = [top_percent(s, top).renamed(t) for t, s in contrastive(scores[first], "max").items()]
-        run(f"B_max_{top:g}", max_sets, "zero", experiment="B", half=first, selection="own-max", percent=top)
+        run(f"B_max_{top:g}", max_sets, "zero")
 
     with out.stage("C: zero vs position-matched mean vs position-0-sparing ablation"):
         means = Intervention("position_mean", source=source)
-        run("C_position_mean", list(base[first].values()), means, experiment="C", half=first,
-            ablation="position_mean", **full)  # fmt: skip
-        run(f"C_{SPARE_BOS}", list(base[first].values()), SPARE_BOS, experiment="C", half=first,
-            ablation=SPARE_BOS, **full)  # fmt: skip
+        run("C_position_mean", list(base[first].values()), means)
+        run(f"C_{SPARE_BOS}", list(base[first].values()), SPARE_BOS)
 
     with out.stage("D: without generic units"):
         generic = generic_units(model, source, args.generic_ratio)
@@ -332,32 +412,9 @@ def main() -> None:
             )
         )
         kept = [k.renamed(s.name) for s, k in zip(base[first].values(), kept, strict=True)]
-        run("D_without_generic", kept, "zero", experiment="D", half=first, selection="full minus generic",
-            percent=args.base_percent)  # fmt: skip
+        run("D_without_generic", kept, "zero")
 
-    table = pd.concat([t for t in tables if len(t)], ignore_index=True)
-    table, page = apply_family(table, "bh", ALPHA, "findings.md")
-    table = confirm(table, ["experiment", "selection", "percent", "intervention", "metric", "set"])
-    out.table("specificity", table, index=False)
-    out.figure("specificity", forest(table))
-    labels = {
-        "A": "A. {selection} set ({half}), zero ablation",
-        "B": "B. {selection}, top {percent:g} % ({half})",
-        "C": "C. {selection} set ({half}), {intervention} ablation",
-        "D": "D. {selection} set ({half}), zero ablation",
-    }
-    keys = ["selection", "percent", "intervention", "half"]
-    for experiment, what in labels.items():
-        for values, part in table[table.experiment == experiment].groupby(keys, sort=False):
-            for line in finding_lines(part, what.format(**dict(zip(keys, values, strict=True)))):
-                out.finding(line)
-    verdicts = table["verdict"].str.split(":").str[0].value_counts()
-    out.finding(
-        f"{verdicts.get('specific', 0)} of {len(table)} tests specific "
-        f"({int((table.confirmed == 'yes').sum()) // 2} confirmed by both selections), "
-        f"{verdicts.get('not specific', 0)} not specific, {verdicts.get('underpowered', 0)} underpowered, "
-        f"{verdicts.get('not tested', 0)} not tested; error control: {page.label}"
-    )
+    report(out, results, args.base_percent)
     out.finding(f"{time.perf_counter() - started:.0f} s in all")
     out.close()
 

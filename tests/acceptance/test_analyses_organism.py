@@ -52,6 +52,10 @@ def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path
     if n_core:
         core = pd.read_csv(out / "core_neurons.csv")
         assert len(core) == n_core == json.loads((out / "core.json").read_text())["size"]
+    run("specificity.py", "--out", str(out), "--retest")  # the verdicts again, from the saved results alone
+    again = pd.read_csv(out / "specificity.csv")
+    pd.testing.assert_series_equal(again.p_adjusted, table.p_adjusted)
+    assert "verdicts recomputed from the saved results" in (out / "findings.md").read_text()
     matrix = pd.read_csv(out / "matrix_A_full_half1_logprob.csv", index_col=0)
     assert "general_text" in matrix.columns  # every set is also measured on plain text
     assert (matrix["general_text"] < 0).all()
