@@ -28,6 +28,7 @@ power.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -178,9 +179,14 @@ class Ladder:
             results.setdefault(tag.replace("half", "half "), {})[metric] = EvaluationResult.load(path)
         config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
                   if k not in ("tasklens_version", "python", "command")}  # fmt: skip
-        seconds = pd.read_csv(folder / "timings.csv")["seconds"].sum()
+        timings = folder / "timings.csv"
+        if timings.is_file():
+            seconds = float(pd.read_csv(timings)["seconds"].sum())
+        else:  # a stage retested before its timings were kept: its findings still say them
+            seconds = float(re.search(rf"{stage}: (\d+) s on", (folder / "findings.md").read_text()).group(1))
         with atomic_dir(folder, f"the ladder stage {stage}") as tmp:
             out = OutputDir(tmp, {**config, "retested": True})
+            out.timings.append(dict(stage=stage, seconds=round(seconds, 1)))
             self.report(out, stage, results)
             out.finding(
                 f"{stage}: {seconds:.0f} s on {self.name} (the evaluation); tests recomputed from its saved "
