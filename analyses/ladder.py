@@ -323,8 +323,10 @@ class Ladder:
 
 
 def summary(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
-    """One row per claim and test, one column per model: how many sets pass, with their effects;
-    every p-value behind the table adjusted together (Benjamini-Hochberg), named in ``attrs``."""
+    """One row per claim and test, one column per model: how many of the first half's sets pass
+    (and are confirmed by the second half's), how many are significant before the page's
+    correction and how many underpowered, with their effects; every p-value behind the table
+    (both halves) adjusted together (Benjamini-Hochberg), named in ``attrs``."""
     frames = []
     for model in models:
         for stage, claim in CLAIMS.items():
@@ -347,12 +349,14 @@ def summary(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
         kinds = part["verdict"].str.split(":").str[0]
         passed, weak = int((kinds == part["what"]).sum()), int((kinds == "underpowered").sum())
         confirmed = int((part["confirmed"] == "yes").sum())
+        alone = int((part["p_value"] < ALPHA).sum())
         cells = "; ".join(
             f"{r.set} {r.effect:.2f} [{r.effect_low:.2f}, {r.effect_high:.2f}]" for r in part.itertuples()
         )
         rows.append(
             dict(claim=claim, metric=metric, test=test, model=model,
-                 cell=f"{passed}/{len(part)} pass ({confirmed} confirmed), {weak} underpowered; {cells}")
+                 cell=f"{passed}/{len(part)} pass ({confirmed} confirmed); {alone} significant alone, "
+                      f"{weak} underpowered; {cells}")
         )  # fmt: skip
     frame = pd.DataFrame(rows)
     table = frame.pivot_table(
