@@ -246,6 +246,25 @@ def retest(folder: Path, metrics: list[str]) -> None:
     out.close()
 
 
+def saved(
+    folder: Path, key: str, metrics: list[str], sets: list[NeuronSet], tasks: list[Task], n_controls: int
+) -> dict[str, EvaluationResult] | None:
+    """The results a run saved under ``key``, by metric, if they hold exactly these sets (their
+    neurons' hashes), tasks and number of random sets; else None."""
+    by_metric = {}
+    for metric in metrics:
+        path = folder / f"result_{key}_{metric}.json"
+        if not path.is_file():
+            return None
+        result = EvaluationResult.load(path)
+        hashes = [result.sets.get(s.name, {}).get("sha256") for s in sets]
+        same = hashes == [s.summary()["sha256"] for s in sets] and result.n_controls == n_controls
+        if not same or result.tasks != [t.name for t in tasks]:
+            return None
+        by_metric[metric] = result
+    return by_metric
+
+
 def jaccard(a: NeuronSet, b: NeuronSet) -> float:
     union = (a.mask | b.mask).sum()
     return float((a.mask & b.mask).sum() / union) if union else float("nan")
@@ -282,6 +301,15 @@ def main() -> None:
         action="store_true",
         help="recompute the verdicts in --out from its saved results (no model)",
     )
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep the evaluations --out already holds for the same sets, tasks and random sets",
+    )  # fmt: skip
+    parser.add_argument("--experiments", nargs="*", choices=list("ABCD"), default=list("ABCD"))
+    parser.add_argument(
+        "--against", nargs="*", choices=("mean", "max"), default=["mean", "max"],
+        help="B: contrast each task's scores with the mean and/or the max of the others'",
+    )  # fmt: skip
     args = parser.parse_args()
     check_args(args)
     if args.retest:
@@ -327,8 +355,14 @@ def main() -> None:
     def run(key: str, sets: list[NeuronSet], intervention, *, controls_on="own"):
         """Every metric of ``sets`` on every task (one pass per batch), with the tests, saved at once."""
         n_controls, stop = (args.controls, args.stop_after) if controls_on == "own" else (10, None)
+        sets = [s for s in sets if len(s)]
+        kept = saved(Path(args.out), key, args.metrics, sets, tasks, n_controls) if args.resume else None
+        if kept is not None:
+            print(f"[{key}] kept from the saved results (--resume)", flush=True)
+            results[key] = kept
+            return kept
         by_metric = evaluation_matrices(
-            model, [s for s in sets if len(s)], tasks, args.metrics, n_controls, intervention=intervention,
+            model, sets, tasks, args.metrics, n_controls, intervention=intervention,
             batch_size=args.batch_size, controls_on=controls_on, stop_after=stop,
         )  # fmt: skip
         results[key] = by_metric
@@ -353,66 +387,75 @@ def main() -> None:
         + ", ".join(f"{t} {jaccard(base[HALVES[0]][t], base[HALVES[1]][t]):.2f}" for t in base[first])
     )
 
-    with out.stage("A: shared core vs exclusive periphery"):
-        out.finding(
-            f"A. top {args.base_percent:g} % sets ({len(next(iter(base[first].values())))} neurons each, "
-            f"{first}): {len(core)} neurons are in every task's set; exclusive parts "
-            + ", ".join(f"{t} {len(s)}" for t, s in exclusive.items())
-        )
-        for half in HALVES:
-            run(f"A_full_{half.replace(' ', '')}", list(base[half].values()), "zero")
-        run("A_exclusive", list(exclusive.values()), "zero")
-        if len(core):
-            out.file("core.json")  # the sidecar NeuronSet.save writes beside the tensor
-            core.save(out.file("core.safetensors"))
-            profile = out.table("core_neurons", position_zero_profile(model, source, core), index=False)
+    if "A" in args.experiments:
+        with out.stage("A: shared core vs exclusive periphery"):
             out.finding(
-                f"A. core: {int((profile.ratio >= args.generic_ratio).sum())} of {len(core)} neurons "
-                f"average at least {args.generic_ratio:g} times their |activation| elsewhere at position 0 "
-                "(generic units, docs/statistics.md); largest "
-                + ", ".join(f"L{r.layer}N{r.neuron} {r.ratio:.0f}x" for r in profile.head(3).itertuples())
+                f"A. top {args.base_percent:g} % sets ({len(next(iter(base[first].values())))} neurons each, "
+                f"{first}): {len(core)} neurons are in every task's set; exclusive parts "
+                + ", ".join(f"{t} {len(s)}" for t, s in exclusive.items())
             )
-            for metric, result in run("A_core", [core], "zero", controls_on="all").items():
-                low, high = result.intervals("change")
-                change, control = result.change().loc["core"], result.control_change().loc["core"]
-                out.finding(
-                    f"A. core ({len(core)} neurons) off, {metric}, {result.n_prompts().iloc[0]} prompts "
-                    f"per task, beside {result.n_controls} random sets on every task: change per task "
-                    + ", ".join(
-                        f"{t} {change[t]:+.3f} [{low.loc['core', t]:+.3f}, {high.loc['core', t]:+.3f}] "
-                        f"(random {control[t]:+.3f})"
-                        for t in result.tasks
-                    )
-                )
-
-    with out.stage("B: contrastive selection"):
-        for pct in args.percents:
             for half in HALVES:
-                sets = [top_percent(s, pct).renamed(t) for t, s in contrastive(scores[half], "mean").items()]
-                run(f"B_mean_{pct:g}_{half.replace(' ', '')}", sets, "zero")
-        top = max(args.percents)
-        max_sets = [top_percent(s, top).renamed(t) for t, s in contrastive(scores[first], "max").items()]
-        run(f"B_max_{top:g}", max_sets, "zero")
+                run(f"A_full_{half.replace(' ', '')}", list(base[half].values()), "zero")
+            run("A_exclusive", list(exclusive.values()), "zero")
+            if len(core):
+                out.file("core.json")  # the sidecar NeuronSet.save writes beside the tensor
+                core.save(out.file("core.safetensors"))
+                profile = out.table("core_neurons", position_zero_profile(model, source, core), index=False)
+                out.finding(
+                    f"A. core: {int((profile.ratio >= args.generic_ratio).sum())} of {len(core)} neurons "
+                    f"average at least {args.generic_ratio:g} times their |activation| elsewhere at "
+                    "position 0 (generic units, docs/statistics.md); largest "
+                    + ", ".join(f"L{r.layer}N{r.neuron} {r.ratio:.0f}x" for r in profile.head(3).itertuples())
+                )
+                for metric, result in run("A_core", [core], "zero", controls_on="all").items():
+                    low, high = result.intervals("change")
+                    change, control = result.change().loc["core"], result.control_change().loc["core"]
+                    out.finding(
+                        f"A. core ({len(core)} neurons) off, {metric}, {result.n_prompts().iloc[0]} prompts "
+                        f"per task, beside {result.n_controls} random sets on every task: change per task "
+                        + ", ".join(
+                            f"{t} {change[t]:+.3f} [{low.loc['core', t]:+.3f}, {high.loc['core', t]:+.3f}] "
+                            f"(random {control[t]:+.3f})"
+                            for t in result.tasks
+                        )
+                    )
 
-    with out.stage("C: zero vs position-matched mean vs position-0-sparing ablation"):
-        means = Intervention("position_mean", source=source)
-        run("C_position_mean", list(base[first].values()), means)
-        run(f"C_{SPARE_BOS}", list(base[first].values()), SPARE_BOS)
+    if "B" in args.experiments:
+        with out.stage("B: contrastive selection"):
+            for pct in args.percents if "mean" in args.against else []:
+                for half in HALVES:
+                    sets = [
+                        top_percent(s, pct).renamed(t) for t, s in contrastive(scores[half], "mean").items()
+                    ]
+                    run(f"B_mean_{pct:g}_{half.replace(' ', '')}", sets, "zero")
+            top = max(args.percents)
+            if "max" in args.against:
+                max_sets = [
+                    top_percent(s, top).renamed(t) for t, s in contrastive(scores[first], "max").items()
+                ]
+                run(f"B_max_{top:g}", max_sets, "zero")
 
-    with out.stage("D: without generic units"):
-        generic = generic_units(model, source, args.generic_ratio)
-        out.file("generic.json")
-        generic.save(out.file("generic.safetensors"))
-        kept = [s - generic for s in base[first].values()]
-        out.finding(
-            f"D. {len(generic)} generic units (position-0 |activation| >= {args.generic_ratio:g} x the rest, "
-            "on the detection prompts); the full sets hold "
-            + ", ".join(
-                f"{s.name} {len(s) - len(k)}" for s, k in zip(base[first].values(), kept, strict=True)
+    if "C" in args.experiments:
+        with out.stage("C: zero vs position-matched mean vs position-0-sparing ablation"):
+            means = Intervention("position_mean", source=source)
+            run("C_position_mean", list(base[first].values()), means)
+            run(f"C_{SPARE_BOS}", list(base[first].values()), SPARE_BOS)
+
+    if "D" in args.experiments:
+        with out.stage("D: without generic units"):
+            generic = generic_units(model, source, args.generic_ratio)
+            out.file("generic.json")
+            generic.save(out.file("generic.safetensors"))
+            kept = [s - generic for s in base[first].values()]
+            out.finding(
+                f"D. {len(generic)} generic units (position-0 |activation| >= {args.generic_ratio:g} x the "
+                "rest, on the detection prompts); the full sets hold "
+                + ", ".join(
+                    f"{s.name} {len(s) - len(k)}" for s, k in zip(base[first].values(), kept, strict=True)
+                )
             )
-        )
-        kept = [k.renamed(s.name) for s, k in zip(base[first].values(), kept, strict=True)]
-        run("D_without_generic", kept, "zero")
+            kept = [k.renamed(s.name) for s, k in zip(base[first].values(), kept, strict=True)]
+            run("D_without_generic", kept, "zero")
 
     report(out, results, args.base_percent)
     out.finding(f"{time.perf_counter() - started:.0f} s in all")

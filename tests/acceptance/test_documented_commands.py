@@ -97,6 +97,8 @@ COMMANDS: dict[str, str | None] = {
     "python analyses/specificity.py --model smollm2-135m --out runs/smollm2/specificity": NEEDS_MODEL,
     "python analyses/ladder.py --model smollm2-135m": NEEDS_MODEL,  # into a new --out (see NEW_OUT)
     "python analyses/ladder.py --summary": "python analyses/ladder.py --summary --root ladder",
+    # only the copied tests.csv files are there: nothing to retest, and the repository's results are untouched
+    "python analyses/ladder.py --model smollm2-135m --retest": "python analyses/ladder.py --model smollm2-135m --retest --out ladder/smollm2-135m",
     # docs/scaling.md
     "torchrun --nproc-per-node 2 -m tasklens locate -t continent_of -t addition --method gradient_attribution "
     "--out runs/x": f"torchrun --nproc-per-node 2 -m tasklens locate {RUN} --method gradient_attribution {SMALL}",
