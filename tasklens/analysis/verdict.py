@@ -355,7 +355,7 @@ def against_random(
     (False, '')
     >>> against_random("t", 0.05, np.linspace(0.0, 0.1, 39))[3]
     't falls no more than random sets (p = 0.5)'
-    
+
     """
     p = monte_carlo_p(effect, drops)
     mde = monte_carlo_threshold(drops, alpha)
