@@ -367,9 +367,14 @@ def against_random(
         return p, mde, True, f"{own} falls no more than random sets (p = {p:.2g})"
     if 1 / (drops.size + 1) >= alpha:
         return p, mde, False, f"{drops.size} random sets cannot give p < {alpha:g}; evaluate more"
-    return p, mde, False, (
-        f"random sets remove up to {mde:.2f} of the gap, more than a perfect set's 1 (p = {p:.2g}); "
-        "evaluate more random sets or prompts"
+    return (
+        p,
+        mde,
+        False,
+        (
+            f"random sets remove up to {mde:.2f} of the gap, more than a perfect set's 1 (p = {p:.2g}); "
+            "evaluate more random sets or prompts"
+        ),
     )
 
 
