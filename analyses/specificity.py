@@ -51,6 +51,7 @@ from common import (
     task_names,
 )
 
+from tasklens.analysis.compare import overlap
 from tasklens.analysis.generic import generic_units, position_zero_profile
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.verdict import ALPHA, apply_family
@@ -265,11 +266,6 @@ def saved(
     return by_metric
 
 
-def jaccard(a: NeuronSet, b: NeuronSet) -> float:
-    union = (a.mask | b.mask).sum()
-    return float((a.mask & b.mask).sum() / union) if union else float("nan")
-
-
 def main() -> None:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
@@ -384,7 +380,7 @@ def main() -> None:
     out.finding(
         "selections: Jaccard of the two halves' sets, full top "
         f"{args.base_percent:g} %: "
-        + ", ".join(f"{t} {jaccard(base[HALVES[0]][t], base[HALVES[1]][t]):.2f}" for t in base[first])
+        + ", ".join(f"{t} {overlap(base[HALVES[0]][t], base[HALVES[1]][t]).jaccard:.2f}" for t in base[first])
     )
 
     if "A" in args.experiments:
