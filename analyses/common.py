@@ -30,7 +30,7 @@ from tasklens.tasks.task import Task
 #: the smallest value of each whole-number option of the scripts (by argparse name)
 AT_LEAST = {
     "batch_size": 1, "detection_prompts": 1, "eval_prompts": 1, "test_prompts": 1, "steps": 1,
-    "asked": 1, "max_relations": 2, "min_known": 1, "controls": 2, "cumulativity_controls": 0,
+    "asked": 1, "max_relations": 2, "min_known": 1, "controls": 2, "settled": 1, "cumulativity_controls": 0,
     "interference_prompts": 0, "other_prompts": 1, "stability_splits": 0, "shots": 0, "n_demo": 1,
     "min_language_known": 0, "stability_sizes": 2,
 }  # fmt: skip

@@ -14,7 +14,8 @@ finished stage (a stage's folder appears whole, or not at all: rerun the command
 Every set is selected twice, on two random halves of the detection prompts, and evaluated on
 evaluation prompts no selection saw (known facts, up to the model's scale) and on a general-text
 control, with exact match and answer log-probability, beside random sets of the same per-layer
-counts on its own task (sequential Monte Carlo, at most the scale's ``controls``). Each set is
+counts on its own task (sequential Monte Carlo: at most the scale's ``controls`` for a set that
+lowers its own task more than every other, tested before any is drawn, else ``settled``). Each set is
 tested twice: against its random sets on its own task (`EvaluationResult.against_random`), and
 for specificity (`EvaluationResult.specificity`, a double dissociation on the normalised scale
 of docs/statistics.md); a verdict is confirmed when both halves' sets pass. The summary adjusts
@@ -76,11 +77,15 @@ class Scale:
 
     detection: int = 48
     evaluation: int = 48
-    #: a Monte Carlo p-value cannot go below 1 / (controls + 1): 0.025 with 39
-    controls: int = 39
+    #: the most random sets for a set whose verdict is at stake; a Monte Carlo p-value cannot go
+    #: below 1 / (controls + 1): 0.00625 with 159
+    controls: int = 159
     #: Besag-Clifford: a set stops drawing random sets once this many lower its task as much
     stop_after: int = 5
     stages: tuple[str, ...] = STAGES
+    #: the most random sets for a set that lowers another task as much (not specific whatever
+    #: they show)
+    settled: int = 19
 
 
 #: the core stages beyond SmolLM2 (a forward costs about 1.3x SmolLM2's on Gemma-3-270M, 3.4x on
@@ -92,7 +97,7 @@ SCALES = {
     "qwen2.5-coder-1.5b": Scale(32, 16, stages=CORE),
 }
 #: the organism (for checking the script quickly)
-ORGANISM_SCALE = Scale(16, 16, 9, 3)
+ORGANISM_SCALE = Scale(16, 16, 19, 3, settled=9)
 CLAIMS = {
     "relations_ap": "AP neurons (top 0.36 %) carry their relation (Liu et al.)",
     "gradient_1pct": "top 1 % gradient-attribution neurons carry their task (Leng & Xiong)",
@@ -289,11 +294,12 @@ class Ladder:
                 half_sets,
                 [*tasks, general_text()],
                 ("exact_match", "logprob"),
-                self.scale.controls,
+                self.scale.settled,
                 intervention=intervention,
                 batch_size=self.batch_size,
                 controls_on="own",
                 stop_after=self.scale.stop_after,
+                at_stake=self.scale.controls,
             )
             for half, half_sets in sets.items()
         }
@@ -385,8 +391,13 @@ def main() -> None:
     parser.add_argument("--out", help="default: analyses/results/ladder/MODEL")
     parser.add_argument("--stages", nargs="*", choices=STAGES, help="default: the model's SCALES entry")
     parser.add_argument(
-        "--controls", type=int, help="random sets per set (default: the model's SCALES entry)"
-    )
+        "--controls", type=int,
+        help="the most random sets for a set whose verdict is at stake (default: the model's SCALES entry)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--settled", type=int,
+        help="the most random sets for a set that lowers another task as much (default: SCALES entry)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--summary", action="store_true", help="write the summary of every model's results")
     parser.add_argument(
@@ -413,8 +424,12 @@ def main() -> None:
     if args.model is None:
         raise TasklensError("give --model NAME (one of " + ", ".join(MODELS) + "), or --summary")
     scale = SCALES.get(args.model, ORGANISM_SCALE)
-    if args.controls is not None:
-        scale = replace(scale, controls=args.controls, stop_after=min(scale.stop_after, args.controls))
+    if args.controls is not None or args.settled is not None:
+        controls = scale.controls if args.controls is None else args.controls
+        settled = min(scale.settled, controls) if args.settled is None else args.settled
+        if not 1 <= settled <= controls:
+            raise TasklensError(f"give 1 <= --settled <= --controls, got {settled} and {controls}")
+        scale = replace(scale, controls=controls, settled=settled, stop_after=min(scale.stop_after, settled))
     out = check_folder_path(args.out or ROOT / args.model, "the ladder's stages")
     ladder = Ladder(args.model, out, scale, args.batch_size)
     if args.retest:

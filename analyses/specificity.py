@@ -6,17 +6,20 @@ model knows that many) that no selection sees. Every set is selected twice, once
 each selection gets its own verdict; a verdict is *confirmed* when both selections are specific.
 Scores are |a * dL/da| (gradient attribution); each set is evaluated on every task and on a
 general-text control (`tasklens.tasks.text.general_text`), with exact match and answer
-log-probability, beside random sets of the same per-layer counts on its own task (sequential
-Monte Carlo: a set stops drawing them once ``--stop-after`` of them lower its task as much).
+log-probability, beside random sets of the same per-layer counts on its own task. Random sets go
+where the verdict is at stake: a set that lowers its own task more than every other task (tested
+before any random set is drawn) draws up to ``--controls`` of them, enough for the page's
+correction, the others ``--settled``; either stops once ``--stop-after`` of them lower its task
+as much (sequential Monte Carlo).
 
 - A. shared core vs exclusive periphery: from each task's top ``--base-percent`` % set, the
   neurons every task's set holds (the core, saved with each neuron's position-0 profile) and
   each set's neurons no other set holds;
 - B. contrastive selection: each task's scores divided by their largest value, minus the mean
-  (or the max) of the other tasks', top ``--percents``;
-- C. is the collapse an artifact of zeroing? A's full sets under mean ablation with position
-  0 apart, the means taken from the detection prompts (never evaluated), and under zero
-  ablation that spares position 0;
+  (``--against max``: the max) of the other tasks', top ``--percents``;
+- C (``--experiments C``). is the collapse an artifact of zeroing? A's full sets under mean
+  ablation with position 0 apart, the means taken from the detection prompts (never
+  evaluated), and under zero ablation that spares position 0;
 - D. A's full sets without the generic units (neurons whose position-0 activation is at least
   ``--generic-ratio`` times their activation elsewhere, `tasklens.analysis.generic`).
 
@@ -279,8 +282,13 @@ def main() -> None:
     )
     parser.add_argument("--text-prompts", type=int, default=48, help="general-text sentences (at most 48)")
     parser.add_argument(
-        "--controls", type=int, default=39, help="the most random sets per set (p >= 1 / (controls + 1))"
-    )
+        "--controls", type=int, default=159,
+        help="the most random sets for a set whose verdict is at stake (p >= 1 / (controls + 1))",
+    )  # fmt: skip
+    parser.add_argument(
+        "--settled", type=int, default=19,
+        help="the most random sets for a set that already lowers another task as much (not specific)",
+    )  # fmt: skip
     parser.add_argument(
         "--stop-after", type=int, default=5,
         help="stop a set's random sets once this many lower its task as much (Besag-Clifford)",
@@ -301,18 +309,19 @@ def main() -> None:
         "--resume", action="store_true",
         help="keep the evaluations --out already holds for the same sets, tasks and random sets",
     )  # fmt: skip
-    parser.add_argument("--experiments", nargs="*", choices=list("ABCD"), default=list("ABCD"))
+    parser.add_argument("--experiments", nargs="*", choices=list("ABCD"), default=list("ABD"))
     parser.add_argument(
-        "--against", nargs="*", choices=("mean", "max"), default=["mean", "max"],
+        "--against", nargs="*", choices=("mean", "max"), default=["mean"],
         help="B: contrast each task's scores with the mean and/or the max of the others'",
     )  # fmt: skip
     args = parser.parse_args()
     check_args(args)
     if args.retest:
         return retest(Path(args.out), args.metrics)
-    if not 1 <= args.stop_after <= args.controls:
+    if not 1 <= args.stop_after <= args.settled <= args.controls:
         raise SystemExit(
-            f"--stop-after must be from 1 to --controls ({args.controls}), got {args.stop_after}"
+            "give 1 <= --stop-after <= --settled <= --controls, got "
+            f"{args.stop_after}, {args.settled}, {args.controls}"
         )
     if not 1 <= args.text_prompts <= 48:
         raise SystemExit(
@@ -350,9 +359,10 @@ def main() -> None:
 
     def run(key: str, sets: list[NeuronSet], intervention, *, controls_on="own"):
         """Every metric of ``sets`` on every task (one pass per batch), with the tests, saved at once."""
-        n_controls, stop = (args.controls, args.stop_after) if controls_on == "own" else (10, None)
+        own = controls_on == "own"
+        n_controls, most, stop = (args.settled, args.controls, args.stop_after) if own else (10, 10, None)
         sets = [s for s in sets if len(s)]
-        kept = saved(Path(args.out), key, args.metrics, sets, tasks, n_controls) if args.resume else None
+        kept = saved(Path(args.out), key, args.metrics, sets, tasks, most) if args.resume else None
         if kept is not None:
             print(f"[{key}] kept from the saved results (--resume)", flush=True)
             results[key] = kept
@@ -360,6 +370,7 @@ def main() -> None:
         by_metric = evaluation_matrices(
             model, sets, tasks, args.metrics, n_controls, intervention=intervention,
             batch_size=args.batch_size, controls_on=controls_on, stop_after=stop,
+            at_stake=most if own else None,
         )  # fmt: skip
         results[key] = by_metric
         for metric, result in by_metric.items():

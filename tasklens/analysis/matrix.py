@@ -28,6 +28,7 @@ from tasklens.analysis.verdict import (
     sequential_draws,
     specificity_verdict,
 )
+from tasklens.analysis.verdict import at_stake as verdict_at_stake
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, check_choice
 from tasklens.evaluation.evaluate import evaluate_metrics
@@ -624,6 +625,8 @@ def evaluation_matrix(
     controls_on: str = "all",
     measure_floor: bool = True,
     stop_after: int | None = None,
+    at_stake: int | None = None,
+    alpha: float = ALPHA,
 ) -> EvaluationResult:
     """``metric`` on every task with each neuron set intervened on, beside random controls.
 
@@ -651,12 +654,19 @@ def evaluation_matrix(
             all. The Monte Carlo p-value stays valid (`tasklens.analysis.stats.monte_carlo_p`):
             a set that stops early already has ``stop_after`` exceedances, so the fixed
             ``n_controls`` test would not have rejected it either.
+        at_stake: the most random sets for a set whose verdict is at stake, one that lowers its
+            own task more than every other task (part (b) of the verdict at ``alpha``, on any
+            metric; `tasklens.analysis.verdict.at_stake`), tested before any random set is
+            drawn; the other sets, not specific whatever their random sets show, get
+            ``n_controls``. ``None``: every set gets ``n_controls``. A page's correction keeps
+            its level (`~tasklens.analysis.verdict.at_stake`).
+        alpha: the level of that test.
 
     `evaluation_matrices` measures several metrics in the same forward passes.
     """
     return evaluation_matrices(
         model, sets, tasks, (metric,), n_controls, seed, intervention, batch_size, progress, controls_on,
-        measure_floor, stop_after,
+        measure_floor, stop_after, at_stake, alpha,
     )[metric]  # fmt: skip
 
 
@@ -673,6 +683,8 @@ def evaluation_matrices(
     controls_on: str = "all",
     measure_floor: bool = True,
     stop_after: int | None = None,
+    at_stake: int | None = None,
+    alpha: float = ALPHA,
 ) -> dict[str, EvaluationResult]:
     """`evaluation_matrix` for several ``metrics`` at once, by metric name: the teacher-forced
     metrics share each forward pass, so two cost about what one does."""
@@ -692,6 +704,14 @@ def evaluation_matrices(
         raise TasklensError(
             f"stop_after must be a whole number from 1 to n_controls ({n_controls}), got {stop_after!r}"
         )
+    if at_stake is not None and (
+        isinstance(at_stake, bool) or not isinstance(at_stake, int) or at_stake < n_controls
+    ):
+        raise TasklensError(
+            f"at_stake must be a whole number of random sets, at least n_controls ({n_controls}); "
+            f"got {at_stake!r}"
+        )
+    alpha = check_alpha(alpha)
     for what, names in (("sets", [s.name for s in sets]), ("tasks", [t.name for t in tasks])):
         if len(set(names)) != len(names):
             raise TasklensError(f"The {what} need distinct names, got {names}")
@@ -738,6 +758,37 @@ def evaluation_matrices(
     controls: dict[str, dict] = {m: {} for m in metrics}
     spread: dict[str, dict] = {m: {} for m in metrics}
     control_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
+
+    def results(names: list[str]) -> dict[str, EvaluationResult]:
+        """The results so far for the sets ``names``."""
+
+        def table(data: dict) -> pd.DataFrame:
+            return pd.DataFrame.from_dict(data, orient="index", columns=columns, dtype=float).reindex(names)
+
+        template = {k: v for k, v in spec.to_dict().items() if k != "neurons"}
+        chosen = [s for s in sets if s.name in names]
+        return {
+            metric: EvaluationResult(
+                metric=metric,
+                intervention=template,
+                baseline=baselines[metric],
+                values=table(values[metric]),
+                controls=table(controls[metric]),
+                controls_std=table(spread[metric]),
+                sizes=pd.Series({s.name: len(s) for s in chosen}, dtype=int),
+                n_controls=n_controls if at_stake is None else at_stake,
+                seed=seed,
+                sets={s.name: s.summary() for s in chosen},
+                prompt_values=pd.DataFrame(prompt_rows[metric], columns=PROMPT_COLUMNS),
+                control_values=pd.DataFrame(control_rows[metric], columns=CONTROL_COLUMNS),
+                control_prompt_values=pd.DataFrame(
+                    control_prompt_rows[metric], columns=CONTROL_PROMPT_COLUMNS
+                ),
+                floor_values=pd.DataFrame(floor_rows[metric], columns=FLOOR_COLUMNS),
+            )
+            for metric in metrics
+        }
+
     for neurons in sets:
         if progress:
             progress(neurons.name)
@@ -760,42 +811,22 @@ def evaluation_matrices(
                 )
             return [-run[m].get(neurons.name, np.nan) for m in metrics]
 
-        if stop_after is not None and n_controls and neurons.name in columns:
+        most = n_controls
+        if at_stake is not None and neurons.name in columns:
+            cells = [r._cells()[neurons.name] for r in results([neurons.name]).values()]
+            most = at_stake if any(verdict_at_stake(neurons.name, c, alpha) for c in cells) else n_controls
+        if stop_after is not None and most and neurons.name in columns:
             own = [-values[m][neurons.name][neurons.name] for m in metrics]
-            sequential_draws(own, draw, stop_after, n_controls)  # a random set as low as the set: exceedance
+            sequential_draws(own, draw, stop_after, most)  # a random set as low as the set: exceedance
         else:
-            for i in range(n_controls):
+            for i in range(most):
                 draw(i)
         for metric in metrics:
             frame = pd.DataFrame(runs[metric], columns=columns, dtype=float)
             empty = pd.Series(float("nan"), columns)
             controls[metric][neurons.name] = frame.mean() if len(frame) else empty
             spread[metric][neurons.name] = frame.std(ddof=0) if len(frame) else empty
-    names = [s.name for s in sets]
-
-    def table(data: dict) -> pd.DataFrame:
-        return pd.DataFrame.from_dict(data, orient="index", columns=columns, dtype=float).reindex(names)
-
-    template = {k: v for k, v in spec.to_dict().items() if k != "neurons"}
-    return {
-        metric: EvaluationResult(
-            metric=metric,
-            intervention=template,
-            baseline=baselines[metric],
-            values=table(values[metric]),
-            controls=table(controls[metric]),
-            controls_std=table(spread[metric]),
-            sizes=pd.Series({s.name: len(s) for s in sets}, dtype=int),
-            n_controls=n_controls,
-            seed=seed,
-            sets={s.name: s.summary() for s in sets},
-            prompt_values=pd.DataFrame(prompt_rows[metric], columns=PROMPT_COLUMNS),
-            control_values=pd.DataFrame(control_rows[metric], columns=CONTROL_COLUMNS),
-            control_prompt_values=pd.DataFrame(control_prompt_rows[metric], columns=CONTROL_PROMPT_COLUMNS),
-            floor_values=pd.DataFrame(floor_rows[metric], columns=FLOOR_COLUMNS),
-        )
-        for metric in metrics
-    }
+    return results([s.name for s in sets])
 
 
 def _deranged(task: Task, seed: int) -> Task:

@@ -378,6 +378,76 @@ def against_random(
     )
 
 
+@dataclass(frozen=True)
+class Dissociation:
+    """(b) for one set: ``p``, the largest p over the other tasks (NaN when there is none to
+    compare with), from task ``closest`` whose effect is ``closest_effect``; ``margin``, the own
+    effect minus the largest other; ``mde``, the smallest margin detected with `POWER`;
+    ``compared``, the tasks compared; ``failures``, ``(decisive, why)`` per task it fails on."""
+
+    p: float
+    closest: str
+    closest_effect: float
+    margin: float
+    mde: float
+    compared: tuple[str, ...]
+    failures: tuple[tuple[bool, str], ...]
+
+
+def dissociation(
+    own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, seed: int = 0
+) -> Dissociation:
+    """(b): does the set lower task ``own`` more than it lowers every other task? Each task with
+    a gap above its floor is compared (`_compare`); an intersection-union test, so the largest p
+    is the test's. It needs no random sets, so `evaluation_matrices` runs it before drawing any
+    (``at_stake``) with the same ``seed`` `specificity_verdict` uses.
+
+    >>> flat, floor, none = np.full(4, -1.0), np.array([-5.0]), np.zeros((0, 4))
+    >>> cells = {"t": TaskCells(flat, flat - 3, none, floor), "u": TaskCells(flat, flat, none, floor)}
+    >>> test = dissociation("t", cells)
+    >>> round(test.p, 4), test.margin  # 4 prompts each: 1 of the 70 splits is as extreme
+    (0.0143, 0.75)
+    """
+    cells = tasks[own]
+    effect = cells.effect()
+    others = {k: c for k, c in tasks.items() if k != own and c.gap > 0 and c.value.size}
+    p_others, closest, closest_effect, mde_others = math.nan, "", math.nan, 0.0
+    failures: list[tuple[bool, str]] = []
+    mine = cells.per_prompt()
+    mine_drawn = cells.resampled_effects(np.random.default_rng(seed))
+    for i, (name, other) in enumerate(others.items()):
+        p, sd = _compare(mine, mine_drawn, other, np.random.default_rng(seed + i + 1))
+        mde_others = max(mde_others, _minimum_detectable(sd, alpha))
+        if not p <= p_others:  # the largest p so far (also replaces NaN)
+            p_others, closest, closest_effect = p, name, other.effect()
+        if p >= alpha:
+            # powered when it could detect a set doing to its own task what this one does, and
+            # nothing to ``name``
+            decisive = bool(_minimum_detectable(sd, alpha) <= effect)
+            reason = f"hurts {name} as much ({other.effect():.2f} of its gap vs {effect:.2f}, p = {p:.2g})"
+            failures.append((decisive, reason if decisive else f"{reason}; too few prompts to tell"))
+    margin = effect - max(c.effect() for c in others.values()) if others else math.nan
+    return Dissociation(
+        float(p_others), closest, float(closest_effect), float(margin), float(mde_others), tuple(others),
+        tuple(failures),
+    )  # fmt: skip
+
+
+def at_stake(own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, seed: int = 0) -> bool:
+    """Whether a set can still be called specific before any random set is drawn: (b) passes at
+    ``alpha`` (`dissociation`, the same test and ``seed`` as the verdict's).
+
+    A set that fails (b) fails the verdict whatever its random sets show, so `evaluation_matrices`
+    gives it fewer. A page's correction keeps its level: it rejects only p-values below ``alpha``,
+    each of which passed (b) and so drew the full sequence; the rest exceed ``alpha`` under either
+    number of draws, and a p-value above ``alpha`` changes no Benjamini-Hochberg or Holm rejection.
+    """
+    cells = tasks.get(own)
+    if cells is None or not math.isfinite(cells.effect()):
+        return False
+    return bool(dissociation(own, tasks, alpha, seed).p < alpha)
+
+
 def specificity_verdict(
     own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, seed: int = 0
 ) -> dict[str, object]:
@@ -420,36 +490,21 @@ def specificity_verdict(
     p_random, mde_random, decisive, reason = against_random(own, effect, drops, alpha)
     failures: list[tuple[bool, str]] = [(decisive, reason)] if p_random >= alpha else []  # (decisive, why)
 
-    others = {k: c for k, c in tasks.items() if k != own and c.gap > 0 and c.value.size}
-    p_others, closest, closest_effect, mde_others = math.nan, "", math.nan, 0.0
-    mine = cells.per_prompt()
-    rng = np.random.default_rng(seed)
-    mine_drawn = cells.resampled_effects(rng)
-    for i, (name, other) in enumerate(others.items()):
-        p, sd = _compare(mine, mine_drawn, other, np.random.default_rng(seed + i + 1))
-        mde_others = max(mde_others, _minimum_detectable(sd, alpha))
-        if not p <= p_others:  # the largest p so far (also replaces NaN)
-            p_others, closest, closest_effect = p, name, other.effect()
-        if p >= alpha:
-            # powered when it could detect a set doing to its own task what this one does, and
-            # nothing to ``name``
-            decisive = _minimum_detectable(sd, alpha) <= effect
-            reason = f"hurts {name} as much ({other.effect():.2f} of its gap vs {effect:.2f}, p = {p:.2g})"
-            failures.append((decisive, reason if decisive else f"{reason}; too few prompts to tell"))
-    if not others:
+    test = dissociation(own, tasks, alpha, seed)
+    failures += test.failures
+    if not test.compared:
         row["reason"] = "no other task with a gap above its floor to compare with"
         return row
-    margin = effect - max(c.effect() for c in others.values())
     decisive = [reason for sure, reason in failures if sure]
     row.update(
         p_random=p_random,
-        p_others=p_others,
-        closest=closest,
-        closest_effect=closest_effect,
-        margin=margin,
-        p_value=max(p_random, p_others),
+        p_others=test.p,
+        closest=test.closest,
+        closest_effect=test.closest_effect,
+        margin=test.margin,
+        p_value=max(p_random, test.p),
         mde_random=mde_random,
-        mde_others=mde_others,
+        mde_others=test.mde,
         decisive=bool(decisive),
         reason=_first(decisive or [r for _, r in failures]),
     )

@@ -24,7 +24,8 @@ def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path
     out = tmp_path / "specificity"
     run(
         "specificity.py", "--out", str(out), "--eval-prompts", "12", "--detection-prompts", "12",
-        "--controls", "3", "--stop-after", "2", "--percents", "1", "--text-prompts", "8",
+        "--controls", "5", "--settled", "3", "--stop-after", "2", "--percents", "1", "--text-prompts", "8",
+        "--experiments", "A", "B", "C", "D", "--against", "mean", "max",
     )  # fmt: skip
     table = pd.read_csv(out / "specificity.csv")
     assert set(table.experiment) == {"A", "B", "C", "D"}
@@ -35,8 +36,12 @@ def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path
     assert table[~table.index.isin(twice.index)].confirmed.isna().all()  # one selection: nothing to confirm
     tested = table.dropna(subset=["p_value"])
     assert ((tested.effect_low <= tested.effect + 1e-9) & (tested.effect <= tested.effect_high + 1e-9)).all()
-    assert tested.p_adjusted.between(0, 1).all() and table.n_null.between(2, 3).all()  # sequential stops
-    assert (tested.p_value >= 1 / 4).all()  # 3 random sets: no p below 1/4, so no verdict "specific"
+    assert tested.p_adjusted.between(0, 1).all() and table.n_null.between(2, 5).all()  # sequential stops
+    # (b) passed on some metric before any random set was drawn: up to 5 random sets, else 3
+    runs = ["experiment", "selection", "intervention", "half", "set"]
+    at_stake = tested.groupby(runs, dropna=False).agg(b=("p_others", "min"), n=("n_null", "max"))
+    assert (at_stake.n[at_stake.b >= 0.05] <= 3).all() and (at_stake.n <= 5).all()
+    assert (tested.p_value >= 1 / 6).all()  # 5 random sets: no p below 1/6, so no verdict "specific"
     assert not (table.verdict == "specific").any()
     findings = (out / "findings.md").read_text()
     verdicts = [line for line in findings.splitlines() if "own task loses" in line]

@@ -163,3 +163,26 @@ def test_sequential_random_sets_stop_early_for_a_set_no_better_than_random(organ
     assert result.against_random().loc["continent_of", "p_value"] == pytest.approx(4 / (len(runs) + 1))
     with pytest.raises(TasklensError, match="stop_after must be a whole number from 1 to n_controls"):
         evaluation_matrix(organism, [null], tasks, n_controls=3, stop_after=4)
+
+
+def test_random_sets_go_where_the_verdict_is_at_stake(organism):
+    """A set that lowers its task more than every other gets ``at_stake`` random sets; a random
+    set, which (b) already calls not specific, gets ``n_controls``."""
+    from tasklens.scoring import GradientAttribution
+    from tasklens.selection import random_like, top_k
+
+    scores = GradientAttribution().attribute(organism, load_builtin("addition", "detection").head(32))
+    addition = top_k(scores, 100).renamed("addition")
+    noise = random_like(addition, seed=123).renamed("continent_of")
+    tasks = [load_builtin(n, "evaluation").head(40) for n in ("addition", "continent_of", "larger_number")]
+    result = evaluation_matrix(
+        organism, [addition, noise], tasks, n_controls=3, metric="logprob", controls_on="own", at_stake=24
+    )
+    table = result.specificity()
+    assert table["n_null"].to_dict() == {"addition": 24, "continent_of": 3}
+    assert table.loc["addition", "p_random"] == pytest.approx(1 / 25) and result.n_controls == 24
+    assert table.loc["addition", "p_others"] < 0.05 <= table.loc["continent_of", "p_others"]
+    with pytest.raises(
+        TasklensError, match=r"at_stake must be a whole number of random sets, at least n_controls \(3\)"
+    ):
+        evaluation_matrix(organism, [addition], tasks, n_controls=3, at_stake=2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -21,12 +22,14 @@ from tasklens.analysis.matrix import BASELINE, EvaluationResult
 from tasklens.analysis.stats import specificity_test
 from tasklens.analysis.verdict import (
     apply_family,
+    at_stake,
     check_alpha,
     family,
     monte_carlo_p,
     sequential_draws,
     sequential_monte_carlo_p,
     sign_test_lower,
+    specificity_verdict,
 )
 from tasklens.errors import TasklensError
 
@@ -434,3 +437,56 @@ def test_a_set_beyond_random_sets_that_a_pages_correction_undoes_is_underpowered
     page, _ = apply_family(pd.concat([alone, nulls]), "bh", ALPHA, "a page")
     assert page["p_adjusted"].iloc[0] > ALPHA
     assert page["verdict"].iloc[0] == "underpowered: significant alone, not after correction"
+
+
+def verdicts(result: EvaluationResult, draws) -> pd.DataFrame:
+    """``result``'s verdicts, each set using the first ``draws(name, cells)`` of its random sets."""
+    rows = []
+    for name, cells in result._cells().items():
+        kept = replace(cells[name], random=cells[name].random[: draws(name, cells)])
+        rows.append({"set": name, **specificity_verdict(name, {**cells, name: kept}), "what": "specific"})
+    return pd.DataFrame(rows)
+
+
+def at_stake_draws(name, cells) -> int:
+    """As `evaluation_matrices` with ``n_controls=19, at_stake=159``: (b) decides, before any draw."""
+    return 159 if at_stake(name, cells) else 19
+
+
+def test_random_sets_where_the_verdict_is_at_stake_keep_the_level_and_add_power():
+    """A set that fails (b) gets 19 random sets, one that passes 159. The gate sees the own task's
+    effect, so the null sets that pass it are the ones that fall most: the per-test rate must
+    still hold. Null sets here move their own task like a random set and, half of them, improve
+    the other tasks (the reproduction that passes (b) alone). A page's Benjamini-Hochberg
+    rejections must be those of every set drawing 159, and planted sets must gain power."""
+    rng = np.random.default_rng(22)
+
+    def improves_others(own, k, base, random_run):
+        return random_run(base) if k == own else base + 1.0
+
+    nulls = [
+        simulate(rng, fn, n_sets=3, n_random=159) for fn in (null_set, improves_others) for _ in range(84)
+    ]
+    table = pd.concat([verdicts(r, at_stake_draws) for r in nulls])
+    alarms, drew_all = int((table["p_value"] < ALPHA).sum()), int((table["n_null"] == 159).sum())
+    print(f"\nat stake: {alarms}/{len(table)} null sets with p < {ALPHA}; {drew_all} drew 159 random sets")
+    assert len(table) >= N_NULL and alarms <= upper_tolerance(len(table)) and drew_all >= len(table) // 3
+    assert set(table["n_null"]) == {19, 159} and (table["p_value"] >= 1 / 160).all()
+
+    def planted(own, k, base, random_run):
+        return random_run(base) - (0.3 * (base.mean() + 10.0) if k == own else 0.0)
+
+    page = [simulate(rng, planted, n_sets=3, n_random=159) for _ in range(3)]
+    page += [simulate(rng, null_set, n_sets=3, n_random=159) for _ in range(13)]  # 48 tests, 9 planted
+    found = {}
+    for name, draws in (
+        ("39 each", lambda n, c: 39),
+        ("at stake", at_stake_draws),
+        ("159 each", lambda n, c: 159),
+    ):
+        adjusted, _ = apply_family(pd.concat([verdicts(r, draws) for r in page]), "bh", ALPHA, "a page")
+        found[name] = (adjusted["verdict"] == "specific").to_numpy()
+    print("planted (30 % of the gap), 9 in a page of 48 tests under BH: found "
+          + ", ".join(f"{k} {v[:9].sum()}" for k, v in found.items()))  # fmt: skip
+    assert (found["at stake"] == found["159 each"]).all()
+    assert found["39 each"].sum() == 0 and found["at stake"][:9].sum() >= 8
