@@ -58,7 +58,8 @@ class EvaluationResult:
             counts; NaN without controls).
         controls_std: ``[set x task]`` their standard deviation (ddof 0).
         sizes: ``[set]`` neurons per set.
-        n_controls: random controls per set; their seeds are ``seed .. seed + n_controls - 1``.
+        n_controls: the most random controls per set (a set drawn sequentially, or not at
+            stake, has fewer: `control_values`); their seeds are ``seed .. seed + n_controls - 1``.
         seed: first control seed.
         sets: each set's `NeuronSet.summary`, by name.
         prompt_values: long table (``set``, ``task``, ``prompt``, ``value``) of the metric per
