@@ -59,6 +59,7 @@ from tasklens.analysis.generic import generic_units, position_zero_profile
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.verdict import ALPHA, apply_family
 from tasklens.data.neurons import NeuronScores, NeuronSet
+from tasklens.errors import TasklensError
 from tasklens.evaluation.known import default_style
 from tasklens.interventions import Intervention, register
 from tasklens.models import load_model
@@ -319,12 +320,12 @@ def main() -> None:
     if args.retest:
         return retest(Path(args.out), args.metrics)
     if not 1 <= args.stop_after <= args.settled <= args.controls:
-        raise SystemExit(
+        raise TasklensError(
             "give 1 <= --stop-after <= --settled <= --controls, got "
             f"{args.stop_after}, {args.settled}, {args.controls}"
         )
     if not 1 <= args.text_prompts <= 48:
-        raise SystemExit(
+        raise TasklensError(
             f"--text-prompts must be from 1 to 48 (the sentences shipped), got {args.text_prompts}"
         )
     started = time.perf_counter()

@@ -50,9 +50,20 @@ def cases():
             yield name, [tasks, "nosuch_task"], f"{tasks}: unknown task 'nosuch_task'"
     yield "specificity", ["--controls", "1"], "--controls must be at least 2, got 1"
     yield "specificity", ["--percents"], "--percents was given without a value"
+    yield "specificity", ["--settled", "0"], "--settled must be at least 1, got 0"
+    yield (
+        "specificity",
+        ["--settled", "200"],
+        "give 1 <= --stop-after <= --settled <= --controls, got 5, 200, 159",
+    )
     yield "relation_neurons", ["--min-known", "500"], "--min-known 500 can never be reached"
     yield "ladder", ["--model", "nosuch"], "argument --model: invalid choice: 'nosuch'"
     yield "ladder", ["--controls", "1"], "--controls must be at least 2, got 1"
+    yield (
+        "ladder",
+        ["--model", "organism", "--settled", "30"],
+        "give 1 <= --settled <= --controls, got 30 and 19",
+    )
     yield "continual_learning", ["--lr-full", "-1"], "--lr-full must be a positive number"
     yield "continual_learning", ["--methods", "nosuch"], "argument --methods: invalid choice: 'nosuch'"
 
