@@ -101,6 +101,12 @@ class RunConfig:
     factor: float = option(2.0, "Amplification factor (intervention 'amplify').", stages=ABLATE)
     clamp_value: float = option(0.0, "Value the neurons are set to (intervention 'clamp').", stages=ABLATE)
     controls: int = option(3, "Random control sets per set (same per-layer counts).", stages=ABLATE)
+    at_stake: int = option(
+        0,
+        "The most random sets for a set that lowers its own task more than every other task (its "
+        "specificity verdict at stake; docs/statistics.md); 0: as many as --controls.",
+        stages=ABLATE,
+    )
     metric: str = option(
         "exact_match",
         "Metric: exact_match (greedy decoding), next_token, logprob, loss... (`tasklens list`).",
@@ -182,6 +188,10 @@ class RunConfig:
         for name, minimum in (("max_prompts", 1), ("batch_size", 1), ("controls", 0)):
             if getattr(self, name) < minimum:
                 raise TasklensError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        if self.at_stake and self.at_stake < self.controls:
+            raise TasklensError(
+                f"at_stake must be 0 (off) or at least controls ({self.controls}), got {self.at_stake}"
+            )
         for name in ("value", "factor", "clamp_value"):
             if not math.isfinite(getattr(self, name)):
                 raise TasklensError(f"{name} must be a finite number, got {getattr(self, name)}")
@@ -462,6 +472,7 @@ def ablate(config: RunConfig, model=None) -> EvaluationResult:
             intervention=spec,
             batch_size=config.batch_size,
             progress=lambda _: bar.update(),
+            at_stake=config.at_stake or None,
         )
         bar.close()
         out.json("matrix_result", result.to_dict())
