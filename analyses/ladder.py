@@ -15,7 +15,8 @@ Every set is selected twice, on two random halves of the detection prompts, and 
 evaluation prompts no selection saw (known facts, up to the model's scale) and on a general-text
 control, with exact match and answer log-probability, beside random sets of the same per-layer
 counts on its own task (sequential Monte Carlo: at most the scale's ``controls`` for a set that
-lowers its own task more than every other, tested before any is drawn, else ``settled``). Each set is
+lowers its own task more than every other, tested before any is drawn, else ``settled``, which
+the test against random sets alone still needs). Each set is
 tested twice: against its random sets on its own task (`EvaluationResult.against_random`), and
 for specificity (`EvaluationResult.specificity`, a double dissociation on the normalised scale
 of docs/statistics.md); a verdict is confirmed when both halves' sets pass. The summary adjusts
@@ -83,9 +84,9 @@ class Scale:
     #: Besag-Clifford: a set stops drawing random sets once this many lower its task as much
     stop_after: int = 5
     stages: tuple[str, ...] = STAGES
-    #: the most random sets for a set that lowers another task as much (not specific whatever
-    #: they show)
-    settled: int = 19
+    #: the most random sets for a set that lowers another task as much: not specific whatever
+    #: they show, but its test against random sets alone still needs p = 1 / 40
+    settled: int = 39
 
 
 #: the core stages beyond SmolLM2 (a forward costs about 1.3x SmolLM2's on Gemma-3-270M, 3.4x on
