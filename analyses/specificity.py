@@ -54,7 +54,7 @@ from common import (
     task_names,
 )
 
-from tasklens.analysis.compare import overlap
+from tasklens.analysis.compare import exclusive, overlap, shared_by_all
 from tasklens.analysis.generic import generic_units, position_zero_profile
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.verdict import ALPHA, apply_family
@@ -106,15 +106,15 @@ def contrastive(scores: dict[str, NeuronScores], against: str) -> dict[str, Neur
 
 
 def exclusive_and_core(sets: dict[str, NeuronSet]) -> tuple[dict[str, NeuronSet], NeuronSet]:
-    masks = {t: s.mask for t, s in sets.items()}
-    core = torch.stack(list(masks.values())).all(0)
-    exclusive = {}
-    for task, mask in masks.items():
-        others = torch.stack([m for t, m in masks.items() if t != task]).any(0)
-        exclusive[task] = NeuronSet(
-            mask & ~others, task, {"selection": "exclusive", "of": sets[task].summary()}
-        )
-    return exclusive, NeuronSet(core, "core", {"selection": "shared by every task"})
+    """Each task's neurons no other task's set holds, named after the task, and the neurons every
+    task's set holds (the core)."""
+    parts = exclusive(list(sets.values()))
+    only = {
+        task: NeuronSet(parts[s.name].mask, task, {"selection": "exclusive", "of": s.summary()})
+        for task, s in sets.items()
+    }
+    core = shared_by_all(list(sets.values())).mask
+    return only, NeuronSet(core, "core", {"selection": "shared by every task"})
 
 
 def tested(result: EvaluationResult, **labels) -> pd.DataFrame:
