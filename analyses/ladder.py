@@ -329,11 +329,9 @@ class Ladder:
         out.finding(f"error control: {page.label}")
 
 
-def summary(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
-    """One row per claim and test, one column per model: how many of the first half's sets pass
-    (and are confirmed by the second half's), how many are significant before the page's
-    correction and how many underpowered, with their effects; every p-value behind the table
-    (both halves) adjusted together (Benjamini-Hochberg), named in ``attrs``."""
+def tested(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
+    """Every test behind the summary (each model's finished stages, both halves), adjusted together
+    (Benjamini-Hochberg) and confirmed across halves; the family is named in ``attrs``."""
     frames = []
     for model in models:
         for stage, claim in CLAIMS.items():
@@ -346,32 +344,94 @@ def summary(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
             frames.append(table.assign(model=model, claim=claim))
     if not frames:
         return pd.DataFrame()
-    tested, page = apply_family(pd.concat(frames, ignore_index=True), "bh", ALPHA, "the ladder summary")
-    tested = confirm(tested, ["model", "stage", "metric", "test", "set"])
+    table, page = apply_family(pd.concat(frames, ignore_index=True), "bh", ALPHA, "the ladder summary")
+    table = confirm(table, ["model", "stage", "metric", "test", "set"])
+    table.attrs["family"] = page.label
+    return table
+
+
+def _counts(part: pd.DataFrame) -> dict[str, int]:
+    """Of one cell's sets: how many pass after the page's correction, how many of those the other
+    half confirms, how many are significant before it (and underpowered after it), how many fail a
+    test that had the power."""
+    kinds = part["verdict"].str.split(":").str[0]
+    passed = kinds == part["what"]
+    return dict(
+        passed=int(passed.sum()),
+        confirmed=int((part["confirmed"] == "yes").sum()),
+        alone=int((part["p_value"] < ALPHA).sum()),
+        alone_only=int(((part["p_value"] < ALPHA) & ~passed).sum()),
+        underpowered=int((kinds == "underpowered").sum()),
+        failed=int((kinds.str.startswith("not ") & (kinds != "not tested")).sum()),
+    )
+
+
+def summary(table: pd.DataFrame, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
+    """One row per claim and test, one column per model: how many of the first half's sets pass
+    (and are confirmed by the second half's), how many are significant before the page's
+    correction and how many underpowered, with their effects (``table``: `tested`)."""
+    if not len(table):
+        return pd.DataFrame()
     rows = []
-    for (claim, metric, test, model), both in tested.groupby(
-        ["claim", "metric", "test", "model"], sort=False
-    ):
+    for (claim, metric, test, model), both in table.groupby(["claim", "metric", "test", "model"], sort=False):
         part = both[both["half"] == HALVES[0]]
-        kinds = part["verdict"].str.split(":").str[0]
-        passed, weak = int((kinds == part["what"]).sum()), int((kinds == "underpowered").sum())
-        confirmed = int((part["confirmed"] == "yes").sum())
-        alone = int((part["p_value"] < ALPHA).sum())
+        n = _counts(part)
         cells = "; ".join(
             f"{r.set} {r.effect:.2f} [{r.effect_low:.2f}, {r.effect_high:.2f}]" for r in part.itertuples()
         )
         rows.append(
             dict(claim=claim, metric=metric, test=test, model=model,
-                 cell=f"{passed}/{len(part)} pass ({confirmed} confirmed); {alone} significant alone, "
-                      f"{weak} underpowered; {cells}")
+                 cell=f"{n['passed']}/{len(part)} pass ({n['confirmed']} confirmed); {n['alone']} "
+                      f"significant alone, {n['underpowered']} underpowered; {cells}")
         )  # fmt: skip
     frame = pd.DataFrame(rows)
-    table = frame.pivot_table(
+    out = frame.pivot_table(
         index=["claim", "metric", "test"], columns="model", values="cell", aggfunc="first"
     )
-    table = table[[m for m in models if m in table.columns]]  # smallest model first
-    table.attrs["family"] = page.label
-    return table
+    out = out[[m for m in models if m in out.columns]]  # smallest model first
+    out.attrs["family"] = table.attrs["family"]
+    return out
+
+
+#: the README's names for the ladder's models and tests
+MODEL_NAMES = {
+    "smollm2-135m": "SmolLM2-135M",
+    "gemma3-270m": "Gemma-3-270M",
+    "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B",
+    "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B",
+}
+TEST_NAMES = {"against_random": "beyond random sets", "specificity": "specific"}
+METRIC_NAMES = {"logprob": "log-probability", "exact_match": "exact match"}
+
+
+def condensed(table: pd.DataFrame, models: tuple[str, ...] = MODELS, metric: str = "logprob") -> str:
+    """The README's table: per claim, test and model, the first selection's sets in ``metric``
+    counted as passing after the page's correction, significant only before it, or failing a test
+    that had the power, and the range of their effects (``table``: `tested`)."""
+    shown = [m for m in models if m in set(table["model"])]
+    names = " | ".join(MODEL_NAMES.get(m, m) for m in shown)
+    lines = [
+        f"| claim (paper) | test, {METRIC_NAMES.get(metric, metric)} | {names} |",
+        "|---|---|" + "---|" * len(shown),
+    ]
+    for claim in CLAIMS.values():
+        for test, label in TEST_NAMES.items():
+            rows = table[(table["claim"] == claim) & (table["test"] == test) & (table["metric"] == metric)]
+            if not len(rows):
+                continue
+            cells = []
+            for model in shown:
+                part = rows[(rows["model"] == model) & (rows["half"] == HALVES[0])]
+                if not len(part):
+                    cells.append("not run")
+                    continue
+                n, low, high = _counts(part), part["effect"].min(), part["effect"].max()
+                cells.append(
+                    f"{n['passed']}/{len(part)} pass; {n['alone_only']} significant alone only "
+                    f"(underpowered), {n['failed']} not; effects {low:.2f}–{high:.2f}"
+                )
+            lines.append(f"| {claim} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nError control: {table.attrs['family']}.\n"
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -414,11 +474,13 @@ def main() -> None:
     check_args(args, out=False)
     if args.summary:
         check_own_folder(Path(args.root) / "summary", "the ladder's summary")
-        table = summary(Path(args.root), tuple(args.models))
+        every = tested(Path(args.root), tuple(args.models))
+        table = summary(every, tuple(args.models))
         out = OutputDir(Path(args.root) / "summary", {"models": list(args.models)})
         out.table("summary", table)
         if len(table):
             atomic_write_text(out.file("summary.md"), markdown(table))
+            atomic_write_text(out.file("readme_table.md"), condensed(every, tuple(args.models)))
         out.close()
         print(table.to_string() if len(table) else "no results yet")
         return

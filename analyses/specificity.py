@@ -252,10 +252,10 @@ def retest(folder: Path, metrics: list[str]) -> None:
 
 
 def saved(
-    folder: Path, key: str, metrics: list[str], sets: list[NeuronSet], tasks: list[Task], n_controls: int
+    folder: Path, key: str, metrics: list[str], sets: list[NeuronSet], tasks: list[Task], draws: tuple
 ) -> dict[str, EvaluationResult] | None:
     """The results a run saved under ``key``, by metric, if they hold exactly these sets (their
-    neurons' hashes), tasks and number of random sets; else None."""
+    neurons' hashes), tasks and ``draws`` of random sets (most, settled, stop after); else None."""
     by_metric = {}
     for metric in metrics:
         path = folder / f"result_{key}_{metric}.json"
@@ -263,7 +263,8 @@ def saved(
             return None
         result = EvaluationResult.load(path)
         hashes = [result.sets.get(s.name, {}).get("sha256") for s in sets]
-        same = hashes == [s.summary()["sha256"] for s in sets] and result.n_controls == n_controls
+        same = hashes == [s.summary()["sha256"] for s in sets]
+        same = same and (result.n_controls, result.settled, result.stop_after) == draws
         if not same or result.tasks != [t.name for t in tasks]:
             return None
         by_metric[metric] = result
@@ -363,7 +364,8 @@ def main() -> None:
         own = controls_on == "own"
         n_controls, most, stop = (args.settled, args.controls, args.stop_after) if own else (10, 10, None)
         sets = [s for s in sets if len(s)]
-        kept = saved(Path(args.out), key, args.metrics, sets, tasks, most) if args.resume else None
+        draws = (most, n_controls, stop) if own else (most, None, None)
+        kept = saved(Path(args.out), key, args.metrics, sets, tasks, draws) if args.resume else None
         if kept is not None:
             print(f"[{key}] kept from the saved results (--resume)", flush=True)
             results[key] = kept

@@ -61,6 +61,10 @@ class EvaluationResult:
         n_controls: the most random controls per set (a set drawn sequentially, or not at
             stake, has fewer: `control_values`); their seeds are ``seed .. seed + n_controls - 1``.
         seed: first control seed.
+        settled: the most random controls for a set not at stake (``None``: every set could draw
+            ``n_controls``).
+        stop_after: a set stopped drawing once this many random controls lowered its task as much
+            (Besag-Clifford; ``None``: no stopping).
         sets: each set's `NeuronSet.summary`, by name.
         prompt_values: long table (``set``, ``task``, ``prompt``, ``value``) of the metric per
             prompt, the unmodified model as set ``"unmodified"``: what the intervals are
@@ -84,6 +88,8 @@ class EvaluationResult:
     sizes: pd.Series
     n_controls: int = 0
     seed: int = 0
+    settled: int | None = None
+    stop_after: int | None = None
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompt_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROMPT_COLUMNS))
     control_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONTROL_COLUMNS))
@@ -482,6 +488,8 @@ class EvaluationResult:
             "sizes": {str(k): int(v) for k, v in self.sizes.items()},
             "n_controls": self.n_controls,
             "seed": self.seed,
+            "settled": self.settled,
+            "stop_after": self.stop_after,
             "sets": self.sets,
             "prompt_values": self.prompt_values.to_dict(orient="list"),
             "control_values": self.control_values.to_dict(orient="list"),
@@ -508,6 +516,8 @@ class EvaluationResult:
             sizes=pd.Series(data["sizes"], dtype=int),
             n_controls=int(data["n_controls"]),
             seed=int(data.get("seed", 0)),
+            settled=data.get("settled"),
+            stop_after=data.get("stop_after"),
             sets=data.get("sets", {}),
             prompt_values=pd.DataFrame(data.get("prompt_values") or {c: [] for c in PROMPT_COLUMNS}),
             control_values=pd.DataFrame(data.get("control_values") or {c: [] for c in CONTROL_COLUMNS}),
@@ -541,12 +551,13 @@ class EvaluationResult:
             and self.intervention == other.intervention
             and self.tasks == other.tasks
             and (self.baseline - other.baseline).abs().max() < 1e-9
-            and self.n_controls == other.n_controls
+            and (self.n_controls, self.settled, self.stop_after)
+            == (other.n_controls, other.settled, other.stop_after)
         )
         if not same:
             raise TasklensError(
                 "Can only add evaluation results of the same metric, intervention, tasks, baseline and "
-                "number of controls"
+                "draws of random controls (n_controls, settled, stop_after)"
             )
         clash = set(self.set_names) & set(other.set_names)
         if clash:
@@ -561,6 +572,8 @@ class EvaluationResult:
             sizes=pd.concat([self.sizes, other.sizes]),
             n_controls=self.n_controls,
             seed=self.seed,
+            settled=self.settled,
+            stop_after=self.stop_after,
             sets={**self.sets, **other.sets},
             prompt_values=pd.concat(
                 [self.prompt_values, other.prompt_values[other.prompt_values["set"] != BASELINE]],
@@ -779,6 +792,8 @@ def evaluation_matrices(
                 sizes=pd.Series({s.name: len(s) for s in chosen}, dtype=int),
                 n_controls=n_controls if at_stake is None else at_stake,
                 seed=seed,
+                settled=None if at_stake is None else n_controls,
+                stop_after=stop_after,
                 sets={s.name: s.summary() for s in chosen},
                 prompt_values=pd.DataFrame(prompt_rows[metric], columns=PROMPT_COLUMNS),
                 control_values=pd.DataFrame(control_rows[metric], columns=CONTROL_COLUMNS),

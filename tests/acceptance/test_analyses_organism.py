@@ -84,3 +84,9 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written stage left
     summary = run("ladder.py", "--summary", "--root", str(tmp_path), "--models", "organism")
     assert "top 1 % gradient-attribution neurons carry their task" in summary
+    readme = (tmp_path / "summary" / "readme_table.md").read_text()  # the README's table, condensed
+    every = pd.read_csv(out / "gradient_1pct" / "tests.csv")
+    first = every[(every.half == "half 1") & (every.metric == "logprob") & (every.test == "specificity")]
+    row = next(line for line in readme.splitlines() if "carry their task" in line and "| specific |" in line)
+    assert row.count("/4 pass") == 1 and f"effects {first.effect.min():.2f}" in row
+    assert "Error control: Benjamini-Hochberg (q = 0.05) over the 32 tests of the ladder summary" in readme
