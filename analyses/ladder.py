@@ -122,6 +122,14 @@ def tests(result: EvaluationResult, stage: str, metric: str, half: str) -> pd.Da
     return out
 
 
+def detectable(row) -> str:
+    """The smallest effect a test's row detects with 80 % power: the own effect against random sets,
+    and for specificity also the margin over every other task."""
+    if row.test == "specificity":
+        return f"own effect {row.mde_random:.2f}, margin {row.mde_others:.2f}"
+    return f"own effect {row.mde:.2f}"
+
+
 class Ladder:
     """The stages of one model, each written once into ``out/<stage>/``."""
 
@@ -323,7 +331,7 @@ class Ladder:
                 f"{stage}, {r.set} ({r.half}), {r.metric}, {r.test} ({r.n_prompts} prompts, "
                 f"{r.n_null} random sets): own task loses {r.effect:.2f} of its gap to the floor "
                 f"[{r.effect_low:.2f}, {r.effect_high:.2f}] vs random sets {r.random_effect:.2f}; "
-                f"p {r.p_value:.2g}: {r.verdict}"
+                f"p {r.p_value:.2g}; detectable with 80 % power: {detectable(r)}: {r.verdict}"
                 + (f"; confirmed by the other half: {r.confirmed}" if r.confirmed else "")
             )
         out.finding(f"error control: {page.label}")

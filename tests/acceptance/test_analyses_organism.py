@@ -79,7 +79,9 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     run("ladder.py", *args, "--retest")  # the tests again, from the saved results alone
     again = pd.read_csv(out / "gradient_1pct" / "tests.csv")
     pd.testing.assert_series_equal(again.p_value, tests.p_value)
-    assert "tests recomputed from its saved results" in (out / "gradient_1pct" / "findings.md").read_text()
+    findings = (out / "gradient_1pct" / "findings.md").read_text()
+    assert "tests recomputed from its saved results" in findings
+    assert findings.count("detectable with 80 % power: own effect") == len(tests)  # every verdict's power
     assert (out / "gradient_1pct" / "timings.csv").is_file()  # the evaluation's time is kept
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written stage left
     summary = run("ladder.py", "--summary", "--root", str(tmp_path), "--models", "organism")
