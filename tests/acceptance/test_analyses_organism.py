@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +93,6 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     row = next(line for line in readme.splitlines() if "carry their task" in line and "| specific |" in line)
     assert row.count("/4 pass") == 1 and f"effects {first.effect.min():.2f}" in row
     assert "Error control: Benjamini-Hochberg (q = 0.05) over the 32 tests of the ladder summary" in readme
+    cost = pd.read_csv(tmp_path / "summary" / "costs.csv").set_index("stage").loc["gradient_1pct"]
+    assert cost.sets == 8 and cost.random_sets == every.groupby(["half", "set"]).n_null.max().sum()
+    assert cost.seconds_per_random_set == pytest.approx(cost.seconds / cost.random_sets, abs=0.01)
