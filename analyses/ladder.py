@@ -193,6 +193,10 @@ class Ladder:
             results.setdefault(tag.replace("half", "half "), {})[metric] = EvaluationResult.load(path)
         config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
                   if k not in ("tasklens_version", "python", "command")}  # fmt: skip
+        for result in (r for by_metric in results.values() for r in by_metric.values()):
+            if result.settled is None and "settled" in config and result.n_controls == config["controls"]:
+                # saved before results kept how they were drawn
+                result.settled, result.stop_after = config["settled"], config["stop_after"]
         timings = folder / "timings.csv"
         if timings.is_file():
             seconds = float(pd.read_csv(timings)["seconds"].sum())
