@@ -610,7 +610,7 @@ def apply_family(
     out["family"] = adjusted.label
     what = out["what"].fillna("specific") if "what" in out else pd.Series("specific", out.index)
     out["verdict"] = [
-        verdict_words(p, bool(d), str(r), alpha, str(w))
+        verdict_words(p, bool(d), r if isinstance(r, str) else "", alpha, str(w))  # a CSV's empty reason: NaN
         for p, d, r, w in zip(out["p_adjusted"], out["decisive"], out["reason"], what, strict=True)
     ]
     return out, adjusted

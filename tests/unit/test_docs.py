@@ -153,3 +153,16 @@ def test_the_scoring_reference_shows_every_scorer_and_its_examples_as_code_in_a_
             assert ">>> " + example.source.splitlines()[0] in code, (heading, example.source)
             assert example.want.splitlines()[0] in code if example.want else True
         assert page.returns[f"{heading}.attribute"] == [1], heading
+
+
+def test_the_readme_ladder_table_is_the_one_the_ladder_summary_wrote():
+    """The README's table is `python analyses/ladder.py --summary`'s readme_table.md, line for line."""
+    written = (ROOT / "analyses" / "results" / "ladder" / "summary" / "readme_table.md").read_text(
+        encoding="utf-8"
+    )
+    rows = [line for line in written.splitlines() if line.startswith("|")]
+    assert len(rows) > 2
+    start = README.splitlines().index(rows[0])
+    assert README.splitlines()[start : start + len(rows)] == rows
+    family = next(line for line in written.splitlines() if line.startswith("Error control:"))
+    assert family.removeprefix("Error control: ").rstrip(".") in " ".join(README.split())

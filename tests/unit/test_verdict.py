@@ -490,3 +490,18 @@ def test_random_sets_where_the_verdict_is_at_stake_keep_the_level_and_add_power(
           + ", ".join(f"{k} {v[:9].sum()}" for k, v in found.items()))  # fmt: skip
     assert (found["at stake"] == found["159 each"]).all()
     assert found["39 each"].sum() == 0 and found["at stake"][:9].sum() >= 8
+
+
+def test_a_page_read_back_from_csv_words_its_verdicts_without_nan(tmp_path):
+    from tasklens.analysis.verdict import apply_family
+
+    table = pd.DataFrame(
+        dict(p_value=[0.01, 0.04, 0.5], decisive=[False, False, True], reason=["", "", "too small"])
+    )
+    table.to_csv(tmp_path / "tests.csv", index=False)
+    again, _ = apply_family(pd.read_csv(tmp_path / "tests.csv"), "bh", 0.05, "page")
+    assert again.verdict.tolist() == [  # adjusted 0.03, 0.06, 0.5
+        "specific",
+        "underpowered: significant alone, not after correction",
+        "not specific: too small",
+    ]
