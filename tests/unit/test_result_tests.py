@@ -82,24 +82,3 @@ def test_a_result_keeps_how_its_random_sets_were_drawn(tmp_path):
     other.values.index = other.sizes.index = ["b"]
     with pytest.raises(Exception, match="draws of random controls"):
         again + other  # the same most, but every set drew up to 20
-
-
-def test_resume_keeps_only_results_drawn_the_same_way(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[2] / "analyses"))
-    from specificity import saved
-
-    from tasklens.data.neurons import NeuronSet
-    from tasklens.tasks.task import Task
-
-    neurons = NeuronSet.from_pairs([(0, 1), (1, 2)], (2, 4), name="a")
-    tasks = [Task.from_lists(t, ["x"], ["y"]) for t in "abc"]
-    drawn = result({"a": -1.0, "b": 0.0, "c": 0.0}, n_controls=159)
-    drawn.settled, drawn.stop_after, drawn.sets = 19, 5, {"a": neurons.summary()}
-    drawn.save(tmp_path / "result_A_logprob")
-    assert saved(tmp_path, "A", ["logprob"], [neurons], tasks, (159, 19, 5)) is not None
-    assert saved(tmp_path, "A", ["logprob"], [neurons], tasks, (159, 39, 5)) is None  # another --settled
-    assert saved(tmp_path, "A", ["logprob"], [neurons], tasks, (159, 19, 3)) is None  # another --stop-after
-    assert saved(tmp_path, "A", ["logprob"], [neurons.renamed("b")], tasks, (159, 19, 5)) is None
