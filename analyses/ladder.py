@@ -362,27 +362,25 @@ def tested(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
     return table
 
 
-def costs(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
+def costs(table: pd.DataFrame, root: Path) -> pd.DataFrame:
     """What each finished stage cost: its seconds, how many random sets its sets drew in all (a set
     draws once for every metric), their own task's prompts per set (mean), and the stage's seconds
-    per random set drawn (everything the stage did, divided by them: what one more costs, at most)."""
+    per random set drawn (everything the stage did, divided by them: what one more costs, at most).
+    ``table``: `tested`, so each stage's tests are read once."""
     rows = []
-    for model in models:
-        for stage in STAGES:
-            folder = root / model / stage
-            timing, table = folder / "timings.csv", folder / "tests.csv"
-            if not (timing.is_file() and table.is_file() and table.stat().st_size > 5):
-                continue
-            tests_ = pd.read_csv(table)
-            if "half" not in tests_:
-                continue
-            drawn = tests_.groupby(["half", "set"])["n_null"].max()
-            seconds = float(pd.read_csv(timing)["seconds"].sum())
-            rows.append(
-                dict(model=model, stage=stage, seconds=seconds, sets=len(drawn), random_sets=int(drawn.sum()),
-                     own_prompts=round(float(tests_.groupby(["half", "set"])["n_prompts"].max().mean()), 1),
-                     seconds_per_random_set=round(seconds / max(int(drawn.sum()), 1), 2))
-            )  # fmt: skip
+    if not len(table):
+        return pd.DataFrame()
+    for (model, stage), tests_ in table.groupby(["model", "stage"], sort=False):
+        timing = root / model / stage / "timings.csv"
+        if not timing.is_file():
+            continue
+        drawn = tests_.groupby(["half", "set"])["n_null"].max()
+        seconds = float(pd.read_csv(timing)["seconds"].sum())
+        rows.append(
+            dict(model=model, stage=stage, seconds=seconds, sets=len(drawn), random_sets=int(drawn.sum()),
+                 own_prompts=round(float(tests_.groupby(["half", "set"])["n_prompts"].max().mean()), 1),
+                 seconds_per_random_set=round(seconds / max(int(drawn.sum()), 1), 2))
+        )  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -517,7 +515,7 @@ def main() -> None:
         if len(table):
             atomic_write_text(out.file("summary.md"), markdown(table))
             atomic_write_text(out.file("readme_table.md"), condensed(every, tuple(args.models)))
-        out.table("costs", costs(Path(args.root), tuple(args.models)), index=False)
+        out.table("costs", costs(every, Path(args.root)), index=False)
         out.close()
         print(table.to_string() if len(table) else "no results yet")
         return
