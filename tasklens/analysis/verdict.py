@@ -160,6 +160,23 @@ def sequential_draws(
     return np.array(rows).reshape(len(rows), observed.size)
 
 
+def controls_needed(tests: int = 1, alpha: float = ALPHA) -> int:
+    """The fewest random sets for which a Monte Carlo p-value can fall below ``alpha / tests``,
+    the threshold the smallest p of a page of ``tests`` faces under Benjamini-Hochberg or Holm
+    (``1 / (n + 1) < alpha / tests``); a set beyond all of them then passes its page alone.
+
+    >>> controls_needed(), controls_needed(12)  # 1/20 = 0.05 is not below 0.05; 1/241 < 0.05/12
+    (20, 240)
+    """
+    if isinstance(tests, bool) or not isinstance(tests, int) or tests < 1:
+        raise TasklensError(f"tests must be a whole number >= 1, got {tests!r}")
+    alpha = check_alpha(alpha)
+    n = max(1, math.floor(tests / alpha) - 1)
+    while not 1 / (n + 1) < alpha / tests:
+        n += 1
+    return n
+
+
 def monte_carlo_threshold(null: np.ndarray, threshold: float) -> float:
     """The smallest observation a Monte Carlo test against ``null`` calls significant below
     ``threshold`` (it must exceed the returned value); inf when ``1 / (n + 1)`` is not below it.
