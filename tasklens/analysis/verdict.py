@@ -23,6 +23,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -171,10 +172,7 @@ def controls_needed(tests: int = 1, alpha: float = ALPHA) -> int:
     if isinstance(tests, bool) or not isinstance(tests, int) or tests < 1:
         raise TasklensError(f"tests must be a whole number >= 1, got {tests!r}")
     alpha = check_alpha(alpha)
-    n = max(1, math.floor(tests / alpha) - 1)
-    while not 1 / (n + 1) < alpha / tests:
-        n += 1
-    return n
+    return math.floor(tests / Fraction(str(alpha)))  # exact: 1 / (n + 1) < alpha / tests
 
 
 def monte_carlo_threshold(null: np.ndarray, threshold: float) -> float:
