@@ -18,6 +18,7 @@ import pandas as pd
 
 from tasklens.analysis.stats import ALPHA, bootstrap_interval, mean_interval, monte_carlo_p
 from tasklens.analysis.verdict import (
+    MARGIN,
     TaskCells,
     against_random,
     apply_family,
@@ -292,18 +293,20 @@ class EvaluationResult:
         """Per set named after a task: is it specific to that task? (`tasklens.analysis.verdict`)
 
         Specific means: (a) it lowers its task more than its random sets of the same per-layer
-        counts (Monte Carlo p, ``p_random``); (b) it lowers its task more than it lowers every
-        other task, each compared by a permutation test over prompts (``p_others``, the largest,
-        from task ``closest``); (c) both as the fraction of the gap between the unmodified value
-        and the task's no-information floor (`floor`) that the set removes (``effect``).
-        ``p_value`` is the largest component p; ``p_adjusted`` adjusts the table's p-values
-        together (``correction``: ``"bh"`` Benjamini-Hochberg or ``"holm"``; ``family`` names
-        it; a page reporting several tables adjusts them together with
-        `tasklens.analysis.verdict.apply_family`). ``mde_random`` / ``mde_others`` are the
-        smallest own effect and margin over the other tasks the tests detect with 80 % power;
-        ``verdict`` says "specific", "not specific: why", "underpowered: why" or "not tested".
-        ``rival`` / ``p_rival``: on this task's prompts, the other task's set that comes closest
-        to hurting them as much (exact sign test, paired by prompt; McNemar's for 0/1 values).
+        counts (Monte Carlo p, ``p_random``); (b) it lowers its task more than every other task
+        (``p_others``); (s) every other task is spared, losing at most ``spare_limit`` of its gap
+        (``p_spared``; the rule is in ``margin``); all on the common scale, the fraction of the
+        gap between the unmodified value and the task's no-information floor (`floor`) that the
+        set removes, capped at 1 (``effect``, with ``effect_uncapped``). ``worst`` is the other
+        task least spared, ``selectivity`` the own effect minus its effect, each with an
+        interval. ``level`` is "specific" (``p_value``, adjusted in ``p_adjusted`` over the
+        table: ``correction`` ``"bh"`` Benjamini-Hochberg or ``"holm"``, named in ``family``),
+        "preferential" ((a) and (b), ``p_preferential``), "breaks everything", "not specific"
+        (shown by an interval), "underpowered" (``needs`` says what would give the power) or
+        "not tested"; ``verdict`` says it in words. A page reporting several tables adjusts them
+        together with `tasklens.analysis.verdict.apply_family`. ``rival`` / ``p_rival``: on this
+        task's prompts, the other task's set that comes closest to hurting them as much (exact
+        sign test, paired by prompt; McNemar's for 0/1 values).
 
         Example:
             >>> import tasklens
@@ -326,7 +329,7 @@ class EvaluationResult:
             rivals = {r: cells[r][name].value for r in names if r != name and cells[r][name].value.size}
             row["rival"], row["p_rival"] = rival_test(own, rivals)
             rows.append(
-                {"set": name, "n_prompts": int(cells[name][name].base.size), **row, "what": "specific"}
+                {"set": name, "n_prompts": int(cells[name][name].base.size), **row, "margin": MARGIN}
             )
         table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
         return table
@@ -349,18 +352,15 @@ class EvaluationResult:
             own = cells[name][name]
             drops = own.random_effects()
             effect = own.effect()
-            p, mde, decisive, reason = (
-                against_random(name, effect, drops, alpha)
-                if drops.size and np.isfinite(effect)
-                else (np.nan, np.nan, False, "no gap above the floor or no random sets")
-            )
+            interval = effect_interval(own, alpha)
+            p, mde, decisive, reason = against_random(name, effect, drops, alpha, interval["effect_high"])
             rows.append(
                 {
                     "set": name,
                     "n_prompts": int(own.base.size),
                     "n_null": int(drops.size),
                     "change": float(own.value.mean() - own.base.mean()) if own.base.size else np.nan,
-                    **effect_interval(own, alpha),
+                    **interval,
                     "p_value": p,
                     "p_floor": 1 / (drops.size + 1),
                     "mde": mde,
