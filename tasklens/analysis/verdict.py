@@ -362,11 +362,10 @@ def against_random(
         return p, mde, False, ""
     exceed = int(np.sum(drops >= effect))
     p_lowest = proportion_confint(exceed, drops.size, alpha=2 * alpha, method="beta")[0]
-    if p_lowest > alpha or effect_high < mde:
+    if p_lowest > alpha or (math.isfinite(mde) and effect_high < mde):
         return p, mde, True, f"{own} falls no more than random sets (p = {p:.2g})"
     if 1 / (drops.size + 1) >= alpha:
-        needed = controls_needed(1, alpha)
-        return p, mde, False, f"{drops.size} random sets cannot give p < {alpha:g}; draw at least {needed}"
+        return p, mde, False, f"{drops.size} random sets cannot give p < {alpha:g}"
     return (
         p,
         mde,
@@ -760,24 +759,33 @@ def apply_family(
     out = table.copy()
     out["p_adjusted"] = adjusted.adjusted
     out["family"] = adjusted.label
-    if "p_preferential" not in out:
-        what = out["what"].fillna("specific") if "what" in out else pd.Series("specific", out.index)
-        out["verdict"] = [
-            verdict_words(p, bool(d), r if isinstance(r, str) else "", alpha, str(w))  # CSV: empty is NaN
-            for p, d, r, w in zip(out["p_adjusted"], out["decisive"], out["reason"], what, strict=True)
-        ]
-        out["level"] = [v.split(":")[0] for v in out["verdict"]]
-        return out, adjusted
-    preferential = out["p_preferential"].where(out["p_value"].notna())
-    out["p_preferential_adjusted"] = family(preferential.to_numpy(dtype=float), method, alpha).adjusted
     needed = controls_needed(max(adjusted.size, 1), alpha)
-    needs = out["needs"].where(out["needs"].map(lambda v: isinstance(v, str)), "")
-    blocked = out["at_floor"].astype(bool) & (out["n_null"] < needed) & ~(out["p_adjusted"] < alpha)
+    if {"n_null", "p_floor"} <= set(out):
+        own = out["p_random"] if "p_random" in out else out["p_value"]
+        at_floor = own <= out["p_floor"] * (1 + 1e-9)
+        blocked = at_floor & (out["n_null"] < needed) & ~(out["p_adjusted"] < alpha)
+    else:
+        blocked = pd.Series(False, out.index)
+    before = out["needs"] if "needs" in out else pd.Series("", out.index)
     out["needs"] = [
-        "; ".join(filter(None, [f"at least {needed} random sets" if b else "", n]))
-        for b, n in zip(blocked, needs, strict=True)
+        "; ".join(
+            filter(None, [f"at least {needed} random sets" if b else "", n if isinstance(n, str) else ""])
+        )
+        for b, n in zip(blocked, before, strict=True)
     ]
-    levels = [verdict_level(row, alpha) for row in out.to_dict("records")]
+    if "p_preferential" in out:
+        preferential = out["p_preferential"].where(out["p_value"].notna())
+        out["p_preferential_adjusted"] = family(preferential.to_numpy(dtype=float), method, alpha).adjusted
+        levels = [verdict_level(row, alpha) for row in out.to_dict("records")]
+    else:
+        what = out["what"].fillna("specific") if "what" in out else pd.Series("specific", out.index)
+        levels = []
+        for p, d, r, w, n in zip(
+            out["p_adjusted"], out["decisive"], out["reason"], what, out["needs"], strict=True
+        ):
+            words = verdict_words(p, bool(d), r if isinstance(r, str) else "", alpha, str(w))  # CSV: NaN
+            underpowered = words.startswith("underpowered")
+            levels.append((words.split(":")[0], words + (f"; needs {n}" if n and underpowered else "")))
     out["level"] = [level for level, _ in levels]
     out["verdict"] = [words for _, words in levels]
     return out, adjusted
