@@ -328,9 +328,7 @@ class EvaluationResult:
             own = cells[name][name].value
             rivals = {r: cells[r][name].value for r in names if r != name and cells[r][name].value.size}
             row["rival"], row["p_rival"] = rival_test(own, rivals)
-            rows.append(
-                {"set": name, "n_prompts": int(cells[name][name].base.size), **row, "margin": MARGIN}
-            )
+            rows.append({"set": name, "n_prompts": int(cells[name][name].base.size), **row, "margin": MARGIN})
         table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
         return table
 

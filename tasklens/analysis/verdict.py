@@ -54,6 +54,8 @@ SPARE_SHARE = 0.25
 SPARE_GAP = 0.1
 #: a task's gap is too uncertain to normalise by when its standard error exceeds this share of it
 GAP_ERROR = 0.2
+#: the fewest prompts per task for (b) and the sparing test, whose level holds from there
+MIN_PROMPTS = 12
 #: how every page states the margin
 MARGIN = (
     f"spared: another task loses at most {SPARE_SHARE:g} of the own effect and at least "
@@ -450,14 +452,19 @@ def dissociation(
     `evaluation_matrices` runs it before drawing any (``at_stake``) with the same ``seed``
     `specificity_verdict` uses.
 
-    >>> flat, floor, none = np.full(4, -1.0), np.array([-5.0]), np.zeros((0, 4))
-    >>> cells = {"t": TaskCells(flat, flat - 3, none, floor), "u": TaskCells(flat, flat, none, floor)}
-    >>> round(dissociation("t", cells).p, 4)  # 4 prompts each: 1 of the 70 splits is as extreme
-    0.0143
+    >>> rng, floor, none = np.random.default_rng(0), np.array([-5.0]), np.zeros((0, 12))
+    >>> base = rng.normal(-1.0, 0.2, 12)
+    >>> cells = {"t": TaskCells(base, base - 3, none, floor), "u": TaskCells(base, base - 0.1, none, floor)}
+    >>> test = dissociation("t", cells)
+    >>> test.p < 0.001, round(test.comparisons[0].effect, 3)  # u loses 0.1 nats of its 4
+    (True, 0.025)
     """
     comparisons, not_tested = [], []
     for i, (name, other) in enumerate(tasks.items()):
         if name == own:
+            continue
+        if other.value.size and other.base.size < MIN_PROMPTS:
+            not_tested.append(f"{name} (fewer than {MIN_PROMPTS} prompts)")
             continue
         if not other.value.size or not other.reliable():
             why = "no gap above its floor" if not other.gap > 0 else "its gap is too uncertain"
@@ -479,6 +486,8 @@ def at_stake(own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, see
     """
     cells = tasks.get(own)
     if cells is None or not math.isfinite(cells.effect()) or not cells.reliable():
+        return False
+    if cells.base.size < MIN_PROMPTS:
         return False
     return bool(dissociation(own, tasks, alpha, seed).p < alpha)
 
@@ -542,6 +551,9 @@ def specificity_verdict(
         return row
     if not cells.reliable():
         row["reason"] = f"{own}'s gap to its floor is too uncertain to normalise by (more prompts)"
+        return row
+    if cells.base.size < MIN_PROMPTS:
+        row["reason"] = f"{cells.base.size} prompts on {own}; the comparisons need at least {MIN_PROMPTS}"
         return row
     p_random, mde_random, decisive_a, reason_a = against_random(
         own, cells.effect(), drops, alpha, interval["effect_high"]

@@ -426,7 +426,8 @@ def test_exact_match_at_16_prompts_states_its_power():
     at_48 = pd.concat([exact_match(rng, lost=15, n_prompts=48).specificity() for _ in range(20)])
     print(
         f"\nexact match, 5 of 16 lost: specific {power:.2f}, detectable margin "
-        f"{rows['mde_spared'].median():.2f}; 15 of 48 lost: specific {(at_48['level'] == 'specific').mean():.2f}"
+        f"{rows['mde_spared'].median():.2f}; 15 of 48 lost: specific "
+        f"{(at_48['level'] == 'specific').mean():.2f}"
     )
     # never "not specific"; "not tested" where chance hit the floor often (gap too uncertain)
     assert power >= 0.5 and set(rows["level"]) <= {"specific", "preferential", "not tested"}
