@@ -56,7 +56,7 @@ from common import (
 
 from tasklens.analysis.compare import exclusive, overlap, shared_by_all
 from tasklens.analysis.generic import generic_units, position_zero_profile
-from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
+from tasklens.analysis.matrix import EvaluationResult, evaluation_inputs, evaluation_matrices
 from tasklens.analysis.verdict import ALPHA, apply_family
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError
@@ -251,21 +251,20 @@ def retest(folder: Path, metrics: list[str]) -> None:
     out.close()
 
 
-def saved(
-    folder: Path, key: str, metrics: list[str], sets: list[NeuronSet], tasks: list[Task], draws: tuple
-) -> dict[str, EvaluationResult] | None:
+def saved(folder: Path, key: str, sets: list[NeuronSet], expected: dict[str, dict]) -> dict | None:
     """The results a run saved under ``key``, by metric, if they hold exactly these sets (their
-    neurons' hashes), tasks and ``draws`` of random sets (most, settled, stop after); else None."""
+    neurons' hashes) and were made from the ``expected`` inputs (`evaluation_inputs`, by metric:
+    model, prompts, tasks, intervention, seeds, random-set draws); else None."""
     by_metric = {}
-    for metric in metrics:
+    for metric, inputs in expected.items():
         path = folder / f"result_{key}_{metric}.json"
         if not path.is_file():
             return None
         result = EvaluationResult.load(path)
         hashes = [result.sets.get(s.name, {}).get("sha256") for s in sets]
-        same = hashes == [s.summary()["sha256"] for s in sets]
-        same = same and (result.n_controls, result.settled, result.stop_after) == draws
-        if not same or result.tasks != [t.name for t in tasks]:
+        if hashes != [s.summary()["sha256"] for s in sets] or result.set_names != [s.name for s in sets]:
+            return None
+        if result.inputs.get("fingerprint") != inputs["fingerprint"]:
             return None
         by_metric[metric] = result
     return by_metric
@@ -364,8 +363,15 @@ def main() -> None:
         own = controls_on == "own"
         n_controls, most, stop = (args.settled, args.controls, args.stop_after) if own else (10, 10, None)
         sets = [s for s in sets if len(s)]
-        draws = (most, n_controls, stop) if own else (most, None, None)
-        kept = saved(Path(args.out), key, args.metrics, sets, tasks, draws) if args.resume else None
+        spec = intervention if isinstance(intervention, Intervention) else Intervention(intervention)
+        expected = {
+            m: evaluation_inputs(
+                model, tasks, m, spec, n_controls, controls_on=controls_on, stop_after=stop,
+                at_stake=most if own else None,
+            )
+            for m in args.metrics
+        }  # fmt: skip
+        kept = saved(Path(args.out), key, sets, expected) if args.resume else None
         if kept is not None:
             print(f"[{key}] kept from the saved results (--resume)", flush=True)
             results[key] = kept

@@ -42,9 +42,9 @@ class DemoResult:
         """Per set: its own task with the set off (and 95 % interval over prompts) beside random
         sets of the same per-layer counts (their mean and 2.5-97.5 percentile range), the mean
         change on the other tasks, and the specificity verdict: the share of its own task's gap
-        to the floor the set removes, the other task it hurts most (and by how much of that
-        task's gap), the p-value and its Benjamini-Hochberg adjustment over the sets, the
-        smallest own effect the test could detect, and the verdict."""
+        to the floor the set removes, the other task it spares least (and how much of that
+        task's gap) with the selectivity (own minus that effect), the p-value and its
+        Benjamini-Hochberg adjustment over the sets, and the verdict's level."""
         own = self.result.own_and_others()
         test = self.result.specificity()
         return pd.DataFrame(
@@ -58,14 +58,14 @@ class DemoResult:
                 "random 95% range": _intervals(own["control_value_low"], own["control_value_high"]),
                 "others change": own["others_change"],
                 "own effect": test["effect"],
-                "hurts most": [
+                "least spared": [
                     f"{c} {e:.2f}" if c else ""
-                    for c, e in zip(test["closest"], test["closest_effect"], strict=True)
+                    for c, e in zip(test["worst"], test["worst_effect"], strict=True)
                 ],
+                "selectivity 95% CI": _intervals(test["selectivity_low"], test["selectivity_high"]),
                 "p": test["p_value"],
                 "p (BH)": test["p_adjusted"],
-                "detectable": test[["mde_random", "mde_others"]].max(axis=1),
-                "verdict": [v.split(":")[0] for v in test["verdict"]],
+                "verdict": test["level"],
             }
         )
 

@@ -144,7 +144,7 @@ def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
                 "effect": float(verdict["effect"]) if verdict is not None else float("nan"),
                 "verdict": str(verdict["verdict"]) if verdict is not None else "not tested",
                 # painted only when the verdict (random sets, every other task, one error rate) says so
-                "specific": verdict is not None and verdict["verdict"] == "specific",
+                "specific": verdict is not None and verdict["level"] == "specific",
             }
         )
     return rows, evaluation
