@@ -513,7 +513,8 @@ def specificity_verdict(
 
     Returns:
         A row: ``effect`` (own task, capped at 1) with ``effect_low``/``effect_high``,
-        ``effect_uncapped``, ``random_effect``, ``p_random`` (a) over ``n_null`` random sets with
+        ``effect_uncapped``, ``random_effect`` and ``random_high`` (the random sets' mean and
+        ``1 - alpha / 2`` quantile), ``p_random`` (a) over ``n_null`` random sets with
         ``p_floor`` (1 / (n + 1)) and ``at_floor``; ``worst``, the other task least spared, with
         ``worst_effect``/``worst_low``/``worst_high``; ``selectivity`` (own minus worst, capped)
         with its interval; ``spare_limit`` (the most a spared task may lose); ``p_others`` (b),
@@ -527,6 +528,7 @@ def specificity_verdict(
     cells = tasks[own]
     drops = cells.random_effects()
     row: dict[str, object] = {"n_null": int(drops.size), "p_floor": 1 / (drops.size + 1), "reason": ""}
+    row["random_high"] = float(np.percentile(drops, 100 * (1 - alpha / 2))) if drops.size else math.nan
     interval = effect_interval(cells, alpha, seed)
     effect = cells.capped()
     row.update(
