@@ -82,9 +82,9 @@ class Scale:
 
     detection: int = 48
     evaluation: int = 48
-    #: the most random sets for a set whose verdict is at stake; a Monte Carlo p-value cannot go
-    #: below 1 / (controls + 1): 0.00625 with 159
-    controls: int = 159
+    #: the most random sets for a set whose verdict is at stake: enough for its p to clear the
+    #: primary family's smallest threshold, q / PRIMARY_TESTS (1 / 261 < 0.05 / 13)
+    controls: int = 260
     #: Besag-Clifford: a set stops drawing random sets once this many lower its task as much
     stop_after: int = 5
     stages: tuple[str, ...] = STAGES
@@ -101,6 +101,8 @@ SCALES = {
     "qwen2.5-coder-0.5b": Scale(48, 24, stages=CORE),
     "qwen2.5-coder-1.5b": Scale(32, 16, stages=CORE),
 }
+#: the primary family: one test per claim (a stage of `CLAIMS`) and model that runs it
+PRIMARY_TESTS = 13
 #: the organism (for checking the script quickly)
 ORGANISM_SCALE = Scale(16, 16, 19, 3, settled=9)
 CLAIMS = {
