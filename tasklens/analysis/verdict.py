@@ -759,8 +759,11 @@ def verdict_level(row: Mapping[str, object], alpha: float = ALPHA) -> tuple[str,
         untested = text("not_tested")
         return "specific", "specific" + (f" (not tested: {untested})" if untested else "")
     if preferential < alpha:
-        why = text("unspared") or "the other tasks are spared only before the page's correction"
-        return "preferential", f"preferential: {why}"
+        why = text("unspared") or (
+            f"specific before the page's correction (p = {float(row.get('p_value', math.nan)):.2g}, "
+            f"adjusted {p:.2g})"
+        )
+        return "preferential", f"preferential: {why}" + (f"; needs {needs}" if needs else "")
     if text("breaks"):
         return "breaks everything", f"breaks everything: takes {text('breaks')} to its floor"
     if bool(row.get("decisive")):
