@@ -96,10 +96,32 @@ def main(
     """
     from tasklens import distributed
 
+    _warnings_as_lines()
     try:
         distributed.init()
     except TasklensError as error:
         fail(error)
+
+
+def _warnings_as_lines() -> None:
+    """Show tasklens's own warnings as one line, ``warning: ...`` on stderr (others as Python
+    shows them)."""
+    import warnings
+
+    from tasklens.errors import TasklensWarning
+
+    if getattr(warnings.showwarning, "tasklens", False):
+        return
+    shown = warnings.showwarning
+
+    def show(message, category, *args, **kwargs) -> None:
+        if issubclass(category, TasklensWarning):
+            typer.secho(f"warning: {' '.join(str(message).split())}", fg=typer.colors.YELLOW, err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    show.tasklens = True
+    warnings.showwarning = show
 
 
 # --- options generated from RunConfig ---------------------------------------------------------
@@ -233,7 +255,8 @@ def demo(
     percent: float = typer.Option(1.0, help="Top percentage of neurons selected per task."),
     controls: int = typer.Option(
         20,
-        help="Random control sets per task (same per-layer counts); under 20 no verdict can be 'specific'.",
+        help="Random sets per task (same per-layer counts; under 20 no verdict can be 'specific'), and "
+        "up to 20 per task where a verdict is at stake.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only (for scripts)."),
     device: str = run_option("device"),
@@ -255,16 +278,7 @@ def demo(
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "seconds": round(time.time() - start, 1)}, indent=2))
         return
-    typer.echo("\nExact match on each task's held-out prompts (rows: neurons zero-ablated)\n")
-    typer.echo(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
-    typer.echo(
-        f"\nEach set on its own task, beside {controls} random sets of the same per-layer counts; "
-        "'others change' is the mean change on the other tasks; 'own effect' the share of the own "
-        "task's gap to its floor the set removes, 'hurts most' the other task it lowers most (share of "
-        "that task's gap); p the specificity verdict's (docs/statistics.md), adjusted by "
-        "Benjamini-Hochberg over the sets; 'detectable' the smallest effect it could detect\n"
-    )
-    typer.echo(result.controls().to_string(float_format=lambda v: f"{v:.3f}"))
+    typer.echo("\n" + result.printout())
     typer.echo(f"\n{time.time() - start:.0f} s")
 
 
@@ -292,20 +306,19 @@ def ablate(config) -> None:
 
     Example: tasklens ablate --out runs/x --intervention amplify --factor 3
     """
+    from tasklens.analysis.verdict_table import VerdictTable, verdict_lines
     from tasklens.runs.pipeline import ablate as run_ablate
 
     result = run_ablate(config)
     typer.echo(result.pivot().to_string(float_format=lambda v: f"{v:.3f}"))
     named = [s for s in result.set_names if s in result.tasks]
     if named and len(result.tasks) > 1 and result.n_controls:
-        table = result.specificity()
-        typer.echo(f"\nSpecificity (docs/statistics.md), {table['family'].iloc[0]}:")
-        for name, row in table.iterrows():
-            typer.echo(
-                f"  {name}: removes {row.effect:.2f} of its task's gap to the floor "
-                f"(random sets {row.random_effect:.2f}); p {row.p_value:.2g}, adjusted "
-                f"{row.p_adjusted:.2g}: {row.verdict}"
-            )
+        typer.echo(
+            "\nSpecificity (docs/statistics.md): own effect, the share of its task's gap to the floor\n"
+            "a set removes [95 % interval]; selectivity, own effect minus the worst other task's"
+        )
+        for line in verdict_lines(VerdictTable(result.specificity()), flag="--controls {n}"):
+            typer.echo(line)
 
 
 @config_command("compare", FROM_RUN + LOCATED)

@@ -8,6 +8,8 @@ there is no display, the inline backend in Jupyter).
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -22,16 +24,17 @@ def _detached(fig):
 FALL_COLOUR = {"negative": "RdBu", "positive": "RdBu_r"}
 
 
-def diagonal_order(frame: pd.DataFrame) -> pd.DataFrame:
+def diagonal_order(frame: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
     """``frame`` with its rows and columns in one order, so a set named after a task sits on
-    the diagonal at that task: the names in both first (in the columns' order), then the
-    other columns and rows in their own order.
+    the diagonal at that task: the names in both first (in ``order``, else the columns'
+    order), then the other columns and rows in their own order.
 
     >>> frame = pd.DataFrame([[1, 2], [3, 4]], index=["b", "a"], columns=["a", "b"])
     >>> diagonal_order(frame).index.tolist()
     ['a', 'b']
     """
-    shared = [c for c in frame.columns if c in frame.index]
+    shared = [c for c in (order or []) if c in frame.columns and c in frame.index]
+    shared += [c for c in frame.columns if c in frame.index and c not in shared]
     rows = shared + [r for r in frame.index if r not in shared]
     columns = shared + [c for c in frame.columns if c not in shared]
     return frame.loc[rows, columns]
@@ -54,9 +57,8 @@ def heatmap(
     acc_drop), so the same fall is the same red in every figure.
     """
     values = frame.to_numpy(dtype=float)
-    fig, ax = plt.subplots(
-        figsize=(1.6 + 0.8 * values.shape[1], 1.2 + 0.55 * values.shape[0]), layout="constrained"
-    )
+    width = max(4.4, 2.2 + 0.8 * values.shape[1])
+    fig, ax = plt.subplots(figsize=(width, max(2.8, 1.6 + 0.55 * values.shape[0])), layout="constrained")
     if center:
         if falls not in FALL_COLOUR:
             raise ValueError(f"falls must be 'negative' or 'positive', got {falls!r}")
@@ -78,7 +80,7 @@ def heatmap(
     bar = fig.colorbar(image, ax=ax, shrink=0.8)
     if center:
         bar.set_label("red: the metric falls", fontsize=8)
-    ax.set_title(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(width * 11))), fontsize=9)
     return _detached(fig)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import textwrap
 from typing import Any
 
 import pandas as pd
@@ -36,6 +37,14 @@ COMPACT = {
     "p": "p",
     "p_adjusted": "p adjusted",
     "needs": "for the power",
+}
+#: the compact view's headers as the terminal's lines name them
+LINE_LABELS = {
+    COMPACT["effect"]: "own effect",
+    COMPACT["selectivity"]: "selectivity",
+    COMPACT["worst"]: "worst other",
+    COMPACT["p_adjusted"]: "adjusted",
+    COMPACT["needs"]: "for the power:",
 }
 #: what the footer says about a p-value at its floor
 FLOOR_NOTE = "at floor: p = 1/(n + 1), the smallest p that n random sets allow"
@@ -172,6 +181,23 @@ def footer(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def verdict_lines(table: pd.DataFrame, width: int = 100, flag: str = "n_controls={n}") -> list[str]:
+    """The verdicts as lines of text at most ``width`` wide (for a terminal): per set, its
+    verdict in words, then its numbers (the compact view's other cells); the footer last."""
+    view = compact(table, flag)
+    verdict = COMPACT["verdict"]
+    lines: list[str] = []
+    for name, row in view.iterrows():
+        words = row[verdict] if verdict in view.columns else ""
+        lines += textwrap.wrap(f"{name}: {words}", width, subsequent_indent="    ")
+        shown = [c for c in view.columns if c != verdict and row[c] not in ("", "-")]
+        numbers = "; ".join(f"{LINE_LABELS.get(c, c)} {row[c]}" for c in shown)
+        lines += textwrap.wrap(numbers, width, initial_indent="  ", subsequent_indent="    ")
+    for line in footer(table):
+        lines += textwrap.wrap(line, width, subsequent_indent="  ")
+    return lines
+
+
 class VerdictTable(pd.DataFrame):
     """A specificity verdict table (a DataFrame) that prints and shows in a notebook as its
     compact view (see the module docstring); ``full()`` / ``to_frame()`` give every column.
@@ -217,7 +243,11 @@ class VerdictTable(pd.DataFrame):
         if full or not self._shows_compact():
             return pd.DataFrame(self).to_string(*args, **kwargs)
         buf = kwargs.pop("buf", None)
-        text = "\n".join([compact(self, flag).to_string(*args, **kwargs), *footer(self)])
+        view = compact(self, flag)
+        verdict = COMPACT["verdict"]
+        if verdict in view.columns:  # words read from the left
+            view[verdict] = view[verdict].str.ljust(int(view[verdict].str.len().max() or 0))
+        text = "\n".join([view.to_string(*args, **kwargs), *footer(self)])
         if buf is None:
             return text
         buf.write(text) if hasattr(buf, "write") else open(buf, "w", encoding="utf-8").write(text)

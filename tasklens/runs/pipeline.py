@@ -587,11 +587,26 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
         if config.interference and len(sets) > 1:
             drop = interference(model, sets, [tasks[s.name] for s in sets], config.batch_size, config.metric)
             out.table("interference", drop)
-            out.figure("interference", heatmap(drop, "acc_drop(row | column's neurons off)", center=True))
+            out.figure("interference", interference_figure(drop, task_names(config.tasks)))
             results["interference"] = drop
         if config.stability_splits > 0:
             results["stability"] = out.table("stability", _stability(config, model), index=False)
     return results
+
+
+def interference_figure(drop: pd.DataFrame, order: list[str] | None = None):
+    """The acc_drop heatmap: each set's own task on the diagonal (tasks in ``order``), red where a
+    task falls."""
+    from tasklens.analysis.plots import diagonal_order, heatmap
+
+    return heatmap(
+        diagonal_order(drop, order),
+        "acc_drop: relative drop of the row's task, the column's neurons off",
+        center=True,
+        falls="positive",
+        xlabel="neurons off",
+        ylabel="task evaluated",
+    )
 
 
 def _stability(config: RunConfig, model) -> pd.DataFrame:
