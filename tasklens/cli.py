@@ -104,24 +104,22 @@ def main(
 
 
 def _warnings_as_lines() -> None:
-    """Show tasklens's own warnings as one line, ``warning: ...`` on stderr (others as Python
-    shows them)."""
+    """Print tasklens's own warnings as one line, ``warning: ...`` (others as Python words them)."""
     import warnings
 
     from tasklens.errors import TasklensWarning
 
-    if getattr(warnings.showwarning, "tasklens", False):
+    if getattr(warnings.formatwarning, "tasklens", False):
         return
-    shown = warnings.showwarning
+    words = warnings.formatwarning
 
-    def show(message, category, *args, **kwargs) -> None:
+    def formatted(message, category, *args, **kwargs) -> str:
         if issubclass(category, TasklensWarning):
-            typer.secho(f"warning: {' '.join(str(message).split())}", fg=typer.colors.YELLOW, err=True)
-        else:
-            shown(message, category, *args, **kwargs)
+            return f"warning: {' '.join(str(message).split())}\n"
+        return words(message, category, *args, **kwargs)
 
-    show.tasklens = True
-    warnings.showwarning = show
+    formatted.tasklens = True
+    warnings.formatwarning = formatted
 
 
 # --- options generated from RunConfig ---------------------------------------------------------
