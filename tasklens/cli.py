@@ -1,7 +1,7 @@
 """The `tasklens` command line.
 
 The run stages' options (`locate`, `ablate`, `compare`) are generated from the
-fields of `tasklens.pipeline.RunConfig`, so their names, defaults and help are
+fields of `tasklens.runs.pipeline.RunConfig`, so their names, defaults and help are
 written once; every command reports a `TasklensError` as a one-line message with
 exit code 2.
 """

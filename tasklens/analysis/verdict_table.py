@@ -198,6 +198,21 @@ def verdict_lines(table: pd.DataFrame, width: int = 100, flag: str = "n_controls
     return lines
 
 
+def result_repr(result: Any) -> str:
+    """An `EvaluationResult` in a few lines: what was measured, how many random sets, and the
+    metric on every task with each set intervened on (3 decimals), not its per-prompt data."""
+    drawn = f"{result.n_controls} random sets per set"
+    if result.settled is not None and result.settled != result.n_controls:
+        drawn = f"{result.settled} random sets per set, up to {result.n_controls} where its verdict is "
+        drawn += "at stake"
+    head = (
+        f"EvaluationResult: {result.metric} under {result.intervention_label}, "
+        f"{len(result.set_names)} sets x {len(result.tasks)} tasks, {drawn}"
+    )
+    table = result.pivot().to_string(float_format=lambda v: f"{v:.3f}")
+    return f"{head}\n{table}\n(.specificity() for the verdicts, .to_frame() for every value)"
+
+
 class VerdictTable(pd.DataFrame):
     """A specificity verdict table (a DataFrame) that prints and shows in a notebook as its
     compact view (see the module docstring); ``full()`` / ``to_frame()`` give every column.
@@ -261,7 +276,8 @@ class VerdictTable(pd.DataFrame):
         view = compact(self, flag)
         table = view.to_html(border=0, escape=True, classes="verdicts")
         notes = "".join(f"<p class='verdict-note'>{html.escape(line)}</p>" for line in footer(self))
-        return f"<div>{table}{notes}</div>"
+        left = "<style>table.verdicts td:first-of-type { text-align: left; }</style>"
+        return f"<div>{left}{table}{notes}</div>"
 
     def _repr_html_(self) -> str:
         if not self._shows_compact():

@@ -58,7 +58,7 @@ class RunConfig:
     model: str = option(
         "organism", "Model: 'organism', 'smollm2-135m', a local Hugging Face folder or a hub name."
     )
-    tasks: list[str] = option(  # noqa: RUF009 (option returns a field)
+    tasks: list[str] = option(
         ["continent_of", "currency_of", "larger_number", "addition"],
         "Built-in task names or JSONL/CSV task files (names must be distinct).",
         flags=("--task", "-t"),
@@ -66,7 +66,7 @@ class RunConfig:
     out: str = option(
         "runs/tasklens", "Run folder (scores/, sets/, tables, figures, manifest).", record=False
     )
-    plugins: list[str] = option(  # noqa: RUF009
+    plugins: list[str] = option(
         [],
         "Python modules to import first; they register their own scorers, metrics, selections.",
         flags=("--plugin",),
@@ -77,10 +77,10 @@ class RunConfig:
     )
     max_prompts: int = option(150, "Prompts per task and split (a deterministic sample).")
     method: str = option("attribution_patching", "Scorer (`tasklens list`).", stages=LOCATE + COMPARE)
-    params: dict[str, Any] = option(  # noqa: RUF009
+    params: dict[str, Any] = option(
         {}, "Scorer parameters, key=value (repeatable).", stages=LOCATE + COMPARE, flags=("--param",)
     )
-    intervention_params: dict[str, Any] = option(  # noqa: RUF009
+    intervention_params: dict[str, Any] = option(
         {},
         "Parameters of the intervention kind, key=value (repeatable; e.g. a plug-in kind's own).",
         stages=ABLATE,

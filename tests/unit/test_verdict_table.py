@@ -188,3 +188,18 @@ def test_sequential_draws_keep_their_level_on_a_null_set():
     assert hits / n <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / n)
     beyond = sequential_draws([9.0], lambda i: rng.normal(size=1), draws.stop_after, draws.at_stake)
     assert monte_carlo_p(9.0, beyond[:, 0]) == 1 / 41 < 0.05 / 2
+
+
+def test_an_evaluation_result_prints_in_a_few_rounded_lines():
+    from test_report_figures import made_result
+
+    from tasklens.analysis.verdict_table import result_repr
+
+    result = made_result()
+    result.n_controls, result.settled = 40, 20
+    lines = result_repr(result).splitlines()
+    assert lines[0] == (
+        "EvaluationResult: exact_match under zero ablation, 3 sets x 3 tasks, 20 random sets per set, "
+        "up to 40 where its verdict is at stake"
+    )
+    assert len(lines) == 2 + 4 + 1 and "0.500" in lines[3] and "prompt" not in result_repr(result)
