@@ -223,10 +223,10 @@ class VerdictTable(pd.DataFrame):
         ...      "p_value": [1 / 81], "p_random": [1 / 81], "p_floor": [1 / 81], "p_adjusted": [0.0123],
         ...      "family": ["Benjamini-Hochberg (q = 0.05) over the 1 tests of this table"]},
         ...     index=pd.Index(["addition"], name="set"))
-        >>> print(table)
-                   verdict   own effect [CI]               p p adjusted
+        >>> print(table)  # doctest: +NORMALIZE_WHITESPACE
+                   verdict    own effect [CI]                    p p adjusted
         set
-        addition  specific 0.83 [0.71, 0.95] 0.012 at floor 1/81      0.012
+        addition  specific  0.83 [0.71, 0.95]  0.012 at floor 1/81      0.012
         error control: Benjamini-Hochberg (q = 0.05) over the 1 tests of this table
         at floor: p = 1/(n + 1), the smallest p that n random sets allow
         >>> float(table.loc["addition", "effect"])
