@@ -378,7 +378,7 @@ def set_stability(
     return table
 
 
-#: the two independent selections every verdict is confirmed by
+#: the two selections every set is made by (disjoint halves of the detection prompts)
 HALVES = ("half 1", "half 2")
 
 
@@ -393,19 +393,20 @@ def halves(detection: dict[str, Task], seed: int = 0) -> dict[str, dict[str, Tas
     return out
 
 
-def confirm(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def stable(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """``table`` (verdicts after the page's error control, a ``half`` column naming the selection)
-    with ``confirmed``: for rows whose set was selected on both halves, whether both selections
-    got the verdict "specific" (``"yes"`` / ``"no"``); empty where only one selection was tested."""
-    kinds = table["verdict"].str.split(":").str[0]
-    specific = (kinds == table.get("what", pd.Series("specific", table.index)).fillna("specific")).rename(
-        "ok"
-    )
+    with ``stable``: for rows whose set was selected on both halves, whether both selections pass
+    (``"yes"`` / ``"no"``); empty where only one selection was tested. Stable across selections is
+    not a replication: both halves' sets are tested on the same evaluation prompts, floors and
+    random-set seeds, and they overlap."""
+    what = table.get("what", pd.Series("specific", table.index)).fillna("specific")
+    levels = table["level"] if "level" in table else table["verdict"].str.split(":").str[0]
+    passed = (levels == what).rename("ok")
     groups = table[keys].astype(str).agg(" | ".join, axis=1)
     both = (
-        table.assign(_group=groups, _ok=specific)
+        table.assign(_group=groups, _ok=passed)
         .groupby("_group")
         .agg(n=("half", "nunique"), ok=("_ok", "all"))
     )
     status = groups.map(lambda g: ("yes" if both.loc[g, "ok"] else "no") if both.loc[g, "n"] == 2 else "")
-    return table.assign(confirmed=status.to_numpy())
+    return table.assign(stable=status.to_numpy())

@@ -16,12 +16,16 @@ evaluation prompts no selection saw (known facts, up to the model's scale) and o
 control, with exact match and answer log-probability, beside random sets of the same per-layer
 counts on its own task (sequential Monte Carlo: at most the scale's ``controls`` for a set that
 lowers its own task more than every other, tested before any is drawn, else ``settled``, which
-the test against random sets alone still needs). Each set is
-tested twice: against its random sets on its own task (`EvaluationResult.against_random`), and
-for specificity (`EvaluationResult.specificity`, a double dissociation on the normalised scale
-of docs/statistics.md); a verdict is confirmed when both halves' sets pass. The summary adjusts
-every p-value behind it together (Benjamini-Hochberg, q = 0.05) and says how many tests lacked
-power.
+the test against random sets alone still needs). Each set gets its specificity verdict
+(`EvaluationResult.specificity`: beyond random sets, and the other tasks spared within the
+margin of docs/statistics.md) and, as a secondary result, its test against random sets alone; a
+verdict is stable across selections when both halves' sets pass.
+
+The summary's conclusions rest on a **primary family**, fixed before any result: one test per
+claim and model, on log-probability and the first selection, that every set of the claim is
+specific (an intersection-union test: its p is the largest of its sets'), Benjamini-Hochberg
+(q = 0.05) over those tests. The per-set tests are secondary, under a family of their own; the
+tests against random sets alone, which repeat a specificity test's p-value, are outside both.
 
     python analyses/ladder.py --model smollm2-135m        # analyses/results/ladder/smollm2-135m
     python analyses/ladder.py --summary                   # summary.csv / summary.md over the models
@@ -36,10 +40,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
-from common import HALVES, Parser, check_args, confirm, halves, prepare, run_main
+from common import HALVES, Parser, check_args, halves, prepare, run_main, stable
 
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
-from tasklens.analysis.verdict import ALPHA, apply_family
+from tasklens.analysis.verdict import ALPHA, LEVELS, MARGIN, apply_family, controls_needed, family
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.interventions import Intervention
@@ -78,9 +82,9 @@ class Scale:
 
     detection: int = 48
     evaluation: int = 48
-    #: the most random sets for a set whose verdict is at stake; a Monte Carlo p-value cannot go
-    #: below 1 / (controls + 1): 0.00625 with 159
-    controls: int = 159
+    #: the most random sets for a set whose verdict is at stake: enough for its p to clear the
+    #: primary family's smallest threshold, q / PRIMARY_TESTS (1 / 261 < 0.05 / 13)
+    controls: int = 260
     #: Besag-Clifford: a set stops drawing random sets once this many lower its task as much
     stop_after: int = 5
     stages: tuple[str, ...] = STAGES
@@ -97,6 +101,8 @@ SCALES = {
     "qwen2.5-coder-0.5b": Scale(48, 24, stages=CORE),
     "qwen2.5-coder-1.5b": Scale(32, 16, stages=CORE),
 }
+#: the primary family: one test per claim (a stage of `CLAIMS`) and model that runs it
+PRIMARY_TESTS = 13
 #: the organism (for checking the script quickly)
 ORGANISM_SCALE = Scale(16, 16, 19, 3, settled=9)
 CLAIMS = {
@@ -106,6 +112,10 @@ CLAIMS = {
     "cgvst_5pct": "CGVST top 5 % neurons carry their task (Song et al.)",
     "gradient_1pct_mean": "top 1 % gradient-attribution neurons, mean ablation",
 }
+
+
+#: the primary family's metric and selection
+PRIMARY = ("logprob", HALVES[0])
 
 
 def tests(result: EvaluationResult, stage: str, metric: str, half: str) -> pd.DataFrame:
@@ -122,11 +132,24 @@ def tests(result: EvaluationResult, stage: str, metric: str, half: str) -> pd.Da
     return out
 
 
+def adjusted(table: pd.DataFrame, where: str) -> tuple[pd.DataFrame, str]:
+    """``table``'s specificity tests adjusted together (Benjamini-Hochberg) as the family of
+    ``where``, and its tests against random sets alone in a secondary family of their own; with
+    ``stable`` across selections. Returns the table and the specificity family's label."""
+    specific = table["test"] == "specificity"
+    spec, page = apply_family(table[specific], "bh", ALPHA, f"{where}: the per-set specificity tests")
+    alone, _ = apply_family(
+        table[~specific], "bh", ALPHA, f"{where}: the tests against random sets alone (secondary)"
+    )
+    keys = [k for k in ("model", "stage", "metric", "test", "set") if k in table]
+    return stable(pd.concat([spec, alone]).sort_index(), keys), page.label
+
+
 def detectable(row) -> str:
     """The smallest effect a test's row detects with 80 % power: the own effect against random sets,
-    and for specificity also the margin over every other task."""
+    and for specificity also how far past the spare limit the least spared task must stay."""
     if row.test == "specificity":
-        return f"own effect {row.mde_random:.2f}, margin {row.mde_others:.2f}"
+        return f"own effect {row.mde_random:.2f}, margin past the limit {row.mde_spared:.2f}"
     return f"own effect {row.mde:.2f}"
 
 
@@ -327,23 +350,31 @@ class Ladder:
                 result.save(out.file(f"result_{metric}_{tag}.json"))
                 out.table(f"matrix_{metric}_{tag}", result.pivot())
                 frames.append(tests(result, stage, metric, half))
-        table, page = apply_family(pd.concat(frames, ignore_index=True), "bh", ALPHA, f"stage {stage}")
-        table = confirm(table, ["stage", "metric", "test", "set"])
+        table, label = adjusted(pd.concat(frames, ignore_index=True), f"stage {stage}")
         out.table("tests", table, index=False)
         for r in table.itertuples():
+            spared = (
+                f"; least spared {r.worst} {r.worst_effect:.2f} [{r.worst_low:.2f}, {r.worst_high:.2f}] "
+                f"(at most {r.spare_limit:.2f}), selectivity {r.selectivity:.2f} "
+                f"[{r.selectivity_low:.2f}, {r.selectivity_high:.2f}]"
+                if r.test == "specificity" and isinstance(r.worst, str) and r.worst
+                else ""
+            )
             out.finding(
                 f"{stage}, {r.set} ({r.half}), {r.metric}, {r.test} ({r.n_prompts} prompts, "
                 f"{r.n_null} random sets): own task loses {r.effect:.2f} of its gap to the floor "
-                f"[{r.effect_low:.2f}, {r.effect_high:.2f}] vs random sets {r.random_effect:.2f}; "
+                f"[{r.effect_low:.2f}, {r.effect_high:.2f}] vs random sets {r.random_effect:.2f}{spared}; "
                 f"p {r.p_value:.2g}; detectable with 80 % power: {detectable(r)}: {r.verdict}"
-                + (f"; confirmed by the other half: {r.confirmed}" if r.confirmed else "")
+                + (f"; stable across selections: {r.stable}" if r.stable else "")
             )
-        out.finding(f"error control: {page.label}")
+        out.finding(f"margin: {MARGIN}")
+        out.finding(f"error control: {label}")
 
 
 def tested(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
-    """Every test behind the summary (each model's finished stages, both halves), adjusted together
-    (Benjamini-Hochberg) and confirmed across halves; the family is named in ``attrs``."""
+    """Every per-set test behind the summary (each model's finished stages, both halves), the
+    specificity tests adjusted together as the secondary family (`adjusted`); the family is named
+    in ``attrs``. Stages whose tests predate the margin (no ``level``) are left out: retest them."""
     frames = []
     for model in models:
         for stage, claim in CLAIMS.items():
@@ -351,15 +382,81 @@ def tested(root: Path, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
             if not path.is_file() or path.stat().st_size < 5:
                 continue
             table = pd.read_csv(path)
-            if "half" not in table:  # written before verdicts were confirmed by a second selection
+            if "level" not in table or "half" not in table:  # tested before the margin: --retest
                 continue
             frames.append(table.assign(model=model, claim=claim))
     if not frames:
         return pd.DataFrame()
-    table, page = apply_family(pd.concat(frames, ignore_index=True), "bh", ALPHA, "the ladder summary")
-    table = confirm(table, ["model", "stage", "metric", "test", "set"])
-    table.attrs["family"] = page.label
+    table, label = adjusted(pd.concat(frames, ignore_index=True), "the ladder summary")
+    table.attrs["family"] = label
     return table
+
+
+def _with_interval(row, column: str) -> str:
+    """``set value [low, high]`` of one of a row's columns with its interval."""
+    value, low, high = (getattr(row, f"{column}{end}") for end in ("", "_low", "_high"))
+    return f"{row.set} {value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _weakest(levels: list[str]) -> str:
+    """The weakest of the sets' levels (`LEVELS` order), not-tested sets aside."""
+    tested_ = [level for level in levels if level != "not tested"]
+    return max(tested_, key=LEVELS.index) if tested_ else "not tested"
+
+
+def primary(table: pd.DataFrame) -> pd.DataFrame:
+    """The primary family: per claim and model, does every set of the first selection pass, in
+    log-probability? ``p_value`` is the largest of its sets' specificity p-values (an
+    intersection-union test), ``p_preferential`` likewise for the weaker level; both adjusted by
+    Benjamini-Hochberg over the family. Each row says its sets' levels, effects and selectivity,
+    the power (the largest detectable own effect and margin of its sets) and what it ``needs``
+    (``table``: `tested`)."""
+    if not len(table):
+        return pd.DataFrame()
+    metric, half = PRIMARY
+    chosen = table[(table["test"] == "specificity") & (table["metric"] == metric) & (table["half"] == half)]
+    rows = []
+    for (claim, model), part in chosen.groupby(["claim", "model"], sort=False):
+        tested_ = part[part["p_value"].notna()]
+        rows.append(
+            dict(
+                claim=claim, model=model, stage=part["stage"].iloc[0], sets=len(part),
+                set_levels="; ".join(f"{r.set} {r.level}" for r in part.itertuples()),
+                effects=", ".join(_with_interval(r, "effect") for r in part.itertuples()),
+                selectivity=", ".join(
+                    f"{_with_interval(r, 'selectivity')} vs {r.worst}" for r in tested_.itertuples()
+                ),
+                p_value=tested_["p_value"].max() if len(tested_) else float("nan"),
+                p_preferential=tested_["p_preferential"].max() if len(tested_) else float("nan"),
+                n_null=int(part["n_null"].min()), mde_random=tested_["mde_random"].max(),
+                mde_spared=tested_["mde_spared"].max(), weakest=_weakest(list(part["level"])),
+            )
+        )  # fmt: skip
+    out = pd.DataFrame(rows)
+    first = family(out["p_value"].to_numpy(dtype=float), "bh", ALPHA, "the primary family")
+    out["p_adjusted"] = first.adjusted
+    out["p_preferential_adjusted"] = family(out["p_preferential"].to_numpy(dtype=float), "bh", ALPHA).adjusted
+    out["family"] = first.label
+    needed = controls_needed(max(first.size, 1), ALPHA)
+    levels, needs = [], []
+    for r in out.itertuples():
+        if r.p_adjusted < ALPHA:
+            level = "specific"
+        elif r.p_preferential_adjusted < ALPHA:
+            level = "preferential"
+        elif r.weakest in ("breaks everything", "not specific", "not tested"):
+            level = r.weakest
+        else:
+            level = "underpowered"
+        levels.append(level)
+        needs.append(
+            f"at least {needed} random sets per set"
+            if level in ("underpowered", "preferential") and r.n_null < needed
+            else ""
+        )
+    out["level"], out["needs"] = levels, needs
+    out.attrs["family"] = first.label
+    return out
 
 
 def costs(table: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -385,24 +482,25 @@ def costs(table: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 
 def _counts(part: pd.DataFrame) -> dict[str, int]:
-    """Of one cell's sets: how many pass after the page's correction, how many of those the other
-    half confirms, how many are significant before it (and underpowered after it), how many fail a
-    test that had the power."""
-    kinds = part["verdict"].str.split(":").str[0]
-    passed = kinds == part["what"]
+    """Of one cell's sets: how many pass after the page's correction, how many of those are stable
+    across selections, how many are significant before it (and underpowered after it), how many
+    fail a test that had the power."""
+    kinds = part["level"]
+    passed = kinds == part["what"].fillna("specific") if "what" in part else kinds == "specific"
     return dict(
         passed=int(passed.sum()),
-        confirmed=int((part["confirmed"] == "yes").sum()),
+        preferential=int((kinds == "preferential").sum()),
+        stable=int((part["stable"] == "yes").sum()),
         alone=int((part["p_value"] < ALPHA).sum()),
         alone_only=int(((part["p_value"] < ALPHA) & ~passed).sum()),
         underpowered=int((kinds == "underpowered").sum()),
-        failed=int((kinds.str.startswith("not ") & (kinds != "not tested")).sum()),
+        failed=int(kinds.isin(["not specific", "breaks everything", "not beyond random sets"]).sum()),
     )
 
 
 def summary(table: pd.DataFrame, models: tuple[str, ...] = MODELS) -> pd.DataFrame:
     """One row per claim and test, one column per model: how many of the first half's sets pass
-    (and are confirmed by the second half's), how many are significant before the page's
+    (and are stable across selections), how many are significant before the page's
     correction and how many underpowered, with their effects (``table``: `tested`)."""
     if not len(table):
         return pd.DataFrame()
@@ -415,7 +513,7 @@ def summary(table: pd.DataFrame, models: tuple[str, ...] = MODELS) -> pd.DataFra
         )
         rows.append(
             dict(claim=claim, metric=metric, test=test, model=model,
-                 cell=f"{n['passed']}/{len(part)} pass ({n['confirmed']} confirmed); {n['alone']} "
+                 cell=f"{n['passed']}/{len(part)} pass ({n['stable']} stable); {n['alone']} "
                       f"significant alone, {n['underpowered']} underpowered; {cells}")
         )  # fmt: skip
     frame = pd.DataFrame(rows)
@@ -438,34 +536,32 @@ TEST_NAMES = {"against_random": "beyond random sets", "specificity": "specific"}
 METRIC_NAMES = {"logprob": "log-probability", "exact_match": "exact match"}
 
 
-def condensed(table: pd.DataFrame, models: tuple[str, ...] = MODELS, metric: str = "logprob") -> str:
-    """The README's table: per claim, test and model, the first selection's sets in ``metric``
-    counted as passing after the page's correction, significant only before it, or failing a test
-    that had the power, and the range of their effects (``table``: `tested`)."""
-    shown = [m for m in models if m in set(table["model"])]
-    names = " | ".join(MODEL_NAMES.get(m, m) for m in shown)
+def _cell(row) -> str:
+    """One primary test in a few words: its level, adjusted p, and its sets' levels counted."""
+    counts = pd.Series([lv.split(" ", 1)[-1] for lv in row.set_levels.split("; ")])
+    named = ", ".join(f"{n} {level}" for level, n in counts.value_counts().items())
+    p = f"adj. p {row.p_adjusted:.2g}" if pd.notna(row.p_adjusted) else "no p"
+    return f"**{row.level}** ({p}; sets: {named})" + (f"; needs {row.needs}" if row.needs else "")
+
+
+def condensed(first: pd.DataFrame, models: tuple[str, ...] = MODELS) -> str:
+    """The README's table: the primary family, one cell per claim and model (`primary`)."""
+    shown = [m for m in models if m in set(first["model"])]
     lines = [
-        f"| claim (paper) | test, {METRIC_NAMES.get(metric, metric)} | {names} |",
-        "|---|---|" + "---|" * len(shown),
+        "| claim (paper) | " + " | ".join(MODEL_NAMES.get(m, m) for m in shown) + " |",
+        "|---|" + "---|" * len(shown),
     ]
     for claim in CLAIMS.values():
-        for test, label in TEST_NAMES.items():
-            rows = table[(table["claim"] == claim) & (table["test"] == test) & (table["metric"] == metric)]
-            if not len(rows):
-                continue
-            cells = []
-            for model in shown:
-                part = rows[(rows["model"] == model) & (rows["half"] == HALVES[0])]
-                if not len(part):
-                    cells.append("not run")
-                    continue
-                n, low, high = _counts(part), part["effect"].min(), part["effect"].max()
-                cells.append(
-                    f"{n['passed']}/{len(part)} pass; {n['alone_only']} significant alone only "
-                    f"(underpowered), {n['failed']} not; effects {low:.2f}–{high:.2f}"
-                )
-            lines.append(f"| {claim} | {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nError control: {table.attrs['family']}.\n"
+        rows = first[first["claim"] == claim].set_index("model")
+        if not len(rows):
+            continue
+        cells = [_cell(rows.loc[m]) if m in rows.index else "not run" for m in shown]
+        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+    return (
+        "\n".join(lines)
+        + f"\n\nError control: {first.attrs['family']}; each test: every set of the claim specific "
+        f"(log-probability, first selection; its p is the largest of its sets'). {MARGIN}.\n"
+    )
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -510,11 +606,14 @@ def main() -> None:
         check_own_folder(Path(args.root) / "summary", "the ladder's summary")
         every = tested(Path(args.root), tuple(args.models))
         table = summary(every, tuple(args.models))
+        first = primary(every)
         out = OutputDir(Path(args.root) / "summary", {"models": list(args.models)})
         out.table("summary", table)
         if len(table):
+            out.table("primary", first, index=False)
+            out.table("per_set", every, index=False)
             atomic_write_text(out.file("summary.md"), markdown(table))
-            atomic_write_text(out.file("readme_table.md"), condensed(every, tuple(args.models)))
+            atomic_write_text(out.file("readme_table.md"), condensed(first, tuple(args.models)))
         out.table("costs", costs(every, Path(args.root)), index=False)
         out.close()
         print(table.to_string() if len(table) else "no results yet")

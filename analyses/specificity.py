@@ -3,7 +3,8 @@
 Each task's prompts are split three ways: the detection prompts, cut at random into two halves
 that select neurons independently, and evaluation prompts (48 known facts per task where the
 model knows that many) that no selection sees. Every set is selected twice, once per half, and
-each selection gets its own verdict; a verdict is *confirmed* when both selections are specific.
+each selection gets its own verdict; a verdict is *stable across selections* when both are
+specific (not a replication: the same evaluation prompts and random-set seeds).
 Scores are |a * dL/da| (gradient attribution); each set is evaluated on every task and on a
 general-text control (`tasklens.tasks.text.general_text`), with exact match and answer
 log-probability, beside random sets of the same per-layer counts on its own task. Random sets go
@@ -24,10 +25,12 @@ as much (sequential Monte Carlo).
   ``--generic-ratio`` times their activation elsewhere, `tasklens.analysis.generic`).
 
 Each set named after a task gets `EvaluationResult.specificity()` (docs/statistics.md): specific
-when it lowers its own task beyond its random sets (Monte Carlo p) and, as a fraction of each
-task's gap to its no-information floor, more than it lowers every other task; every p-value
-behind findings.md is adjusted together (Benjamini-Hochberg, q = 0.05), and each verdict states
-its smallest detectable effect ("underpowered" where it could not detect a perfect set).
+when it lowers its own task beyond its random sets (Monte Carlo p) and every other task is
+spared, losing at most a quarter of the own effect and 0.1 of its gap less (effects as fractions
+of each task's gap to its no-information floor, capped at 1); preferential when it lowers its own
+task more than every other but some task is not shown spared. Every p-value behind findings.md
+is adjusted together (Benjamini-Hochberg, q = 0.05), and each verdict states its smallest
+detectable effect ("underpowered", with what would give the power, where it could not tell).
 
     python analyses/specificity.py [--model organism|smollm2-135m] [--out runs/specificity]
 """
@@ -46,18 +49,18 @@ from common import (
     Parser,
     check_args,
     check_model_tasks,
-    confirm,
     describe_counts,
     halves,
     prepare,
     run_main,
+    stable,
     task_names,
 )
 
 from tasklens.analysis.compare import exclusive, overlap, shared_by_all
 from tasklens.analysis.generic import generic_units, position_zero_profile
-from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
-from tasklens.analysis.verdict import ALPHA, apply_family
+from tasklens.analysis.matrix import EvaluationResult, evaluation_inputs, evaluation_matrices
+from tasklens.analysis.verdict import ALPHA, LEVELS, MARGIN, apply_family
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.evaluation.known import default_style
@@ -134,21 +137,27 @@ def tested(result: EvaluationResult, **labels) -> pd.DataFrame:
 def finding_lines(table: pd.DataFrame, what: str) -> list[str]:
     lines = []
     for r in table.itertuples():
-        closest = f"; closest other task {r.closest} {r.closest_effect:.2f}" if r.closest else ""
+        spared = (
+            f"; least spared {r.worst} {r.worst_effect:.2f} [{r.worst_low:.2f}, {r.worst_high:.2f}] "
+            f"(at most {r.spare_limit:.2f}), selectivity {r.selectivity:.2f} "
+            f"[{r.selectivity_low:.2f}, {r.selectivity_high:.2f}]"
+            if isinstance(r.worst, str) and r.worst
+            else ""
+        )
         lines.append(
             f"{what}, {r.set} ({r.size} neurons, {r.metric}, {r.n_prompts} prompts per task): own change "
             f"{r.own_change:+.3f}, others {r.others_change:+.3f}; own task loses {r.effect:.2f} of its gap "
             f"to the floor [{r.effect_low:.2f}, {r.effect_high:.2f}] vs random sets {r.random_effect:.2f} "
-            f"(n {r.n_null}){closest}; p {r.p_value:.2g}, {r.p_adjusted:.2g} adjusted; detectable "
-            f"own effect {r.mde_random:.2f}, margin {r.mde_others:.2f}: {r.verdict}"
-            + (f"; confirmed by the other half's selection: {r.confirmed}" if r.confirmed else "")
+            f"(n {r.n_null}){spared}; p {r.p_value:.2g}, {r.p_adjusted:.2g} adjusted; detectable "
+            f"own effect {r.mde_random:.2f}, margin past the limit {r.mde_spared:.2f}: {r.verdict}"
+            + (f"; stable across selections: {r.stable}" if isinstance(r.stable, str) and r.stable else "")
         )
     return lines
 
 
 def forest(table: pd.DataFrame):
-    """Each test's normalised own-task effect with its interval, beside its random sets' mean and
-    the other task it hurts most."""
+    """Each test's normalised own-task effect with its interval, beside its random sets' mean, the
+    other task it spares least and the most that task may lose (the spare limit)."""
     import matplotlib.pyplot as plt
 
     rows = table.reset_index(drop=True)
@@ -159,7 +168,10 @@ def forest(table: pd.DataFrame):
         color="tab:blue", label="own task (95 % interval over prompts)",
     )  # fmt: skip
     ax.plot(rows.random_effect, y, "|", color="tab:gray", label="random sets, own task (mean)")
-    ax.plot(rows.closest_effect, y, "x", ms=4, color="tab:red", label="the other task it hurts most")
+    ax.plot(rows.worst_effect, y, "x", ms=4, color="tab:red", label="the other task it spares least")
+    ax.plot(
+        rows.spare_limit, y, "|", ms=6, color="tab:red", alpha=0.5, label="the most a spared task may lose"
+    )
     ax.axvline(0, color="black", lw=0.5)
     labels = [
         f"{r.experiment} {r.selection} {r.percent:g}% ({r.half}) {r.intervention} {r.metric}: {r.set}"
@@ -203,7 +215,7 @@ def report(out: OutputDir, results: dict[str, dict[str, EvaluationResult]], base
     ]
     table = pd.concat([t for t in tables if len(t)], ignore_index=True)
     table, page = apply_family(table, "bh", ALPHA, "findings.md")
-    table = confirm(table, ["experiment", "selection", "percent", "intervention", "metric", "set"])
+    table = stable(table, ["experiment", "selection", "percent", "intervention", "metric", "set"])
     out.table("specificity", table, index=False)
     out.figure("specificity", forest(table))
     labels = {
@@ -217,12 +229,12 @@ def report(out: OutputDir, results: dict[str, dict[str, EvaluationResult]], base
         for values, part in table[table.experiment == experiment].groupby(keys, sort=False):
             for line in finding_lines(part, what.format(**dict(zip(keys, values, strict=True)))):
                 out.finding(line)
-    verdicts = table["verdict"].str.split(":").str[0].value_counts()
+    levels = table["level"].value_counts()
     out.finding(
-        f"{verdicts.get('specific', 0)} of {len(table)} tests specific "
-        f"({int((table.confirmed == 'yes').sum()) // 2} confirmed by both selections), "
-        f"{verdicts.get('not specific', 0)} not specific, {verdicts.get('underpowered', 0)} underpowered, "
-        f"{verdicts.get('not tested', 0)} not tested; error control: {page.label}"
+        f"{levels.get('specific', 0)} of {len(table)} tests specific "
+        f"({int((table.stable == 'yes').sum()) // 2} stable across both selections), "
+        + ", ".join(f"{levels.get(level, 0)} {level}" for level in LEVELS[1:])
+        + f"; {MARGIN}; error control: {page.label}"
     )
 
 
@@ -251,21 +263,20 @@ def retest(folder: Path, metrics: list[str]) -> None:
     out.close()
 
 
-def saved(
-    folder: Path, key: str, metrics: list[str], sets: list[NeuronSet], tasks: list[Task], draws: tuple
-) -> dict[str, EvaluationResult] | None:
+def saved(folder: Path, key: str, sets: list[NeuronSet], expected: dict[str, dict]) -> dict | None:
     """The results a run saved under ``key``, by metric, if they hold exactly these sets (their
-    neurons' hashes), tasks and ``draws`` of random sets (most, settled, stop after); else None."""
+    neurons' hashes) and were made from the ``expected`` inputs (`evaluation_inputs`, by metric:
+    model, prompts, tasks, intervention, seeds, random-set draws); else None."""
     by_metric = {}
-    for metric in metrics:
+    for metric, inputs in expected.items():
         path = folder / f"result_{key}_{metric}.json"
         if not path.is_file():
             return None
         result = EvaluationResult.load(path)
         hashes = [result.sets.get(s.name, {}).get("sha256") for s in sets]
-        same = hashes == [s.summary()["sha256"] for s in sets]
-        same = same and (result.n_controls, result.settled, result.stop_after) == draws
-        if not same or result.tasks != [t.name for t in tasks]:
+        if hashes != [s.summary()["sha256"] for s in sets] or result.set_names != [s.name for s in sets]:
+            return None
+        if result.inputs.get("fingerprint") != inputs["fingerprint"]:
             return None
         by_metric[metric] = result
     return by_metric
@@ -364,8 +375,15 @@ def main() -> None:
         own = controls_on == "own"
         n_controls, most, stop = (args.settled, args.controls, args.stop_after) if own else (10, 10, None)
         sets = [s for s in sets if len(s)]
-        draws = (most, n_controls, stop) if own else (most, None, None)
-        kept = saved(Path(args.out), key, args.metrics, sets, tasks, draws) if args.resume else None
+        spec = intervention if isinstance(intervention, Intervention) else Intervention(intervention)
+        expected = {
+            m: evaluation_inputs(
+                model, tasks, m, spec, n_controls, controls_on=controls_on, stop_after=stop,
+                at_stake=most if own else None,
+            )
+            for m in args.metrics
+        }  # fmt: skip
+        kept = saved(Path(args.out), key, sets, expected) if args.resume else None
         if kept is not None:
             print(f"[{key}] kept from the saved results (--resume)", flush=True)
             results[key] = kept

@@ -16,12 +16,15 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tasklens.data.neurons import NeuronScores, NeuronSet
+from tasklens.data.provenance import tensor_hash
 from tasklens.errors import TasklensError
 from tasklens.registry import Registry
 
@@ -221,8 +224,56 @@ def excluding(scores: NeuronScores, exclude: NeuronSet) -> NeuronScores:
     return dataclasses.replace(scores, values=values, method=f"{scores.method}, excluding {exclude.name}")
 
 
-def random_like(neurons: NeuronSet, seed: int) -> NeuronSet:
-    """A random set with the same number of neurons in every layer (the papers' control).
+@dataclass(frozen=True)
+class Strata:
+    """A label per neuron (``[layer x neuron]``) that random sets are matched on within each
+    layer, beside the per-layer counts: a random set draws, in every layer and stratum, as many
+    neurons as the set has there.
+
+    `by_size` bins each layer's neurons by a score (mean |activation| or gradient attribution)
+    so that random sets are as large as the set's neurons, not just as many; generic units (the
+    massive-activation units every task needs) form a stratum of their own, so a random set holds
+    as many of them as the set does.
+    """
+
+    labels: Int[Tensor, "layer neuron"]
+    description: str
+
+    @classmethod
+    def by_size(cls, scores: NeuronScores, bins: int = 10, generic: NeuronSet | None = None) -> Strata:
+        """Strata of ``scores`` within each layer: ``bins`` bins of equal count by rank (ties by
+        index), and ``generic`` (if given) a stratum of its own.
+
+        Example:
+            >>> from tasklens import NeuronScores
+            >>> scores = NeuronScores(torch.arange(8.0).reshape(2, 4), model="demo", task="t", method="mean")
+            >>> Strata.by_size(scores, bins=2).labels.tolist()
+            [[0, 0, 1, 1], [0, 0, 1, 1]]
+        """
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= scores.shape[1]:
+            raise TasklensError(f"bins must be a whole number from 1 to {scores.shape[1]}, got {bins!r}")
+        values = scores.values.float()
+        ranks = values.argsort(dim=1, stable=True).argsort(dim=1, stable=True)
+        labels = (ranks * bins) // values.shape[1]
+        what = f"{bins} bins of {scores.method} per layer"
+        if generic is not None:
+            if tuple(generic.mask.shape) != tuple(values.shape):
+                raise TasklensError(
+                    f"generic units are on a {tuple(generic.mask.shape)} grid, "
+                    f"the scores on {tuple(values.shape)}"
+                )
+            labels = torch.where(generic.mask, torch.full_like(labels, bins), labels)
+            what += f", {len(generic)} generic units apart"
+        return cls(labels.long(), what)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the strata are, for a result's inputs: the description and a hash of the labels."""
+        return {"kind": "strata", "description": self.description, "sha256": tensor_hash(self.labels)}
+
+
+def random_like(neurons: NeuronSet, seed: int, strata: Strata | None = None) -> NeuronSet:
+    """A random set with the same number of neurons in every layer (the papers' control), and in
+    every stratum of each layer when ``strata`` are given (`Strata`).
 
     Example:
         >>> from tasklens import NeuronSet
@@ -235,11 +286,25 @@ def random_like(neurons: NeuronSet, seed: int) -> NeuronSet:
     """
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros_like(neurons.mask)
-    for layer, count in enumerate(neurons.counts_per_layer()):
-        mask[layer, torch.randperm(mask.shape[1], generator=generator)[:count]] = True
-    return NeuronSet(
-        mask, f"random({neurons.name}, seed={seed})", {"control_for": neurons.name, "seed": seed}
-    )
+    if strata is None:
+        for layer, count in enumerate(neurons.counts_per_layer()):
+            mask[layer, torch.randperm(mask.shape[1], generator=generator)[:count]] = True
+    else:
+        if tuple(strata.labels.shape) != tuple(mask.shape):
+            raise TasklensError(
+                f"strata are on a {tuple(strata.labels.shape)} grid, the set {neurons.name!r} on "
+                f"{tuple(mask.shape)}; build them from this model's scores"
+            )
+        for layer in range(mask.shape[0]):
+            labels = strata.labels[layer]
+            for label in labels[neurons.mask[layer]].unique().tolist():
+                pool = torch.nonzero(labels == label).flatten()
+                count = int((neurons.mask[layer] & (labels == label)).sum())
+                mask[layer, pool[torch.randperm(pool.numel(), generator=generator)[:count]]] = True
+    metadata = {"control_for": neurons.name, "seed": seed}
+    if strata is not None:
+        metadata["strata"] = strata.description
+    return NeuronSet(mask, f"random({neurons.name}, seed={seed})", metadata)
 
 
 def contrast(scores: dict[str, NeuronScores]) -> dict[str, NeuronScores]:

@@ -7,6 +7,7 @@ mean and spread, the metric and the intervention that produced them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ import pandas as pd
 
 from tasklens.analysis.stats import ALPHA, bootstrap_interval, mean_interval, monte_carlo_p
 from tasklens.analysis.verdict import (
+    MARGIN,
     TaskCells,
     against_random,
     apply_family,
@@ -30,12 +32,13 @@ from tasklens.analysis.verdict import (
 )
 from tasklens.analysis.verdict import at_stake as verdict_at_stake
 from tasklens.data.neurons import NeuronSet
+from tasklens.data.provenance import model_fingerprint, plain
 from tasklens.errors import TasklensError, check_choice
 from tasklens.evaluation.evaluate import evaluate_metrics
 from tasklens.evaluation.metrics import METRICS
 from tasklens.interventions import Intervention
 from tasklens.io import write_json
-from tasklens.selection import random_like
+from tasklens.selection import Strata, random_like
 from tasklens.tasks.task import Task, check_task
 
 BASELINE = "unmodified"
@@ -97,6 +100,7 @@ class EvaluationResult:
         default_factory=lambda: pd.DataFrame(columns=CONTROL_PROMPT_COLUMNS)
     )
     floor_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FLOOR_COLUMNS))
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     # --- views ------------------------------------------------------------------------
     @property
@@ -292,18 +296,20 @@ class EvaluationResult:
         """Per set named after a task: is it specific to that task? (`tasklens.analysis.verdict`)
 
         Specific means: (a) it lowers its task more than its random sets of the same per-layer
-        counts (Monte Carlo p, ``p_random``); (b) it lowers its task more than it lowers every
-        other task, each compared by a permutation test over prompts (``p_others``, the largest,
-        from task ``closest``); (c) both as the fraction of the gap between the unmodified value
-        and the task's no-information floor (`floor`) that the set removes (``effect``).
-        ``p_value`` is the largest component p; ``p_adjusted`` adjusts the table's p-values
-        together (``correction``: ``"bh"`` Benjamini-Hochberg or ``"holm"``; ``family`` names
-        it; a page reporting several tables adjusts them together with
-        `tasklens.analysis.verdict.apply_family`). ``mde_random`` / ``mde_others`` are the
-        smallest own effect and margin over the other tasks the tests detect with 80 % power;
-        ``verdict`` says "specific", "not specific: why", "underpowered: why" or "not tested".
-        ``rival`` / ``p_rival``: on this task's prompts, the other task's set that comes closest
-        to hurting them as much (exact sign test, paired by prompt; McNemar's for 0/1 values).
+        counts (Monte Carlo p, ``p_random``); (b) it lowers its task more than every other task
+        (``p_others``); (s) every other task is spared, losing at most ``spare_limit`` of its gap
+        (``p_spared``; the rule is in ``margin``); all on the common scale, the fraction of the
+        gap between the unmodified value and the task's no-information floor (`floor`) that the
+        set removes, capped at 1 (``effect``, with ``effect_uncapped``). ``worst`` is the other
+        task least spared, ``selectivity`` the own effect minus its effect, each with an
+        interval. ``level`` is "specific" (``p_value``, adjusted in ``p_adjusted`` over the
+        table: ``correction`` ``"bh"`` Benjamini-Hochberg or ``"holm"``, named in ``family``),
+        "preferential" ((a) and (b), ``p_preferential``), "breaks everything", "not specific"
+        (shown by an interval), "underpowered" (``needs`` says what would give the power) or
+        "not tested"; ``verdict`` says it in words. A page reporting several tables adjusts them
+        together with `tasklens.analysis.verdict.apply_family`. ``rival`` / ``p_rival``: on this
+        task's prompts, the other task's set that comes closest to hurting them as much (exact
+        sign test, paired by prompt; McNemar's for 0/1 values).
 
         Example:
             >>> import tasklens
@@ -325,9 +331,7 @@ class EvaluationResult:
             own = cells[name][name].value
             rivals = {r: cells[r][name].value for r in names if r != name and cells[r][name].value.size}
             row["rival"], row["p_rival"] = rival_test(own, rivals)
-            rows.append(
-                {"set": name, "n_prompts": int(cells[name][name].base.size), **row, "what": "specific"}
-            )
+            rows.append({"set": name, "n_prompts": int(cells[name][name].base.size), **row, "margin": MARGIN})
         table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
         return table
 
@@ -349,18 +353,15 @@ class EvaluationResult:
             own = cells[name][name]
             drops = own.random_effects()
             effect = own.effect()
-            p, mde, decisive, reason = (
-                against_random(name, effect, drops, alpha)
-                if drops.size and np.isfinite(effect)
-                else (np.nan, np.nan, False, "no gap above the floor or no random sets")
-            )
+            interval = effect_interval(own, alpha)
+            p, mde, decisive, reason = against_random(name, effect, drops, alpha, interval["effect_high"])
             rows.append(
                 {
                     "set": name,
                     "n_prompts": int(own.base.size),
                     "n_null": int(drops.size),
                     "change": float(own.value.mean() - own.base.mean()) if own.base.size else np.nan,
-                    **effect_interval(own, alpha),
+                    **interval,
                     "p_value": p,
                     "p_floor": 1 / (drops.size + 1),
                     "mde": mde,
@@ -495,6 +496,7 @@ class EvaluationResult:
             "control_values": self.control_values.to_dict(orient="list"),
             "control_prompt_values": self.control_prompt_values.to_dict(orient="list"),
             "floor_values": self.floor_values.to_dict(orient="list"),
+            "inputs": self.inputs,
         }
 
     @classmethod
@@ -525,6 +527,7 @@ class EvaluationResult:
                 data.get("control_prompt_values") or {c: [] for c in CONTROL_PROMPT_COLUMNS}
             ),
             floor_values=pd.DataFrame(data.get("floor_values") or {c: [] for c in FLOOR_COLUMNS}),
+            inputs=data.get("inputs") or {},
         )
 
     def save(self, path: str | Path) -> Path:
@@ -543,21 +546,41 @@ class EvaluationResult:
         return cls.from_dict(data)
 
     def __add__(self, other: EvaluationResult) -> EvaluationResult:
-        """Both results' sets in one result (same metric, intervention, tasks and baseline)."""
+        """Both results' sets in one result: same metric, intervention, tasks, prompts (the
+        unmodified model's values prompt by prompt), floor, seeds and draws of random sets, and,
+        where both record them, the same `inputs`."""
         if not isinstance(other, EvaluationResult):
             return NotImplemented
+        if self.tasks != other.tasks:
+            raise TasklensError(
+                f"Can only add evaluation results of the same tasks: {self.tasks} vs {other.tasks}"
+            )
+        for task in self.tasks:
+            mine, theirs = self._prompts(BASELINE, task), other._prompts(BASELINE, task)
+            if mine.shape != theirs.shape or not np.allclose(mine, theirs, equal_nan=True):
+                raise TasklensError(
+                    f"Can only add evaluation results on the same prompts; task {task!r} has "
+                    f"{mine.size} prompts in one and {theirs.size} in the other (or other values)"
+                )
         same = (
             self.metric == other.metric
             and self.intervention == other.intervention
-            and self.tasks == other.tasks
             and (self.baseline - other.baseline).abs().max() < 1e-9
-            and (self.n_controls, self.settled, self.stop_after)
-            == (other.n_controls, other.settled, other.stop_after)
+            and (self.n_controls, self.seed, self.settled, self.stop_after)
+            == (other.n_controls, other.seed, other.settled, other.stop_after)
         )
         if not same:
             raise TasklensError(
-                "Can only add evaluation results of the same metric, intervention, tasks, baseline and "
-                "draws of random controls (n_controls, settled, stop_after)"
+                "Can only add evaluation results of the same metric, intervention, tasks, baseline, seed "
+                "and draws of random controls (n_controls, settled, stop_after)"
+            )
+        if not self.floor_values.reset_index(drop=True).equals(other.floor_values.reset_index(drop=True)):
+            raise TasklensError("Can only add evaluation results with the same measured floors")
+        fingerprints = {r.inputs.get("fingerprint") for r in (self, other)} - {None}
+        if len(fingerprints) > 1:
+            raise TasklensError(
+                "Can only add evaluation results of the same inputs (model, tasks, intervention, seeds, "
+                "random-set draws); their fingerprints differ"
             )
         clash = set(self.set_names) & set(other.set_names)
         if clash:
@@ -584,6 +607,7 @@ class EvaluationResult:
                 [self.control_prompt_values, other.control_prompt_values], ignore_index=True
             ),
             floor_values=self.floor_values if len(self.floor_values) else other.floor_values,
+            inputs=self.inputs or other.inputs,
         )
 
     def _repr_html_(self) -> str:
@@ -626,6 +650,55 @@ def _split(frame: pd.DataFrame) -> dict[str, list]:
     }
 
 
+def evaluation_inputs(
+    model,
+    tasks: Sequence[Task],
+    metric: str,
+    intervention: Intervention,
+    n_controls: int,
+    seed: int = 0,
+    controls_on: str = "all",
+    measure_floor: bool = True,
+    stop_after: int | None = None,
+    at_stake: int | None = None,
+    alpha: float = ALPHA,
+    sampler: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything an `EvaluationResult` depends on but its sets, as plain data with its
+    ``fingerprint`` (SHA-256 of the rest): `evaluation_matrices` records it, and a resumed run
+    keeps a saved result only when its fingerprint is the one its own inputs give.
+
+    Example:
+        >>> import tasklens
+        >>> model = tasklens.load_model("organism")
+        >>> task = tasklens.load_builtin("continent_of", "evaluation")
+        >>> zero = Intervention("zero")
+        >>> a = evaluation_inputs(model, [task.head(8)], "logprob", zero, 19)
+        >>> b = evaluation_inputs(model, [task.head(12)], "logprob", zero, 19)
+        >>> a["fingerprint"] == b["fingerprint"], a["tasks"][0]["n_prompts"]
+        (False, 8)
+    """
+    spec = intervention.prepared(model)
+    inputs = plain(
+        {
+            "model": model_fingerprint(model),
+            "tasks": [t.provenance() for t in tasks],
+            "metric": metric,
+            "intervention": {k: v for k, v in spec.to_dict().items() if k != "neurons"},
+            "seed": seed,
+            "n_controls": n_controls,
+            "at_stake": at_stake,
+            "stop_after": stop_after,
+            "alpha": alpha,
+            "controls_on": controls_on,
+            "measure_floor": measure_floor,
+            "sampler": sampler or {"kind": "per-layer counts"},
+        }
+    )
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return {**inputs, "fingerprint": digest}
+
+
 def evaluation_matrix(
     model,
     sets: Sequence[NeuronSet],
@@ -641,6 +714,7 @@ def evaluation_matrix(
     stop_after: int | None = None,
     at_stake: int | None = None,
     alpha: float = ALPHA,
+    strata: Strata | None = None,
 ) -> EvaluationResult:
     """``metric`` on every task with each neuron set intervened on, beside random controls.
 
@@ -675,12 +749,15 @@ def evaluation_matrix(
             ``n_controls``. ``None``: every set gets ``n_controls``. A page's correction keeps
             its level (`~tasklens.analysis.verdict.at_stake`).
         alpha: the level of that test.
+        strata: random sets also matched on these strata within each layer
+            (`tasklens.selection.Strata`, e.g. activation size with generic units apart);
+            ``None``: on per-layer counts alone.
 
     `evaluation_matrices` measures several metrics in the same forward passes.
     """
     return evaluation_matrices(
         model, sets, tasks, (metric,), n_controls, seed, intervention, batch_size, progress, controls_on,
-        measure_floor, stop_after, at_stake, alpha,
+        measure_floor, stop_after, at_stake, alpha, strata,
     )[metric]  # fmt: skip
 
 
@@ -699,6 +776,7 @@ def evaluation_matrices(
     stop_after: int | None = None,
     at_stake: int | None = None,
     alpha: float = ALPHA,
+    strata: Strata | None = None,
 ) -> dict[str, EvaluationResult]:
     """`evaluation_matrix` for several ``metrics`` at once, by metric name: the teacher-forced
     metrics share each forward pass, so two cost about what one does."""
@@ -736,6 +814,23 @@ def evaluation_matrices(
         spec.on(neurons).check(model)
 
     prompt_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
+    inputs = {
+        m: evaluation_inputs(
+            model,
+            tasks,
+            m,
+            spec,
+            n_controls,
+            seed,
+            controls_on,
+            measure_floor,
+            stop_after,
+            at_stake,
+            alpha,
+            strata.to_dict() if strata is not None else None,
+        )
+        for m in metrics
+    }
 
     floor_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
     control_prompt_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
@@ -801,6 +896,7 @@ def evaluation_matrices(
                     control_prompt_rows[metric], columns=CONTROL_PROMPT_COLUMNS
                 ),
                 floor_values=pd.DataFrame(floor_rows[metric], columns=FLOOR_COLUMNS),
+                inputs=inputs[metric],
             )
             for metric in metrics
         }
@@ -818,7 +914,7 @@ def evaluation_matrices(
             i: int, neurons: NeuronSet = neurons, only: str | None = only, runs: dict = runs
         ) -> list[float]:
             """Evaluate random set ``i``; its own-task drop per metric (more negative: lower)."""
-            with spec.on(random_like(neurons, seed + i)).apply(model):
+            with spec.on(random_like(neurons, seed + i, strata)).apply(model):
                 run = measure(only, control_prompt_rows, set=neurons.name, run=i)
             for metric, row in run.items():
                 runs[metric].append(row)

@@ -1,25 +1,31 @@
-"""The specificity verdict: a double dissociation on a common scale, tested without a normal model.
+"""The specificity verdict: the own task falls beyond random sets and the other tasks are spared.
 
-A neuron set is *specific* to its task ``t`` when all of these hold (see docs/statistics.md):
+Every effect is on a common scale: the fraction of a task's gap between the unmodified model's
+value and its measured no-information floor that the set removes, **capped at 1** (a task cannot
+lose more than its whole gap; `TaskCells.capped`). A task whose gap is not above its floor, or
+whose gap's standard error exceeds `GAP_ERROR` of it, is not tested. For a set found for task
+``t`` (see docs/statistics.md):
 
-(a) it lowers ``t`` more than random sets of the same per-layer counts do: a Monte Carlo
-    p-value ``(b + 1) / (n + 1)`` over the ``n`` random sets (`monte_carlo_p`), exact when the
-    set is exchangeable with them, never below ``1 / (n + 1)``;
-(b) it lowers ``t`` more than it lowers *every* other task ``k``, each comparison a one-sided
-    permutation test of the per-prompt normalised changes (`scipy.stats.permutation_test`);
-(c) both on a normalised scale: the fraction of the gap between the unmodified model's value
-    and the task's no-information floor that the set removes (`normalised_effect`), so the
-    headroom of a task does not decide the comparison.
+(a) ``t`` falls more than under random sets of the same per-layer counts: a Monte Carlo p-value
+    ``(b + 1) / (n + 1)`` over the ``n`` random sets (`monte_carlo_p`), exact when the set is
+    exchangeable with them, never below ``1 / (n + 1)``;
+(b) ``t`` falls more than every other task ``k``;
+(s) every other task is **spared**: it loses at most `spare_limit` of its gap, a quarter of the
+    own effect (`SPARE_SHARE`) and at least `SPARE_GAP` less than it.
 
-The verdict's p-value is the largest of the components (an intersection-union test needs no
-further correction). Each verdict carries the smallest effect it could detect with 80 % power;
-a non-significant test without that power is "underpowered", never "not specific".
+(b) and (s) are studentized permutation tests of the tasks' per-prompt pseudo-values, which
+carry the floor's uncertainty (`tasklens.analysis.contrasts`); (s) is a non-inferiority test at
+each margin (the upper confidence bound of the other task's effect below the limit). Levels:
+*specific* = (a), (b) and (s) (``p_value``, the largest of the three: an intersection-union
+test); *preferential* = (a) and (b) but some task not shown spared (``p_preferential``);
+*breaks everything* = another task taken to its floor; *not specific* = a failure shown by an
+interval (the exceedances of (a) or the own effect's interval; another task's effect above the
+limit, Bonferroni over the tasks); otherwise *underpowered*, with what would give the power.
 `family` adjusts every p-value behind a page at once (Benjamini-Hochberg by default, or Holm).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +37,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
+from tasklens.analysis.contrasts import Contrast, contrast_test, gap_error, pseudo_values
 from tasklens.analysis.stats import ALPHA, monte_carlo_p
 from tasklens.errors import TasklensError
 
@@ -41,6 +48,19 @@ N_RESAMPLES = 999
 #: how a page's p-values are adjusted together, by the name `family` takes
 METHODS = {"bh": "fdr_bh", "holm": "holm"}
 METHOD_NAMES = {"bh": "Benjamini-Hochberg", "holm": "Holm"}
+#: a spared task loses at most this share of the own task's (capped) effect ...
+SPARE_SHARE = 0.25
+#: ... and at least this much less of its gap than the own task
+SPARE_GAP = 0.1
+#: a task's gap is too uncertain to normalise by when its standard error exceeds this share of it
+GAP_ERROR = 0.2
+#: the fewest prompts per task for (b) and the sparing test, whose level holds from there
+MIN_PROMPTS = 12
+#: how every page states the margin
+MARGIN = (
+    f"spared: another task loses at most {SPARE_SHARE:g} of the own effect and at least "
+    f"{SPARE_GAP:g} of its gap less (effects capped at the floor)"
+)
 
 
 def check_alpha(alpha: float) -> float:
@@ -192,38 +212,6 @@ def monte_carlo_threshold(null: np.ndarray, threshold: float) -> float:
 # --- comparisons ------------------------------------------------------------------------------
 
 
-def permutation_p(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """One-sided permutation test that ``a``'s mean exceeds ``b``'s (two independent samples).
-
-    Returns ``(p, sd)``: the p-value over every split of the pooled values when there are at
-    most `N_RESAMPLES` of them, else over `N_RESAMPLES` random splits counting the observed one
-    (``(b + 1) / (n + 1)``, as `scipy.stats.permutation_test` does; drawn here in one array
-    instead of one Python call per split, which the calibration suite's thousands of tests
-    need); and the spread of the mean difference under the null, for the power calculation.
-
-    >>> p, sd = permutation_p(np.array([1.0, 1.0]), np.array([0.0, 0.0]))
-    >>> round(p, 4)  # 1 of the 6 splits of 4 prompts: no p below what the data can give
-    0.1667
-    """
-    if a.size == 0 or b.size == 0:
-        return math.nan, math.nan
-    pooled = np.concatenate([a, b])
-    if np.ptp(pooled) == 0:
-        return 1.0, 0.0
-    observed = a.mean() - b.mean()
-    if math.comb(pooled.size, a.size) <= N_RESAMPLES:
-        picks = np.array(list(itertools.combinations(range(pooled.size), a.size)))
-        extra = 0
-    else:
-        rng = np.random.default_rng(seed)
-        picks = rng.random((N_RESAMPLES, pooled.size)).argsort(axis=1)[:, : a.size]
-        extra = 1
-    sum_a = pooled[picks].sum(axis=1)
-    null = sum_a / a.size - (pooled.sum() - sum_a) / b.size
-    exceed = np.sum(null >= observed - 1e-12 * max(1.0, abs(observed)))
-    return float((exceed + extra) / (null.size + extra)), float(null.std())
-
-
 def sign_test_lower(own: np.ndarray, rival: np.ndarray) -> float:
     """One-sided exact sign test, paired by prompt, that ``own`` is lower than ``rival``: a
     binomial test of the prompts where they differ, which for 0/1 values is McNemar's exact test.
@@ -267,10 +255,26 @@ class TaskCells:
         return (self.base - self.value) / self.gap
 
     def effect(self) -> float:
+        """The normalised effect, uncapped (above 1: the task pushed past its floor)."""
         return normalised_effect(self.base, self.value, self.floor)
 
+    def capped(self) -> float:
+        """The normalised effect capped at 1: a task cannot lose more than its whole gap."""
+        return min(self.effect(), 1.0)
+
+    def reliable(self) -> bool:
+        """Whether the gap is measured well enough to normalise by: above 0, with a standard
+        error over the prompts (floor included) at most `GAP_ERROR` of it."""
+        return bool(self.gap > 0) and gap_error(self.base, self.floors) <= GAP_ERROR * self.gap
+
+    def pseudo(self) -> np.ndarray:
+        """Per-prompt pseudo-values of the capped effect (`contrasts.pseudo_values`, shifted to
+        average to `capped`)."""
+        effect, values = pseudo_values(self.base, self.value, self.floors)
+        return values - max(effect - 1.0, 0.0)
+
     def random_effects(self) -> np.ndarray:
-        """Each random set's normalised effect."""
+        """Each random set's normalised effect (uncapped)."""
         if not self.random.size or not self.gap > 0:
             return np.zeros(0)
         return (float(self.base.mean()) - self.random.mean(axis=1)) / self.gap
@@ -285,11 +289,6 @@ class TaskCells:
         floor = self.floors[prompts].mean(axis=1) if self.floors.size == n else self.floor
         return prompts, base, base - floor
 
-    def resampled_effects(self, rng: np.random.Generator) -> np.ndarray:
-        """The normalised effect over `N_RESAMPLES` bootstrap draws (NaN where a draw has no gap)."""
-        prompts, base, gap = self.resampled(rng)
-        return _ratio(base - self.value[prompts].mean(axis=1), gap)
-
 
 def _ratio(drop: np.ndarray, gap: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -301,8 +300,8 @@ def effect_interval(cells: TaskCells, alpha: float = ALPHA, seed: int = 0) -> di
     bootstrap intervals resampling the prompts (with their floors) and the random sets together.
 
     Returns ``effect``, ``effect_low``, ``effect_high``, ``random_effect``, ``excess``,
-    ``excess_low``, ``excess_high`` (NaN where the task has no gap above its floor). When the
-    random sets kept only their means, their part is resampled over sets alone.
+    ``excess_low``, ``excess_high`` (NaN where the task has no gap above its floor), uncapped.
+    When the random sets kept only their means, their part is resampled over sets alone.
     """
     out = dict.fromkeys(
         ("effect", "effect_low", "effect_high", "random_effect", "excess", "excess_low", "excess_high"),
@@ -333,124 +332,152 @@ def effect_interval(cells: TaskCells, alpha: float = ALPHA, seed: int = 0) -> di
     return {k: float(v) for k, v in out.items()}
 
 
-def _compare(
-    mine: np.ndarray, mine_drawn: np.ndarray, other: TaskCells, rng: np.random.Generator
-) -> tuple[float, float]:
-    """(b) for one other task: ``(p, sd)``, the larger p of a permutation test of the per-prompt
-    normalised changes (which respects what few prompts can show) and a bootstrap test that
-    also resamples each task's floor (whose estimate the permutation test takes as exact); the
-    larger spread of the difference under either, for the power calculation."""
-    p_perm, sd_perm = permutation_p(mine, other.per_prompt(), int(rng.integers(2**31)))
-    difference = mine_drawn - other.resampled_effects(rng)
-    difference = difference[np.isfinite(difference)]
-    if difference.size == 0:
-        return p_perm, sd_perm
-    p_boot = float((1 + np.sum(difference <= 0)) / (1 + difference.size))
-    return max(p_perm, p_boot), max(sd_perm, float(difference.std()))
-
-
-def _minimum_detectable(sd: float, threshold: float) -> float:
-    """The difference a one-sided test at ``threshold`` detects with `POWER` (normal approximation)."""
-    return (stats.norm.isf(threshold) + stats.norm.ppf(POWER)) * sd
-
-
 def against_random(
-    own: str, effect: float, drops: np.ndarray, alpha: float = ALPHA
+    own: str, effect: float, drops: np.ndarray, alpha: float = ALPHA, effect_high: float = math.nan
 ) -> tuple[float, float, bool, str]:
     """(a): does the set lower task ``own`` more than its random sets (normalised ``drops``)?
 
     Returns ``(p, mde, decisive, reason)``: the Monte Carlo p-value, the smallest effect it
     calls significant (`monte_carlo_threshold`), whether a non-significant result is decisive
-    (that effect lies within reach, at most 1, or the exceedances seen already put the true p
-    above ``alpha`` with 95 % confidence, Clopper-Pearson) and the words for a failure. A p
-    below ``alpha`` is not a failure: ``(p, mde, False, "")``, so a page's correction that
-    undoes it reads "underpowered: significant alone, not after correction".
+    and the words for a failure. A failure is decisive only on an interval: the exceedances
+    seen put the true p above ``alpha`` with 95 % confidence (Clopper-Pearson), or the upper
+    bound ``effect_high`` of the set's effect lies below the smallest significant effect. A p
+    below ``alpha`` is not a failure: ``(p, mde, False, "")``, so a page's correction that undoes
+    it reads "underpowered: significant alone, not after correction". A NaN effect or no random
+    sets: ``(nan, nan, False, "not tested: ...")``.
 
     >>> against_random("t", 0.9, np.linspace(0.0, 0.1, 39))[2:]
     (False, '')
     >>> against_random("t", 0.05, np.linspace(0.0, 0.1, 39))[3]
     't falls no more than random sets (p = 0.5)'
-
+    >>> against_random("t", float("nan"), np.linspace(0.0, 0.1, 39))[3]
+    'not tested: no effect to test on t'
     """
+    drops = np.asarray(drops, dtype=float)
+    if not math.isfinite(effect):
+        return math.nan, math.nan, False, f"not tested: no effect to test on {own}"
+    if drops.size == 0 or not np.isfinite(drops).all():
+        return math.nan, math.nan, False, f"not tested: no random sets on {own}"
     p = monte_carlo_p(effect, drops)
     mde = monte_carlo_threshold(drops, alpha)
     if p < alpha:  # significant alone: only a page's correction can undo it, which lacks power
         return p, mde, False, ""
     exceed = int(np.sum(drops >= effect))
     p_lowest = proportion_confint(exceed, drops.size, alpha=2 * alpha, method="beta")[0]
-    if mde <= 1 or p_lowest > alpha:
+    if p_lowest > alpha or (math.isfinite(mde) and effect_high < mde):
         return p, mde, True, f"{own} falls no more than random sets (p = {p:.2g})"
     if 1 / (drops.size + 1) >= alpha:
-        return p, mde, False, f"{drops.size} random sets cannot give p < {alpha:g}; evaluate more"
+        return p, mde, False, f"{drops.size} random sets cannot give p < {alpha:g}"
     return (
         p,
         mde,
         False,
         (
-            f"random sets remove up to {mde:.2f} of the gap, more than a perfect set's 1 (p = {p:.2g}); "
+            f"random sets remove up to {mde:.2f} of the gap, near the set's {effect:.2f} (p = {p:.2g}); "
             "evaluate more random sets or prompts"
         ),
     )
 
 
+def spare_limit(effect: float) -> float:
+    """The most another task may lose, on the common scale, and still count as spared by a set
+    whose capped own effect is ``effect``: at most `SPARE_SHARE` of it and at least `SPARE_GAP`
+    below it.
+
+    >>> spare_limit(0.8), round(spare_limit(0.12), 2)
+    (0.2, 0.02)
+    """
+    return min(SPARE_SHARE * effect, effect - SPARE_GAP)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The set against one other ``task``: its capped ``effect`` there with interval
+    ``low``..``high``; ``own_minus``, own minus that effect (`contrasts.Contrast`, the test of
+    (b)); ``spared``, the larger p of the two margin tests (the task loses less than
+    `spare_limit`); ``beyond``, the p that it loses more (Bonferroni over the two margins); the
+    margin contrast of the binding limit (``margin``) for the interval and the power."""
+
+    task: str
+    effect: float
+    uncapped: float
+    low: float
+    high: float
+    own_minus: Contrast
+    spared: float
+    beyond: float
+    margin: Contrast
+
+
+def compare(own: TaskCells, task: str, other: TaskCells, alpha: float = ALPHA, seed: int = 0) -> Comparison:
+    """(b) and the sparing test for one other task (module docstring), on capped pseudo-values.
+
+    >>> flat, floor, none = np.full(16, -1.0), np.array([-5.0]), np.zeros((0, 16))
+    >>> rng = np.random.default_rng(0)
+    >>> mine = TaskCells(flat, flat - 3 + rng.normal(0, 0.5, 16), none, floor)
+    >>> theirs = TaskCells(flat, flat + rng.normal(0, 0.5, 16), none, floor)
+    >>> c = compare(mine, "u", theirs)
+    >>> c.own_minus.p < 0.001, c.spared < 0.05, c.beyond > 0.5
+    (True, True, True)
+    """
+    mine, theirs = own.pseudo(), other.pseudo()
+    b = contrast_test(mine, theirs, 1.0, 0.0, alpha, seed)
+    relative = contrast_test(mine, theirs, SPARE_SHARE, 0.0, alpha, seed)
+    absolute = contrast_test(mine, theirs, 1.0, SPARE_GAP, alpha, seed)
+    binding = relative if SPARE_SHARE * own.capped() <= own.capped() - SPARE_GAP else absolute
+    se = float(theirs.std(ddof=1) / math.sqrt(theirs.size)) if theirs.size > 1 else math.nan
+    half = float(stats.t.isf(alpha / 2, max(theirs.size - 1, 1))) * se
+    effect = other.capped()
+    return Comparison(
+        task, effect, other.effect(), effect - half, min(effect + half, 1.0), b,
+        max(relative.p, absolute.p), min(1.0, 2 * min(relative.p_reverse, absolute.p_reverse)), binding,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Dissociation:
     """(b) for one set: ``p``, the largest p over the other tasks (NaN when there is none to
-    compare with), from task ``closest`` whose effect is ``closest_effect``; ``margin``, the own
-    effect minus the largest other; ``mde``, the smallest margin detected with `POWER`;
-    ``compared``, the tasks compared; ``failures``, ``(decisive, why)`` per task it fails on."""
+    compare with); ``comparisons`` by task; ``not_tested``, the tasks left out and why."""
 
     p: float
-    closest: str
-    closest_effect: float
-    margin: float
-    mde: float
-    compared: tuple[str, ...]
-    failures: tuple[tuple[bool, str], ...]
+    comparisons: tuple[Comparison, ...]
+    not_tested: tuple[str, ...]
 
 
 def dissociation(
     own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, seed: int = 0
 ) -> Dissociation:
-    """(b): does the set lower task ``own`` more than it lowers every other task? Each task with
-    a gap above its floor is compared (`_compare`); an intersection-union test, so the largest p
-    is the test's. It needs no random sets, so `evaluation_matrices` runs it before drawing any
-    (``at_stake``) with the same ``seed`` `specificity_verdict` uses.
+    """(b) and the sparing tests against every other task whose gap is reliable (`compare`);
+    an intersection-union test, so the largest p is the test's. It needs no random sets, so
+    `evaluation_matrices` runs it before drawing any (``at_stake``) with the same ``seed``
+    `specificity_verdict` uses.
 
-    >>> flat, floor, none = np.full(4, -1.0), np.array([-5.0]), np.zeros((0, 4))
-    >>> cells = {"t": TaskCells(flat, flat - 3, none, floor), "u": TaskCells(flat, flat, none, floor)}
+    >>> rng, floor, none = np.random.default_rng(0), np.array([-5.0]), np.zeros((0, 12))
+    >>> base = rng.normal(-1.0, 0.2, 12)
+    >>> cells = {"t": TaskCells(base, base - 3, none, floor), "u": TaskCells(base, base - 0.1, none, floor)}
     >>> test = dissociation("t", cells)
-    >>> round(test.p, 4), test.margin  # 4 prompts each: 1 of the 70 splits is as extreme
-    (0.0143, 0.75)
+    >>> test.p < 0.001, round(test.comparisons[0].effect, 3)  # u loses 0.1 nats of its 4
+    (True, 0.025)
     """
-    cells = tasks[own]
-    effect = cells.effect()
-    others = {k: c for k, c in tasks.items() if k != own and c.gap > 0 and c.value.size}
-    p_others, closest, closest_effect, mde_others = math.nan, "", math.nan, 0.0
-    failures: list[tuple[bool, str]] = []
-    mine = cells.per_prompt()
-    mine_drawn = cells.resampled_effects(np.random.default_rng(seed))
-    for i, (name, other) in enumerate(others.items()):
-        p, sd = _compare(mine, mine_drawn, other, np.random.default_rng(seed + i + 1))
-        mde_others = max(mde_others, _minimum_detectable(sd, alpha))
-        if not p <= p_others:  # the largest p so far (also replaces NaN)
-            p_others, closest, closest_effect = p, name, other.effect()
-        if p >= alpha:
-            # powered when it could detect a set doing to its own task what this one does, and
-            # nothing to ``name``
-            decisive = bool(_minimum_detectable(sd, alpha) <= effect)
-            reason = f"hurts {name} as much ({other.effect():.2f} of its gap vs {effect:.2f}, p = {p:.2g})"
-            failures.append((decisive, reason if decisive else f"{reason}; too few prompts to tell"))
-    margin = effect - max(c.effect() for c in others.values()) if others else math.nan
-    return Dissociation(
-        float(p_others), closest, float(closest_effect), float(margin), float(mde_others), tuple(others),
-        tuple(failures),
-    )  # fmt: skip
+    comparisons, not_tested = [], []
+    for i, (name, other) in enumerate(tasks.items()):
+        if name == own:
+            continue
+        if other.value.size and other.base.size < MIN_PROMPTS:
+            not_tested.append(f"{name} (fewer than {MIN_PROMPTS} prompts)")
+            continue
+        if not other.value.size or not other.reliable():
+            why = "no gap above its floor" if not other.gap > 0 else "its gap is too uncertain"
+            not_tested.append(f"{name} ({why})" if other.value.size else f"{name} (not evaluated)")
+            continue
+        comparisons.append(compare(tasks[own], name, other, alpha, seed + i + 1))
+    p = max((c.own_minus.p for c in comparisons), default=math.nan)
+    return Dissociation(float(p), tuple(comparisons), tuple(not_tested))
 
 
 def at_stake(own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, seed: int = 0) -> bool:
-    """Whether a set can still be called specific before any random set is drawn: (b) passes at
-    ``alpha`` (`dissociation`, the same test and ``seed`` as the verdict's).
+    """Whether a set can still be called specific or preferential before any random set is
+    drawn: (b) passes at ``alpha`` (`dissociation`, the same test and ``seed`` as the verdict's).
 
     A set that fails (b) fails the verdict whatever its random sets show, so `evaluation_matrices`
     gives it fewer. A page's correction keeps its level: it rejects only p-values below ``alpha``,
@@ -458,72 +485,153 @@ def at_stake(own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, see
     number of draws, and a p-value above ``alpha`` changes no Benjamini-Hochberg or Holm rejection.
     """
     cells = tasks.get(own)
-    if cells is None or not math.isfinite(cells.effect()):
+    if cells is None or not math.isfinite(cells.effect()) or not cells.reliable():
+        return False
+    if cells.base.size < MIN_PROMPTS:
         return False
     return bool(dissociation(own, tasks, alpha, seed).p < alpha)
+
+
+def _prompts_needed(test: Contrast, n: int, alpha: float) -> str:
+    """Roughly how many prompts per task would make ``test`` (a margin contrast estimated above
+    0) significant with `POWER`."""
+    if not (test.estimate > 0 and test.se > 0):
+        return ""
+    factor = ((stats.norm.isf(alpha) + stats.norm.ppf(POWER)) * test.se / test.estimate) ** 2
+    return f"about {math.ceil(n * factor)} prompts per task" if factor > 1 else ""
 
 
 def specificity_verdict(
     own: str, tasks: Mapping[str, TaskCells], alpha: float = ALPHA, seed: int = 0
 ) -> dict[str, object]:
-    """Test whether a set is specific to task ``own`` (module docstring: (a), (b), (c)).
+    """Test whether a set is specific to task ``own`` (module docstring).
 
     Args:
         own: the set's task, a key of ``tasks``.
         tasks: every task's `TaskCells` for this set.
-        alpha: the significance level the power is computed for.
+        alpha: the level of each test, and of the power statements.
 
     Returns:
-        A row: ``effect`` (own task, normalised) and its interval, ``random_effect``, ``p_random``
-        (a), ``n_null``, ``p_floor`` (1 / (n + 1)), ``p_others`` (the largest of (b)) with the
-        task it came from (``closest``) and that task's ``closest_effect``, ``margin`` (own effect
-        minus the largest other), ``p_value`` (the largest of all), ``mde_random`` and
-        ``mde_others`` (the smallest own effect and margin the tests detect with 80 % power),
-        ``decisive`` (a failing component had that power) and ``reason`` (why it fails, if so).
+        A row: ``effect`` (own task, capped at 1) with ``effect_low``/``effect_high``,
+        ``effect_uncapped``, ``random_effect`` and ``random_high`` (the random sets' mean and
+        ``1 - alpha / 2`` quantile), ``p_random`` (a) over ``n_null`` random sets with
+        ``p_floor`` (1 / (n + 1)) and ``at_floor``; ``worst``, the other task least spared, with
+        ``worst_effect``/``worst_low``/``worst_high``; ``selectivity`` (own minus worst, capped)
+        with its interval; ``spare_limit`` (the most a spared task may lose); ``p_others`` (b),
+        ``p_spared`` (every other task spared), ``p_preferential`` (a and b) and ``p_value``
+        (a, b and spared: specific); ``mde_random`` and ``mde_spared`` (the own effect and the
+        margin past the limit detected with `POWER`); ``not_tested`` (other tasks left out),
+        ``breaks`` (another task taken to its floor), ``unspared`` (words for a preferential
+        verdict), ``decisive`` (a failure shown by an interval), ``reason``, ``needs``.
     """
     alpha = check_alpha(alpha)
     cells = tasks[own]
-    row: dict[str, object] = {"n_null": len(cells.random), "reason": ""}
-    row.update(effect_interval(cells, alpha, seed))
-    effect = cells.effect()
     drops = cells.random_effects()
-    row["p_floor"] = 1 / (drops.size + 1)
-    blank = dict.fromkeys(
-        ("p_random", "p_others", "closest_effect", "margin", "p_value", "mde_random", "mde_others"), math.nan
+    row: dict[str, object] = {"n_null": int(drops.size), "p_floor": 1 / (drops.size + 1), "reason": ""}
+    row["random_high"] = float(np.percentile(drops, 100 * (1 - alpha / 2))) if drops.size else math.nan
+    interval = effect_interval(cells, alpha, seed)
+    effect = cells.capped()
+    row.update(
+        effect=effect,
+        effect_low=min(interval["effect_low"], 1.0),
+        effect_high=min(interval["effect_high"], 1.0),
+        effect_uncapped=interval["effect"],
+        random_effect=interval["random_effect"],
     )
-    row.update(blank, closest="", decisive=False)
+    blank = (
+        "p_random", "p_others", "p_spared", "p_preferential", "p_value", "mde_random", "mde_spared",
+        "worst_effect", "worst_low", "worst_high", "selectivity", "selectivity_low", "selectivity_high",
+    )  # fmt: skip
+    row.update(dict.fromkeys(blank, math.nan), spare_limit=spare_limit(effect), at_floor=False)
+    row.update(worst="", not_tested="", breaks="", unspared="", decisive=False, needs="")
     missing = [k for k, c in tasks.items() if not (np.isfinite(c.base).all() and np.isfinite(c.value).all())]
     if missing:
         row["reason"] = f"missing values (NaN) on {', '.join(missing)}"
         return row
-    if not math.isfinite(effect):
+    if not cells.gap > 0:
         row["reason"] = f"no gap between {own}'s unmodified value and its floor"
         return row
-    if drops.size == 0 or not np.isfinite(drops).all():
-        row["reason"] = "no random sets on the own task"
+    if not cells.reliable():
+        row["reason"] = f"{own}'s gap to its floor is too uncertain to normalise by (more prompts)"
         return row
-    p_random, mde_random, decisive, reason = against_random(own, effect, drops, alpha)
-    failures: list[tuple[bool, str]] = [(decisive, reason)] if p_random >= alpha else []  # (decisive, why)
-
+    if cells.base.size < MIN_PROMPTS:
+        row["reason"] = f"{cells.base.size} prompts on {own}; the comparisons need at least {MIN_PROMPTS}"
+        return row
+    p_random, mde_random, decisive_a, reason_a = against_random(
+        own, cells.effect(), drops, alpha, interval["effect_high"]
+    )
+    if not math.isfinite(p_random):
+        row["reason"] = reason_a.removeprefix("not tested: ")
+        return row
     test = dissociation(own, tasks, alpha, seed)
-    failures += test.failures
-    if not test.compared:
-        row["reason"] = "no other task with a gap above its floor to compare with"
+    row["not_tested"] = ", ".join(test.not_tested)
+    if not test.comparisons:
+        row["reason"] = "no other task with a reliable gap above its floor to compare with"
         return row
-    decisive = [reason for sure, reason in failures if sure]
+    worst = max(test.comparisons, key=lambda c: (c.spared, c.effect))
+    p_spared = max(c.spared for c in test.comparisons)
     row.update(
         p_random=p_random,
-        p_others=test.p,
-        closest=test.closest,
-        closest_effect=test.closest_effect,
-        margin=test.margin,
-        p_value=max(p_random, test.p),
+        at_floor=bool(p_random <= row["p_floor"] + 1e-12),
         mde_random=mde_random,
-        mde_others=test.mde,
-        decisive=bool(decisive),
-        reason=_first(decisive or [r for _, r in failures]),
+        p_others=test.p,
+        p_spared=p_spared,
+        p_preferential=max(p_random, test.p),
+        p_value=max(p_random, test.p, p_spared),
+        worst=worst.task,
+        worst_effect=worst.effect,
+        worst_low=worst.low,
+        worst_high=worst.high,
+        selectivity=worst.own_minus.estimate,
+        selectivity_low=worst.own_minus.low,
+        selectivity_high=worst.own_minus.high,
+        mde_spared=worst.margin.detectable(alpha),
     )
+    limit = row["spare_limit"]
+    broken = [c for c in test.comparisons if c.uncapped >= 1.0]
+    row["breaks"] = ", ".join(f"{c.task} ({c.uncapped:.2f} of its gap)" for c in broken)
+    row["unspared"] = _first(
+        [
+            f"{c.task} loses {c.effect:.2f} of its gap (spared: at most {limit:.2f}, p = {c.spared:.2g})"
+            for c in test.comparisons
+            if c.spared >= alpha
+        ]
+    )
+    failures = [(decisive_a, reason_a)] if p_random >= alpha else []
+    failures += [_failure(c, effect, limit, alpha, alpha / len(test.comparisons)) for c in test.comparisons]
+    failures = [f for f in failures if f is not None]
+    if broken:
+        failures.insert(0, (True, f"breaks everything: takes {row['breaks']} to its floor"))
+    sure = [why for decisive, why in failures if decisive]
+    row["decisive"] = bool(sure)
+    row["reason"] = _first(sure or [why for _, why in failures])
+    undecided = [c for c in test.comparisons if c.own_minus.p < alpha <= c.spared]
+    if undecided and not sure:
+        closest = max(undecided, key=lambda c: c.spared)
+        row["needs"] = _prompts_needed(closest.margin, cells.base.size, alpha)
     return row
+
+
+def _failure(
+    c: Comparison, effect: float, limit: float, alpha: float, beyond: float
+) -> tuple[bool, str] | None:
+    """Why the set fails on task ``c.task``, and whether an interval shows it (``beyond``: the
+    level of the test that the task loses more than allowed, or more than the own task), or None
+    where it passes."""
+    if c.own_minus.p < alpha and c.spared < alpha:
+        return None
+    if c.beyond < beyond:
+        return (
+            True,
+            f"{c.task} not spared ({c.effect:.2f} of its gap vs {effect:.2f}; at most {limit:.2f} allowed)",
+        )
+    if c.own_minus.p >= alpha:
+        why = f"hurts {c.task} as much ({c.effect:.2f} of its gap vs {effect:.2f}, p = {c.own_minus.p:.2g})"
+        return c.own_minus.p_reverse < beyond, why
+    return False, (
+        f"too few prompts to tell whether {c.task} is spared "
+        f"({c.effect:.2f} [{c.low:.2f}, {c.high:.2f}] of its gap, at most {limit:.2f} allowed)"
+    )
 
 
 def _first(reasons: list[str], shown: int = 2) -> str:
@@ -574,6 +682,7 @@ def family(
 ) -> Family:
     """Adjust every p-value behind a page together: Benjamini-Hochberg (false discovery rate
     ``alpha``) by default, or Holm (family-wise error rate ``alpha``); NaN stays NaN, uncounted.
+    A p-value outside [0, 1] is an error.
 
     >>> f = family([0.01, 0.04, 0.03, float("nan")], name="this page")
     >>> f.adjusted.round(2).tolist()[:3], f.size
@@ -585,8 +694,14 @@ def family(
     if method not in METHODS:
         raise TasklensError(f"Unknown correction {method!r}; choose 'bh' (Benjamini-Hochberg) or 'holm'")
     p = np.asarray(p_values, dtype=float)
-    out = np.full_like(p, np.nan)
     finite = np.isfinite(p)
+    outside = p[finite & ((p < 0) | (p > 1))]
+    if outside.size:
+        raise TasklensError(
+            f"p-values must lie in [0, 1] to be adjusted; got {outside.tolist()[:5]} "
+            "(pass p-values, not statistics or log p-values)"
+        )
+    out = np.full_like(p, np.nan)
     if finite.any():
         out[finite] = multipletests(p[finite], alpha=alpha, method=METHODS[method])[1]
     return Family(out, method, name, int(finite.sum()), alpha)
@@ -595,16 +710,17 @@ def family(
 def verdict_words(
     p_adjusted: float, decisive: bool, reason: str, alpha: float = ALPHA, what: str = "specific"
 ) -> str:
-    """The words for one verdict: ``what`` ("specific"), "not <what>: why", "underpowered: why"
-    or "not tested: why" (NaN p). Never "not specific" for a test that lacked the power.
+    """The words for one test that is not a specificity verdict (e.g. "beyond random sets"):
+    ``what``, "not <what>: why", "underpowered: why" or "not tested: why" (NaN p). Never "not"
+    for a test that lacked the power.
 
-    >>> verdict_words(0.01, False, "")
-    'specific'
-    >>> verdict_words(0.3, False, "20 random sets cannot give p < 0.05; evaluate more")
-    'underpowered: 20 random sets cannot give p < 0.05; evaluate more'
+    >>> verdict_words(0.01, False, "", what="beyond random sets")
+    'beyond random sets'
+    >>> verdict_words(0.3, False, "10 random sets cannot give p < 0.05; draw at least 20")
+    'underpowered: 10 random sets cannot give p < 0.05; draw at least 20'
     """
     if not math.isfinite(p_adjusted):
-        return f"not tested: {reason}" if reason else "not tested"
+        return f"not tested: {reason.removeprefix('not tested: ')}" if reason else "not tested"
     if p_adjusted < alpha:
         return what
     if decisive:
@@ -612,20 +728,78 @@ def verdict_words(
     return f"underpowered: {reason}" if reason else "underpowered: significant alone, not after correction"
 
 
+#: the verdict levels, strongest first
+LEVELS = ("specific", "preferential", "breaks everything", "not specific", "underpowered", "not tested")
+
+
+def verdict_level(row: Mapping[str, object], alpha: float = ALPHA) -> tuple[str, str]:
+    """A specificity row's level (`LEVELS`) and its words, from its adjusted p-values
+    (``p_adjusted`` for specific, ``p_preferential_adjusted``) and the row's reasons.
+
+    >>> verdict_level({"p_adjusted": 0.2, "p_preferential_adjusted": 0.01, "unspared": "u loses 0.6"})
+    ('preferential', 'preferential: u loses 0.6')
+    """
+    text = lambda key: row.get(key) if isinstance(row.get(key), str) else ""  # noqa: E731 (CSV: NaN)
+    reason, needs = text("reason"), text("needs")
+    p = float(row.get("p_adjusted", math.nan))
+    preferential = float(row.get("p_preferential_adjusted", math.nan))
+    if not math.isfinite(p):
+        return "not tested", f"not tested: {reason}" if reason else "not tested"
+    if p < alpha:
+        untested = text("not_tested")
+        return "specific", "specific" + (f" (not tested: {untested})" if untested else "")
+    if preferential < alpha:
+        why = text("unspared") or "the other tasks are spared only before the page's correction"
+        return "preferential", f"preferential: {why}"
+    if text("breaks"):
+        return "breaks everything", f"breaks everything: takes {text('breaks')} to its floor"
+    if bool(row.get("decisive")):
+        return "not specific", f"not specific: {reason}"
+    words = reason or "significant alone, not after correction"
+    return "underpowered", f"underpowered: {words}" + (f"; needs {needs}" if needs else "")
+
+
 def apply_family(
     table: pd.DataFrame, method: str = "bh", alpha: float = ALPHA, name: str = ""
 ) -> tuple[pd.DataFrame, Family]:
     """A table of tests (`EvaluationResult.specificity` or `~EvaluationResult.against_random`,
-    or several concatenated: one page's) with ``p_adjusted``, ``family`` and ``verdict``
-    recomputed over all its rows together; a ``what`` column, where present, names what each
-    row's test finds when significant (default "specific")."""
+    or several concatenated: one page's) with ``p_adjusted``, ``family``, ``level`` and
+    ``verdict`` recomputed over all its rows together. Specificity rows (with
+    ``p_preferential``) get `verdict_level`: "specific" adjusts ``p_value``, "preferential"
+    adjusts ``p_preferential`` over the same tests; an underpowered row whose random sets hold
+    its p at their floor ``needs`` the random sets that let it pass alone
+    (`controls_needed`). Other rows name what their test finds in ``what``."""
     adjusted = family(table["p_value"].to_numpy(dtype=float), method, alpha, name)
     out = table.copy()
     out["p_adjusted"] = adjusted.adjusted
     out["family"] = adjusted.label
-    what = out["what"].fillna("specific") if "what" in out else pd.Series("specific", out.index)
-    out["verdict"] = [
-        verdict_words(p, bool(d), r if isinstance(r, str) else "", alpha, str(w))  # a CSV's empty reason: NaN
-        for p, d, r, w in zip(out["p_adjusted"], out["decisive"], out["reason"], what, strict=True)
+    needed = controls_needed(max(adjusted.size, 1), alpha)
+    if {"n_null", "p_floor"} <= set(out):
+        own = out["p_random"] if "p_random" in out else out["p_value"]
+        at_floor = own <= out["p_floor"] * (1 + 1e-9)
+        blocked = at_floor & (out["n_null"] < needed) & ~(out["p_adjusted"] < alpha)
+    else:
+        blocked = pd.Series(False, out.index)
+    before = out["needs"] if "needs" in out else pd.Series("", out.index)
+    out["needs"] = [
+        "; ".join(
+            filter(None, [f"at least {needed} random sets" if b else "", n if isinstance(n, str) else ""])
+        )
+        for b, n in zip(blocked, before, strict=True)
     ]
+    if "p_preferential" in out:
+        preferential = out["p_preferential"].where(out["p_value"].notna())
+        out["p_preferential_adjusted"] = family(preferential.to_numpy(dtype=float), method, alpha).adjusted
+        levels = [verdict_level(row, alpha) for row in out.to_dict("records")]
+    else:
+        what = out["what"].fillna("specific") if "what" in out else pd.Series("specific", out.index)
+        levels = []
+        for p, d, r, w, n in zip(
+            out["p_adjusted"], out["decisive"], out["reason"], what, out["needs"], strict=True
+        ):
+            words = verdict_words(p, bool(d), r if isinstance(r, str) else "", alpha, str(w))  # CSV: NaN
+            underpowered = words.startswith("underpowered")
+            levels.append((words.split(":")[0], words + (f"; needs {n}" if n and underpowered else "")))
+    out["level"] = [level for level, _ in levels]
+    out["verdict"] = [words for _, words in levels]
     return out, adjusted

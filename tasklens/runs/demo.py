@@ -19,7 +19,6 @@ from tasklens.analysis.draws import Draws
 from tasklens.analysis.locate import locate
 from tasklens.analysis.matrix import EvaluationResult, ablation_matrix
 from tasklens.analysis.verdict_table import VerdictTable, verdict_lines
-from tasklens.analysis.verdict_table import level as verdict_level
 from tasklens.data.neurons import NeuronSet
 from tasklens.models import ORGANISM
 from tasklens.runs.pipeline import load_model_on
@@ -50,12 +49,11 @@ class DemoResult:
         """Per set: its own task with the set off (and 95 % interval over prompts) beside random
         sets of the same per-layer counts (their mean and 2.5-97.5 percentile range), the mean
         change on the other tasks, and the specificity verdict: the share of its own task's gap
-        to the floor the set removes, the other task it hurts most (and by how much of that
-        task's gap), the p-value and its Benjamini-Hochberg adjustment over the sets, and the
-        verdict's level."""
+        to the floor the set removes, the other task it spares least (and how much of that
+        task's gap) with the selectivity (own minus that effect), the p-value and its
+        Benjamini-Hochberg adjustment over the sets, and the verdict's level."""
         own = self.result.own_and_others()
         test = self.verdicts()
-        worst, worst_effect = ("worst", "worst_effect") if "worst" in test else ("closest", "closest_effect")
         return pd.DataFrame(
             {
                 "neurons": own["size"],
@@ -68,13 +66,14 @@ class DemoResult:
                 "random 95% range": _intervals(own["control_value_low"], own["control_value_high"]),
                 "others change": own["others_change"],
                 "own effect": test["effect"],
-                "hurts most": [
+                "least spared": [
                     f"{c} {e:.2f}" if isinstance(c, str) and c else ""
-                    for c, e in zip(test[worst], test[worst_effect], strict=True)
+                    for c, e in zip(test["worst"], test["worst_effect"], strict=True)
                 ],
+                "selectivity 95% CI": _intervals(test["selectivity_low"], test["selectivity_high"]),
                 "p": test["p_value"],
                 "p (BH)": test["p_adjusted"],
-                "verdict": [verdict_level(row) for _, row in test.iterrows()],
+                "verdict": test["level"],
             }
         )
 

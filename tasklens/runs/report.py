@@ -188,7 +188,7 @@ def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
                 "effect": float(verdict["effect"]) if verdict is not None else float("nan"),
                 "verdict": str(verdict["verdict"]) if verdict is not None else "not tested",
                 # painted only when the verdict (random sets, every other task, one error rate) says so
-                "specific": verdict is not None and verdict["verdict"] == "specific",
+                "specific": verdict is not None and verdict["level"] == "specific",
             }
         )
     shown = verdicts.to_html_compact(CONTROLS_FLAG) if verdicts is not None else ""

@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tasklens.analysis.verdict import LEVELS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,8 +35,8 @@ def test_specificity_writes_a_test_for_every_set_and_findings_from_them(tmp_path
     assert set(table.intervention) == {"zero", "position_mean", "zero_spare_bos"}
     assert set(table.half) == {"half 1", "half 2"}  # two independent selections
     twice = table[table.selection.isin(["full", "own-mean"]) & (table.intervention == "zero")]
-    assert set(twice.confirmed) <= {"yes", "no"} and twice.half.value_counts().nunique() == 1
-    assert table[~table.index.isin(twice.index)].confirmed.isna().all()  # one selection: nothing to confirm
+    assert set(twice.stable) <= {"yes", "no"} and twice.half.value_counts().nunique() == 1
+    assert table[~table.index.isin(twice.index)].stable.isna().all()  # one selection: nothing to compare
     tested = table.dropna(subset=["p_value"])
     assert ((tested.effect_low <= tested.effect + 1e-9) & (tested.effect <= tested.effect_high + 1e-9)).all()
     assert tested.p_adjusted.between(0, 1).all() and table.n_null.between(2, 5).all()  # sequential stops
@@ -75,7 +77,13 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     assert set(tests.test) == {"against_random", "specificity"}
     assert set(tests.metric) == {"exact_match", "logprob"}
     assert len(tests) == 2 * 2 * 4 * 2  # two tests x two metrics x four sets x two selections
-    assert set(tests.half) == {"half 1", "half 2"} and set(tests.confirmed) <= {"yes", "no"}
+    assert set(tests.half) == {"half 1", "half 2"} and set(tests.stable) <= {"yes", "no"}
+    spec = tests[tests.test == "specificity"]
+    family = (
+        f"over the {spec.p_value.notna().sum()} tests of stage gradient_1pct: the per-set specificity tests"
+    )
+    assert spec.family.str.endswith(family).all()  # the tests against random sets alone: not in it
+    assert set(spec.level) <= set(LEVELS) and spec.selectivity.notna().any()
     assert "kept from an earlier run" in run("ladder.py", *args)
     run("ladder.py", *args, "--retest")  # the tests again, from the saved results alone
     again = pd.read_csv(out / "gradient_1pct" / "tests.csv")
@@ -90,9 +98,11 @@ def test_a_ladder_stage_is_written_once_and_kept(tmp_path):
     readme = (tmp_path / "summary" / "readme_table.md").read_text()  # the README's table, condensed
     every = pd.read_csv(out / "gradient_1pct" / "tests.csv")
     first = every[(every.half == "half 1") & (every.metric == "logprob") & (every.test == "specificity")]
-    row = next(line for line in readme.splitlines() if "carry their task" in line and "| specific |" in line)
-    assert row.count("/4 pass") == 1 and f"effects {first.effect.min():.2f}" in row
-    assert "Error control: Benjamini-Hochberg (q = 0.05) over the 32 tests of the ladder summary" in readme
+    primary = pd.read_csv(tmp_path / "summary" / "primary.csv")
+    assert len(primary) == 1 and primary.p_value.iloc[0] == pytest.approx(first.p_value.max())
+    row = next(line for line in readme.splitlines() if "carry their task" in line)
+    assert f"**{primary.level.iloc[0]}**" in row and "sets: " in row
+    assert "Error control: Benjamini-Hochberg (q = 0.05) over the 1 tests of the primary family" in readme
     cost = pd.read_csv(tmp_path / "summary" / "costs.csv").set_index("stage").loc["gradient_1pct"]
     assert cost.sets == 8 and cost.random_sets == every.groupby(["half", "set"]).n_null.max().sum()
     assert cost.seconds_per_random_set == pytest.approx(cost.seconds / cost.random_sets, abs=0.01)

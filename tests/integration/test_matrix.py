@@ -72,7 +72,7 @@ def test_the_specificity_test_can_pass_and_can_fail(planted):
     table = planted.specificity()
     assert table.loc["addition", "verdict"] == "specific"
     assert table.loc["addition", "p_random"] == pytest.approx(1 / (N_RANDOM + 1))  # beats every random set
-    assert table.loc["addition", "effect_low"] > 0.1 and table.loc["addition", "margin"] > 0.1
+    assert table.loc["addition", "effect_low"] > 0.1 and table.loc["addition", "selectivity_low"] > 0.1
     assert planted.floor().between(0.0, 0.5).all()  # exact match by chance: another prompt's answer
     assert table.loc["continent_of", "verdict"].startswith("not specific: continent_of falls no more")
     assert (table["n_null"] == N_RANDOM).all() and (table["n_prompts"] == 40).all()

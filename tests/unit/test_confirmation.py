@@ -1,5 +1,5 @@
-"""Two independent selections per set: disjoint halves of the detection prompts, and a verdict
-confirmed only when both halves' sets pass."""
+"""Two selections per set: disjoint halves of the detection prompts, and a verdict stable across
+selections only when both halves' sets pass."""
 
 from __future__ import annotations
 
@@ -34,16 +34,16 @@ def test_the_halves_are_disjoint_cover_the_prompts_and_do_not_depend_on_order(co
     assert common.halves({"t": task})["half 1"]["t"].prompts == first.prompts  # reproducible
 
 
-def test_a_verdict_is_confirmed_only_when_both_selections_pass(common):
+def test_a_verdict_is_stable_only_when_both_selections_pass(common):
     rows = [
         ("a", "half 1", "specific"), ("a", "half 2", "specific"),
         ("b", "half 1", "specific"), ("b", "half 2", "underpowered: too few prompts"),
         ("c", "half 1", "not specific: hurts b as much"),
     ]  # fmt: skip
     table = pd.DataFrame(rows, columns=["set", "half", "verdict"]).assign(metric="logprob")
-    confirmed = common.confirm(table, ["metric", "set"]).set_index(["set", "half"])["confirmed"]
+    confirmed = common.stable(table, ["metric", "set"]).set_index(["set", "half"])["stable"]
     assert confirmed[("a", "half 1")] == confirmed[("a", "half 2")] == "yes"
     assert confirmed[("b", "half 1")] == confirmed[("b", "half 2")] == "no"
     assert confirmed[("c", "half 1")] == ""  # selected once: nothing to confirm
     against = table.assign(what="beyond random sets", verdict="beyond random sets")
-    assert set(common.confirm(against, ["metric", "set"]).confirmed) == {"yes", ""}
+    assert set(common.stable(against, ["metric", "set"]).stable) == {"yes", ""}

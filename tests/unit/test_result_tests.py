@@ -64,7 +64,7 @@ def test_specificity_and_the_test_against_random_sets_on_made_up_results():
     assert specific.against_random().loc["a", "verdict"] == "beyond random sets"
     assert specific.specificity().loc["a", "effect"] == pytest.approx(1 / 8, abs=0.03)  # 1 of 8 nats
     everywhere = result({"a": -1.0, "b": -1.0, "c": -1.0})  # hurts everything alike: not specific
-    assert everywhere.specificity().loc["a", "verdict"].startswith("not specific: hurts")
+    assert everywhere.specificity().loc["a", "verdict"].startswith("not specific: b not spared")
     assert everywhere.against_random().loc["a", "p_adjusted"] < 0.05
     nothing = result({"a": 0.0, "b": 0.0, "c": 0.0})
     assert nothing.against_random().loc["a", "verdict"].startswith("not beyond random sets: a falls no more")

@@ -151,22 +151,3 @@ def test_the_ladder_summary_refuses_a_summary_folder_of_the_users(tmp_path, monk
     code, line = run("ladder", ["--summary", "--root", str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and "holds files tasklens did not write (mine/)" in line
     assert sorted(p.name for p in (tmp_path / "summary").iterdir()) == ["mine"]
-
-
-def test_resume_keeps_only_results_drawn_the_same_way(tmp_path):
-    from test_result_tests import result
-
-    from tasklens.data.neurons import NeuronSet
-    from tasklens.tasks.task import Task
-
-    saved = script("specificity").saved
-
-    neurons = NeuronSet.from_pairs([(0, 1), (1, 2)], (2, 4), name="a")
-    tasks = [Task.from_lists(t, ["x"], ["y"]) for t in "abc"]
-    drawn = result({"a": -1.0, "b": 0.0, "c": 0.0}, n_controls=159)
-    drawn.settled, drawn.stop_after, drawn.sets = 19, 5, {"a": neurons.summary()}
-    drawn.save(tmp_path / "result_A_logprob")
-    assert saved(tmp_path, "A", ["logprob"], [neurons], tasks, (159, 19, 5)) is not None
-    assert saved(tmp_path, "A", ["logprob"], [neurons], tasks, (159, 39, 5)) is None  # another --settled
-    assert saved(tmp_path, "A", ["logprob"], [neurons], tasks, (159, 19, 3)) is None  # another --stop-after
-    assert saved(tmp_path, "A", ["logprob"], [neurons.renamed("b")], tasks, (159, 19, 5)) is None
