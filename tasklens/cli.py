@@ -304,7 +304,7 @@ def ablate(config) -> None:
 
     Example: tasklens ablate --out runs/x --intervention amplify --factor 3
     """
-    from tasklens.analysis.verdict_table import VerdictTable, verdict_lines
+    from tasklens.analysis.verdict_table import CLI_FLAGS, VerdictTable, verdict_lines
     from tasklens.runs.pipeline import ablate as run_ablate
 
     result = run_ablate(config)
@@ -315,7 +315,7 @@ def ablate(config) -> None:
             "\nSpecificity (docs/statistics.md): own effect, the share of its task's gap to the floor\n"
             "a set removes [95 % interval]; selectivity, own effect minus the worst other task's"
         )
-        for line in verdict_lines(VerdictTable(result.specificity()), flag="--controls {n}"):
+        for line in verdict_lines(VerdictTable(result.specificity()), flags=CLI_FLAGS):
             typer.echo(line)
 
 

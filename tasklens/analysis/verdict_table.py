@@ -46,6 +46,9 @@ LINE_LABELS = {
     COMPACT["p_adjusted"]: "adjusted",
     COMPACT["needs"]: "for the power:",
 }
+#: the words an underpowered verdict's needs are put in: more random sets, more prompts
+CLI_FLAGS = ("--controls {n}", "--max-prompts {n}")
+PYTHON_FLAGS = ("n_controls={n}", "about {n} prompts per task")
 #: what the footer says about a p-value at its floor
 FLOOR_NOTE = "at floor: p = 1/(n + 1), the smallest p that n random sets allow"
 
@@ -87,12 +90,12 @@ def level(row: pd.Series) -> str:
 def at_floor(row: pd.Series) -> bool:
     """Whether the verdict's p is its random sets' floor, 1 / (n + 1): more of them could give a
     smaller one."""
+    p, random, floor = (_number(row.get(k)) for k in ("p_value", "p_random", "p_floor"))
+    if not (math.isfinite(p) and math.isfinite(random)) or p > random * (1 + 1e-9):
+        return False  # the verdict's p is another component's
     if "at_floor" in row.index and isinstance(row["at_floor"], bool | int) and not pd.isna(row["at_floor"]):
         return bool(row["at_floor"])
-    p, random, floor = (_number(row.get(k)) for k in ("p_value", "p_random", "p_floor"))
-    if not all(math.isfinite(v) for v in (p, random, floor)):
-        return False
-    return random <= floor * (1 + 1e-9) and p <= random * (1 + 1e-9)
+    return math.isfinite(floor) and random <= floor * (1 + 1e-9)
 
 
 def family_parts(label: str) -> tuple[float, int | None]:
@@ -103,15 +106,26 @@ def family_parts(label: str) -> tuple[float, int | None]:
     return (float(alpha.group(1)) if alpha else ALPHA), (int(tests.group(1)) if tests else None)
 
 
-def needs(table: pd.DataFrame, flag: str = "n_controls={n}") -> pd.Series:
-    """Per row, what would give an "underpowered" verdict the power it lacks for want of random
-    sets: ``flag`` with the fewest random sets whose p can pass the table's error control
-    (`tasklens.analysis.verdict.controls_needed` for its number of tests and alpha), e.g.
-    ``"--controls 60"`` with ``flag="--controls {n}"``; ``""`` elsewhere (including a verdict
-    that lacks prompts rather than random sets). A ``needs`` column, where the table has one,
-    is used as it is."""
+def _as_flags(text: Any, flag: str, prompts_flag: str) -> str:
+    """A ``needs`` text ("at least 40 random sets; about 120 prompts per task") in the words of
+    the options that give them (``flag`` and ``prompts_flag``, each with ``{n}``)."""
+    if not isinstance(text, str):
+        return ""
+    text = re.sub(r"at least (\d+) random sets", lambda m: flag.format(n=m.group(1)), text)
+    return re.sub(r"about (\d+) prompts per task", lambda m: prompts_flag.format(n=m.group(1)), text)
+
+
+def needs(table: pd.DataFrame, flags: tuple[str, str] = PYTHON_FLAGS) -> pd.Series:
+    """Per row, what would give an "underpowered" verdict the power it lacks, in ``flags``'
+    words (`CLI_FLAGS` or `PYTHON_FLAGS`): the first with the fewest random sets whose p can
+    pass the table's error control (`tasklens.analysis.verdict.controls_needed` for its number
+    of tests and alpha), e.g. ``"--controls 60"``, the second with the prompts per task a
+    margin test needs; ``""`` elsewhere. A ``needs`` column, where the table has one
+    (`EvaluationResult.specificity`: "at least 40 random sets", "about 120 prompts per task"),
+    is put in those words; without one, only random sets are derived."""
     if "needs" in table.columns:
-        return table["needs"].fillna("").astype(str)
+        underpowered = pd.Series([level(row) == "underpowered" for _, row in table.iterrows()], table.index)
+        return table["needs"].map(lambda text: _as_flags(text, *flags)).where(underpowered, "")
     out = pd.Series("", index=table.index, dtype=object)
     for name, row in table.iterrows():
         if level(row) != "underpowered":
@@ -126,7 +140,7 @@ def needs(table: pd.DataFrame, flag: str = "n_controls={n}") -> pd.Series:
         # only where the random sets are what is missing: p_random at or near its floor, or
         # their number unable to reach the threshold at all
         if short and (at_floor(row) or not math.isfinite(random) or 1 / (drawn + 1) >= alpha):
-            out[name] = flag.format(n=needed)
+            out[name] = flags[0].format(n=needed)
     return out
 
 
@@ -138,7 +152,7 @@ def _floor_words(row: pd.Series) -> str:
     return f" at floor 1/{round(1 / floor)}" if math.isfinite(floor) and floor > 0 else " at floor"
 
 
-def compact(table: pd.DataFrame, flag: str = "n_controls={n}") -> pd.DataFrame:
+def compact(table: pd.DataFrame, flags: tuple[str, str] = PYTHON_FLAGS) -> pd.DataFrame:
     """The compact view of a verdict table: text cells under `COMPACT`'s headers, for the
     columns ``table`` has (the ``needs`` column only where a row needs something)."""
     columns = table.columns
@@ -162,7 +176,7 @@ def compact(table: pd.DataFrame, flag: str = "n_controls={n}") -> pd.DataFrame:
         out[COMPACT["p"]] = [_p(r["p_value"]) + _floor_words(r) for r in rows]
     if "p_adjusted" in columns:
         out[COMPACT["p_adjusted"]] = [_p(r["p_adjusted"]) for r in rows]
-    wanted = needs(table, flag) if {"verdict", "level", "needs"} & set(columns) else None
+    wanted = needs(table, flags) if {"verdict", "level", "needs"} & set(columns) else None
     if wanted is not None and wanted.astype(bool).any():
         out[COMPACT["needs"]] = list(wanted)
     return pd.DataFrame(out, index=table.index)
@@ -181,10 +195,10 @@ def footer(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def verdict_lines(table: pd.DataFrame, width: int = 100, flag: str = "n_controls={n}") -> list[str]:
+def verdict_lines(table: pd.DataFrame, width: int = 100, flags: tuple[str, str] = PYTHON_FLAGS) -> list[str]:
     """The verdicts as lines of text at most ``width`` wide (for a terminal): per set, its
     verdict in words, then its numbers (the compact view's other cells); the footer last."""
-    view = compact(table, flag)
+    view = compact(table, flags)
     verdict = COMPACT["verdict"]
     lines: list[str] = []
     for name, row in view.iterrows():
@@ -237,9 +251,9 @@ class VerdictTable(pd.DataFrame):
     def _constructor(self):
         return VerdictTable
 
-    def compact(self, flag: str = "n_controls={n}") -> pd.DataFrame:
-        """The compact view's cells (`compact`); ``flag`` words what an underpowered row needs."""
-        return compact(self, flag)
+    def compact(self, flags: tuple[str, str] = PYTHON_FLAGS) -> pd.DataFrame:
+        """The compact view's cells (`compact`); ``flags`` word what an underpowered row needs."""
+        return compact(self, flags)
 
     def _shows_compact(self) -> bool:
         return bool(len(self.columns)) and not compact(self).empty and len(compact(self).columns) > 0
@@ -252,13 +266,13 @@ class VerdictTable(pd.DataFrame):
         """Every column, as a plain DataFrame (the same as `full`)."""
         return self.full()
 
-    def to_string(self, *args: Any, full: bool = False, flag: str = "n_controls={n}", **kwargs: Any):
+    def to_string(self, *args: Any, full: bool = False, flags: tuple[str, str] = PYTHON_FLAGS, **kwargs: Any):
         """The compact view with its footer as text (``full=True``: every column, as pandas
         prints them; other arguments go to `pandas.DataFrame.to_string`)."""
         if full or not self._shows_compact():
             return pd.DataFrame(self).to_string(*args, **kwargs)
         buf = kwargs.pop("buf", None)
-        view = compact(self, flag)
+        view = compact(self, flags)
         verdict = COMPACT["verdict"]
         if verdict in view.columns:  # words read from the left
             view[verdict] = view[verdict].str.ljust(int(view[verdict].str.len().max() or 0))
@@ -271,9 +285,9 @@ class VerdictTable(pd.DataFrame):
     def __repr__(self) -> str:
         return self.to_string()
 
-    def to_html_compact(self, flag: str = "n_controls={n}") -> str:
+    def to_html_compact(self, flags: tuple[str, str] = PYTHON_FLAGS) -> str:
         """The compact view with its footer as HTML (cells escaped, the verdict left-aligned)."""
-        view = compact(self, flag)
+        view = compact(self, flags)
         table = view.to_html(border=0, escape=True, classes="verdicts")
         notes = "".join(f"<p class='verdict-note'>{html.escape(line)}</p>" for line in footer(self))
         left = "<style>table.verdicts td:first-of-type { text-align: left; }</style>"

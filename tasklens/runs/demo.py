@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from tasklens.analysis.draws import Draws
 from tasklens.analysis.locate import locate
 from tasklens.analysis.matrix import EvaluationResult, ablation_matrix
-from tasklens.analysis.verdict_table import VerdictTable, verdict_lines
+from tasklens.analysis.verdict_table import CLI_FLAGS, VerdictTable, verdict_lines
 from tasklens.data.neurons import NeuronSet
 from tasklens.models import ORGANISM
 from tasklens.runs.pipeline import load_model_on
@@ -118,7 +118,7 @@ class DemoResult:
                 "task's",
                 width,
             ),
-            *verdict_lines(self.verdicts(), width, flag="--controls {n}"),
+            *verdict_lines(self.verdicts(), width, flags=CLI_FLAGS),
         ]
         return "\n".join(parts)
 

@@ -50,8 +50,6 @@ CAPTIONS = {
     "overlap": "Jaccard overlap of the sets' neurons (1: the same neurons).",
     "sharing": "Per layer, each set's neurons no other set holds (exclusive) and those it shares.",
 }
-#: the option that gives a run's verdicts more random sets
-CONTROLS_FLAG = "--controls {n}"
 
 
 def signed(value: float, digits: int = 3) -> str:
@@ -157,7 +155,7 @@ def load_result(path: Path):
 def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
     """The per-set summary rows, the evaluation's description and the verdict table's HTML
     (the compact `VerdictTable`), from the ablate stage."""
-    from tasklens.analysis.verdict_table import VerdictTable
+    from tasklens.analysis.verdict_table import CLI_FLAGS, VerdictTable
 
     if "ablate" not in run.manifest()["stages"]:
         return [], None, ""
@@ -191,7 +189,7 @@ def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
                 "specific": verdict is not None and verdict["level"] == "specific",
             }
         )
-    shown = verdicts.to_html_compact(CONTROLS_FLAG) if verdicts is not None else ""
+    shown = verdicts.to_html_compact(CLI_FLAGS) if verdicts is not None else ""
     return rows, evaluation, shown
 
 

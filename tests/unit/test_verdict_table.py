@@ -10,7 +10,7 @@ import pytest
 
 from tasklens.analysis.draws import Draws, stop_count
 from tasklens.analysis.verdict import controls_needed, monte_carlo_p
-from tasklens.analysis.verdict_table import VerdictTable, compact, needs, verdict_lines
+from tasklens.analysis.verdict_table import CLI_FLAGS, VerdictTable, compact, needs, verdict_lines
 
 FAMILY = "Benjamini-Hochberg (q = 0.05) over the 2 tests of this table"
 LONG = (
@@ -74,7 +74,7 @@ def redesigned() -> pd.DataFrame:
             "p_adjusted": [0.0125, 0.0375, np.nan],
             "family": ["Holm (alpha = 0.05) over the 2 tests of this table"] * 3,
             "margin": ["spared: the worst task loses at most 0.1 of its gap"] * 3,
-            "needs": ["", "--controls 60", ""],
+            "needs": ["", "at least 60 random sets; about 120 prompts per task", ""],
             "reason": ["", "too few random sets", "NaN"],
             "decisive": [False, False, False],
         },
@@ -84,7 +84,7 @@ def redesigned() -> pd.DataFrame:
 
 def test_the_compact_view_of_todays_table_shows_the_verdict_whole_with_interval_p_floor_and_flag():
     table = VerdictTable(todays())
-    view = compact(table, "--controls {n}")
+    view = compact(table, CLI_FLAGS)
     assert list(view.columns) == [
         "verdict", "own effect [CI]", "selectivity [CI]", "worst other task", "p", "p adjusted",
         "for the power",
@@ -108,9 +108,19 @@ def test_the_compact_view_of_the_redesigned_table_uses_its_own_columns():
     view = table.compact()
     assert view.loc["continent_of", "selectivity [CI]"] == "0.57 [0.44, 0.66]"
     assert view.loc["continent_of", "worst other task"] == "capital_of 0.05"
-    assert view.loc["currency_of", "for the power"] == "--controls 60"  # its own ``needs``, as given
+    assert view.loc["currency_of", "for the power"] == "n_controls=60; about 120 prompts per task"
+    cli = compact(table, CLI_FLAGS)  # its own ``needs`` in the options' words
+    assert cli.loc["currency_of", "for the power"] == "--controls 60; --max-prompts 120"
     assert view.loc["addition", "own effect [CI]"] == "-" and view.loc["addition", "p"] == "-"
     assert view.loc["continent_of", "p"] == "0.0063 at floor 1/160"
+    shown_elsewhere = redesigned()  # a not-specific row's needs, and a p that is not p_random's
+    shown_elsewhere.loc["continent_of", ["level", "needs", "p_value"]] = [
+        "not specific",
+        "at least 60 random sets",
+        0.5,
+    ]
+    view = VerdictTable(shown_elsewhere).compact()
+    assert view.loc["continent_of", "for the power"] == "" and view.loc["continent_of", "p"] == "0.5"
     lines = table.to_string().splitlines()
     assert "selectivity margin: spared: the worst task loses at most 0.1 of its gap" in lines
     assert "error control: Holm (alpha = 0.05) over the 2 tests of this table" in lines
@@ -147,15 +157,15 @@ def test_needs_names_the_flag_only_where_random_sets_are_what_is_missing():
         0.3,
         1 / 41,
     ]
-    assert needs(made, "--controls {n}").tolist() == ["", "--controls 40"]  # 40 random sets suffice
+    assert needs(made, CLI_FLAGS).tolist() == ["", "--controls 40"]  # 40 random sets suffice
 
 
 def test_verdict_lines_fit_a_terminal():
     for make in (todays, redesigned):
-        lines = verdict_lines(VerdictTable(make()), width=100, flag="--controls {n}")
+        lines = verdict_lines(VerdictTable(make()), width=100, flags=CLI_FLAGS)
         assert max(map(len, lines)) <= 100
         assert any(line.startswith("continent_of: underpowered") for line in lines) or make is redesigned
-    joined = " ".join(" ".join(verdict_lines(VerdictTable(todays()), flag="--controls {n}")).split())
+    joined = " ".join(" ".join(verdict_lines(VerdictTable(todays()), flags=CLI_FLAGS)).split())
     assert "for the power: --controls 40" in joined and "p 0.024 at floor 1/41" in joined
 
 
