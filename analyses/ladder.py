@@ -43,7 +43,7 @@ import pandas as pd
 from common import HALVES, Parser, check_args, halves, prepare, run_main, stable
 
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
-from tasklens.analysis.verdict import ALPHA, LEVELS, MARGIN, apply_family, controls_needed, family
+from tasklens.analysis.verdict import ALPHA, MARGIN, apply_family, controls_needed, family
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.interventions import Intervention
@@ -398,10 +398,13 @@ def _with_interval(row, column: str) -> str:
     return f"{row.set} {value:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def _weakest(levels: list[str]) -> str:
-    """The weakest of the sets' levels (`LEVELS` order), not-tested sets aside."""
-    tested_ = [level for level in levels if level != "not tested"]
-    return max(tested_, key=LEVELS.index) if tested_ else "not tested"
+def _failing(part: pd.DataFrame) -> str:
+    """A claim's level when it does not pass: a set that fails decisively fails the claim ("breaks
+    everything" when every failing set does), else "underpowered"; "not tested" when no set was."""
+    failing = part[part["level"].isin(["not specific", "breaks everything"])]
+    if len(failing):
+        return "breaks everything" if (failing["level"] == "breaks everything").all() else "not specific"
+    return "not tested" if (part["level"] == "not tested").all() else "underpowered"
 
 
 def primary(table: pd.DataFrame) -> pd.DataFrame:
@@ -429,7 +432,7 @@ def primary(table: pd.DataFrame) -> pd.DataFrame:
                 p_value=tested_["p_value"].max() if len(tested_) else float("nan"),
                 p_preferential=tested_["p_preferential"].max() if len(tested_) else float("nan"),
                 n_null=int(part["n_null"].min()), mde_random=tested_["mde_random"].max(),
-                mde_spared=tested_["mde_spared"].max(), weakest=_weakest(list(part["level"])),
+                mde_spared=tested_["mde_spared"].max(), failing=_failing(part),
             )
         )  # fmt: skip
     out = pd.DataFrame(rows)
@@ -444,10 +447,8 @@ def primary(table: pd.DataFrame) -> pd.DataFrame:
             level = "specific"
         elif r.p_preferential_adjusted < ALPHA:
             level = "preferential"
-        elif r.weakest in ("breaks everything", "not specific", "not tested"):
-            level = r.weakest
         else:
-            level = "underpowered"
+            level = r.failing
         levels.append(level)
         needs.append(
             f"at least {needed} random sets per set"

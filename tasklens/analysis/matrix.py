@@ -316,10 +316,10 @@ class EvaluationResult:
             >>> from tasklens.selection import top_k
             >>> model = tasklens.load_model("organism")
             >>> names = ("addition", "continent_of")
-            >>> tasks = [tasklens.load_builtin(n, "evaluation").head(12) for n in names]
+            >>> tasks = [tasklens.load_builtin(n, "evaluation").head(24) for n in names]
             >>> scores = tasklens.scoring.ActivationStats().attribute(model, tasks[0])
             >>> result = evaluation_matrix(model, [top_k(scores, 50).renamed("addition")], tasks, 3)
-            >>> result.specificity().loc["addition", "verdict"].split(":")[0]
+            >>> result.specificity().loc["addition", "level"]
             'underpowered'
         """
         alpha = check_alpha(alpha)

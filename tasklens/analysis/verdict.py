@@ -268,10 +268,16 @@ class TaskCells:
         return bool(self.gap > 0) and gap_error(self.base, self.floors) <= GAP_ERROR * self.gap
 
     def pseudo(self) -> np.ndarray:
-        """Per-prompt pseudo-values of the capped effect (`contrasts.pseudo_values`, shifted to
-        average to `capped`)."""
+        """Per-prompt pseudo-values of the capped effect: the effect's (`contrasts.pseudo_values`)
+        centred on `capped`, their spread scaled by the chance that the effect lies below the cap
+        (the derivative of ``min(e, 1)`` averaged over the estimate's normal approximation), so a
+        task far past its floor counts as at it, with no spread left."""
         effect, values = pseudo_values(self.base, self.value, self.floors)
-        return values - max(effect - 1.0, 0.0)
+        if not math.isfinite(effect):
+            return values
+        se = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else 0.0
+        below = float(stats.norm.cdf((1.0 - effect) / se)) if se > 0 else float(effect < 1.0)
+        return min(effect, 1.0) + (values - effect) * below
 
     def random_effects(self) -> np.ndarray:
         """Each random set's normalised effect (uncapped)."""
@@ -626,8 +632,12 @@ def _failure(
             f"{c.task} not spared ({c.effect:.2f} of its gap vs {effect:.2f}; at most {limit:.2f} allowed)",
         )
     if c.own_minus.p >= alpha:
-        why = f"hurts {c.task} as much ({c.effect:.2f} of its gap vs {effect:.2f}, p = {c.own_minus.p:.2g})"
-        return c.own_minus.p_reverse < beyond, why
+        if c.own_minus.p_reverse < beyond:
+            return True, f"hurts {c.task} more than its own task ({c.effect:.2f} of its gap vs {effect:.2f})"
+        return False, (
+            f"not shown to lower its task more than {c.task} ({effect:.2f} vs {c.effect:.2f} of the gap, "
+            f"p = {c.own_minus.p:.2g})"
+        )
     return False, (
         f"too few prompts to tell whether {c.task} is spared "
         f"({c.effect:.2f} [{c.low:.2f}, {c.high:.2f}] of its gap, at most {limit:.2f} allowed)"
@@ -749,8 +759,11 @@ def verdict_level(row: Mapping[str, object], alpha: float = ALPHA) -> tuple[str,
         untested = text("not_tested")
         return "specific", "specific" + (f" (not tested: {untested})" if untested else "")
     if preferential < alpha:
-        why = text("unspared") or "the other tasks are spared only before the page's correction"
-        return "preferential", f"preferential: {why}"
+        why = text("unspared") or (
+            f"specific before the page's correction (p = {float(row.get('p_value', math.nan)):.2g}, "
+            f"adjusted {p:.2g})"
+        )
+        return "preferential", f"preferential: {why}" + (f"; needs {needs}" if needs else "")
     if text("breaks"):
         return "breaks everything", f"breaks everything: takes {text('breaks')} to its floor"
     if bool(row.get("decisive")):

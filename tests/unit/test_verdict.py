@@ -433,11 +433,11 @@ def test_exact_match_at_16_prompts_states_its_power():
     assert power >= 0.5 and set(rows["level"]) <= {"specific", "preferential", "not tested"}
     assert (rows["level"] == "not tested").mean() <= 0.1
     assert (at_48["level"] == "specific").mean() >= 0.9
-    assert (rows["p_value"] >= 1 / 40).all()
+    assert (rows["p_value"].dropna() >= 1 / 40).all()
     # 3 of 16 lost: 3 of the 32 prompts' losses all on one side happen by chance 11 % of the
     # time, and the test cannot detect a margin that small: underpowered, not "not specific"
     weak = exact_match(rng, lost=3).specificity().iloc[0]
-    assert weak["verdict"].startswith("underpowered: hurts") and weak["mde_spared"] > weak["effect"]
+    assert weak["level"] == "underpowered" and not weak["decisive"] and weak["needs"]
     strong = exact_match(rng, lost=16).specificity().iloc[0]  # every fact lost: found
     assert strong["verdict"] == "specific" and strong["effect_uncapped"] > 1.0  # below the 20 % floor
     assert strong["effect"] == 1.0  # capped: a task loses at most its whole gap
