@@ -190,7 +190,8 @@ def main() -> None:
         )
         drop = out.table("interference", result.relative_drop())  # the paper's acc_drop, no second pass
         out.figure(
-            "interference", heatmap(drop, "acc_drop(row relation | column's neurons off)", center=True)
+            "interference",
+            heatmap(drop, "acc_drop(row relation | column's neurons off)", center=True, falls="positive"),
         )
         negative = [
             (i, j, drop.loc[i, j]) for i in drop.index for j in drop.columns if i != j and drop.loc[i, j] < 0

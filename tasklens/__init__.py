@@ -12,7 +12,6 @@ The main entry points, re-exported here:
   same for metrics, selections and interventions.
 """
 
-from tasklens import _moved
 from tasklens._version import __version__
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices, evaluation_matrix
 from tasklens.data.neurons import NeuronScores, NeuronSet
@@ -26,8 +25,6 @@ from tasklens.scoring import SCORERS, get_scorer
 from tasklens.selection import SELECTIONS
 from tasklens.tasks import Task
 from tasklens.tasks.builtin import load_builtin
-
-_moved.install()
 
 
 def list_scorers() -> list[str]:

@@ -1,7 +1,7 @@
 """The `tasklens` command line.
 
 The run stages' options (`locate`, `ablate`, `compare`) are generated from the
-fields of `tasklens.pipeline.RunConfig`, so their names, defaults and help are
+fields of `tasklens.runs.pipeline.RunConfig`, so their names, defaults and help are
 written once; every command reports a `TasklensError` as a one-line message with
 exit code 2.
 """
@@ -96,10 +96,30 @@ def main(
     """
     from tasklens import distributed
 
+    _warnings_as_lines()
     try:
         distributed.init()
     except TasklensError as error:
         fail(error)
+
+
+def _warnings_as_lines() -> None:
+    """Print tasklens's own warnings as one line, ``warning: ...`` (others as Python words them)."""
+    import warnings
+
+    from tasklens.errors import TasklensWarning
+
+    if getattr(warnings.formatwarning, "tasklens", False):
+        return
+    words = warnings.formatwarning
+
+    def formatted(message, category, *args, **kwargs) -> str:
+        if issubclass(category, TasklensWarning):
+            return f"warning: {' '.join(str(message).split())}\n"
+        return words(message, category, *args, **kwargs)
+
+    formatted.tasklens = True
+    warnings.formatwarning = formatted
 
 
 # --- options generated from RunConfig ---------------------------------------------------------
@@ -233,7 +253,8 @@ def demo(
     percent: float = typer.Option(1.0, help="Top percentage of neurons selected per task."),
     controls: int = typer.Option(
         20,
-        help="Random control sets per task (same per-layer counts); under 20 no verdict can be 'specific'.",
+        help="Random sets per task (same per-layer counts; under 20 no verdict can be 'specific'), and "
+        "up to 20 per task where a verdict is at stake.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only (for scripts)."),
     device: str = run_option("device"),
@@ -255,16 +276,7 @@ def demo(
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "seconds": round(time.time() - start, 1)}, indent=2))
         return
-    typer.echo("\nExact match on each task's held-out prompts (rows: neurons zero-ablated)\n")
-    typer.echo(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
-    typer.echo(
-        f"\nEach set on its own task, beside {controls} random sets of the same per-layer counts; "
-        "'others change' is the mean change on the other tasks; 'own effect' the share of the own "
-        "task's gap to its floor the set removes, 'hurts most' the other task it lowers most (share of "
-        "that task's gap); p the specificity verdict's (docs/statistics.md), adjusted by "
-        "Benjamini-Hochberg over the sets; 'detectable' the smallest effect it could detect\n"
-    )
-    typer.echo(result.controls().to_string(float_format=lambda v: f"{v:.3f}"))
+    typer.echo("\n" + result.printout())
     typer.echo(f"\n{time.time() - start:.0f} s")
 
 
@@ -292,20 +304,19 @@ def ablate(config) -> None:
 
     Example: tasklens ablate --out runs/x --intervention amplify --factor 3
     """
+    from tasklens.analysis.verdict_table import CLI_FLAGS, VerdictTable, verdict_lines
     from tasklens.runs.pipeline import ablate as run_ablate
 
     result = run_ablate(config)
     typer.echo(result.pivot().to_string(float_format=lambda v: f"{v:.3f}"))
     named = [s for s in result.set_names if s in result.tasks]
     if named and len(result.tasks) > 1 and result.n_controls:
-        table = result.specificity()
-        typer.echo(f"\nSpecificity (docs/statistics.md), {table['family'].iloc[0]}:")
-        for name, row in table.iterrows():
-            typer.echo(
-                f"  {name}: removes {row.effect:.2f} of its task's gap to the floor "
-                f"(random sets {row.random_effect:.2f}); p {row.p_value:.2g}, adjusted "
-                f"{row.p_adjusted:.2g}: {row.verdict}"
-            )
+        typer.echo(
+            "\nSpecificity (docs/statistics.md): own effect, the share of its task's gap to the floor\n"
+            "a set removes [95 % interval]; selectivity, own effect minus the worst other task's"
+        )
+        for line in verdict_lines(VerdictTable(result.specificity()), flags=CLI_FLAGS):
+            typer.echo(line)
 
 
 @config_command("compare", FROM_RUN + LOCATED)

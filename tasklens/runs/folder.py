@@ -24,20 +24,36 @@ import fcntl
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tasklens._version import __version__
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.io import file_sha256, unwritable_ancestor, write_json
 from tasklens.runs.outputs import Ledger, OutputDir, inside, unchanged
 
 MANIFEST = "manifest.json"
 LOCK = ".tasklens.lock"
-#: each stage reads what the stages before it wrote
+#: the stages, in the order a run goes through them
 STAGES = ("locate", "ablate", "compare", "report")
+#: the stages each stage reads: re-running a stage removes the results of those that read it
+READS_FROM = {"locate": (), "ablate": ("locate",), "compare": ("locate",), "report": STAGES[:3]}
+
+
+def readers(stage: str) -> tuple[str, ...]:
+    """The stages that read ``stage``'s files, directly or through another stage.
+
+    >>> readers("locate"), readers("ablate")
+    (('ablate', 'compare', 'report'), ('report',))
+    """
+    found: list[str] = []
+    for later in STAGES:
+        if any(read == stage or read in found for read in READS_FROM.get(later, ())):
+            found.append(later)
+    return tuple(found)
 
 
 def check_out_folder(path: str | Path) -> Path:
@@ -256,11 +272,14 @@ class RunFolder:
         manifest = self.manifest()
         stages, unfinished = manifest["stages"], manifest.pop("unfinished", {})
         files = {str(p.relative_to(self.path)): file_sha256(p) for p in sorted(set(written))}
-        later = STAGES[STAGES.index(stage) + 1 :] if stage in STAGES else ()
         stale = {**unfinished.pop(stage, {}), **stages.get(stage, {}).get("files", {})}
-        for dropped in later:
-            stale.update(unfinished.pop(dropped, {}))
-            stale.update(stages.pop(dropped, {}).get("files", {}))
+        dropped: dict[str, list[str]] = {}
+        for later in readers(stage):  # made from the files this stage replaces
+            stale.update(unfinished.pop(later, {}))
+            record = stages.pop(later, None)
+            if record is not None:
+                stale.update(record.get("files", {}))
+                dropped[later] = sorted(record.get("files", {}))
         stages[stage] = {
             "config": config,
             "files": files,
@@ -271,7 +290,25 @@ class RunFolder:
             manifest["unfinished"] = unfinished
         write_json(self.path / MANIFEST, manifest)
         kept = self.owned(manifest)
+        removed = set()
         for name, digest in stale.items():  # only files tasklens wrote and nobody changed since
             path = inside(self.path, name)
             if name not in kept and path is not None and digest is not None and unchanged(path, digest):
                 path.unlink()
+                removed.add(name)
+        if dropped:
+            warnings.warn(_dropped_message(stage, dropped, removed), TasklensWarning, stacklevel=3)
+
+
+def _dropped_message(stage: str, dropped: dict[str, list[str]], removed: set[str]) -> str:
+    """What re-running ``stage`` removed: the later stages made from its old files, and theirs."""
+    parts = []
+    for later, files in dropped.items():
+        gone = [f for f in files if f in removed]
+        shown = ", ".join(gone[:4]) + (f" and {len(gone) - 4} more" if len(gone) > 4 else "")
+        parts.append(f"`{later}` ({shown or 'no files'})")
+    again = " and ".join(f"`tasklens {later}`" for later in dropped)
+    return (
+        f"re-running `{stage}` removed the results made from its earlier files: {'; '.join(parts)}; "
+        f"run {again} again for them"
+    )

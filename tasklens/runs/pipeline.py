@@ -58,7 +58,7 @@ class RunConfig:
     model: str = option(
         "organism", "Model: 'organism', 'smollm2-135m', a local Hugging Face folder or a hub name."
     )
-    tasks: list[str] = option(  # noqa: RUF009 (option returns a field)
+    tasks: list[str] = option(
         ["continent_of", "currency_of", "larger_number", "addition"],
         "Built-in task names or JSONL/CSV task files (names must be distinct).",
         flags=("--task", "-t"),
@@ -66,7 +66,7 @@ class RunConfig:
     out: str = option(
         "runs/tasklens", "Run folder (scores/, sets/, tables, figures, manifest).", record=False
     )
-    plugins: list[str] = option(  # noqa: RUF009
+    plugins: list[str] = option(
         [],
         "Python modules to import first; they register their own scorers, metrics, selections.",
         flags=("--plugin",),
@@ -77,10 +77,10 @@ class RunConfig:
     )
     max_prompts: int = option(150, "Prompts per task and split (a deterministic sample).")
     method: str = option("attribution_patching", "Scorer (`tasklens list`).", stages=LOCATE + COMPARE)
-    params: dict[str, Any] = option(  # noqa: RUF009
+    params: dict[str, Any] = option(
         {}, "Scorer parameters, key=value (repeatable).", stages=LOCATE + COMPARE, flags=("--param",)
     )
-    intervention_params: dict[str, Any] = option(  # noqa: RUF009
+    intervention_params: dict[str, Any] = option(
         {},
         "Parameters of the intervention kind, key=value (repeatable; e.g. a plug-in kind's own).",
         stages=ABLATE,
@@ -100,11 +100,28 @@ class RunConfig:
     )
     factor: float = option(2.0, "Amplification factor (intervention 'amplify').", stages=ABLATE)
     clamp_value: float = option(0.0, "Value the neurons are set to (intervention 'clamp').", stages=ABLATE)
-    controls: int = option(3, "Random control sets per set (same per-layer counts).", stages=ABLATE)
+    controls: int = option(
+        20,
+        "Random sets per set (same per-layer counts); 20, the fewest whose p can fall below 0.05 "
+        "alone. 0: none (no verdict).",
+        stages=ABLATE,
+    )
     at_stake: int = option(
         0,
         "The most random sets for a set that lowers its own task more than every other task (its "
-        "specificity verdict at stake; docs/statistics.md); 0: as many as --controls.",
+        "specificity verdict at stake; docs/statistics.md); 0: as many as the page's verdicts need "
+        "(20 per set named after a task, so the smallest p can pass the error control).",
+        stages=ABLATE,
+    )
+    sequential: bool = option(
+        True,
+        "Stop a set's random sets early once enough of them lower its task as much (Besag-Clifford; "
+        "the count changes no verdict at 0.05).",
+        stages=ABLATE,
+    )
+    controls_on: str = option(
+        "own",
+        "Tasks the random sets are evaluated on: own (the set's own task, all the verdict reads) or all.",
         stages=ABLATE,
     )
     metric: str = option(
@@ -190,8 +207,10 @@ class RunConfig:
                 raise TasklensError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
         if self.at_stake and self.at_stake < self.controls:
             raise TasklensError(
-                f"at_stake must be 0 (off) or at least controls ({self.controls}), got {self.at_stake}"
+                f"at_stake must be 0 (as many as the verdicts need) or at least controls "
+                f"({self.controls}), got {self.at_stake}"
             )
+        check_choice("controls_on", self.controls_on, ("own", "all"))
         for name in ("value", "factor", "clamp_value"):
             if not math.isfinite(getattr(self, name)):
                 raise TasklensError(f"{name} must be a finite number, got {getattr(self, name)}")
@@ -450,7 +469,10 @@ def _evaluation_tasks(config: RunConfig) -> list[Task]:
 
 
 def ablate(config: RunConfig, model=None) -> EvaluationResult:
-    """The evaluation matrix of the run's sets on every task; writes ``matrix.*``."""
+    """The evaluation matrix of the run's sets on every task; writes ``matrix.*``.
+
+    Each set draws its random sets one at a time up to what its verdict needs
+    (`tasklens.analysis.draws.Draws.for_page` over the sets named after tasks)."""
     from tasklens.analysis.matrix import evaluation_matrix
 
     config.check()
@@ -462,29 +484,59 @@ def ablate(config: RunConfig, model=None) -> EvaluationResult:
     sets = load_sets(config.out, model)
     spec = config.intervention_spec()
     with run.stage("ablate", config.to_dict(STAGE_FIELDS["ablate"]), stage_files(config, "ablate")) as out:
+        draws = run_draws(config, [s.name for s in sets], [t.name for t in tasks])
         bar = tqdm(total=len(sets), desc=f"{spec.label} matrix")
         result = evaluation_matrix(
             model,
             sets,
             tasks,
-            n_controls=config.controls,
             metric=config.metric,
             intervention=spec,
             batch_size=config.batch_size,
             progress=lambda _: bar.update(),
-            at_stake=config.at_stake or None,
+            **draws.kwargs(),
         )
         bar.close()
         out.json("matrix_result", result.to_dict())
         out.table("matrix", result.pivot())
         out.table("matrix_long", result.to_frame(), index=False)
-        out.figure("matrix_change", result.plot("change"))
+        out.figure("matrix_change", change_figure(result))
         if any(s.name in result.tasks for s in sets):
             out.table("effects", result.own_and_others())
             out.figure("effects", result.plot_own_vs_others())
             if len(result.tasks) > 1 and config.controls > 0:
                 out.table("specificity", result.specificity())
     return result
+
+
+def run_draws(config: RunConfig, sets: list[str], tasks: list[str]):
+    """The random sets a run's ablate stage draws (`tasklens.analysis.draws.Draws.for_page`): its
+    page's tests are the sets named after tasks."""
+    from tasklens.analysis.draws import Draws
+
+    tests = sum(name in tasks for name in sets) if len(tasks) > 1 else 1
+    return Draws.for_page(
+        tests,
+        controls=config.controls,
+        most=config.at_stake or None,
+        sequential=config.sequential,
+        controls_on=config.controls_on,
+    )
+
+
+def change_figure(result: EvaluationResult):
+    """The change heatmap of an evaluation: rows and columns in the same order (each set on the
+    diagonal at its own task), red where the metric falls."""
+    from tasklens.analysis.plots import diagonal_order, heatmap
+
+    return heatmap(
+        diagonal_order(result.change()),
+        f"{result.metric}: change from unmodified, {result.intervention_label}",
+        center=True,
+        falls="negative",
+        xlabel="task evaluated",
+        ylabel="neurons intervened on",
+    )
 
 
 def compare(config: RunConfig, model=None) -> dict[str, Any]:
@@ -535,11 +587,26 @@ def compare(config: RunConfig, model=None) -> dict[str, Any]:
         if config.interference and len(sets) > 1:
             drop = interference(model, sets, [tasks[s.name] for s in sets], config.batch_size, config.metric)
             out.table("interference", drop)
-            out.figure("interference", heatmap(drop, "acc_drop(row | column's neurons off)", center=True))
+            out.figure("interference", interference_figure(drop, task_names(config.tasks)))
             results["interference"] = drop
         if config.stability_splits > 0:
             results["stability"] = out.table("stability", _stability(config, model), index=False)
     return results
+
+
+def interference_figure(drop: pd.DataFrame, order: list[str] | None = None):
+    """The acc_drop heatmap: each set's own task on the diagonal (tasks in ``order``), red where a
+    task falls."""
+    from tasklens.analysis.plots import diagonal_order, heatmap
+
+    return heatmap(
+        diagonal_order(drop, order),
+        "acc_drop: relative drop of the row's task, the column's neurons off",
+        center=True,
+        falls="positive",
+        xlabel="neurons off",
+        ylabel="task evaluated",
+    )
 
 
 def _stability(config: RunConfig, model) -> pd.DataFrame:

@@ -29,6 +29,27 @@ from tasklens.runs import RunFolder
 from tasklens.tasks.tokenize import TokenizedTask
 
 FIGURE_ORDER = ("effects", "matrix_change", "cumulativity", "interference", "overlap", "sharing")
+#: what each figure shows, under it in the report ({metric} and {label}: the evaluation's)
+CAPTIONS = {
+    "effects": (
+        "Each set's change of {metric} on its own task (red), its mean change on the other tasks (grey) "
+        "and the change its random sets of the same per-layer counts make on its own task (blue, ±1 sd)."
+    ),
+    "matrix_change": (
+        "Change of {metric} from the unmodified model under {label} of each set (rows) on each task "
+        "(columns), each set's own task on the diagonal; red: the metric falls, blue: it rises."
+    ),
+    "cumulativity": (
+        "Accuracy on each set's task (and on the other tasks) as its top-k neurons are deactivated, "
+        "k on a log scale."
+    ),
+    "interference": (
+        "acc_drop: the relative drop of each task (rows) with a set's neurons off (columns), each set's own "
+        "task on the diagonal; red: the task falls, blue: it improves."
+    ),
+    "overlap": "Jaccard overlap of the sets' neurons (1: the same neurons).",
+    "sharing": "Per layer, each set's neurons no other set holds (exclusive) and those it shares.",
+}
 
 
 def signed(value: float, digits: int = 3) -> str:
@@ -102,8 +123,14 @@ def top_neuron_views(model, task, scores, n_neurons: int = 8, n_prompts: int = 6
     return closed(text.local_src), closed(topk.local_src)
 
 
-def _figure(path: Path) -> dict[str, str]:
-    return {"name": path.stem, "data": base64.b64encode(path.read_bytes()).decode()}
+def _figure(path: Path, evaluation: dict[str, Any] | None) -> dict[str, str]:
+    words = {"metric": "the metric", "label": "the intervention", **(evaluation or {})}
+    caption = CAPTIONS.get(path.stem, path.stem.replace("_", " "))
+    return {
+        "name": path.stem,
+        "caption": caption.format(**words),
+        "data": base64.b64encode(path.read_bytes()).decode(),
+    }
 
 
 def _table_html(path: Path) -> str:
@@ -112,25 +139,40 @@ def _table_html(path: Path) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0, escape=True)
 
 
-def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The per-set summary rows and the evaluation's description, from the ablate stage."""
+def load_result(path: Path):
+    """The `EvaluationResult` an ablate stage wrote, its long tables' values as numbers: a
+    metric that gave NaN is written as the text "nan" (JSON has no NaN), read back as NaN."""
     from tasklens.analysis.matrix import EvaluationResult
 
+    result = EvaluationResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    for name in ("prompt_values", "control_values", "control_prompt_values", "floor_values"):
+        frame = getattr(result, name)
+        if "value" in frame.columns:
+            frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+    return result
+
+
+def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
+    """The per-set summary rows, the evaluation's description and the verdict table's HTML
+    (the compact `VerdictTable`), from the ablate stage."""
+    from tasklens.analysis.verdict_table import CLI_FLAGS, VerdictTable
+
     if "ablate" not in run.manifest()["stages"]:
-        return [], None
-    files = run.files("ablate", "matrix_result")
-    result = EvaluationResult.from_dict(json.loads(files[0].read_text(encoding="utf-8")))
+        return [], None, ""
+    result = load_result(run.files("ablate", "matrix_result")[0])
     evaluation = {
         "metric": result.metric,
         "label": result.intervention_label,
         "n_controls": result.n_controls,
+        "settled": result.settled,
+        "stop_after": result.stop_after,
     }
     try:
         table = result.own_and_others()
     except TasklensError:  # sets not named after tasks
-        return [], evaluation
+        return [], evaluation, ""
     try:
-        verdicts = result.specificity()
+        verdicts = VerdictTable(result.specificity())
         evaluation["family"] = str(verdicts["family"].iloc[0])
     except TasklensError:  # one task, or no random sets: no verdict to show
         verdicts = None
@@ -147,7 +189,8 @@ def _summary(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
                 "specific": verdict is not None and verdict["level"] == "specific",
             }
         )
-    return rows, evaluation
+    shown = verdicts.to_html_compact(CLI_FLAGS) if verdicts is not None else ""
+    return rows, evaluation, shown
 
 
 def _stability(files: list[Path]) -> dict[str, str] | None:
@@ -222,7 +265,7 @@ def build_report(
     eval_split = recorded_config(folder, "ablate")["eval_split"] if "ablate" in stages else "evaluation"
     written = [folder.files(stage) for stage in stages if stage != "report"]
     files = sorted({p for group in written for p in group})
-    summary, evaluation = _summary(folder)
+    summary, evaluation, verdicts = _summary(folder)
     rule = {k: config.get(k) for k in ("select", "value")}
     figures = sorted(
         (p for p in files if p.suffix == ".png"),
@@ -268,8 +311,9 @@ def build_report(
         selection=f"{rule['select']} {rule['value']:g}",
         evaluation=evaluation,
         summary=summary,
+        verdicts=verdicts,
         stability=_stability(files),
-        figures=[_figure(p) for p in figures],
+        figures=[_figure(p, evaluation) for p in figures],
         views=views,
         pages=pages,
         pages_per_set=pages_per_set,

@@ -91,6 +91,14 @@ class Task:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def __repr__(self) -> str:
+        """One line: name, size, split and the first prompt with its answer (not the data)."""
+        first = f"{self.prompts[0]!r} -> {self.answers[0]!r}"
+        if len(first) > 70:
+            first = first[:67] + "..."
+        prompts = "1 prompt" if len(self) == 1 else f"{len(self)} prompts"
+        return f"Task({self.name!r}, {prompts}, split={self.split!r}, e.g. {first})"
+
     # --- construction -----------------------------------------------------------
     @classmethod
     def from_lists(cls, name: str, prompts: Sequence[str], answers: Sequence[str], **extras: Any) -> Task:
@@ -108,9 +116,11 @@ class Task:
         subject_column: str | None = None,
         **extras: Any,
     ) -> Task:
-        """Build a task from a Hugging Face ``datasets.Dataset``, naming its columns (only
-        those columns are read; each value must be text)."""
+        """Build a task from a Hugging Face ``datasets.Dataset`` or a pandas DataFrame, naming
+        its columns (only those columns are read; each value must be text)."""
         source = extras.pop("source", f"Dataset for task {name!r}")
+        if not hasattr(dataset, "column_names") and hasattr(dataset, "to_dict"):  # a pandas DataFrame
+            dataset = _Records(dataset.to_dict("records"), [str(c) for c in dataset.columns])
         columns = list(dataset.column_names)
         wanted = {"prompt_column": prompt_column, "answer_column": answer_column}
         if corrupted_column:
@@ -252,9 +262,9 @@ def check_task(value: Any) -> Task:
 class _Records:
     """A task file's rows, read by column like a ``datasets.Dataset`` (a missing key is None)."""
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
         self.rows = rows
-        self.column_names = list(dict.fromkeys(key for row in rows for key in row))
+        self.column_names = columns or list(dict.fromkeys(key for row in rows for key in row))
 
     def __getitem__(self, column: str) -> list[Any]:
         return [row.get(column) for row in self.rows]

@@ -42,11 +42,25 @@ def test_the_demo_shows_each_set_beside_its_random_controls(demo):
     for task in DEMO_TASKS:
         assert controls.loc[task, "set off"] == pytest.approx(demo.result.values.loc[task, task])
         runs = demo.result.control_values.query("set == @task and task == @task")["value"]
-        assert len(runs) == 20 and controls.loc[task, "random sets"] == pytest.approx(runs.mean())
-        assert controls.loc[task, "random sets"] == pytest.approx(
+        # 20 random sets, up to 60 where the verdict is at stake (the fewest whose p can pass
+        # Benjamini-Hochberg over the 3 sets), fewer where enough of them lower the task as much
+        assert len(runs) == controls.loc[task, "random sets"] <= 60
+        assert controls.loc[task, "random"] == pytest.approx(runs.mean())
+        assert controls.loc[task, "random"] == pytest.approx(
             own.loc[task, "baseline"] + own.loc[task, "control_own_change"]
         )
-    assert set(controls["verdict"]) <= {"specific", "not specific", "underpowered"}
-    assert (controls["p"] >= 1 / 21).all() and (controls["p (BH)"] >= controls["p"]).all()
+    # the random sets the verdicts need are drawn: none is underpowered for want of them
+    assert set(controls["verdict"]) <= {"specific", "preferential", "not specific", "breaks everything"}
+    assert (controls["p"] >= 1 / 61).all() and (controls["p (BH)"] >= controls["p"]).all()
     assert controls["own effect"].between(0.05, 1.5).all()  # each set removes part of its task's gap
     assert demo.to_dict()["controls"]["continent_of"]["verdict"] == controls.loc["continent_of", "verdict"]
+
+
+def test_the_demo_prints_within_100_columns_and_each_verdict_whole(demo):
+    lines = demo.printout().splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    text = " ".join(" ".join(lines).split())
+    for task in DEMO_TASKS:
+        words = " ".join(str(demo.verdicts().loc[task, "verdict"]).split())
+        assert f"{task}: {words}" in text
+    assert "error control: Benjamini-Hochberg (q = 0.05) over the 3 tests of this table" in text

@@ -11,6 +11,13 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 
+def test_the_quickstart_asks_the_verdict_and_rounds_what_it_prints():
+    book = nbformat.read(NOTEBOOKS[0], as_version=4)
+    code = "\n".join(cell.source for cell in book.cells if cell.cell_type == "code")
+    assert ".specificity()" in code and "VerdictTable(" in code
+    assert "accuracy(model, held_out):.2f" in code
+
+
 def test_the_notebooks_are_numbered_in_order():
     assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
     assert len(NOTEBOOKS) >= 3
@@ -26,6 +33,8 @@ def test_notebook_runs_and_is_stored_clean(path):
     ).execute()
     errors = [o for cell in code for o in cell.outputs if o.output_type == "error"]
     assert not errors, errors[0].get("evalue") if errors else ""
+    streams = "".join(o.get("text", "") for cell in code for o in cell.outputs if o.output_type == "stream")
+    assert "IProgress not found" not in streams  # the notebook bar works (ipywidgets)
     # a cell tagged "figure" must show its figure as an image (in Jupyter, not just in a file)
     figures = [cell for cell in code if "figure" in cell.metadata.get("tags", [])]
     for cell in figures:

@@ -425,3 +425,25 @@ def test_run_folders_keep_nothing_foreign_deleted(organism, tmp_path):
     locate(two_task_run(tmp_path, tasks=["larger_number"]), organism)
     assert (tmp_path / "run/notes.txt").read_text() == "keep"
     assert Path(tmp_path / "run/manifest.json").is_file()
+
+
+def test_a_metric_that_gives_nan_reads_not_tested_in_the_report(organism, tmp_path):
+    """A metric that returns NaN on some prompts: ablate writes it, and the report shows the
+    verdict "not tested" naming the missing values (the result file holds NaN as "nan")."""
+    from tasklens.evaluation.metrics import METRICS
+    from tasklens.runs.report import build_report
+
+    def nan_logprob(logits, batch):
+        """logprob with NaN on the first prompt of each batch."""
+        values = METRICS.get("logprob")(logits, batch).clone()
+        values[0] = float("nan")
+        return values
+
+    tasklens.register_metric("nan_logprob_for_a_test", nan_logprob, overwrite=True)
+    config = two_task_run(tmp_path, method="activation_stats", metric="nan_logprob_for_a_test", controls=2)
+    locate(config, organism)
+    ablate(config, organism)
+    assert '"nan"' in (tmp_path / "run/matrix_result.json").read_text()
+    page = build_report(config.out, organism, n_neurons=2, n_prompts=2, pages_per_set=0).read_text()
+    verdicts = page.split('class="dataframe verdicts"')[1].split("</table>")[0]
+    assert verdicts.count("not tested: missing values (NaN) on continent_of, larger_number") == 2

@@ -58,7 +58,7 @@ def test_readme_python_imports_exist():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The docs site, built once with ``mkdocs build --strict`` into a temporary folder."""
-    for module in ("mkdocs", "mkdocstrings_handlers.python"):
+    for module in ("mkdocs", "mkdocstrings_handlers.python", "mkdocs_jupyter"):
         if importlib.util.find_spec(module.split(".")[0]) is None:
             pytest.skip(f'{module} is not installed: pip install -e ".[test]" installs it')
     out = tmp_path_factory.mktemp("docs") / "site"
@@ -67,7 +67,7 @@ def site(tmp_path_factory) -> Path:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # the notebooks run top to bottom
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return out
@@ -79,6 +79,20 @@ def test_docs_build_strict_offline(site):
         site / "api" / "tasklens.scoring" / "index.html"
     ).read_text(encoding="utf-8")
     assert not list(site.rglob("*.py"))  # the Griffe extension is not published as a page
+
+
+def test_the_site_shows_every_notebook_run_with_its_outputs(site):
+    """Each notebook is a page of the site with the outputs this build ran (figures as images);
+    the quickstart shows its verdict table."""
+    pages = sorted((site / "notebooks").glob("*/index.html"))
+    assert [p.parent.name for p in pages] == [p.stem for p in sorted((ROOT / "notebooks").glob("*.ipynb"))]
+    text = {p.parent.name: p.read_text(encoding="utf-8") for p in pages}
+    assert all(page.count("jp-OutputArea-child") >= 3 for page in text.values())  # run, outputs kept
+    quickstart = text["01_quickstart"]
+    assert quickstart.count("data:image/png;base64,") >= 2
+    assert 'class="dataframe verdicts"' in quickstart and "error control: Benjamini-Hochberg" in quickstart
+    assert text["02_relation_neurons"].count("data:image/png;base64,") >= 3
+    assert "IProgress not found" not in quickstart
 
 
 class Reference(HTMLParser):
