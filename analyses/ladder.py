@@ -565,6 +565,32 @@ def condensed(first: pd.DataFrame, models: tuple[str, ...] = MODELS) -> str:
     )
 
 
+#: the forest plot's short names for the claims
+SHORT = {
+    "relations_ap": "AP 0.36 %",
+    "gradient_1pct": "gradient 1 %",
+    "gradient_10pct": "gradient 10 %",
+    "cgvst_5pct": "CGVST 5 %",
+    "gradient_1pct_mean": "gradient 1 %, mean ablation",
+}
+
+
+def figure(table: pd.DataFrame, note: str):
+    """The primary family's sets as a forest plot (`tasklens.analysis.plots.forest`): own effect
+    and selectivity with their intervals, the random sets' range and the margin, per claim and
+    model (``table``: `tested`)."""
+    from tasklens.analysis.plots import forest
+
+    metric, half = PRIMARY
+    chosen = table[(table["test"] == "specificity") & (table["metric"] == metric) & (table["half"] == half)]
+    rows = chosen.assign(
+        label=chosen["stage"].map(SHORT),
+        random_high=chosen["random_high"].clip(upper=1.0),  # on the capped scale of the effects
+        model=chosen["model"].map(lambda m: MODEL_NAMES.get(m, m)) + ": " + chosen["set"],
+    )
+    return forest(rows, "The primary family's sets (log-probability, first selection)", note)
+
+
 def markdown(table: pd.DataFrame) -> str:
     """The summary as a Markdown table (a row per claim, metric and test; a column per model)."""
     models = list(table.columns)
@@ -615,6 +641,11 @@ def main() -> None:
             out.table("per_set", every, index=False)
             atomic_write_text(out.file("summary.md"), markdown(table))
             atomic_write_text(out.file("readme_table.md"), condensed(first, tuple(args.models)))
+            note = (
+                f"{', '.join(MODEL_NAMES.get(m, m) for m in args.models)}; python analyses/ladder.py "
+                f"--summary; {time.strftime('%Y-%m-%d')}"
+            )
+            out.figure("forest", figure(every, note))
         out.table("costs", costs(every, Path(args.root)), index=False)
         out.close()
         print(table.to_string() if len(table) else "no results yet")

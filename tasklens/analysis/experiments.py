@@ -62,7 +62,7 @@ def cumulativity(
     per-layer counts on ``task`` (seeds ``seed...``): ``random_accuracy`` (their mean),
     ``random_low`` / ``random_high`` (2.5 and 97.5 percentiles), and ``p_holm``, the
     one-sided test that the top k lower the accuracy more than random sets do
-    (`tasklens.stats.drop_test`), Holm-corrected over the k.
+    (`tasklens.analysis.stats.drop_test`), Holm-corrected over the k.
 
     Returns:
         One row per k: ``k``, ``accuracy`` on ``task``, ``others_accuracy`` (mean

@@ -31,6 +31,7 @@ from tasklens.analysis.verdict import (
     specificity_verdict,
 )
 from tasklens.analysis.verdict import at_stake as verdict_at_stake
+from tasklens.analysis.verdict_table import VerdictTable, result_repr
 from tasklens.data.neurons import NeuronSet
 from tasklens.data.provenance import model_fingerprint, plain
 from tasklens.errors import TasklensError, check_choice
@@ -53,7 +54,7 @@ class EvaluationResult:
     """A metric on every task with each neuron set intervened on, beside random controls.
 
     Attributes:
-        metric: the metric's name (see `tasklens.metrics.METRICS`).
+        metric: the metric's name (see `tasklens.evaluation.metrics.METRICS`).
         intervention: what was done to each set (`Intervention.to_dict` without neurons).
         baseline: ``[task]`` the metric on the unmodified model.
         values: ``[set x task]`` the metric with the set intervened on.
@@ -333,7 +334,7 @@ class EvaluationResult:
             row["rival"], row["p_rival"] = rival_test(own, rivals)
             rows.append({"set": name, "n_prompts": int(cells[name][name].base.size), **row, "margin": MARGIN})
         table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
-        return table
+        return VerdictTable(table)
 
     def against_random(self, alpha: float = ALPHA, correction: str = "bh") -> pd.DataFrame:
         """Per set named after a task: does it lower its own task more than its random sets?
@@ -371,7 +372,7 @@ class EvaluationResult:
                 }
             )
         table, _ = apply_family(pd.DataFrame(rows).set_index("set"), correction, alpha, "this table")
-        return table
+        return VerdictTable(table)
 
     def cell_tests(self, alpha: float = ALPHA, correction: str = "bh") -> pd.DataFrame:
         """Every cell (set x task): does the set move that task more than its random sets do,
@@ -521,12 +522,10 @@ class EvaluationResult:
             settled=data.get("settled"),
             stop_after=data.get("stop_after"),
             sets=data.get("sets", {}),
-            prompt_values=pd.DataFrame(data.get("prompt_values") or {c: [] for c in PROMPT_COLUMNS}),
-            control_values=pd.DataFrame(data.get("control_values") or {c: [] for c in CONTROL_COLUMNS}),
-            control_prompt_values=pd.DataFrame(
-                data.get("control_prompt_values") or {c: [] for c in CONTROL_PROMPT_COLUMNS}
-            ),
-            floor_values=pd.DataFrame(data.get("floor_values") or {c: [] for c in FLOOR_COLUMNS}),
+            prompt_values=_long(data, "prompt_values", PROMPT_COLUMNS),
+            control_values=_long(data, "control_values", CONTROL_COLUMNS),
+            control_prompt_values=_long(data, "control_prompt_values", CONTROL_PROMPT_COLUMNS),
+            floor_values=_long(data, "floor_values", FLOOR_COLUMNS),
             inputs=data.get("inputs") or {},
         )
 
@@ -610,6 +609,9 @@ class EvaluationResult:
             inputs=self.inputs or other.inputs,
         )
 
+    def __repr__(self) -> str:
+        return result_repr(self)
+
     def _repr_html_(self) -> str:
         head = (
             f"<b>EvaluationResult</b>: {self.metric} under {self.intervention_label}, "
@@ -639,6 +641,13 @@ def _arrays(frame: pd.DataFrame, order: list[str], by_run: bool = False) -> dict
             part = part.reshape(ordered["run"].iloc[start:stop].nunique(), -1)
         out[tuple(keys[start])] = part
     return out
+
+
+def _long(data: dict[str, Any], key: str, columns: list[str]) -> pd.DataFrame:
+    """A saved long table, its ``value`` column numeric (JSON holds NaN as null or "nan")."""
+    frame = pd.DataFrame(data.get(key) or {c: [] for c in columns})
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+    return frame
 
 
 def _split(frame: pd.DataFrame) -> dict[str, list]:

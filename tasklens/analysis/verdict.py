@@ -27,6 +27,7 @@ limit, Bonferroni over the tasks); otherwise *underpowered*, with what would giv
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -772,6 +773,11 @@ def verdict_level(row: Mapping[str, object], alpha: float = ALPHA) -> tuple[str,
     return "underpowered", f"underpowered: {words}" + (f"; needs {needs}" if needs else "")
 
 
+def _without_random_sets(needs: str) -> str:
+    """``needs`` without what an earlier page's correction asked of the random sets."""
+    return "; ".join(p for p in needs.split("; ") if not re.fullmatch(r"at least \d+ random sets", p))
+
+
 def apply_family(
     table: pd.DataFrame, method: str = "bh", alpha: float = ALPHA, name: str = ""
 ) -> tuple[pd.DataFrame, Family]:
@@ -794,13 +800,12 @@ def apply_family(
     else:
         blocked = pd.Series(False, out.index)
     before = out["needs"] if "needs" in out else pd.Series("", out.index)
+    own = [_without_random_sets(n) if isinstance(n, str) else "" for n in before]  # a page adjusted again
     out["needs"] = [
-        "; ".join(
-            filter(None, [f"at least {needed} random sets" if b else "", n if isinstance(n, str) else ""])
-        )
-        for b, n in zip(blocked, before, strict=True)
+        "; ".join(filter(None, [f"at least {needed} random sets" if b else "", n]))
+        for b, n in zip(blocked, own, strict=True)
     ]
-    if "p_preferential" in out:
+    if "p_preferential" in out and out["p_preferential"].notna().any():
         preferential = out["p_preferential"].where(out["p_value"].notna())
         out["p_preferential_adjusted"] = family(preferential.to_numpy(dtype=float), method, alpha).adjusted
         levels = [verdict_level(row, alpha) for row in out.to_dict("records")]

@@ -156,7 +156,7 @@ class NeuronScores(_Artifact):
         reduction: how the score combines over prompts: ``"sum"`` (a sum over prompts,
             the gradient and patching scores), ``"mean"`` (a mean over ``n_tokens``
             tokens) or ``"none"`` (cannot be combined, e.g. average precision).
-        model_fingerprint: `tasklens.provenance.model_fingerprint` of the model.
+        model_fingerprint: `tasklens.data.provenance.model_fingerprint` of the model.
         version: tasklens version that produced it.
 
     Scores of the same model, method and unit add up with ``+`` (e.g. two halves of

@@ -125,7 +125,7 @@ def exact_match(model, task: Task, batch_size: int = 64) -> Bool[Tensor, " promp
 
     Greedy decoding produces exactly the answer's tokens if and only if every answer token
     is the argmax given the prompt and the answer tokens before it, so one forward pass over
-    prompt + answer decides it (`tasklens.metrics.next_token_correct`), with no generation.
+    prompt + answer decides it (`tasklens.evaluation.metrics.next_token_correct`), with no generation.
     `greedy_match` decodes instead and compares normalised text (it also forgives case).
 
     Returns:
@@ -187,7 +187,7 @@ def evaluate_prompts(
     model, task: Task, metric: str | Callable = "exact_match", batch_size: int = 64
 ) -> Float[Tensor, " prompt"]:
     """``metric`` per prompt: ``exact_match`` (default; greedy and token-exact, one pass), a
-    teacher-forced metric registered in `tasklens.metrics.METRICS` (``logprob``...) or
+    teacher-forced metric registered in `tasklens.evaluation.metrics.METRICS` (``logprob``...) or
     ``greedy_match`` (decoded text), by name or as a function."""
     return evaluate_metrics(model, task, [metric], batch_size)[:, 0]
 

@@ -3,9 +3,9 @@
 A prompt is known when greedy decoding reproduces its answer. Greedy decoding
 produces exactly the answer's tokens if and only if each answer token is the
 argmax given the prompt and the answer tokens before it, so one teacher-forced
-forward pass decides it for a whole batch (`tasklens.metrics.next_token_correct`),
-with no generation (`tasklens.evaluate.exact_match` is the same check;
-`tasklens.evaluate.greedy_match` decodes and also forgives case and surrounding spaces).
+forward pass decides it for a whole batch (`tasklens.evaluation.metrics.next_token_correct`),
+with no generation (`tasklens.evaluation.evaluate.exact_match` is the same check;
+`tasklens.evaluation.evaluate.greedy_match` decodes and also forgives case and surrounding spaces).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Fine-tuning and evaluation read the logits at the positions whose next token is 
 answer token (a few per prompt). The Hugging Face models behind the bridge take
 ``logits_to_keep`` (a ``[batch, pos]`` boolean mask), so the unembedding, about a
 fifth of a small model's compute, runs at those positions only; the values are the
-same as `tasklens.metrics.answer_loss` and `tasklens.metrics.next_token_correct` on
+same as `tasklens.evaluation.metrics.answer_loss` and `tasklens.evaluation.metrics.next_token_correct` on
 full logits (checked in the tests). Models without ``logits_to_keep`` get full
 logits, read at the same positions.
 """

@@ -180,3 +180,10 @@ def test_the_readme_ladder_table_is_the_one_the_ladder_summary_wrote():
     assert README.splitlines()[start : start + len(rows)] == rows
     family = next(line for line in written.splitlines() if line.startswith("Error control:"))
     assert family.removeprefix("Error control: ").rstrip(".") in " ".join(README.split())
+
+
+def test_the_ladder_figure_in_the_docs_is_the_one_the_summary_drew():
+    """docs/figures/ladder_forest.png is `python analyses/ladder.py --summary`'s forest.png."""
+    drawn = ROOT / "analyses" / "results" / "ladder" / "summary" / "forest.png"
+    assert (ROOT / "docs" / "figures" / "ladder_forest.png").read_bytes() == drawn.read_bytes()
+    assert "docs/figures/ladder_forest.png" in README
