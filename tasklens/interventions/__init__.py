@@ -17,6 +17,13 @@ and then works by name in Python, on the CLI (``--intervention mykind
 
 `ablate`, `amplify` and `clamp` are the short forms:
 ``with ablate(model, neurons):`` is ``with Zero(neurons).apply(model):``.
+
+One model, one owner: TransformerLens hooks belong to the model, not to a thread, so while an
+intervention's ``with`` block is open (or a scorer is reading activations) the thread that opened
+it owns the model. A forward pass through the same model from another thread, or another
+thread's intervention on it, raises a `TasklensError` naming the owning thread instead of
+silently running through the edit. To work in parallel, load one model per thread
+(`tasklens.load_model` again); within one thread interventions nest freely.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from tasklens.data.neurons import NeuronSet, check_shape
 from tasklens.data.provenance import plain
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.models.hooks import owned_hooks
 from tasklens.registry import Registry
 
 #: ``edit(layer, idx, current) -> new``: ``current`` is ``[..., len(idx)]`` (the selected
@@ -394,7 +395,7 @@ def edit_neurons(
             return act
 
         hooks.append((info.hook_name(layer, unit), hook))
-    with model.hooks(fwd_hooks=hooks):
+    with owned_hooks(model, hooks):
         yield
 
 
