@@ -22,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tasklens.data.neurons import NeuronScores, NeuronSet
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_seed
 from tasklens.registry import Registry
 
 Selection = Callable[[NeuronScores, float], NeuronSet]  # (scores, value) -> set
@@ -233,6 +233,7 @@ def random_like(neurons: NeuronSet, seed: int) -> NeuronSet:
         >>> random_like(found, seed=0).pairs() == control.pairs()  # the same seed, the same set
         True
     """
+    seed = check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros_like(neurons.mask)
     for layer, count in enumerate(neurons.counts_per_layer()):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -102,9 +102,17 @@ class Intervention(metaclass=_ByName):
 
     def __post_init__(self) -> None:
         if self.positions is not None:
+            if isinstance(self.positions, str) or not isinstance(self.positions, Iterable):
+                raise TasklensError(
+                    f"positions must be a list of whole numbers (e.g. [3], or [-1] for the last token), got "
+                    f"{type(self.positions).__name__} {self.positions!r}"
+                )
             positions = tuple(self.positions)
-            if not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
-                raise TasklensError(f"positions must be whole numbers, got {list(positions)}")
+            if not positions or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+                raise TasklensError(
+                    f"positions must be a non-empty list of whole numbers (None edits every position), got "
+                    f"{list(positions)}"
+                )
             object.__setattr__(self, "positions", positions)
         if self.neurons is not None and not isinstance(self.neurons, NeuronSet):
             raise TasklensError(

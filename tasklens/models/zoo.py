@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasklens.errors import TasklensError
-from tasklens.io import atomic_write_text, check_replaceable, default_permissions, file_sha256
+from tasklens.io import (
+    atomic_write_text,
+    check_replaceable,
+    default_permissions,
+    file_sha256,
+    host_name,
+    process_alive,
+)
 
 MARKER = "tasklens_model.json"
 ORGANISM = "organism"
@@ -454,17 +460,11 @@ def verify(name: str | None = None, progress=print) -> None:
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    return host_name()
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+    return process_alive(pid)
 
 
 def _is_stale(entry: Path) -> bool:

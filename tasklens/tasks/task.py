@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_seed
 
 
 @dataclass(frozen=True)
@@ -226,8 +226,9 @@ class Task:
         """A deterministic sample of at most ``n`` prompts, in task order (all when ``n`` is larger)."""
         import random
 
-        if n < 1:
-            raise TasklensError(f"Cannot sample {n} prompts from task {self.name!r}; ask for at least 1")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise TasklensError(f"Cannot sample {n!r} prompts from task {self.name!r}; ask for at least 1")
+        seed = check_seed(seed)
         if len(self) <= n:
             return self
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), n)))

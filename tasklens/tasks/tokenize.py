@@ -82,6 +82,7 @@ class TokenizedTask:
         """Tokenise for a TransformerLens model (its tokenizer, context and BOS rule).
 
         The last few results are kept: a matrix evaluates the same task objects many times."""
+        check_task(task)
         n_ctx, bos = int(model.cfg.n_ctx), bool(getattr(model.cfg, "default_prepend_bos", True))
         key = (id(task), id(model.tokenizer), n_ctx, bos)
         hit = _RECENT.get(key)
