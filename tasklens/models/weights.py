@@ -69,14 +69,21 @@ def weight_files(folder: Path) -> list[Path]:
 def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     """Every tensor's name and shape in a folder's safetensors files, from their headers alone (a
     truncated or damaged file is refused)."""
+    return {name: shape for name, (shape, _) in weight_headers(folder).items()}
+
+
+def weight_headers(folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every tensor's name, shape and stored dtype (``F32``, ``BF16``, ``I64``...) in a folder's
+    safetensors files, from their headers alone (a truncated or damaged file is refused)."""
     from safetensors import SafetensorError, safe_open
 
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
     for file in weight_files(folder):
         try:
             with safe_open(str(file), "pt") as handle:
                 for key in handle.keys():
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+                    part = handle.get_slice(key)
+                    shapes[key] = (tuple(part.get_shape()), str(part.get_dtype()))
         except (SafetensorError, OSError, ValueError) as error:
             raise WeightsError(
                 f"{str(file)!r} is corrupt or incomplete (not a readable safetensors file: {error}; "
@@ -200,7 +207,8 @@ def check_weights(folder: Path, config) -> None:
     """Refuse, before any tensor is allocated, weights that do not fit the model ``config`` (a
     transformers config) describes: another layer count, a parameter missing or left unused, a
     shape the config does not give. Each error is one line naming the mismatch and the fix."""
-    shapes = weight_shapes(folder)
+    headers = weight_headers(folder)
+    shapes = {name: shape for name, (shape, _) in headers.items()}
     where = f"Model folder {str(folder)!r}"
     kind = f"{type(config).__name__.removesuffix('Config')} model (model_type {config.model_type!r})"
     if not shapes:
@@ -250,6 +258,16 @@ def check_weights(folder: Path, config) -> None:
             f"{where}: the weights hold {len(unused):,} tensor(s) a {kind} does not use "
             f"({_listing(unused)}); config.json does not describe these weights",
             RESTORE_CONFIG,
+        )
+    floating = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    not_float = [n for n in common if n in floating and not headers[renamed[n][0]][1].startswith(("F", "BF"))]
+    if not_float:
+        name = not_float[0]
+        raise WeightsError(
+            f"{where}: the weights store {name} as {headers[renamed[name][0]][1]} (and {len(not_float) - 1} "
+            f"more), but a {kind} computes with floating-point weights: they are quantized or not this "
+            "model's",
+            SAVE_AGAIN,
         )
     differing = [(n, renamed[n][1], expected[n]) for n in common if renamed[n][1] != expected[n]]
     if differing:

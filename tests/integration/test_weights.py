@@ -194,3 +194,16 @@ def test_a_dtype_is_a_floating_point_torch_dtype_or_its_name():
     with pytest.raises(TasklensError, match=r"got 'float33'"):
         load_model("organism", dtype="float33")
     assert load_model("organism", dtype="bfloat16").cfg.dtype == torch.bfloat16
+
+
+def test_a_floating_point_parameter_stored_as_integers_is_refused(copy):
+    """Integer weights for a float parameter loaded silently (cast to float)."""
+    edit_weights(copy, lambda w: w.update({"transformer.h.0.ln_1.weight": torch.ones(32, dtype=torch.int64)}))
+    with pytest.raises(
+        TasklensError, match=r"store transformer\.h\.0\.ln_1\.weight as I64 .* floating-point"
+    ):
+        load_model(str(copy))
+    edit_weights(
+        copy, lambda w: w.update({"transformer.h.0.ln_1.weight": torch.ones(32, dtype=torch.float16)})
+    )
+    assert load_model(str(copy))(torch.tensor([[1, 5, 9]])).isfinite().all()  # another float dtype is fine
