@@ -472,3 +472,25 @@ def test_a_model_edited_in_one_thread_refuses_another_threads_passes(organism):
     worker.join(60)
     torch.testing.assert_close(result["clean"], clean)
     assert (result["nested"] - clean).abs().max() > 1e-3
+
+
+@pytest.mark.reliability
+def test_a_position_past_a_short_prompt_in_a_padded_batch_is_refused(organism):
+    """ablate(positions=...) past a short prompt's tokens edited its padding: nothing, silently."""
+    from tasklens.evaluation.evaluate import evaluate_prompts
+
+    task = Task.from_lists(
+        "t", ["Paris is in", "The capital city of the country of France is in"], [" Europe", " Europe"]
+    )
+    every = NeuronSet.from_pairs([(layer, i) for layer in range(4) for i in range(512)], (4, 512), "all")
+    base = evaluate_prompts(organism, task, "logprob")
+    for positions in ([8], [-1]):
+        with pytest.raises(TasklensError, match=r"lie past the real tokens of 1 of this batch's 2 sequences"):
+            with ablate(organism, every, positions=positions):
+                evaluate_prompts(organism, task, "logprob")
+    with ablate(organism, every, positions=[2]):  # a position both have edits both
+        edited = evaluate_prompts(organism, task, "logprob")
+    assert ((edited - base).abs() > 1e-3).all()
+    with pytest.raises(TasklensError, match=r"outside this forward pass's \d+ tokens"):
+        with ablate(organism, every, positions=[8]):
+            evaluate_prompts(organism, task.head(1), "logprob")
