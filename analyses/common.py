@@ -21,7 +21,7 @@ from tasklens.cli import PATH_ERRORS, error_line
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.evaluation.known import default_style, known_by, load_for_model
-from tasklens.io import check_own_folder
+from tasklens.io import check_own_folder, hold_folder, release_all
 from tasklens.selection import contrast as contrast_scores
 from tasklens.tasks.builtin import builtin_task_info, builtin_task_names
 from tasklens.tasks.builtin.natural import natural_tasks
@@ -37,7 +37,7 @@ AT_LEAST = {
 #: options that are a share of the neurons, in percent
 PERCENTS = ("percent", "percents", "base_percent")
 #: options that must be a positive number
-POSITIVE = ("lr_neurons", "lr_full", "factors")
+POSITIVE = ("lr_neurons", "lr_full", "factors", "generic_ratio")
 #: options naming built-in tasks
 TASK_OPTIONS = ("tasks", "relations", "stability_task")
 WHAT = "the results of this analysis"
@@ -59,6 +59,8 @@ def run_main(main: Callable[[], None]) -> None:
     except (TasklensError, *PATH_ERRORS) as error:
         print(error_line(error), file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        release_all()  # the run's --out lock; an --out it created and left empty goes with it
 
 
 def _flag(name: str) -> str:
@@ -113,7 +115,16 @@ def check_args(
             if task is not None:
                 check_task_name(task, tasks, _flag(name))
     if out and values.get("out") is not None:
-        check_own_folder(values["out"], WHAT)
+        lock_out(values["out"])
+
+
+def lock_out(path, what: str = WHAT) -> Path:
+    """``path`` checked as a folder tasklens may write (`tasklens.io.check_own_folder`), then held
+    by this run until it ends (`tasklens.io.hold_folder`: a second run on it stops at once, naming
+    the first), the leftovers of killed runs in it removed."""
+    check_own_folder(path, what)
+    hold_folder(path, what)
+    return check_own_folder(path, what)
 
 
 def check_task_name(name: str, kind: str = "builtin", flag: str = "--tasks") -> None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
-from common import HALVES, Parser, check_args, halves, prepare, run_main, stable
+from common import HALVES, Parser, check_args, halves, lock_out, prepare, run_main, stable
 
 from tasklens.analysis.matrix import EvaluationResult, evaluation_matrices
 from tasklens.analysis.verdict import ALPHA, MARGIN, apply_family, controls_needed, family
@@ -52,6 +52,7 @@ from tasklens.io import (
     atomic_write_text,
     check_folder_path,
     check_own_folder,
+    hold_folder,
     read_marker,
     unchanged,
 )
@@ -603,6 +604,20 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_root(root: Path, models: tuple[str, ...]) -> None:
+    """Refuse a ``--root`` that does not hold the ladder's results of any of ``models``."""
+    if not root.is_dir():
+        raise TasklensError(
+            f"--root {str(root)!r} is not a folder; give the folder the ladder wrote its models' results "
+            f"in (default {ROOT})"
+        )
+    if not any((root / model).is_dir() for model in models):
+        raise TasklensError(
+            f"--root {str(root)!r} holds no ladder results (no folder named after any of "
+            f"{', '.join(models)}); give the folder the ladder wrote them in (default {ROOT})"
+        )
+
+
 def main() -> None:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=(*MODELS, "organism"))
@@ -630,7 +645,8 @@ def main() -> None:
     args = parser.parse_args()
     check_args(args, out=False)
     if args.summary:
-        check_own_folder(Path(args.root) / "summary", "the ladder's summary")
+        check_root(Path(args.root), tuple(args.models))
+        lock_out(Path(args.root) / "summary", "the ladder's summary")
         every = tested(Path(args.root), tuple(args.models))
         table = summary(every, tuple(args.models))
         first = primary(every)
@@ -662,10 +678,12 @@ def main() -> None:
     out = check_folder_path(args.out or ROOT / args.model, "the ladder's stages")
     ladder = Ladder(args.model, out, scale, args.batch_size)
     if args.retest:
+        hold_folder(out, "the ladder's stages")  # one run per model folder; a killed run's leftovers go
         for stage in args.stages or STAGES:
             ladder.retest(stage)
         return
     ladder.check(args.stages or scale.stages)
+    hold_folder(out, "the ladder's stages")
     timings = {}
     for stage in args.stages or scale.stages:
         start = time.perf_counter()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -23,6 +24,10 @@ from tasklens.errors import TasklensError
 #: the file in which tasklens lists the files it wrote into a folder (name -> SHA-256)
 MARKER = "manifest.json"
 MARKER_KIND = "tasklens-output"
+#: the lock file a writing command holds in its output folder (`hold_folder`)
+LOCK = ".tasklens.lock"
+#: what tasklens writes into its lock file (then the holder)
+LOCK_TEXT = "tasklens pid "
 
 
 def unchanged(path: Path, digest: str | None) -> bool:
@@ -66,6 +71,8 @@ def foreign_files(folder: str | Path, listed: dict[str, str | None] | None = Non
     parents = {str(parent) for name in listed for parent in PurePosixPath(name).parents}
     for root, dirs, files in os.walk(folder):
         here = Path(root).relative_to(folder)
+        for name in [n for n in [*dirs, *files] if _stale_work(n)]:  # a killed run's: removed when locked
+            (dirs if name in dirs else files).remove(name)
         for name in list(dirs):
             relative = (here / name).as_posix()
             if (Path(root) / name).is_symlink() or relative not in parents:
@@ -73,7 +80,7 @@ def foreign_files(folder: str | Path, listed: dict[str, str | None] | None = Non
                 dirs.remove(name)
         for name in files:
             relative = (here / name).as_posix()
-            if relative == skip:
+            if relative == skip or (relative == LOCK and is_lock_file(Path(root) / name)):
                 continue
             if relative not in listed or not unchanged(Path(root) / name, listed[relative]):
                 foreign.append(relative)
@@ -170,8 +177,15 @@ def check_own_folder(
         return path
     found = foreign(path)
     if found:
+        leftovers = [n for n in found if _LEGACY_WORK.fullmatch(PurePosixPath(n.rstrip("/")).name)]
+        hint = (
+            f" ({_listing(leftovers)} look like the leftovers of an interrupted tasklens run: remove them "
+            "if no run is writing there)"
+            if leftovers
+            else ""
+        )
         raise TasklensError(
-            f"{str(path)!r} holds files tasklens did not write ({_listing(found)}); tasklens replaces "
+            f"{str(path)!r} holds files tasklens did not write ({_listing(found)}){hint}; tasklens replaces "
             f"the folder it writes, so move them away or choose a new or empty folder for {what}"
         )
     if is_kind is not None and not is_kind(path):
@@ -204,7 +218,7 @@ def atomic_dir(
             yield Path(scratch)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=work_prefix(path.name), dir=path.parent))
     try:
         yield tmp
         if marked:
@@ -213,7 +227,7 @@ def atomic_dir(
         check_own_folder(path, what, is_kind, foreign)  # it may have changed while the content was made
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=work_prefix(f"{path.name}.old"), dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
@@ -257,7 +271,7 @@ def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
     try:
         for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            fd, name = tempfile.mkstemp(prefix=work_prefix(path.name), dir=path.parent)
             os.close(fd)
             temps.append(Path(name))
         yield tuple(temps)
@@ -354,3 +368,207 @@ def load_artifact(path: str | Path, kind: str) -> tuple[Tensor, dict[str, Any]]:
     if "values" not in tensors:
         raise TasklensError(f"{str(tensor_path)!r} has no 'values' tensor; it was not written by tasklens")
     return tensors["values"], meta
+
+
+# --- one writer per folder, and what killed writers leave --------------------------------------
+def host_name() -> str:
+    """This machine's name, in the characters temporary names may hold."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def work_prefix(name: str) -> str:
+    """The prefix of a temporary file or folder written for ``name``: hidden, named after this host
+    and process (``.name.host.pid.``), so a later run can tell a killed writer's leftovers."""
+    return f".{name}.{host_name()}.{os.getpid()}."
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # someone else's process (or a system that cannot tell)
+        return True
+    return True
+
+
+def _work_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a temporary name `work_prefix` made, or None."""
+    import re
+
+    match = re.fullmatch(r"\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}", name)
+    return (match["host"], int(match["pid"])) if match else None
+
+
+#: a temporary name of an older tasklens (``tempfile`` after ``.name.``), which names no process
+_LEGACY_WORK = re.compile(r"\.[^.].*\.[a-z0-9_]{8}")
+
+
+def _stale_work(name: str) -> bool:
+    """Whether ``name`` is the temporary file or folder of a tasklens process of this host that is gone."""
+    owner = _work_owner(name)
+    return owner is not None and owner[0] == host_name() and not process_alive(owner[1])
+
+
+def release_all() -> None:
+    """Give back every lock `hold_folder` took (a command that stopped on bad input)."""
+    for release in list(_HELD.values()):
+        release()
+
+
+def remove_stale(folder: str | Path, warn: Callable[[str], None] | None = None) -> list[str]:
+    """Remove, from ``folder`` and its subfolders, the temporary files and folders of tasklens
+    processes of this host that are gone (a killed run's half-written outputs, named by
+    `work_prefix`); returns their names. Hidden entries that look like an older tasklens's
+    temporary names (``.name.xxxxxxxx``, no process named) are left and named through ``warn``."""
+    import shutil
+
+    folder = Path(folder)
+    removed, unsure = [], []
+    if not folder.is_dir():
+        return removed
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            entry = Path(root) / name
+            owner = _work_owner(name)
+            if _stale_work(name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry.relative_to(folder).as_posix())
+            elif owner is None and _LEGACY_WORK.fullmatch(name):
+                unsure.append(entry.relative_to(folder).as_posix())
+        dirs[:] = [d for d in dirs if (Path(root) / d).exists() and not (Path(root) / d).is_symlink()]
+    if unsure and warn is not None:
+        warn(
+            f"{str(folder)!r} holds what looks like the leftovers of an interrupted tasklens run "
+            f"({_listing(sorted(unsure))}); remove them if no run is writing there"
+        )
+    return removed
+
+
+def is_lock_file(path: Path) -> bool:
+    """Whether ``path`` is a lock file tasklens wrote (empty, or naming its holder)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+    except OSError:
+        return False
+    return text is not None and (not text.strip() or text.startswith(LOCK_TEXT)) and not path.is_symlink()
+
+
+def lock_holder(folder: Path) -> str:
+    try:
+        return (folder / LOCK).read_text(encoding="utf-8", errors="replace").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+class FolderInUse(TasklensError):
+    """Another process holds the folder's lock."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path, what: str, fix: str = "choose another --out") -> Iterator[Path]:
+    """Hold ``folder``'s exclusive lock (``.tasklens.lock``, `filelock`: flock on Unix, msvcrt on
+    Windows, released by the system when the process dies), creating the folder if needed; it fails
+    at once, naming the holder, when another process holds it. The lock file names the holder and
+    is left in place; a file of the user's with its name is never written.
+
+    Example:
+        >>> import tempfile; folder = Path(tempfile.mkdtemp())
+        >>> with folder_lock(folder, "an output") as held:
+        ...     (held / LOCK).read_text().startswith("tasklens pid")
+        True
+    """
+    import inspect
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    file = folder / LOCK
+    if file.is_symlink() or (file.exists() and not file.is_file()):
+        raise TasklensError(
+            f"{str(file)!r} is not tasklens's lock file (a link or a folder); move it away or {fix}"
+        )
+    if file.exists() and not is_lock_file(file):
+        raise TasklensError(
+            f"{str(file)!r} is not tasklens's lock file, so tasklens will not overwrite it; move it away "
+            f"or {fix}"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # filelock 4 can remove the file on release; 3.x never does and has no such option
+        keep = (
+            {"preserve_lock_file": True}
+            if "preserve_lock_file" in inspect.signature(FileLock).parameters
+            else {}
+        )
+        lock = FileLock(str(file), timeout=0, **keep)
+        lock.acquire()
+    except Timeout as error:
+        raise FolderInUse(
+            f"{str(folder)!r} is in use: another run holds this folder ({lock_holder(folder)}) for {what}; "
+            f"wait for it to finish or {fix}"
+        ) from error
+    except OSError as error:
+        raise TasklensError(
+            f"Cannot write {what} in {str(folder)!r} ({error.strerror or error}): the folder is read-only or "
+            f"not a folder; make it writable (chmod u+w) or {fix}"
+        ) from error
+    try:
+        try:
+            with open(file, "w", encoding="utf-8") as handle:
+                handle.write(f"{LOCK_TEXT}{os.getpid()} on {host_name()}")
+        except OSError:
+            pass  # the lock is held; only the holder's name is missing
+        yield folder
+    finally:
+        lock.release()
+
+
+_HELD: dict[Path, Callable[[], None]] = {}
+
+
+def hold_folder(folder: str | Path, what: str, fix: str = "choose another --out") -> list[str]:
+    """Take ``folder``'s lock (`folder_lock`) until this process ends (or `release_folder`), then
+    remove the leftovers of killed runs in it (`remove_stale`); returns their names. A folder this
+    call created and that holds nothing but the lock when it is released is removed again (a command
+    that stopped on bad input leaves nothing). Taking a folder this process holds is a no-op."""
+    import atexit
+    import warnings
+
+    from tasklens.errors import TasklensWarning
+
+    folder = Path(folder).expanduser().absolute()
+    if folder in _HELD:
+        return []
+    created = not folder.exists()
+    context = folder_lock(folder, what, fix)
+    context.__enter__()
+
+    def release() -> None:
+        if _HELD.get(folder) is not release:
+            return
+        del _HELD[folder]
+        context.__exit__(None, None, None)
+        try:
+            if created and [p.name for p in folder.iterdir()] == [LOCK]:
+                (folder / LOCK).unlink()
+                folder.rmdir()
+        except OSError:
+            pass
+
+    _HELD[folder] = release
+    atexit.register(release)
+    return remove_stale(folder, lambda text: warnings.warn(text, TasklensWarning, stacklevel=3))
+
+
+def release_folder(folder: str | Path) -> None:
+    """Give back a lock `hold_folder` took (tests, or a long-lived process done writing there)."""
+    release = _HELD.get(Path(folder).expanduser().absolute())
+    if release is not None:
+        release()

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.data.provenance import tensor_hash
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_seed
 from tasklens.registry import Registry
 
 Selection = Callable[[NeuronScores, float], NeuronSet]  # (scores, value) -> set
@@ -284,6 +284,7 @@ def random_like(neurons: NeuronSet, seed: int, strata: Strata | None = None) -> 
         >>> random_like(found, seed=0).pairs() == control.pairs()  # the same seed, the same set
         True
     """
+    seed = check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros_like(neurons.mask)
     if strata is None:

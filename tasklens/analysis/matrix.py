@@ -34,7 +34,7 @@ from tasklens.analysis.verdict import at_stake as verdict_at_stake
 from tasklens.analysis.verdict_table import VerdictTable, result_repr
 from tasklens.data.neurons import NeuronSet
 from tasklens.data.provenance import model_fingerprint, plain
-from tasklens.errors import TasklensError, check_choice
+from tasklens.errors import TasklensError, check_choice, check_seed
 from tasklens.evaluation.evaluate import evaluate_metrics
 from tasklens.evaluation.metrics import METRICS
 from tasklens.interventions import Intervention
@@ -232,17 +232,33 @@ class EvaluationResult:
             True
         """
         check_choice("interval of", value, ("value", "change"))
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+            raise TasklensError(f"alpha must be a number in (0, 1) (0.05: a 95 % interval), got {alpha!r}")
         self._require_prompts()
         names = ([BASELINE] if value == "value" else []) + self.set_names
         low = pd.DataFrame(index=names, columns=self.tasks, dtype=float)
         high = low.copy()
+        unmeasured = []
         for name in names:
             for task in self.tasks:
-                if value == "value":
-                    interval = mean_interval(self._prompts(name, task), alpha)
-                else:
-                    interval = bootstrap_interval(self._changes(name, task), alpha)
-                low.loc[name, task], high.loc[name, task] = interval
+                values = self._prompts(name, task) if value == "value" else self._changes(name, task)
+                if not np.isfinite(values).all():  # an interval over the other prompts would claim too much
+                    unmeasured.append(f"{name} on {task} ({int((~np.isfinite(values)).sum())} prompts)")
+                    low.loc[name, task], high.loc[name, task] = np.nan, np.nan
+                    continue
+                fn = mean_interval if value == "value" else bootstrap_interval
+                low.loc[name, task], high.loc[name, task] = fn(values, alpha)
+        if unmeasured:
+            import warnings
+
+            from tasklens.errors import TasklensWarning
+
+            warnings.warn(
+                f"No interval (NaN) where the metric is NaN or infinite on some prompts: "
+                f"{'; '.join(unmeasured[:3])}{' ...' if len(unmeasured) > 3 else ''}",
+                TasklensWarning,
+                stacklevel=2,
+            )
         return low, high
 
     def floor(self) -> pd.Series:
@@ -801,6 +817,7 @@ def evaluation_matrices(
         raise TasklensError("evaluation_matrix got no tasks; give at least one Task to evaluate the sets on")
     if not isinstance(n_controls, int) or isinstance(n_controls, bool) or n_controls < 0:
         raise TasklensError(f"n_controls must be a whole number >= 0, got {n_controls!r}")
+    check_seed(seed)
     if stop_after is not None and (isinstance(stop_after, bool) or not 1 <= stop_after <= max(n_controls, 1)):
         raise TasklensError(
             f"stop_after must be a whole number from 1 to n_controls ({n_controls}), got {stop_after!r}"

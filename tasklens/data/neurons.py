@@ -95,6 +95,39 @@ def _load_checked(
     return values, meta
 
 
+def _whole(value) -> int | None:
+    """``value`` as an int if it is a whole number (a Python, numpy or 0-d torch integer), else None."""
+    import numbers
+
+    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _grid(shape) -> tuple[int, int]:
+    values = tuple(shape) if isinstance(shape, tuple | list | torch.Size) else None
+    numbers_ = [_whole(v) for v in values] if values is not None else []
+    if values is None or len(values) != 2 or any(v is None or v < 1 for v in numbers_):
+        raise TasklensError(
+            f"A neuron grid is (n_layers, d_mlp), two positive whole numbers, got {shape!r}; use "
+            "ModelInfo.of(model).shape"
+        )
+    return (numbers_[0], numbers_[1])
+
+
+def _pair(pair) -> tuple[int, int]:
+    items = tuple(pair.tolist() if isinstance(pair, Tensor) else pair) if hasattr(pair, "__len__") else ()
+    whole = [_whole(v) for v in items]
+    if len(items) != 2 or None in whole:
+        raise TasklensError(
+            f"A neuron is a (layer, index) pair of whole numbers, got {pair!r}; e.g. "
+            "from_pairs([(1, 3)], shape)"
+        )
+    return whole[0], whole[1]
+
+
 def _known(cls, meta: dict[str, Any]) -> dict[str, Any]:
     """The sidecar keys ``cls`` takes; unknown keys (from newer versions) are ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -347,11 +380,17 @@ class NeuronSet(_Artifact):
 
     @classmethod
     def from_pairs(cls, pairs, shape: tuple[int, int], name: str = "neurons") -> NeuronSet:
-        """Build a set from (layer, index) pairs."""
+        """Build a set from (layer, index) pairs on the grid ``shape`` (``(n_layers, d_mlp)``, e.g.
+        ``ModelInfo.of(model).shape``)."""
+        shape = _grid(shape)
         mask = torch.zeros(shape, dtype=torch.bool)
-        for layer, index in pairs:
+        for pair in pairs:
+            layer, index = _pair(pair)
             if not (0 <= layer < shape[0] and 0 <= index < shape[1]):
-                raise TasklensError(f"Neuron ({layer}, {index}) is outside the grid {shape}")
+                raise TasklensError(
+                    f"Neuron ({layer}, {index}) is outside the grid {shape}: layers 0..{shape[0] - 1}, "
+                    f"neurons 0..{shape[1] - 1} (negative numbers do not count from the end)"
+                )
             mask[layer, index] = True
         return cls(mask, name)
 

@@ -26,7 +26,8 @@ from tasklens.models import (
     is_bridge,
     logits_at,
 )
-from tasklens.tasks.task import Task
+from tasklens.models.info import check_model
+from tasklens.tasks.task import Task, check_task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
 
 
@@ -205,6 +206,8 @@ def evaluate_metrics(
     With ``share_prefix``, a batch whose prompts begin alike (a chat template's system turn)
     runs that prefix once and each row's rest on its key-value cache. Hooks then see two
     calls, so use it only with edits that allow it (`Intervention.runs_in_pieces`)."""
+    check_model(model)
+    check_task(task)
     fns = [m if callable(m) else METRICS.get(m) for m in metrics]
     forced = [i for i, fn in enumerate(fns) if not is_generative(fn)]
     out = torch.zeros(len(task), len(fns), dtype=torch.float64)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from tasklens.errors import TasklensError
 from tasklens.models import ModelInfo
+from tasklens.models.hooks import owned_hooks
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
 
@@ -43,7 +44,7 @@ def batch_features(model, batch: Batch) -> Float[Tensor, "batch d_model"]:
     def capture(value: Tensor, hook) -> None:
         store["resid"] = value.detach()
 
-    with model.hooks(fwd_hooks=[(feature_hook_name(model), capture)]):
+    with owned_hooks(model, [(feature_hook_name(model), capture)]):
         model(batch.tokens.to(model.cfg.device))
     rows = torch.arange(batch.size)
     return store["resid"][rows, batch.last_prompt.to(store["resid"].device)].float().cpu()

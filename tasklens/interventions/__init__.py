@@ -17,11 +17,18 @@ and then works by name in Python, on the CLI (``--intervention mykind
 
 `ablate`, `amplify` and `clamp` are the short forms:
 ``with ablate(model, neurons):`` is ``with Zero(neurons).apply(model):``.
+
+One model, one owner: TransformerLens hooks belong to the model, not to a thread, so while an
+intervention's ``with`` block is open (or a scorer is reading activations) the thread that opened
+it owns the model. A forward pass through the same model from another thread, or another
+thread's intervention on it, raises a `TasklensError` naming the owning thread instead of
+silently running through the edit. To work in parallel, load one model per thread
+(`tasklens.load_model` again); within one thread interventions nest freely.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from jaxtyping import Float
@@ -41,6 +48,14 @@ from tasklens.interventions.base import (
 from tasklens.interventions.kinds import Amplify, Clamp, Mean, PositionMean, Resample, Zero
 from tasklens.models import DEFAULT_UNIT
 from tasklens.tasks.task import Task
+
+
+def _positions(positions):
+    """A list of positions as the tuple an `Intervention` holds; anything else as given, for the
+    intervention to refuse by name."""
+    if positions is None or isinstance(positions, str | bytes) or not isinstance(positions, Iterable):
+        return positions
+    return tuple(positions)
 
 
 @contextmanager
@@ -76,13 +91,12 @@ def ablate(
         >>> spec.label, cache["blocks.1.mlp.hook_post"][..., [3, 200]].abs().max().item()
         ('zero ablation', 0.0)
     """
-    positions = None if positions is None else tuple(positions)
     if mode == "zero":
-        spec = Zero(neurons, unit, positions)
+        spec = Zero(neurons, unit, _positions(positions))
     elif mode == "mean":
-        spec = Mean(neurons, unit, positions, mean=mean, source=source)
+        spec = Mean(neurons, unit, _positions(positions), mean=mean, source=source)
     elif mode == "resample":
-        spec = Resample(neurons, unit, positions, source=source, seed=seed)
+        spec = Resample(neurons, unit, _positions(positions), source=source, seed=seed)
     else:
         raise TasklensError(f"Unknown ablation mode {mode!r}; choose 'zero', 'mean' or 'resample'")
     with spec.apply(model):
@@ -115,8 +129,7 @@ def amplify(
         >>> torch.allclose(cache[name][..., 5], 2 * clean[name][..., 5])
         True
     """
-    positions = None if positions is None else tuple(positions)
-    with Amplify(neurons, unit, positions, factor=factor).apply(model) as spec:
+    with Amplify(neurons, unit, _positions(positions), factor=factor).apply(model) as spec:
         yield spec
 
 
@@ -143,8 +156,7 @@ def clamp(
         >>> spec.label, cache["blocks.0.mlp.hook_post"][0, :, 7].unique().tolist()
         ('clamp = 3', [3.0])
     """
-    positions = None if positions is None else tuple(positions)
-    with Clamp(neurons, unit, positions, value=value).apply(model) as spec:
+    with Clamp(neurons, unit, _positions(positions), value=value).apply(model) as spec:
         yield spec
 
 

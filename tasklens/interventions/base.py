@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,7 +23,9 @@ from tasklens.data.neurons import NeuronSet, check_shape
 from tasklens.data.provenance import plain
 from tasklens.errors import TasklensError
 from tasklens.models import DEFAULT_UNIT, ModelInfo
+from tasklens.models.hooks import owned_hooks
 from tasklens.registry import Registry
+from tasklens.tasks.tokenize import RUNNING
 
 #: ``edit(layer, idx, current) -> new``: ``current`` is ``[..., len(idx)]`` (the selected
 #: neurons at the edited positions); the result has the same shape.
@@ -67,7 +69,8 @@ class Intervention(metaclass=_ByName):
             In a teacher-forced evaluation (``exact_match`` and the other teacher-forced
             metrics are one forward pass over BOS + prompt + answer, right-padded) positions
             count within that pass: 0 is BOS, and ``(-1,)`` is the last position of the padded
-            batch (the answer's last token, or padding for a shorter sequence), not the prompt's.
+            batch, not the prompt's. A position past the real tokens of some sequence of such a
+            batch (it would edit only padding there) raises a `TasklensError`.
 
     A kind of your own is a frozen dataclass subclass with its parameters as fields (give them
     defaults, or use ``kw_only=True``) and an `edit` method (or `edit_for` where the edit needs
@@ -101,9 +104,17 @@ class Intervention(metaclass=_ByName):
 
     def __post_init__(self) -> None:
         if self.positions is not None:
+            if isinstance(self.positions, str) or not isinstance(self.positions, Iterable):
+                raise TasklensError(
+                    f"positions must be a list of whole numbers (e.g. [3], or [-1] for the last token), got "
+                    f"{type(self.positions).__name__} {self.positions!r}"
+                )
             positions = tuple(self.positions)
-            if not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
-                raise TasklensError(f"positions must be whole numbers, got {list(positions)}")
+            if not positions or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+                raise TasklensError(
+                    f"positions must be a non-empty list of whole numbers (None edits every position), got "
+                    f"{list(positions)}"
+                )
             object.__setattr__(self, "positions", positions)
         if self.neurons is not None and not isinstance(self.neurons, NeuronSet):
             raise TasklensError(
@@ -387,24 +398,37 @@ def edit_neurons(
         def hook(act: Tensor, hook, layer=layer, idx=idx) -> Tensor:
             act = act.clone()
             i = idx.to(act.device)
-            where = slice(None) if positions is None else _positions(positions, act.shape[1])
+            where = slice(None) if positions is None else _positions(positions, act.shape[1], act.shape[0])
             view = act[:, where]
             view[..., i] = edit(layer, idx, view[..., i]).to(act.device, act.dtype)
             act[:, where] = view
             return act
 
         hooks.append((info.hook_name(layer, unit), hook))
-    with model.hooks(fwd_hooks=hooks):
+    with owned_hooks(model, hooks):
         yield
 
 
-def _positions(positions: Sequence[int], length: int) -> Tensor:
+def _positions(positions: Sequence[int], length: int, rows: int | None = None) -> Tensor:
     bad = [p for p in positions if not -length <= p < length]
     if bad:
         raise TasklensError(
             f"Positions {bad} are outside this forward pass's {length} tokens; give positions within "
             f"the prompt (0..{length - 1}, or negative counting from the end)"
         )
+    lengths = RUNNING.get()
+    if lengths is not None and rows == len(lengths) and length == max(lengths) and min(lengths) < length:
+        # a right-padded batch of tasklens's: a position past a row's real tokens edits its padding
+        shortest = min(lengths)
+        beyond = [p for p in positions if (p if p >= 0 else length + p) >= shortest]
+        if beyond:
+            n_short = sum(1 for n in lengths if any((p if p >= 0 else length + p) >= n for p in beyond))
+            raise TasklensError(
+                f"Positions {beyond} lie past the real tokens of {n_short} of this batch's {rows} sequences "
+                f"(the shortest has {shortest}, the batch is padded to {length}): those would be left "
+                f"unedited; give positions every sequence has (0..{shortest - 1}), or evaluate sequences "
+                "of one length together"
+            )
     return torch.tensor(list(positions))
 
 

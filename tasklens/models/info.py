@@ -6,6 +6,7 @@ only place that spells TransformerLens hook names.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -47,13 +48,15 @@ class ModelInfo:
     @classmethod
     def of(cls, model) -> ModelInfo:
         """The facts about ``model``: a `TransformerBridge` (TransformerLens 3.9 or 4) or a
-        classic ``HookedTransformer`` (TransformerLens 3), used as it is, never copied."""
+        classic ``HookedTransformer`` (TransformerLens 3), used as it is, never copied. The MLP
+        width is read from the blocks' own weights (`mlp_width`), not from the config."""
+        check_model(model)
         cfg = model.cfg
         return cls(
             name=str(getattr(cfg, "model_name", "") or "unknown"),
             n_layers=int(cfg.n_layers),
-            d_mlp=int(cfg.d_mlp),
-            gated=bool(getattr(cfg, "gated_mlp", False)),
+            d_mlp=mlp_width(model),
+            gated=mlp_gated(model),
             n_ctx=int(cfg.n_ctx),
             device=str(cfg.device),
             dtype=str(cfg.dtype).removeprefix("torch."),
@@ -124,6 +127,76 @@ def mlp_weight(model, layer: int, name: str) -> Tensor:
     """Layer ``layer``'s MLP weight ``name`` (``W_in``, ``W_gate`` or ``W_out``), read from its
     block: the model-wide ``model.W_out`` and its kin stack every layer on each access."""
     return getattr(model.blocks[layer].mlp, name)
+
+
+def check_model(model) -> None:
+    """Refuse, naming what was given, anything that is not a TransformerLens model."""
+    if not (hasattr(model, "cfg") and hasattr(model, "blocks") and callable(model)):
+        raise TasklensError(
+            f"Expected a model loaded with tasklens.load_model (a TransformerBridge or HookedTransformer), "
+            f"got {type(model).__name__} {model!r:.60}; load one with load_model('organism') or "
+            "load_model(folder)"
+        )
+
+
+#: each model's MLP width and whether it is gated (`mlp_width`, `mlp_gated`), read once
+_MLPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def mlp_width(model) -> int:
+    """The number of neurons in each layer's MLP, from the blocks' weights: the rows of each
+    layer's down projection ``W_out``, which must agree with the columns of its input ``W_in``
+    in every layer (the config's ``d_mlp`` is wrong for some families: OPT's ``ffn_dim``)."""
+    return _mlp(model)[0]
+
+
+def mlp_gated(model) -> bool:
+    """Whether the MLP is gated (SwiGLU), from its modules: every layer's MLP has a ``W_gate``."""
+    return _mlp(model)[1]
+
+
+def _mlp(model) -> tuple[int, bool]:
+    try:
+        return _MLPS[model]
+    except (KeyError, TypeError):
+        pass
+    widths, gates = set(), set()
+    for layer, block in enumerate(model.blocks):
+        try:
+            w_in, w_out = block.mlp.W_in, block.mlp.W_out
+        except AttributeError as error:
+            raise TasklensError(
+                f"tasklens cannot find the MLP of layer {layer} of {getattr(model.cfg, 'model_name', '?')!r} "
+                f"({type(block).__name__} has no mlp.W_in / mlp.W_out: {error}); its family is not one "
+                "tasklens supports (docs/conformance.md lists those it does)"
+            ) from error
+        if w_in.shape[-1] != w_out.shape[0]:
+            raise TasklensError(
+                f"Layer {layer}'s MLP reads into {w_in.shape[-1]} neurons but writes from {w_out.shape[0]}; "
+                "tasklens cannot tell its width: this family is not one tasklens supports"
+            )
+        widths.add(int(w_out.shape[0]))
+        gates.add(_has_gate(block.mlp, int(w_out.shape[0])))
+    if len(widths) != 1 or len(gates) != 1:
+        what = f"widths {sorted(widths)}" if len(widths) != 1 else "gated and ungated MLPs"
+        raise TasklensError(
+            f"The layers of {getattr(model.cfg, 'model_name', '?')!r} have MLPs of different shapes "
+            f"({what}); tasklens needs one grid of layers x neurons, the same MLP in every layer"
+        )
+    found = (widths.pop(), gates.pop())
+    try:
+        _MLPS[model] = found
+    except TypeError:
+        pass
+    return found
+
+
+def _has_gate(mlp, width: int) -> bool:
+    try:
+        gate = mlp.W_gate
+    except AttributeError:
+        return False
+    return gate is not None and gate.shape[-1] == width
 
 
 def is_bridge(model) -> bool:

@@ -22,6 +22,13 @@ from transformer_lens.model_bridge import TransformerBridge
 from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.models import zoo
 from tasklens.models.info import is_bridge
+from tasklens.models.weights import (
+    SAVE_AGAIN,
+    WeightsError,
+    check_tokenizer,
+    check_tokenizer_files,
+    check_weights,
+)
 from tasklens.models.zoo import ORGANISM, ORGANISM_DIR
 
 
@@ -246,6 +253,61 @@ def _hub_error(spec: str, detail: str) -> TasklensError:
     )
 
 
+def _repair(spec: str) -> str:
+    return f"run `tasklens models download {zoo.source_of(spec).command_name} --force`"
+
+
+def _check_spec(spec) -> str:
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise TasklensError(
+            f"load_model needs a model spec, got {type(spec).__name__} {spec!r:.60}: give 'organism', a "
+            "downloaded model's name (tasklens models list) or the path of a local Hugging Face folder"
+        )
+    return spec
+
+
+def _check_dtype(dtype) -> torch.dtype | None:
+    """``dtype`` as a torch floating-point dtype (a name such as ``"bfloat16"`` is accepted), or None."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if isinstance(named, torch.dtype) and named.is_floating_point:
+        return named
+    raise TasklensError(
+        f"dtype must be a floating-point torch dtype, got {dtype!r}; choose torch.float32, "
+        "torch.bfloat16 or torch.float16 (or their names)"
+    )
+
+
+def _load_checked(folder: Path, dtype: torch.dtype):
+    """The Hugging Face model of a local folder, its weights checked against its config before any
+    allocation (`check_weights`) and every parameter loaded from them (none left at its random init)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_tokenizer_files(folder)
+    config = AutoConfig.from_pretrained(folder)
+    check_weights(folder, config)
+    hf_model, info = AutoModelForCausalLM.from_pretrained(
+        folder, config=config, use_safetensors=True, dtype=dtype, output_loading_info=True
+    )
+    for key, what in (
+        ("missing_keys", "lacks"),
+        ("unexpected_keys", "holds unused"),
+        ("mismatched_keys", "mismatches"),
+    ):
+        names = sorted(map(str, info.get(key) or ()))
+        if names:
+            raise WeightsError(
+                f"Model folder {str(folder)!r}: transformers reports the weights {what} "
+                f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}; its config and weights do not "
+                "belong together",
+                SAVE_AGAIN,
+            )
+    return hf_model
+
+
 def model_folder(spec: str) -> Path:
     """The local folder ``spec`` names for `load_model`: the organism's, a downloaded model's
     (`tasklens models download NAME`), or ``spec`` itself as a path (which may not exist)."""
@@ -277,6 +339,8 @@ def load_model(
         ``cfg.model_name`` set to ``spec``.
     """
 
+    spec = _check_spec(spec)
+    dtype = _check_dtype(dtype)
     check_device(device)
     folder = model_folder(spec)
     if spec != ORGANISM and not zoo.is_known(spec) and folder.is_file():
@@ -299,12 +363,16 @@ def load_model(
             raise _hub_error(spec, "the hub is unreachable from this machine and the model is not cached")
     try:
         if is_local:
-            from transformers import AutoModelForCausalLM
-
-            hf_model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype)
+            hf_model = _load_checked(folder, dtype)
             _check_finite(hf_model.named_parameters(), spec, source)
         model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype, hf_model=hf_model)
         enable_kv_cache(model)
+        if is_local:
+            check_tokenizer(model, source)
+    except WeightsError as error:
+        if zoo.is_known(spec):
+            raise TasklensError(f"{error.problem}; {_repair(spec)}") from error
+        raise
     except TasklensError:
         raise
     except OSError as error:
@@ -315,7 +383,7 @@ def load_model(
         if not is_local:
             raise
         fix = (
-            f"run `tasklens models download {zoo.source_of(spec).command_name} --force`"
+            _repair(spec)
             if zoo.is_known(spec)
             else "re-create it with save_pretrained, or use spec='organism'"
         )

@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tasklens.errors import TasklensError, TasklensWarning
+from tasklens.models.hooks import owned_hooks
 from tasklens.models.info import ModelInfo
 
 #: Hugging Face ``model_type`` of every family the conformance suite checks
@@ -301,7 +302,7 @@ def measured_write_directions(
         hooks.append((scale_name, frozen))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="A forward hook edited hook_scale")
-        with model.hooks(fwd_hooks=hooks):
+        with owned_hooks(model, hooks):
             model(probe.repeat(k + 1, 1), return_type=None)
     resid = out["resid"][:, -1].double()
     return (resid[1:] - resid[:1]).float().cpu()

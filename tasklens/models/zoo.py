@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasklens.errors import TasklensError
-from tasklens.io import check_replaceable, default_permissions, file_sha256
+from tasklens.io import (
+    atomic_write_text,
+    check_replaceable,
+    default_permissions,
+    file_sha256,
+    host_name,
+    process_alive,
+)
 
 MARKER = "tasklens_model.json"
 ORGANISM = "organism"
@@ -341,46 +347,96 @@ def _record_files(folder: Path) -> dict[str, dict]:
     return files
 
 
+#: the files of a downloaded folder hashed whole since they last changed: name -> their status then
+#: (`_status`) and the SHA-256 they had, so a file is hashed whole once after every change
+VERIFIED = ".tasklens_verified.json"
+
+
+def _status(stat: os.stat_result) -> list[int] | None:
+    """What changes whenever a file's bytes are written: size, modification and status-change times,
+    inode. A write that puts the modification time back still moves the status-change time, which
+    no user call sets. None on Windows, where ``st_ctime`` is the creation time: files are hashed
+    whole on every load there."""
+    if os.name == "nt":
+        return None
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def _verified(folder: Path) -> dict[str, dict]:
+    try:
+        data = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _record_verified(folder: Path, files: dict[str, str]) -> None:
+    """Note that ``files`` (name -> SHA-256) were hashed whole in their present status (best effort:
+    a read-only folder is hashed again on the next load)."""
+    record = _verified(folder)
+    for name, sha256 in files.items():
+        status = _status((folder / name).stat())
+        if status is not None:
+            record[name] = {"status": status, "sha256": sha256}
+    try:
+        atomic_write_text(folder / VERIFIED, json.dumps(record, indent=1) + "\n")
+    except OSError:
+        pass
+
+
 def problems(folder: Path, check: str = "sizes") -> list[str] | None:
     """What differs between ``folder``'s files and its marker's record: ``[]`` when nothing does,
     ``None`` when the marker records no files (written by an older tasklens).
 
-    ``check`` is ``"sizes"`` (stat only), ``"changed"`` (sizes, the hash of a file whose
-    modification time differs from the recorded one, and the sampled hash of the others, where
-    the marker records one) or ``"hashes"`` (every file hashed)."""
+    ``check`` is ``"sizes"`` (stat only), ``"changed"`` (sizes, the full hash of every file whose
+    status (`_status`) changed since it was last hashed whole, and the sampled hash of the others,
+    where the marker records one) or ``"hashes"`` (every file hashed)."""
     try:
         record = json.loads((folder / MARKER).read_text())
         files = record.get("files")
         if files is None:
             return None
         files = {
-            name: (int(e["size"]), str(e["sha256"]), int(e["mtime_ns"]), e.get("sampled_sha256"))
-            for name, e in files.items()
+            name: (int(e["size"]), str(e["sha256"]), e.get("sampled_sha256")) for name, e in files.items()
         }
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return [f"its {MARKER} is unreadable"]
-    found = []
-    for name, (size, sha256, mtime_ns, sampled) in files.items():
+    found, verified, hashed = [], _verified(folder) if check == "changed" else {}, {}
+    for name, (size, sha256, sampled) in files.items():
         path = folder / name
         try:
             stat = path.stat()
+            last = verified.get(name) if isinstance(verified.get(name), dict) else {}
+            unchanged = _status(stat) is not None and last.get("status") == _status(stat)
             if stat.st_size != size:
                 found.append(f"{name} has {stat.st_size:,} bytes, not {size:,}")
-            elif check == "hashes" or (check == "changed" and stat.st_mtime_ns != mtime_ns):
+            elif check == "hashes" or (
+                check == "changed" and not (unchanged and last.get("sha256") == sha256)
+            ):
                 if file_sha256(path) != sha256:
                     found.append(f"{name} is not the file downloaded (its SHA-256 changed)")
+                else:
+                    hashed[name] = sha256
             elif check == "changed" and sampled is not None and sampled_sha256(path) != sampled:
                 found.append(f"{name} is not the file downloaded (its sampled SHA-256 changed)")
         except FileNotFoundError:
             found.append(f"{name} is missing")
         except OSError as error:
             found.append(f"{name} cannot be read ({error.strerror or error})")
+    if hashed and check in ("changed", "hashes"):
+        _record_verified(folder, hashed)
     return found
 
 
 def verify(name: str | None = None, progress=print) -> None:
     """Hash every file of the downloaded model ``name`` (default: every downloaded one) against
     the sizes and SHA-256 recorded at download; raises naming the repair command if one differs."""
+    if name == ORGANISM:
+        raise TasklensError(
+            "The organism is embedded in tasklens (installed with the package, never downloaded), so "
+            "there is nothing to verify; `tasklens models verify` checks downloaded models: "
+            + ", ".join(SOURCES)
+        )
     names = [source_of(name).name] if name else [n for n in SOURCES if is_downloaded(n)]
     if not names:
         progress("no downloaded models to verify (`tasklens models list` shows them)")
@@ -404,17 +460,11 @@ def verify(name: str | None = None, progress=print) -> None:
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    return host_name()
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+    return process_alive(pid)
 
 
 def _is_stale(entry: Path) -> bool:
@@ -633,6 +683,8 @@ def download(
         }
         (converted / MARKER).write_text(json.dumps(record, indent=2) + "\n")
         default_permissions(converted)  # the temporary folder's 0700 / 0600 are not the user's
+        # every file was just hashed whole: the first load only compares their status
+        _record_verified(converted, {name: entry["sha256"] for name, entry in record["files"].items()})
         _check_target(source, target)  # it may have changed during the conversion
         if target.exists():
             os.replace(target, work / "replaced")

@@ -20,7 +20,6 @@ Guarantees, for every stage (``locate``, ``ablate``, ``compare``, ...):
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -32,11 +31,19 @@ from typing import Any
 
 from tasklens._version import __version__
 from tasklens.errors import TasklensError, TasklensWarning
-from tasklens.io import file_sha256, unwritable_ancestor, write_json
+from tasklens.io import (
+    LOCK,
+    FolderInUse,
+    file_sha256,
+    folder_lock,
+    lock_holder,
+    remove_stale,
+    unwritable_ancestor,
+    write_json,
+)
 from tasklens.runs.outputs import Ledger, OutputDir, inside, unchanged
 
 MANIFEST = "manifest.json"
-LOCK = ".tasklens.lock"
 #: the stages, in the order a run goes through them
 STAGES = ("locate", "ablate", "compare", "report")
 #: the stages each stage reads: re-running a stage removes the results of those that read it
@@ -159,15 +166,12 @@ class RunFolder:
         )
 
     def _check_free(self) -> None:
-        """Refuse if another process holds the folder's lock (the lock is not taken)."""
+        """Refuse if another process holds the folder's lock (taken and given back at once)."""
         file = self.path / LOCK
         if file.is_symlink() or not file.is_file():
             return
-        with open(file) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                raise self._in_use(handle.read().strip() or "another process") from error
+        with self.lock():
+            pass
 
     def record(self, stage: str) -> dict[str, Any]:
         """The finished stage's record (config, files), or a clear error if it has none."""
@@ -212,38 +216,18 @@ class RunFolder:
     # --- writing ----------------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the folder's exclusive lock (fails at once if another process holds it)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        file = self.path / LOCK
-        if file.is_symlink() or (file.exists() and not file.is_file()):
-            raise TasklensError(
-                f"{str(file)!r} is not tasklens's lock file (a link or a folder); move it away or "
-                "choose another --out"
-            )
+        """Hold the folder's exclusive lock (`tasklens.io.folder_lock`: fails at once, naming the
+        holder, if another process holds it); leftovers of killed runs in it are removed."""
         try:
-            handle = open(file, "a+")
-        except OSError as error:  # a read-only folder (or file system)
-            raise self._read_only() from error
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                handle.seek(0)
-                raise self._in_use(handle.read().strip() or "another process") from error
-            handle.seek(0)
-            held = handle.read()
-            if held.strip() and not held.startswith("tasklens pid "):
-                raise TasklensError(
-                    f"{str(file)!r} is not tasklens's lock file, so tasklens will not overwrite it; "
-                    "move it away or choose another --out"
-                )
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"tasklens pid {os.getpid()}")
-            handle.flush()
-            yield
-        finally:
-            handle.close()
+            with folder_lock(self.path, "a run", "choose another --out"):
+                remove_stale(self.path)
+                yield
+        except FolderInUse as error:
+            raise self._in_use(lock_holder(self.path)) from error
+        except TasklensError as error:
+            if "read-only" in str(error) and self.path.is_dir() and not os.access(self.path, os.W_OK):
+                raise self._read_only() from error
+            raise
 
     @contextmanager
     def stage(self, stage: str, config: dict[str, Any], names: list[str] = ()) -> Iterator[OutputDir]:

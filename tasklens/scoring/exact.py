@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensWarning
 from tasklens.models import DEFAULT_UNIT, ModelInfo, mlp_weight
+from tasklens.models.hooks import owned_hooks
 from tasklens.models.shortcuts import (
     check_shortcut,
     final_readout,
@@ -213,7 +214,7 @@ class ExactAblation(PatchingOptions, ScorerParams):
 
         logits = None
         if self.replay and layer in block_inputs and readout_allowed(model):
-            with model.hooks(fwd_hooks=[(name, hook)]):
+            with owned_hooks(model, [(name, hook)]):
                 logits = replay_blocks(model, block_inputs, layer, n_copies, start)
             if logits is None and not getattr(model, "_tasklens_replay_warned", False):
                 model._tasklens_replay_warned = True
@@ -224,7 +225,7 @@ class ExactAblation(PatchingOptions, ScorerParams):
                     stacklevel=2,
                 )
         if logits is None:
-            with model.hooks(fwd_hooks=[(name, hook), (ModelInfo.of(model).unembed_input_name, trim)]):
+            with owned_hooks(model, [(name, hook), (ModelInfo.of(model).unembed_input_name, trim)]):
                 logits = model(tokens.repeat_interleave(n_copies, dim=0))
         trimmed = Batch(
             batch.tokens[:, start:], batch.prompt_lengths - start, batch.lengths - start, batch.indices

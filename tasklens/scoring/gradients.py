@@ -13,6 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tasklens.errors import TasklensError
+from tasklens.models.hooks import owned_hooks
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
 
@@ -45,10 +47,20 @@ def forward_backward(
 
         return hook
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[*fwd_hooks, *[(n, keep(n)) for n in names]]):
+    with torch.enable_grad(), owned_hooks(model, [*fwd_hooks, *[(n, keep(n)) for n in names]]):
         logits = model(batch.tokens.to(model.cfg.device), return_type="logits")
         values = objective(logits, batch)
         grads = torch.autograd.grad(values.sum(), [store[n] for n in names], allow_unused=True)
+    unreached = [n for n, g in zip(names, grads, strict=True) if g is None]
+    # extra hooks may cut the gradient on purpose (GradDrop); without them every hook must be reached
+    if unreached and values.requires_grad and (not fwd_hooks or len(unreached) == len(names)):
+        raise TasklensError(
+            f"The gradient of the objective does not reach {unreached[0]} on "
+            f"{getattr(model.cfg, 'model_name', 'this model')!r} (nor {len(unreached) - 1} other hook(s)): "
+            "TransformerLens hooks a copy of this family's MLP activations, so gradient scores would all "
+            "be 0; use a scorer that needs no gradient (activation statistics, average precision, exact "
+            "ablation) or a family of docs/conformance.md"
+        )
     acts = {n: store[n].detach() for n in names}
     grads_out = {
         n: torch.zeros_like(acts[n]) if g is None else g.detach() for n, g in zip(names, grads, strict=True)

@@ -28,6 +28,7 @@ from torch import Tensor
 from tasklens.data.neurons import NeuronScores
 from tasklens.errors import TasklensError, check_choice
 from tasklens.models import DEFAULT_UNIT, ModelInfo, cache_filled, cached_calls, enable_kv_cache, is_bridge
+from tasklens.models.hooks import owned_hooks
 from tasklens.scoring.base import SCORERS, ScorerParams, make_scores
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
@@ -69,7 +70,7 @@ def _prefix(model, batch: Batch, names: list[str]):
     tokens, width = batch.tokens.to(model.cfg.device), batch.tokens.shape[1]
     cached = is_bridge(model) and width > 1
     enable_kv_cache(model)
-    with model.hooks(fwd_hooks=hooks), cached_calls():
+    with owned_hooks(model, hooks), cached_calls():
         if cached:
             padded = bool((last != width - 1).any())
             mask = {"attention_mask": batch.attention_mask.to(model.cfg.device)} if padded else {}
@@ -194,7 +195,7 @@ class IntegratedGradients(ScorerParams):
             else:
                 inputs, kwargs = tokens[b], {}
             splices = [(names[at], splice(at)) for at in layer.unique().tolist()]
-            with torch.enable_grad(), model.hooks(fwd_hooks=splices), cached_calls():
+            with torch.enable_grad(), owned_hooks(model, splices), cached_calls():
                 logits = model(inputs, return_type="logits", **kwargs)
                 probs = logits[here, at_pos].softmax(-1)[here, gold[b]]
                 (grad,) = torch.autograd.grad(probs.sum(), leaf)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tasklens.errors import TasklensError
+from tasklens.errors import TasklensError, check_seed
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,10 @@ class Task:
                         f"Task {self.name!r}: {name} must be a sequence of strings, not one "
                         f"string; wrap it in a list: [{value!r}]"
                     )
+                _check_sequence(self.name, name, value)
                 object.__setattr__(self, name, tuple(value))
         self._validate()
+        _warn_duplicates(self)
 
     def _validate(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -101,8 +103,11 @@ class Task:
 
     # --- construction -----------------------------------------------------------
     @classmethod
-    def from_lists(cls, name: str, prompts: Sequence[str], answers: Sequence[str], **extras: Any) -> Task:
-        """Build a task from Python lists of prompts and answers (extras as keywords)."""
+    def from_lists(cls, name: str, prompts: Iterable[str], answers: Iterable[str], **extras: Any) -> Task:
+        """Build a task from Python lists of prompts and answers (extras as keywords); a pandas
+        column is a list too, a whole DataFrame goes to `from_dataset`."""
+        _check_sequence(name, "prompts", prompts)
+        _check_sequence(name, "answers", answers)
         return cls(name=name, prompts=tuple(prompts), answers=tuple(answers), **extras)
 
     @classmethod
@@ -116,11 +121,10 @@ class Task:
         subject_column: str | None = None,
         **extras: Any,
     ) -> Task:
-        """Build a task from a Hugging Face ``datasets.Dataset`` or a pandas DataFrame, naming
+        """Build a task from a Hugging Face ``datasets.Dataset`` or a pandas ``DataFrame``, naming
         its columns (only those columns are read; each value must be text)."""
         source = extras.pop("source", f"Dataset for task {name!r}")
-        if not hasattr(dataset, "column_names") and hasattr(dataset, "to_dict"):  # a pandas DataFrame
-            dataset = _Records(dataset.to_dict("records"), [str(c) for c in dataset.columns])
+        dataset = _by_column(dataset)
         columns = list(dataset.column_names)
         wanted = {"prompt_column": prompt_column, "answer_column": answer_column}
         if corrupted_column:
@@ -230,8 +234,9 @@ class Task:
         """A deterministic sample of at most ``n`` prompts, in task order (all when ``n`` is larger)."""
         import random
 
-        if n < 1:
-            raise TasklensError(f"Cannot sample {n} prompts from task {self.name!r}; ask for at least 1")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise TasklensError(f"Cannot sample {n!r} prompts from task {self.name!r}; ask for at least 1")
+        seed = check_seed(seed)
         if len(self) <= n:
             return self
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), n)))
@@ -257,6 +262,86 @@ def check_task(value: Any) -> Task:
             f" (for the built-in task, load_builtin({value!r}, 'detection'); for a file, Task.from_file(...))"
         )
     raise TasklensError(f"Expected a tasklens Task, got {type(value).__name__} {value!r:.60}{hint}")
+
+
+def _check_sequence(task: str, field_name: str, value: Any) -> None:
+    """Refuse a container whose iteration is not its values: a DataFrame (its column names), a dict
+    (its keys), a set (no order)."""
+    kind = type(value).__name__
+    if kind == "DataFrame":
+        raise TasklensError(
+            f"Task {task!r}: {field_name} is a DataFrame (iterating it gives its column names); pass one "
+            "column (frame['prompt']) or build the task with Task.from_dataset(frame, name)"
+        )
+    if isinstance(value, Mapping):
+        raise TasklensError(
+            f"Task {task!r}: {field_name} is a {kind} (iterating it gives its keys); pass a list of strings, "
+            "or build the task with Task.from_dataset(...)"
+        )
+    if isinstance(value, set | frozenset):
+        raise TasklensError(f"Task {task!r}: {field_name} is a {kind}, which has no order; pass a list")
+    if not isinstance(value, Iterable):
+        raise TasklensError(
+            f"Task {task!r}: {field_name} must be a list of strings, got {kind} {value!r:.40}"
+        )
+
+
+def _warn_duplicates(task: Task) -> None:
+    """Name, once per task's data, prompt-answer pairs given more than once (each would count as
+    another prompt in every interval and test) and prompts given different answers."""
+    import warnings
+    from collections import Counter
+
+    from tasklens.errors import TasklensWarning
+
+    pairs = Counter(zip(task.prompts, task.answers, strict=True))
+    repeated = [p for p, n in pairs.items() if n > 1]
+    answers: dict[str, set[str]] = {}
+    for prompt, answer in pairs:
+        answers.setdefault(prompt, set()).add(answer)
+    ambiguous = [p for p, a in answers.items() if len(a) > 1]
+    if not (repeated or ambiguous):
+        return
+    key = (task.name, task.data_hash())
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    if repeated:
+        extra = sum(pairs[p] - 1 for p in repeated)
+        warnings.warn(
+            f"Task {task.name!r} repeats {extra} prompt-answer pair(s) (first: {repeated[0][0]!r}); each "
+            "copy counts as another prompt in intervals and tests, which overstates their precision: drop "
+            "the copies unless they are meant",
+            TasklensWarning,
+            stacklevel=4,
+        )
+    if ambiguous:
+        warnings.warn(
+            f"Task {task.name!r} gives {len(ambiguous)} prompt(s) different answers (first: "
+            f"{ambiguous[0]!r}: {sorted(answers[ambiguous[0]])}); a model can answer only one of them right",
+            TasklensWarning,
+            stacklevel=4,
+        )
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _by_column(dataset: Any):
+    """``dataset`` read by column (``column_names``, ``dataset[column]``): a ``datasets.Dataset`` as
+    it is, a pandas DataFrame through its columns; anything else is refused."""
+    if type(dataset).__name__ == "DataFrame" and hasattr(dataset, "columns"):
+        return _Records(
+            [dict(zip(dataset.columns, row, strict=True)) for row in dataset.itertuples(index=False)]
+        )
+    if isinstance(dataset, _Records) or (
+        hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__")
+    ):
+        return dataset
+    raise TasklensError(
+        f"Task.from_dataset takes a pandas DataFrame or a datasets.Dataset with named columns, got "
+        f"{type(dataset).__name__} {dataset!r:.60}; for lists use Task.from_lists, for a file Task.from_file"
+    )
 
 
 class _Records:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,10 @@ from torch import Tensor
 
 from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.tasks.task import Task, check_task
+
+#: the real lengths of the rows of the right-padded batch `TokenizedTask.batches` has out, so that
+#: an edit at given positions can refuse a position some rows do not have (it would edit padding)
+RUNNING: ContextVar[tuple[int, ...] | None] = ContextVar("tasklens_running_batch", default=None)
 
 #: Which token positions a statistic is taken over.
 Positions = Literal["last_prompt", "prompt", "answer", "all"]
@@ -82,6 +87,7 @@ class TokenizedTask:
         """Tokenise for a TransformerLens model (its tokenizer, context and BOS rule).
 
         The last few results are kept: a matrix evaluates the same task objects many times."""
+        check_task(task)
         n_ctx, bos = int(model.cfg.n_ctx), bool(getattr(model.cfg, "default_prepend_bos", True))
         key = (id(task), id(model.tokenizer), n_ctx, bos)
         hit = _RECENT.get(key)
@@ -117,7 +123,15 @@ class TokenizedTask:
             groups = [same[n] for n in sorted(same)]
         for group in groups:
             for start in range(0, len(group), batch_size):
-                yield self._batch(group[start : start + batch_size], with_answers)
+                batch = self._batch(group[start : start + batch_size], with_answers)
+                token = RUNNING.set(tuple(int(n) for n in batch.lengths))
+                try:
+                    yield batch
+                finally:
+                    try:
+                        RUNNING.reset(token)
+                    except ValueError:  # the generator was closed in another context
+                        pass
 
     def _batch(self, idx: list[int], with_answers: bool) -> Batch:
         return Batch.make(

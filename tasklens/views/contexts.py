@@ -26,6 +26,7 @@ from tasklens.data.provenance import model_fingerprint
 from tasklens.errors import TasklensError
 from tasklens.io import load_artifact, save_artifact
 from tasklens.models import DEFAULT_UNIT, ModelInfo, forward_keeping
+from tasklens.models.hooks import owned_hooks
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import TokenizedTask, encode
 
@@ -305,7 +306,7 @@ def top_contexts(
     ]
     pad_id = model.tokenizer.pad_token_id or 0
     n_tokens = done = 0
-    with model.hooks(fwd_hooks=hooks):
+    with owned_hooks(model, hooks):
         for tokens in _batches(seqs, batch_size):
             real = tokens != PAD
             n_tokens += int(real.sum())

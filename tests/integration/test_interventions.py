@@ -414,3 +414,83 @@ def test_position_matched_mean_ablation_keeps_position_zero_apart(organism):
     with pytest.raises(TasklensError, match="needs source="):
         with PositionMean(neurons).apply(organism):
             pass
+
+
+@pytest.mark.reliability
+def test_a_model_edited_in_one_thread_refuses_another_threads_passes(organism):
+    """Two threads on one model: the thread that did not ablate saw the other's ablation in 10 of 10
+    passes, with no warning."""
+    import threading
+
+    tokens = organism.to_tokens("The capital of France is")
+    clean = organism(tokens)
+    neurons = NeuronSet.from_pairs(
+        [(layer, i) for layer in range(4) for i in range(0, 512, 2)], (4, 512), "half"
+    )
+    entered, done = threading.Event(), threading.Event()
+    seen: dict[str, list] = {"passes": [], "ablate": []}
+
+    def ablating():
+        with ablate(organism, neurons):
+            entered.set()
+            done.wait(30)
+
+    def other():
+        for _ in range(10):
+            try:
+                seen["passes"].append(organism(tokens))
+            except TasklensError as error:
+                seen["passes"].append(str(error))
+        try:
+            with ablate(organism, neurons):
+                seen["ablate"].append("entered")
+        except TasklensError as error:
+            seen["ablate"].append(str(error))
+
+    owner = threading.Thread(target=ablating, name="ablating")
+    owner.start()
+    assert entered.wait(30)
+    reader = threading.Thread(target=other, name="reader")
+    reader.start()
+    reader.join(60)
+    done.set()
+    owner.join(30)
+    assert len(seen["passes"]) == 10 and len(seen["ablate"]) == 1
+    for outcome in [*seen["passes"], *seen["ablate"]]:
+        assert isinstance(outcome, str), "another thread's pass ran through the ablation"
+        assert "in use by thread 'ablating'" in outcome and "Load one model per thread" in outcome
+    # once the block is closed any thread may use the model, and nesting in one thread is fine
+    result = {}
+
+    def after():
+        result["clean"] = organism(tokens)
+        with ablate(organism, neurons), amplify(organism, neurons, 2.0):
+            result["nested"] = organism(tokens)
+
+    worker = threading.Thread(target=after)
+    worker.start()
+    worker.join(60)
+    torch.testing.assert_close(result["clean"], clean)
+    assert (result["nested"] - clean).abs().max() > 1e-3
+
+
+@pytest.mark.reliability
+def test_a_position_past_a_short_prompt_in_a_padded_batch_is_refused(organism):
+    """ablate(positions=...) past a short prompt's tokens edited its padding: nothing, silently."""
+    from tasklens.evaluation.evaluate import evaluate_prompts
+
+    task = Task.from_lists(
+        "t", ["Paris is in", "The capital city of the country of France is in"], [" Europe", " Europe"]
+    )
+    every = NeuronSet.from_pairs([(layer, i) for layer in range(4) for i in range(512)], (4, 512), "all")
+    base = evaluate_prompts(organism, task, "logprob")
+    for positions in ([8], [-1]):
+        with pytest.raises(TasklensError, match=r"lie past the real tokens of 1 of this batch's 2 sequences"):
+            with ablate(organism, every, positions=positions):
+                evaluate_prompts(organism, task, "logprob")
+    with ablate(organism, every, positions=[2]):  # a position both have edits both
+        edited = evaluate_prompts(organism, task, "logprob")
+    assert ((edited - base).abs() > 1e-3).all()
+    with pytest.raises(TasklensError, match=r"outside this forward pass's \d+ tokens"):
+        with ablate(organism, every, positions=[8]):
+            evaluate_prompts(organism, task.head(1), "logprob")

@@ -186,3 +186,29 @@ def test_random_sets_go_where_the_verdict_is_at_stake(organism):
         TasklensError, match=r"at_stake must be a whole number of random sets, at least n_controls \(3\)"
     ):
         evaluation_matrix(organism, [addition], tasks, n_controls=3, at_stake=2)
+
+
+@pytest.mark.reliability
+def test_intervals_say_nan_where_a_prompt_is_nan_and_check_alpha(organism):
+    """intervals() dropped NaN prompts silently and never checked alpha (alpha=1.5 gave an interval)."""
+    from tasklens.errors import TasklensWarning
+
+    task = load_builtin("continent_of", "evaluation").head(8)
+    neurons = NeuronSet.from_pairs([(0, i) for i in range(40)], GRID, "continent_of")
+    result = evaluation_matrix(organism, [neurons], [task], n_controls=0, metric="logprob")
+    low, high = result.intervals("change")
+    assert low.notna().all().all() and (low <= high).all().all()
+    for alpha in (1.5, 0.0, -0.1, float("nan")):
+        with pytest.raises(TasklensError, match=r"alpha must be a number in \(0, 1\)"):
+            result.intervals("value", alpha=alpha)
+    rows = result.prompt_values
+    first = rows.index[(rows["set"] == "continent_of")][0]
+    result.prompt_values.loc[first, "value"] = float("nan")
+    with pytest.warns(
+        TasklensWarning, match=r"No interval \(NaN\) .*continent_of on continent_of \(1 prompts\)"
+    ):
+        low, high = result.intervals("change")
+    assert low.isna().loc["continent_of", "continent_of"] and high.isna().loc["continent_of", "continent_of"]
+    with pytest.warns(TasklensWarning):
+        low, _ = result.intervals("value")
+    assert low.notna().loc["unmodified", "continent_of"] and low.isna().loc["continent_of", "continent_of"]

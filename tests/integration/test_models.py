@@ -212,3 +212,68 @@ def test_a_file_given_as_the_model_says_to_give_its_folder(tmp_path, monkeypatch
     monkeypatch.chdir(folder)
     with pytest.raises(TasklensError, match=r"'config\.json' is a file, not a model folder"):
         load_model("config.json")
+
+
+@pytest.fixture(scope="module")
+def opt_folder(tmp_path_factory):
+    """A tiny OPT whose MLP (fc1: ffn_dim 64) is not 4 x hidden_size (128)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ORGANISM_DIR)
+    config = AutoConfig.for_model(
+        "opt", vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=64, word_embed_proj_dim=32,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("opt") / "model"
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.reliability
+# transformers' notice about OPT's attention arguments under the bridge's key-value cache adapter
+@pytest.mark.filterwarnings("ignore:Both `past_key_values` and `cache` are set:FutureWarning")
+def test_the_mlp_width_is_read_from_the_blocks_weights_not_the_config(opt_folder):
+    """A tiny OPT (ffn_dim 64) was read as 2 x 128, then raw RuntimeError / IndexError from the scorers."""
+    from tasklens import NeuronSet
+    from tasklens.interventions import ablate
+    from tasklens.scoring import ActivationStats, GradientAttribution
+    from tasklens.tasks.task import Task
+
+    model = load_model(str(opt_folder))
+    info = ModelInfo.of(model)
+    assert info.shape == (2, 64) and not info.gated
+    task = Task.from_lists("t", ["Paris is in", "Rome is in"], [" Europe", " Europe"])
+    # TransformerLens hooks a copy of OPT's activations: gradient scores were silently all 0
+    with pytest.raises(
+        TasklensError, match=r"gradient of the objective does not reach blocks\.0\.mlp\.hook_post"
+    ):
+        GradientAttribution().attribute(model, task)
+    scores = ActivationStats().attribute(model, task)
+    assert scores.shape == (2, 64) and scores.values.isfinite().all() and scores.values.abs().sum() > 0
+    tokens = model.to_tokens(task.prompts[0])
+    with ablate(model, NeuronSet.from_pairs([(1, j) for j in range(64)], info.shape)):
+        ablated = model(tokens)
+    assert (ablated - model(tokens)).abs().max() > 1e-4
+
+
+@pytest.mark.reliability
+def test_a_model_whose_mlp_tasklens_cannot_find_is_named(organism):
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = torch.nn.Linear(2, 2)  # no W_in / W_out
+
+    class Unknown(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg = organism.cfg
+            self.blocks = torch.nn.ModuleList([Block()])
+
+    with pytest.raises(TasklensError, match=r"cannot find the MLP of layer 0 .* not one tasklens supports"):
+        ModelInfo.of(Unknown())
+    for not_a_model in (None, "organism", torch.zeros(3)):
+        with pytest.raises(TasklensError, match=r"Expected a model loaded with tasklens\.load_model"):
+            ModelInfo.of(not_a_model)

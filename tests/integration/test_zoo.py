@@ -142,13 +142,19 @@ def test_overwritten_weights_are_refused_and_force_repairs_them(downloaded, orga
         TasklensError, match=r"damaged \(model\.safetensors is not the file downloaded.*--force"
     ):
         load_model(NAME)
-    # with its modification time put back (bit rot, a copy that keeps times), the sampled hash finds it
+    # with its modification time put back, the write still moved its status-change time: hashed whole
     marker = downloaded / zoo.MARKER
     recorded = json.loads(marker.read_text())["files"]["model.safetensors"]
     os.utime(weights, ns=(recorded["mtime_ns"], recorded["mtime_ns"]))
+    with pytest.raises(TasklensError, match=r"its SHA-256 changed\).*download smollm2 --force"):
+        load_model(NAME)
+    assert_one_line_error(invoke("locate", "--model", NAME), "its SHA-256 changed", "--force")
+    # a file whose status is as last verified (bit rot under the file system): the sampled hash finds it
+    verified = json.loads((downloaded / zoo.VERIFIED).read_text())
+    verified["model.safetensors"]["status"] = zoo._status(weights.stat())
+    (downloaded / zoo.VERIFIED).write_text(json.dumps(verified))
     with pytest.raises(TasklensError, match=r"sampled SHA-256 changed.*download smollm2 --force"):
         load_model(NAME)
-    assert_one_line_error(invoke("locate", "--model", NAME), "sampled SHA-256 changed", "--force")
     # a marker without sampled hashes (an older tasklens): the NaN weights are refused on load
     record = json.loads(marker.read_text())
     for entry in record["files"].values():
@@ -427,3 +433,58 @@ def test_a_missing_ladder_model_names_its_download_command(fake_source):
             TasklensError, match=rf"not downloaded.*`tasklens models download {command}` once"
         ):
             load_model(name)
+
+
+def flip_between_samples(weights, n_bytes: int = 4) -> int:
+    """Overwrite ``n_bytes`` halfway between two blocks `sampled_sha256` reads, keeping the size and
+    the modification time; returns the offset."""
+    size = weights.stat().st_size
+    step = (size - zoo.SAMPLE_BYTES) // (zoo.SAMPLE_BLOCKS - 1)
+    offset = 128 * step + zoo.SAMPLE_BYTES + (step - zoo.SAMPLE_BYTES) // 2
+    stat = weights.stat()
+    with open(weights, "r+b") as handle:
+        handle.seek(offset)
+        old = handle.read(n_bytes)
+        handle.seek(offset)
+        handle.write(bytes(b ^ 0xFF for b in old))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_mtime_ns == stat.st_mtime_ns and weights.stat().st_size == stat.st_size
+    return offset
+
+
+@pytest.mark.reliability
+def test_flipped_bytes_with_size_and_time_kept_are_caught_on_load(downloaded, organism, monkeypatch):
+    """Four flipped bytes between the sampled blocks, size and mtime kept: it loaded silently and
+    only `tasklens models verify` noticed."""
+    hashed = []
+    real = zoo.file_sha256
+    monkeypatch.setattr(zoo, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    torch.testing.assert_close(logits(load_model(NAME)), logits(organism))
+    assert hashed == []  # the download verified every file: unchanged since, none is hashed again
+    flip_between_samples(downloaded / "model.safetensors")
+    with pytest.raises(TasklensError, match=r"model\.safetensors is not the file downloaded \(its SHA-256"):
+        load_model(NAME)
+    assert hashed == ["model.safetensors"]  # only the file whose status changed is hashed whole
+    assert_one_line_error(invoke("locate", "--model", NAME), "is not the file downloaded", "--force")
+
+
+@pytest.mark.reliability
+def test_a_copied_model_is_hashed_once_then_trusted_until_it_changes(downloaded, organism, monkeypatch):
+    hashed = []
+    real = zoo.file_sha256
+    monkeypatch.setattr(zoo, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    copied = downloaded.with_name("copied")
+    shutil.copytree(downloaded, copied, copy_function=shutil.copy2)  # times kept, new files
+    shutil.rmtree(downloaded)
+    copied.rename(downloaded)
+    load_model(NAME)
+    assert sorted(hashed) == sorted(json.loads((downloaded / zoo.MARKER).read_text())["files"])
+    hashed.clear()
+    torch.testing.assert_close(logits(load_model(NAME)), logits(organism))
+    assert hashed == []
+
+
+@pytest.mark.reliability
+def test_verify_names_the_organism_as_embedded_not_unknown():
+    """`tasklens models verify organism` said "Unknown model 'organism' to download"."""
+    assert_one_line_error(invoke("models", "verify", "organism"), "The organism is embedded in tasklens")

@@ -8,6 +8,7 @@ imported once); tests/unit/test_scripts.py runs the same cases as separate proce
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def cases():
         ["--model", "organism", "--settled", "30"],
         "give 1 <= --settled <= --controls, got 30 and 19",
     )
+    yield "specificity", ["--generic-ratio", "-1"], "--generic-ratio must be a positive number, got -1"
     yield "continual_learning", ["--lr-full", "-1"], "--lr-full must be a positive number"
     yield "continual_learning", ["--methods", "nosuch"], "argument --methods: invalid choice: 'nosuch'"
 
@@ -146,8 +148,92 @@ def test_an_out_that_is_a_file_a_read_only_folder_or_the_users_folder(
 
 
 def test_the_ladder_summary_refuses_a_summary_folder_of_the_users(tmp_path, monkeypatch, capsys):
+    (tmp_path / "smollm2-135m").mkdir()
     (tmp_path / "summary" / "mine").mkdir(parents=True)
     (tmp_path / "summary" / "mine" / "table.csv").write_text("a,b\n")
     code, line = run("ladder", ["--summary", "--root", str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and "holds files tasklens did not write (mine/)" in line
     assert sorted(p.name for p in (tmp_path / "summary").iterdir()) == ["mine"]
+
+
+def test_the_ladder_summary_refuses_a_root_without_results(tmp_path, monkeypatch, capsys):
+    """`ladder.py --summary --root <typo>` exited 0 and created the folder."""
+    typo = tmp_path / "resutls"
+    code, line = run("ladder", ["--summary", "--root", str(typo)], monkeypatch, capsys)
+    assert code == 2 and f"--root '{typo}' is not a folder" in line and not typo.exists()
+    (tmp_path / "other").mkdir()
+    code, line = run("ladder", ["--summary", "--root", str(tmp_path / "other")], monkeypatch, capsys)
+    assert code == 2 and "holds no ladder results (no folder named after any of" in line
+    assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_a_second_run_on_a_held_out_stops_at_once_naming_the_first(tmp_path, monkeypatch, capsys):
+    """Two specificity.py runs on one --out had no lock; the second died late with a misleading message."""
+    import subprocess
+    import time
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from tasklens.io import hold_folder; hold_folder(sys.argv[1], 'a run'); "
+         "print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.perf_counter()
+        code, line = run("specificity", ["--out", str(out)], monkeypatch, capsys)
+        assert code == 2 and time.perf_counter() - start < 10
+        assert f"is in use: another run holds this folder (tasklens pid {holder.pid} on" in line
+        assert "wait for it to finish or choose another --out" in line
+    finally:
+        holder.kill()
+        holder.wait()
+    from tasklens.io import LOCK
+
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]  # nothing of the second run's
+
+
+def test_a_killed_runs_leftovers_are_removed_and_older_ones_named(tmp_path, monkeypatch):
+    """kill -9 left a hidden temporary folder, which the next run refused as the user's."""
+    import subprocess
+
+    from common import lock_out
+
+    from tasklens.errors import TasklensError, TasklensWarning
+    from tasklens.io import LOCK, atomic_write_text, hold_folder, host_name, release_folder, write_marker
+
+    out = tmp_path / "out"
+    out.mkdir()
+    atomic_write_text(out / "findings.md", "- a finding\n")
+    write_marker(out)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = f"{host_name()}.{gone.pid}"
+    (out / f".result_A.json.{dead}.k2j4h5g6").write_text("half")
+    (out / f".stage.{dead}.abcd1234").mkdir()
+    (out / f".stage.{dead}.abcd1234" / "scores.json").write_text("half")
+    (out / f".kept.{host_name()}.{os.getpid()}.abcd1234").write_text("a live run's")
+    (out / ".result_B.json.q1w2e3r4").write_text("an older tasklens's")
+    try:
+        with pytest.raises(
+            TasklensError, match=r"\.kept\..*\.result_B\.json\.q1w2e3r4 look like the leftovers"
+        ):
+            lock_out(out)
+        (out / f".kept.{host_name()}.{os.getpid()}.abcd1234").unlink()
+        (out / ".result_B.json.q1w2e3r4").unlink()
+        lock_out(out)
+    finally:
+        release_folder(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, "findings.md", "manifest.json"])
+    # beside a folder's whole outputs (the ladder's stages) an older tasklens's leftover is named
+    stages = tmp_path / "stages"
+    (stages / ".known.q1w2e3r4").mkdir(parents=True)
+    try:
+        with pytest.warns(
+            TasklensWarning, match=r"leftovers of an interrupted tasklens run \(\.known\.q1w2e3r4\)"
+        ):
+            hold_folder(stages, "the ladder's stages")
+    finally:
+        release_folder(stages)
+    assert (stages / ".known.q1w2e3r4").is_dir()
