@@ -331,9 +331,9 @@ def _by_column(dataset: Any):
     """``dataset`` read by column (``column_names``, ``dataset[column]``): a ``datasets.Dataset`` as
     it is, a pandas DataFrame through its columns; anything else is refused."""
     if type(dataset).__name__ == "DataFrame" and hasattr(dataset, "columns"):
-        return _Records(
-            [dict(zip(dataset.columns, row, strict=True)) for row in dataset.itertuples(index=False)]
-        )
+        columns = [str(c) for c in dataset.columns]
+        rows = [dict(zip(columns, row, strict=True)) for row in dataset.itertuples(index=False)]
+        return _Records(rows, columns)
     if isinstance(dataset, _Records) or (
         hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__")
     ):
@@ -349,7 +349,9 @@ class _Records:
 
     def __init__(self, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
         self.rows = rows
-        self.column_names = columns or list(dict.fromkeys(key for row in rows for key in row))
+        self.column_names = (
+            columns if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+        )
 
     def __getitem__(self, column: str) -> list[Any]:
         return [row.get(column) for row in self.rows]
