@@ -107,6 +107,19 @@ class RunConfig:
         "specificity verdict at stake; docs/statistics.md); 0: as many as --controls.",
         stages=ABLATE,
     )
+    random_precision: str = option(
+        "float32",
+        "The random sets' forward passes: float32, or bfloat16 (products in bfloat16, float32 "
+        "accumulation and metrics; docs/benchmarks.md). The sets themselves stay float32.",
+        stages=ABLATE,
+    )
+    journal: str = option(
+        "",
+        "A folder that keeps every finished random set: ablate again with it to resume an "
+        "interrupted evaluation ('': none).",
+        stages=ABLATE,
+        record=False,
+    )
     metric: str = option(
         "exact_match",
         "Metric: exact_match (greedy decoding), next_token, logprob, loss... (`tasklens list`).",
@@ -188,6 +201,9 @@ class RunConfig:
         for name, minimum in (("max_prompts", 1), ("batch_size", 1), ("controls", 0)):
             if getattr(self, name) < minimum:
                 raise TasklensError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        from tasklens.models.precision import PRECISIONS
+
+        check_choice("random_precision", self.random_precision, PRECISIONS)
         if self.at_stake and self.at_stake < self.controls:
             raise TasklensError(
                 f"at_stake must be 0 (off) or at least controls ({self.controls}), got {self.at_stake}"
@@ -473,6 +489,8 @@ def ablate(config: RunConfig, model=None) -> EvaluationResult:
             batch_size=config.batch_size,
             progress=lambda _: bar.update(),
             at_stake=config.at_stake or None,
+            precision=config.random_precision,
+            journal=config.journal or None,
         )
         bar.close()
         out.json("matrix_result", result.to_dict())
