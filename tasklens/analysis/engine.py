@@ -293,7 +293,7 @@ class RandomSets:
             return None  # drawn for other tasks (another controls_on): evaluated again
         if meta.get("random_set") != tensor_hash(self.random_set(neurons, run).mask):
             return None  # another sampler drew it
-        parts = torch.split(values, [len(t) for t in tasks])
+        parts = torch.split(values, [len(t) for t in tasks]) if tasks else ()
         return RandomDraw(run, meta["random_set"], {t.name: p for t, p in zip(tasks, parts, strict=True)})
 
     def _write(self, neurons: NeuronSet, tasks: Sequence[Task], draws: Sequence[RandomDraw]) -> None:
@@ -301,7 +301,8 @@ class RandomSets:
             return
         folder, key = self._folder(neurons), self.key(neurons)
         for draw in draws:
-            values = torch.cat([draw.values[t.name] for t in tasks])
+            parts = [draw.values[t.name] for t in tasks]
+            values = torch.cat(parts) if parts else torch.zeros(0, len(self.metrics), dtype=torch.float64)
             meta = {
                 "kind": JOURNAL_KIND,
                 "key": key,

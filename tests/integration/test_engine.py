@@ -218,3 +218,11 @@ def test_reduced_precision_leaves_the_model_as_it_was(organism):
     assert torch.equal(before, after) and inside.dtype == torch.float32
     assert 0 < float((inside - before).abs().max()) < 0.5
     assert all(p.dtype == torch.float32 for p in organism.parameters())
+
+
+def test_a_set_named_after_no_task_draws_nothing_on_its_own_task(organism, sets, tasks, tmp_path):
+    other = sets[0].renamed("other")
+    kwargs = dict(n_controls=2, controls_on="own")
+    ours = evaluation_matrices(organism, [other], tasks[:1], ("logprob",), journal=tmp_path, **kwargs)
+    assert_same(ours, one_at_a_time(organism, [other], tasks[:1], ("logprob",), **kwargs))
+    assert ours["logprob"].controls.isna().all().all()
