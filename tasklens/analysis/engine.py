@@ -8,7 +8,8 @@ and so for every command and analysis built on it:
   by default), evaluated like the set itself (`tasklens.evaluation.evaluate_metrics`, the same
   batches), so in float32 its values are those of an evaluation of that set alone;
 - ``precision="bfloat16"`` runs the random sets' matrix products in bfloat16 with float32
-  accumulation, residual stream, unembedding and metrics (`tasklens.models.precision`); the
+  accumulation, residual stream, unembedding and metrics (`tasklens.models.precision`), in the
+  batches that hold the fewest padded tokens (`TokenizedTask.batches` with ``packed``); the
   baseline, the sets themselves and the floor stay float32;
 - ``sets_per_forward`` random sets share one forward pass, each on its own copy of the batch
   (`tasklens.interventions.rows`): worth it on a GPU, not on a CPU (no faster on 2 cores);
@@ -143,6 +144,8 @@ class RandomSets:
         self.precision, self.sets_per_forward = precision, sets_per_forward
         self.sampler = sampler or random_like
         self.share_prefix = intervention.runs_in_pieces if share_prefix is None else share_prefix
+        # reduced precision moves every value anyway: its batches hold the fewest padded tokens
+        self.packed = precision != "float32"
         self.journal = _check_journal(journal)
         self._generative = any(is_generative(METRICS.get(m)) for m in self.metrics)
 
@@ -225,7 +228,7 @@ class RandomSets:
             chunk = list(runs[start : start + step])
             drawn = [self.random_set(neurons, i) for i in chunk]
             values: list[dict[str, Tensor]] = [{} for _ in chunk]
-            if len(chunk) == 1:
+            if len(chunk) == 1 and (self._generative or not self.packed):
                 with self.intervention.on(drawn[0]).apply(self.model):
                     for task in tasks:
                         values[0][task.name] = self._alone(task)
@@ -233,8 +236,9 @@ class RandomSets:
                 with apply_by_rows(self.model, [self.intervention.on(s) for s in drawn]):
                     for task in tasks:
                         both = evaluate_copies(
-                            self.model, task, self.metrics, len(chunk), self.batch_size, self.share_prefix
-                        )
+                            self.model, task, self.metrics, len(chunk), self.batch_size, self.share_prefix,
+                            self.packed,
+                        )  # fmt: skip
                         for k in range(len(chunk)):
                             values[k][task.name] = both[k]
             out += [
@@ -259,6 +263,7 @@ class RandomSets:
             "precision": self.precision,
             "sets_per_forward": self.sets_per_forward,
             "share_prefix": self.share_prefix,
+            "packed": self.packed,
             "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()

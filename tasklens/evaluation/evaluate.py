@@ -228,12 +228,14 @@ def evaluate_copies(
     copies: int,
     batch_size: int = 64,
     share_prefix: bool = False,
+    packed: bool = False,
 ) -> Float[Tensor, "copy prompt metric"]:
     """Teacher-forced metrics per prompt on ``copies`` copies of every batch in one forward pass:
     copy ``k`` of a batch is rows ``k*b .. k*b + b - 1``, which `tasklens.interventions.rows.apply_by_rows`
     edits with its own neuron set. Each copy's values are those `evaluate_metrics` gives with that
-    edit alone (the same batches, prompts sorted by length). Runs on this process alone (no
-    sharing of prompts under torchrun: the caller shares the copies).
+    edit alone (the same batches, prompts sorted by length; with ``packed``, the batches that hold
+    the fewest padded tokens, `TokenizedTask.batches`, which moves values by float rounding). Runs
+    on this process alone (no sharing of prompts under torchrun: the caller shares the copies).
 
     Example:
         >>> from tasklens import load_builtin, load_model
@@ -255,7 +257,7 @@ def evaluate_copies(
     out = torch.zeros(copies, len(task), len(fns), dtype=torch.float64)
     answers_only = all(getattr(fn, "answer_positions", False) for fn in fns)
     with torch.inference_mode():
-        for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True):
+        for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True, packed=packed):
             tiled = Batch(
                 batch.tokens.repeat(copies, 1),
                 batch.prompt_lengths.repeat(copies),
