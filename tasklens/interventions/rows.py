@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from torch import Tensor
 
 from tasklens.errors import TasklensError
-from tasklens.interventions.base import Intervention, _positions
+from tasklens.interventions.base import Intervention, resolve_positions
 from tasklens.models import ModelInfo
 
 
@@ -67,7 +67,8 @@ def apply_by_rows(model, interventions: Sequence[Intervention]) -> Iterator[None
                 )
             act = act.clone()
             rows = act.shape[0] // n
-            where = slice(None) if first.positions is None else _positions(first.positions, act.shape[1])
+            length = act.shape[1]
+            where = slice(None) if first.positions is None else resolve_positions(first.positions, length)
             for k, (edit, own) in enumerate(zip(edits, idx, strict=True)):
                 if own.numel() == 0:
                     continue
