@@ -255,7 +255,7 @@ def evaluate_copies(
             "evaluate_metrics, one intervention at a time"
         )
     out = torch.zeros(copies, len(task), len(fns), dtype=torch.float64)
-    answers_only = all(getattr(fn, "answer_positions", False) for fn in fns)
+    answers_only, drop_last = _window(fns)
     with torch.inference_mode():
         for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True, packed=packed):
             tiled = Batch(
@@ -265,7 +265,7 @@ def evaluate_copies(
                 list(batch.indices) * copies,
             )
             if answers_only:
-                logits, seen = _answer_logits(model, tiled, share_prefix, copies)
+                logits, seen = _answer_logits(model, tiled, share_prefix, copies, drop_last)
             else:
                 logits, seen = model(tiled.tokens.to(model.cfg.device)), tiled
             for j, fn in enumerate(fns):
@@ -309,11 +309,11 @@ def _teacher_forced(
     model, task: Task, fns: Sequence[Callable], batch_size: int, share_prefix: bool = False
 ) -> Tensor:
     out = torch.zeros(len(task), len(fns), dtype=torch.float64)
-    answers_only = all(getattr(fn, "answer_positions", False) for fn in fns)
+    answers_only, drop_last = _window(fns)
     with torch.inference_mode():
         for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True):
             if answers_only:
-                logits, seen = _answer_logits(model, batch, share_prefix)
+                logits, seen = _answer_logits(model, batch, share_prefix, drop_last=drop_last)
             else:
                 logits, seen = model(batch.tokens.to(model.cfg.device)), batch
             for j, fn in enumerate(fns):
@@ -325,23 +325,37 @@ def _teacher_forced(
 MIN_SHARED_PREFIX = 8
 
 
-def _answer_logits(model, batch: Batch, share_prefix: bool, copies: int = 1) -> tuple[Tensor, Batch]:
+def _window(fns: Sequence[Callable]) -> tuple[bool, bool]:
+    """Whether ``fns`` read the logits of the answer window only, and whether none reads its last
+    position."""
+    answers_only = all(getattr(fn, "answer_positions", False) for fn in fns)
+    return answers_only, answers_only and not any(getattr(fn, "reads_last_position", True) for fn in fns)
+
+
+def _answer_logits(
+    model, batch: Batch, share_prefix: bool, copies: int = 1, drop_last: bool = False
+) -> tuple[Tensor, Batch]:
     """Logits only at each row's `Batch.answer_window`, and the batch they line up with.
 
     On a bridge the unembedding runs at those positions only (Hugging Face's
     ``logits_to_keep``), sparing most of it: a quarter to over half of a small model's
     forward; with ``share_prefix``, see `evaluate_metrics`. ``copies``: the batch holds
     that many equal blocks of rows, each edited its own way (`tasklens.interventions.rows`),
-    so a shared prefix runs once per block."""
+    so a shared prefix runs once per block. With ``drop_last``, the window's last position (read by
+    no metric asked for) is not unembedded: its logits are zeros."""
     positions, seen = batch.answer_window()
     device = model.cfg.device
     tokens, positions = batch.tokens.to(device), positions.to(device)
+    kept = positions[:, :-1] if drop_last and positions.shape[1] > 1 else positions
     prefix = _shared_prefix(batch) if share_prefix and is_bridge(model) and batch.size > copies else 0
+    logits = None
     if prefix >= MIN_SHARED_PREFIX:
-        logits = _after_prefix(model, tokens, batch.attention_mask.to(device), positions, prefix, copies)
-        if logits is not None:
-            return logits, seen
-    return logits_at(model, tokens, positions), seen
+        logits = _after_prefix(model, tokens, batch.attention_mask.to(device), kept, prefix, copies)
+    if logits is None:
+        logits = logits_at(model, tokens, kept)
+    if kept.shape[1] < positions.shape[1]:
+        logits = torch.cat([logits, logits.new_zeros(logits.shape[0], 1, logits.shape[-1])], dim=1)
+    return logits, seen
 
 
 def _after_prefix(model, tokens, mask, positions, prefix: int, copies: int = 1) -> Tensor | None:
