@@ -24,8 +24,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,6 +42,8 @@ JOIN_TIMEOUT = timedelta(minutes=5)
 #: what torchrun sets for every rank; without all of them tasklens runs in one process
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _warned = False
+#: how many `alone` blocks are open (inside one, this rank shares no prompts with the others)
+_alone = 0
 
 
 def requested() -> bool:
@@ -175,6 +179,40 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextmanager
+def alone() -> Iterator[None]:
+    """Inside the block, `per_prompt` and `attribute` compute everything on this rank (the caller
+    shares other work between the ranks, e.g. whole random sets); writes stay with rank 0."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
+
+
+def _splits() -> bool:
+    return active() and not _alone
+
+
+def all_gather(item: Any) -> list[Any]:
+    """Every rank's ``item`` (picklable plain data), in rank order; ``[item]`` in one process."""
+    if not active():
+        return [item]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, item)
+    return out
+
+
+def broadcast(item: Any) -> Any:
+    """Rank 0's ``item`` on every rank (``item`` itself in one process)."""
+    if not active():
+        return item
+    box = [item if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shard(n: int) -> list[int]:
     """This rank's items of ``range(n)``: every ``world_size``-th, starting at its rank."""
     return list(range(rank(), n, world_size()))
@@ -195,7 +233,7 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 
 def per_prompt(compute: Callable, task, *args, **kwargs) -> Tensor:
     """``compute(task, ...)``'s per-prompt values, each rank computing its share, in prompt order."""
-    if not active() or len(task) < world_size():
+    if not _splits() or len(task) < world_size():
         return compute(task, *args, **kwargs)
     mine = shard(len(task))
     local = compute(task.subset(mine), *args, **kwargs)
@@ -210,7 +248,7 @@ def attribute(scorer, model, task, **kwargs):
     Sums (``reduction="sum"``) are added over ranks; means (``"mean"``) are combined
     weighted by their token counts; the provenance names the whole task, as in one process.
     """
-    if not active() or len(task) < world_size():
+    if not _splits() or len(task) < world_size():
         return scorer.attribute(model, task, **kwargs)
     local = scorer.attribute(model, task.subset(shard(len(task))), **kwargs)
     if local.reduction not in ("sum", "mean"):
@@ -235,9 +273,12 @@ def describe() -> str:
 
 
 __all__: Sequence[str] = (
+    "all_gather",
     "all_reduce_sum",
+    "alone",
     "attribute",
     "barrier",
+    "broadcast",
     "init",
     "is_main",
     "per_prompt",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,24 @@ def results(model, task) -> dict[str, torch.Tensor]:
     }
 
 
+def matrix(model, journal: Path | None = None) -> dict:
+    """An evaluation matrix with sequential random sets where the verdict is at stake, two random
+    sets per forward pass: what `tests/acceptance/test_distributed.py` compares with one process."""
+    from tasklens.analysis.matrix import evaluation_matrices
+    from tasklens.scoring import GradientAttribution
+    from tasklens.selection import random_like, top_k
+
+    scores = GradientAttribution().attribute(model, load_builtin("addition", "detection").head(32))
+    addition = top_k(scores, 100).renamed("addition")
+    sets = [addition, random_like(addition, seed=123).renamed("continent_of")]
+    tasks = [load_builtin(n, "evaluation").head(24) for n in ("addition", "continent_of", "larger_number")]
+    results = evaluation_matrices(
+        model, sets, tasks, ("exact_match", "logprob"), n_controls=5, controls_on="own", stop_after=2,
+        at_stake=15, sets_per_forward=2, journal=journal,
+    )  # fmt: skip
+    return {metric: result.to_dict() for metric, result in results.items()}
+
+
 def main() -> None:
     out, mode = Path(sys.argv[1]), sys.argv[2]
     torch.set_num_threads(1)
@@ -44,6 +63,11 @@ def main() -> None:
         os._exit(3)  # a rank that dies before the first collective
     distributed.init()
     model = load_model("organism")
+    if mode == "matrix":
+        data = matrix(model, out / "journal")
+        (out / f"matrix{distributed.rank()}.json").write_text(json.dumps(data))
+        distributed.barrier()
+        return
     task = load_builtin("capital_of", "detection").sample(13)  # 13: the shards differ in size
     values = {k: v.detach().contiguous().double() for k, v in results(model, task).items()}
     save_file(values, str(out / f"rank{distributed.rank()}.safetensors"))

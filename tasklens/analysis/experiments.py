@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tasklens.analysis.engine import RandomSets
 from tasklens.analysis.matrix import ablation_matrix
 from tasklens.analysis.stats import ALPHA, drop_test, holm
 from tasklens.data.neurons import NeuronScores, NeuronSet
 from tasklens.errors import TasklensError
 from tasklens.evaluation.evaluate import evaluate_prompts
-from tasklens.interventions import ablate
-from tasklens.selection import random_like
+from tasklens.interventions import Zero, ablate
 from tasklens.tasks.task import Task
 
 #: the relation paper's grid (10 ... 50k of 835,584 Llama-2-7B neurons) as fractions of all neurons,
@@ -88,7 +88,7 @@ def cumulativity(
         with ablate(model, _ranked(scores, 0, k)):
             correct[k] = correct_of(task)
             others_acc[k] = mean_accuracy()
-    controls = _random_controls(model, scores, task, ks, correct, correct_of, n_controls, seed)
+    controls = _random_controls(model, scores, task, ks, correct, metric, batch_size, n_controls, seed)
     rows = []
     previous = None
     for k in [0, *[k for k in ks if k]]:
@@ -116,16 +116,16 @@ def cumulativity(
     return frame
 
 
-def _random_controls(model, scores, task, ks, correct, correct_of, n_controls: int, seed: int) -> dict:
-    """Per k > 0: the random sets' accuracies on ``task`` and the test of the top k against them."""
+def _random_controls(
+    model, scores, task, ks, correct, metric: str, batch_size: int, n_controls: int, seed: int
+) -> dict:
+    """Per k > 0: the random sets' accuracies on ``task`` (through the random-set engine, each
+    evaluated whole) and the test of the top k against them."""
+    engine = RandomSets(model, [task], [metric], Zero(), batch_size=batch_size, seed=seed, share_prefix=False)
     out = {}
     for k in [k for k in ks if k] if n_controls else []:
-        top = _ranked(scores, 0, k)
-        accuracies = []
-        for i in range(n_controls):
-            with ablate(model, random_like(top, seed + i)):
-                accuracies.append(float(correct_of(task).float().mean()))
-        runs = np.asarray(accuracies)
+        draws = engine.draws(_ranked(scores, 0, k), n_controls)
+        runs = np.asarray([float((d.values[task.name][:, 0] > 0.5).float().mean()) for d in draws])
         base = float(correct[0].float().mean())
         test = drop_test((correct[k].float() - correct[0].float()).numpy(), base - runs)
         out[k] = dict(

@@ -7,6 +7,7 @@ mean and spread, the metric and the intervention that produced them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -16,7 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch import Tensor
 
+from tasklens import distributed
+from tasklens.analysis.engine import RandomDraw, RandomSets, Sampler
 from tasklens.analysis.stats import ALPHA, bootstrap_interval, mean_interval, monte_carlo_p
 from tasklens.analysis.verdict import (
     MARGIN,
@@ -27,7 +31,6 @@ from tasklens.analysis.verdict import (
     effect_interval,
     family,
     rival_test,
-    sequential_draws,
     specificity_verdict,
 )
 from tasklens.analysis.verdict import at_stake as verdict_at_stake
@@ -688,6 +691,7 @@ def evaluation_inputs(
     at_stake: int | None = None,
     alpha: float = ALPHA,
     sampler: dict[str, Any] | None = None,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Everything an `EvaluationResult` depends on but its sets, as plain data with its
     ``fingerprint`` (SHA-256 of the rest): `evaluation_matrices` records it, and a resumed run
@@ -718,6 +722,7 @@ def evaluation_inputs(
             "controls_on": controls_on,
             "measure_floor": measure_floor,
             "sampler": sampler or {"kind": "per-layer counts"},
+            "precision": precision,
         }
     )
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
@@ -740,6 +745,11 @@ def evaluation_matrix(
     at_stake: int | None = None,
     alpha: float = ALPHA,
     strata: Strata | None = None,
+    *,
+    precision: str = "float32",
+    sets_per_forward: int | None = None,
+    journal: str | Path | None = None,
+    sampler: Sampler | None = None,
 ) -> EvaluationResult:
     """``metric`` on every task with each neuron set intervened on, beside random controls.
 
@@ -777,12 +787,28 @@ def evaluation_matrix(
         strata: random sets also matched on these strata within each layer
             (`tasklens.selection.Strata`, e.g. activation size with generic units apart);
             ``None``: on per-layer counts alone.
+        precision: the random sets' forward passes in ``"float32"`` (default) or ``"bfloat16"``
+            products (`tasklens.models.precision`: float32 accumulation, residual stream,
+            unembedding and metrics; per-prompt values within `~tasklens.models.precision.TOLERANCE`
+            of float32 on every conformance family). The baseline, the sets and the floor are
+            always float32.
+        sets_per_forward: random sets evaluated in one forward pass, each on its own copy of the
+            batch (None: 1 on the CPU, where more is no faster, 8 on CUDA); the values are the same.
+        journal: a folder that keeps every finished random set (`tasklens.analysis.engine`): run
+            again with the same folder, an interrupted evaluation evaluates only the random sets
+            it has not finished.
+        sampler: ``(neurons, seed) -> NeuronSet``, the random set of a seed (default
+            `tasklens.selection.random_like`).
+
+    Under torchrun the random sets are shared between the ranks (`tasklens.analysis.engine`),
+    and every rank's result equals one process's.
 
     `evaluation_matrices` measures several metrics in the same forward passes.
     """
     return evaluation_matrices(
         model, sets, tasks, (metric,), n_controls, seed, intervention, batch_size, progress, controls_on,
-        measure_floor, stop_after, at_stake, alpha, strata,
+        measure_floor, stop_after, at_stake, alpha, strata, precision=precision,
+        sets_per_forward=sets_per_forward, journal=journal, sampler=sampler,
     )[metric]  # fmt: skip
 
 
@@ -802,6 +828,11 @@ def evaluation_matrices(
     at_stake: int | None = None,
     alpha: float = ALPHA,
     strata: Strata | None = None,
+    *,
+    precision: str = "float32",
+    sets_per_forward: int | None = None,
+    journal: str | Path | None = None,
+    sampler: Sampler | None = None,
 ) -> dict[str, EvaluationResult]:
     """`evaluation_matrix` for several ``metrics`` at once, by metric name: the teacher-forced
     metrics share each forward pass, so two cost about what one does."""
@@ -835,9 +866,17 @@ def evaluation_matrices(
             raise TasklensError(f"The {what} need distinct names, got {names}")
 
     check_choice("controls_on", controls_on, ("all", "own"))
+    if strata is not None:
+        if sampler is not None:
+            raise TasklensError("Give strata= or sampler=, not both (strata draw through random_like)")
+        sampler = functools.partial(random_like, strata=strata)
     spec = spec.prepared(model)
     for neurons in sets:
         spec.on(neurons).check(model)
+    engine = RandomSets(
+        model, tasks, metrics, spec, batch_size=batch_size, seed=seed, precision=precision,
+        sets_per_forward=sets_per_forward, journal=journal, sampler=sampler,
+    )  # fmt: skip
 
     prompt_rows: dict[str, list[dict[str, Any]]] = {m: [] for m in metrics}
     inputs = {
@@ -853,7 +892,8 @@ def evaluation_matrices(
             stop_after,
             at_stake,
             alpha,
-            strata.to_dict() if strata is not None else None,
+            strata.to_dict() if strata is not None else _sampler_name(sampler),
+            precision,
         )
         for m in metrics
     }
@@ -864,11 +904,21 @@ def evaluation_matrices(
     def measure(
         only: str | None = None, rows: dict[str, list] | None = None, **labels: Any
     ) -> dict[str, dict[str, float]]:
+        return record({t.name: evaluate(t) for t in tasks if only is None or t.name == only}, rows, **labels)
+
+    def evaluate(task: Task) -> Tensor:
+        # every rank evaluates the sets whole, as one process does: the random sets are what it shares
+        with distributed.alone():
+            return evaluate_metrics(model, task, metrics, batch_size, spec.runs_in_pieces).double()
+
+    def record(
+        evaluated: dict[str, Tensor], rows: dict[str, list] | None = None, **labels: Any
+    ) -> dict[str, dict[str, float]]:
+        """Each metric's mean per task of ``evaluated`` (task -> [prompt x metric]), with a row per
+        prompt in ``rows``."""
         means: dict[str, dict[str, float]] = {m: {} for m in metrics}
-        for task in tasks:
-            if only is not None and task.name != only:
-                continue
-            per_prompt = evaluate_metrics(model, task, metrics, batch_size, spec.runs_in_pieces).double()
+        for name, per_prompt in evaluated.items():
+            task = tasks_by_name[name]
             for j, metric in enumerate(metrics):
                 means[metric][task.name] = float(per_prompt[:, j].mean())
                 if rows is not None:
@@ -878,11 +928,13 @@ def evaluation_matrices(
                     )
         return means
 
+    tasks_by_name = {t.name: t for t in tasks}
     baselines = {m: pd.Series(v, dtype=float) for m, v in measure(rows=prompt_rows, set=BASELINE).items()}
     if measure_floor:
         for task in tasks:
             if len(task) > 1:
-                per_prompt = evaluate_metrics(model, _deranged(task, seed), metrics, batch_size)
+                with distributed.alone():
+                    per_prompt = evaluate_metrics(model, _deranged(task, seed), metrics, batch_size)
                 for j, metric in enumerate(metrics):
                     floor_rows[metric].extend(
                         {"task": task.name, "prompt": i, "value": float(v)}
@@ -936,35 +988,41 @@ def evaluation_matrices(
         runs: dict[str, list] = {m: [] for m in metrics}
         only = neurons.name if controls_on == "own" else None
 
-        def draw(
-            i: int, neurons: NeuronSet = neurons, only: str | None = only, runs: dict = runs
-        ) -> list[float]:
-            """Evaluate random set ``i``; its own-task drop per metric (more negative: lower)."""
-            with spec.on(random_like(neurons, seed + i, strata)).apply(model):
-                run = measure(only, control_prompt_rows, set=neurons.name, run=i)
-            for metric, row in run.items():
-                runs[metric].append(row)
-                control_rows[metric].extend(
-                    {"set": neurons.name, "run": i, "task": t, "value": v} for t, v in row.items()
-                )
-            return [-run[m].get(neurons.name, np.nan) for m in metrics]
+        def drop(draw: RandomDraw, name: str = neurons.name) -> list[float]:
+            """A random set's own-task drop per metric (more negative: lower)."""
+            own = draw.values.get(name)
+            return [-float(own[:, j].mean()) if own is not None else np.nan for j in range(len(metrics))]
 
         most = n_controls
         if at_stake is not None and neurons.name in columns:
             cells = [r._cells()[neurons.name] for r in results([neurons.name]).values()]
             most = at_stake if any(verdict_at_stake(neurons.name, c, alpha) for c in cells) else n_controls
-        if stop_after is not None and most and neurons.name in columns:
-            own = [-values[m][neurons.name][neurons.name] for m in metrics]
-            sequential_draws(own, draw, stop_after, most)  # a random set as low as the set: exceedance
-        else:
-            for i in range(most):
-                draw(i)
+        sequential = stop_after is not None and most and neurons.name in columns
+        own = [-values[m][neurons.name][neurons.name] for m in metrics] if sequential else None
+        draws = engine.draws(  # sequential: a random set as low as the set is an exceedance
+            neurons, most, only=only, statistic=drop if sequential else None, observed=own,
+            stop_after=stop_after if sequential else None,
+        )  # fmt: skip
+        for draw in draws:
+            run = record(draw.values, control_prompt_rows, set=neurons.name, run=draw.run)
+            for metric, row in run.items():
+                runs[metric].append(row)
+                control_rows[metric].extend(
+                    {"set": neurons.name, "run": draw.run, "task": t, "value": v} for t, v in row.items()
+                )
         for metric in metrics:
             frame = pd.DataFrame(runs[metric], columns=columns, dtype=float)
             empty = pd.Series(float("nan"), columns)
             controls[metric][neurons.name] = frame.mean() if len(frame) else empty
             spread[metric][neurons.name] = frame.std(ddof=0) if len(frame) else empty
     return results([s.name for s in sets])
+
+
+def _sampler_name(sampler: Sampler | None) -> dict[str, Any] | None:
+    """How a result's inputs name a custom sampler of random sets (None: the default)."""
+    if sampler is None:
+        return None
+    return {"kind": "sampler", "name": getattr(sampler, "__qualname__", None) or repr(sampler)}
 
 
 def _deranged(task: Task, seed: int) -> Task:

@@ -220,6 +220,66 @@ def evaluate_metrics(
     for i, fn in enumerate(fns):
         if i not in forced:
             out[:, i] = per_prompt_values(fn(model, task, batch_size), fn, len(task))
+    _warn_nonfinite(out, fns, task)
+    return out
+
+
+def evaluate_copies(
+    model,
+    task: Task,
+    metrics: Sequence[str | Callable],
+    copies: int,
+    batch_size: int = 64,
+    share_prefix: bool = False,
+    packed: bool = False,
+) -> Float[Tensor, "copy prompt metric"]:
+    """Teacher-forced metrics per prompt on ``copies`` copies of every batch in one forward pass:
+    copy ``k`` of a batch is rows ``k*b .. k*b + b - 1``, which `tasklens.interventions.rows.apply_by_rows`
+    edits with its own neuron set. Each copy's values are those `evaluate_metrics` gives with that
+    edit alone (the same batches, prompts sorted by length; with ``packed``, the batches that hold
+    the fewest padded tokens, `TokenizedTask.batches`, which moves values by float rounding). Runs
+    on this process alone (no sharing of prompts under torchrun: the caller shares the copies).
+
+    Example:
+        >>> from tasklens import load_builtin, load_model
+        >>> model = load_model("organism")
+        >>> task = load_builtin("continent_of", "evaluation").head(4)
+        >>> values = evaluate_copies(model, task, ["exact_match", "logprob"], copies=2)
+        >>> tuple(values.shape), bool((values[0] == values[1]).all())
+        ((2, 4, 2), True)
+    """
+    if copies < 1:
+        raise TasklensError(f"copies must be at least 1, got {copies}")
+    fns = [m if callable(m) else METRICS.get(m) for m in metrics]
+    generative = [getattr(fn, "__name__", repr(fn)) for fn in fns if is_generative(fn)]
+    if generative:
+        raise TasklensError(
+            f"evaluate_copies runs teacher-forced metrics only; evaluate {generative} with "
+            "evaluate_metrics, one intervention at a time"
+        )
+    out = torch.zeros(copies, len(task), len(fns), dtype=torch.float64)
+    answers_only, drop_last = _window(fns)
+    with torch.inference_mode():
+        for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True, packed=packed):
+            tiled = Batch(
+                batch.tokens.repeat(copies, 1),
+                batch.prompt_lengths.repeat(copies),
+                batch.lengths.repeat(copies),
+                list(batch.indices) * copies,
+            )
+            if answers_only:
+                logits, seen = _answer_logits(model, tiled, share_prefix, copies, drop_last)
+            else:
+                logits, seen = model(tiled.tokens.to(model.cfg.device)), tiled
+            for j, fn in enumerate(fns):
+                values = per_prompt_values(fn(logits, seen), fn, tiled.size)
+                out[:, batch.indices, j] = values.view(copies, batch.size)
+    for k in range(copies):
+        _warn_nonfinite(out[k], fns, task)
+    return out
+
+
+def _warn_nonfinite(out: Tensor, fns: Sequence[Callable], task: Task) -> None:
     bad = (~torch.isfinite(out)).sum(0)
     for i in bad.nonzero().flatten().tolist():
         name = getattr(fns[i], "__name__", repr(fns[i]))
@@ -227,9 +287,8 @@ def evaluate_metrics(
             f"Metric {name!r} gave {int(bad[i])} non-finite values on the {len(task)} prompts of "
             f"{task.name!r}: every mean, interval and verdict that includes them is not tested",
             TasklensWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return out
 
 
 def per_prompt_values(value, metric: Callable, n_prompts: int) -> Float[Tensor, " prompt"]:
@@ -253,11 +312,11 @@ def _teacher_forced(
     model, task: Task, fns: Sequence[Callable], batch_size: int, share_prefix: bool = False
 ) -> Tensor:
     out = torch.zeros(len(task), len(fns), dtype=torch.float64)
-    answers_only = all(getattr(fn, "answer_positions", False) for fn in fns)
+    answers_only, drop_last = _window(fns)
     with torch.inference_mode():
         for batch in TokenizedTask.for_model(task, model).batches(batch_size, sort=True):
             if answers_only:
-                logits, seen = _answer_logits(model, batch, share_prefix)
+                logits, seen = _answer_logits(model, batch, share_prefix, drop_last=drop_last)
             else:
                 logits, seen = model(batch.tokens.to(model.cfg.device)), batch
             for j, fn in enumerate(fns):
@@ -269,32 +328,51 @@ def _teacher_forced(
 MIN_SHARED_PREFIX = 8
 
 
-def _answer_logits(model, batch: Batch, share_prefix: bool) -> tuple[Tensor, Batch]:
+def _window(fns: Sequence[Callable]) -> tuple[bool, bool]:
+    """Whether ``fns`` read the logits of the answer window only, and whether none reads its last
+    position."""
+    answers_only = all(getattr(fn, "answer_positions", False) for fn in fns)
+    return answers_only, answers_only and not any(getattr(fn, "reads_last_position", True) for fn in fns)
+
+
+def _answer_logits(
+    model, batch: Batch, share_prefix: bool, copies: int = 1, drop_last: bool = False
+) -> tuple[Tensor, Batch]:
     """Logits only at each row's `Batch.answer_window`, and the batch they line up with.
 
     On a bridge the unembedding runs at those positions only (Hugging Face's
     ``logits_to_keep``), sparing most of it: a quarter to over half of a small model's
-    forward; with ``share_prefix``, see `evaluate_metrics`."""
+    forward; with ``share_prefix``, see `evaluate_metrics`. ``copies``: the batch holds
+    that many equal blocks of rows, each edited its own way (`tasklens.interventions.rows`),
+    so a shared prefix runs once per block. With ``drop_last``, the window's last position (read by
+    no metric asked for) is not unembedded: its logits are zeros."""
     positions, seen = batch.answer_window()
     device = model.cfg.device
     tokens, positions = batch.tokens.to(device), positions.to(device)
-    prefix = _shared_prefix(batch) if share_prefix and is_bridge(model) and batch.size > 1 else 0
+    kept = positions[:, :-1] if drop_last and positions.shape[1] > 1 else positions
+    prefix = _shared_prefix(batch) if share_prefix and is_bridge(model) and batch.size > copies else 0
+    logits = None
     if prefix >= MIN_SHARED_PREFIX:
-        logits = _after_prefix(model, tokens, batch.attention_mask.to(device), positions, prefix)
-        if logits is not None:
-            return logits, seen
-    return logits_at(model, tokens, positions), seen
+        logits = _after_prefix(model, tokens, batch.attention_mask.to(device), kept, prefix, copies)
+    if logits is None:
+        logits = logits_at(model, tokens, kept)
+    if kept.shape[1] < positions.shape[1]:
+        logits = torch.cat([logits, logits.new_zeros(logits.shape[0], 1, logits.shape[-1])], dim=1)
+    return logits, seen
 
 
-def _after_prefix(model, tokens, mask, positions, prefix: int) -> Tensor | None:
-    """The logits at ``positions``, running ``tokens[:, :prefix]`` (the same in every row) once and
-    the rest on its key-value cache; None where the bridge keeps no cache or no ``logits_to_keep``."""
+def _after_prefix(model, tokens, mask, positions, prefix: int, copies: int = 1) -> Tensor | None:
+    """The logits at ``positions``, running ``tokens[:, :prefix]`` (the same in every row) once per
+    block of rows (``copies`` blocks) and the rest on its key-value cache; None where the bridge
+    keeps no cache or no ``logits_to_keep``."""
     enable_kv_cache(model)
+    rows = tokens.shape[0] // copies
     with cached_calls():
-        (_, cache), kept = forward_keeping(model, tokens[:1, :prefix], 1, return_type="logits_and_cache")
+        first = tokens[::rows, :prefix]
+        (_, cache), kept = forward_keeping(model, first, 1, return_type="logits_and_cache")
         if not (kept and cache_filled(model, cache, prefix)):
             return None
-        cache.batch_repeat_interleave(tokens.shape[0])
+        cache.batch_repeat_interleave(rows)
         rest = dict(attention_mask=mask, past_key_values=cache)
         logits, kept = forward_keeping(model, tokens[:, prefix:], positions - prefix, **rest)
     return logits if kept and logits.shape[:2] == positions.shape else None

@@ -96,6 +96,9 @@ for _name, _fn in {
     #: reads the logits only from the last prompt position on: the earlier positions' logits
     #: are not computed (a metric of your own without this attribute gets them all)
     _fn.answer_positions = True
+    #: never reads the answer window's last position (the answer's last token, which predicts
+    #: nothing scored): its logits are not computed (a metric of your own without this reads them)
+    _fn.reads_last_position = False
 
 
 def is_generative(metric) -> bool:

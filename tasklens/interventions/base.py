@@ -432,6 +432,10 @@ def _positions(positions: Sequence[int], length: int, rows: int | None = None) -
     return torch.tensor(list(positions))
 
 
+#: ``positions`` (negative ones counting from the end) as indices into a call of ``length`` tokens
+resolve_positions = _positions
+
+
 def check_mean(mean: Any, shape: tuple[int, int]) -> Tensor:
     """``mean`` if it is a finite tensor of the model's neuron grid ``shape``."""
     if not isinstance(mean, Tensor):

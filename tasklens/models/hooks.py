@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tasklens.errors import TasklensError
+from tasklens.models.forward import forward_keeping
 from tasklens.models.info import DEFAULT_UNIT, ModelInfo
 from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import Batch, TokenizedTask
@@ -92,10 +93,16 @@ def stream_activations(
 
         return hook
 
+    # the blocks' activations need no logits: unembed one position only where the model allows it
+    blocks_only = all(n.startswith("blocks.") for n in names)
     with torch.no_grad(), owned_hooks(model, [(n, keep(n)) for n in names]):
         for batch in tokenized.batches(batch_size, with_answers=with_answers):
             store.clear()
-            model(batch.tokens.to(model.cfg.device), return_type=None)
+            tokens = batch.tokens.to(model.cfg.device)
+            if blocks_only:
+                forward_keeping(model, tokens, 1, return_type=None)
+            else:
+                model(tokens, return_type=None)
             yield batch, dict(store)
 
 

@@ -22,6 +22,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from tasklens.errors import TasklensError, TasklensWarning
 from tasklens.models import zoo
 from tasklens.models.info import is_bridge
+from tasklens.models.lean import lean_norms
 from tasklens.models.weights import (
     SAVE_AGAIN,
     WeightsError,
@@ -367,6 +368,7 @@ def load_model(
             _check_finite(hf_model.named_parameters(), spec, source)
         model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype, hf_model=hf_model)
         enable_kv_cache(model)
+        lean_norms(model)
         if is_local:
             check_tokenizer(model, source)
     except WeightsError as error:

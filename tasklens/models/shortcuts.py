@@ -49,6 +49,7 @@ VERIFIED_FAMILIES = frozenset(
 SHORTCUTS = {
     "final_readout": "logits read off the last residual stream by the final norm and unembedding",
     "analytic_last_layer": "exact ablation of the last layer read off the final residual stream",
+    "analytic_write": "exact ablation of an inner layer from its write to the next block's input",
     "output_decoding": "output-side decoding of each neuron's write through the final norm and unembedding",
     "input_decoding": "input-side decoding of each token's embedding through the MLP's input norm",
 }

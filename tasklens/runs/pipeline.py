@@ -124,6 +124,19 @@ class RunConfig:
         "Tasks the random sets are evaluated on: own (the set's own task, all the verdict reads) or all.",
         stages=ABLATE,
     )
+    random_precision: str = option(
+        "float32",
+        "The random sets' forward passes: float32, or bfloat16 (products in bfloat16, float32 "
+        "accumulation and metrics; docs/benchmarks.md). The sets themselves stay float32.",
+        stages=ABLATE,
+    )
+    journal: str = option(
+        "",
+        "A folder that keeps every finished random set: ablate again with it to resume an "
+        "interrupted evaluation ('': none).",
+        stages=ABLATE,
+        record=False,
+    )
     metric: str = option(
         "exact_match",
         "Metric: exact_match (greedy decoding), next_token, logprob, loss... (`tasklens list`).",
@@ -205,6 +218,9 @@ class RunConfig:
         for name, minimum in (("max_prompts", 1), ("batch_size", 1), ("controls", 0)):
             if getattr(self, name) < minimum:
                 raise TasklensError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        from tasklens.models.precision import PRECISIONS
+
+        check_choice("random_precision", self.random_precision, PRECISIONS)
         if self.at_stake and self.at_stake < self.controls:
             raise TasklensError(
                 f"at_stake must be 0 (as many as the verdicts need) or at least controls "
@@ -495,6 +511,8 @@ def ablate(config: RunConfig, model=None) -> EvaluationResult:
             batch_size=config.batch_size,
             progress=lambda _: bar.update(),
             **draws.kwargs(),
+            precision=config.random_precision,
+            journal=config.journal or None,
         )
         bar.close()
         out.json("matrix_result", result.to_dict())

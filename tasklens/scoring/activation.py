@@ -24,6 +24,9 @@ from tasklens.tasks.task import Task
 from tasklens.tasks.tokenize import POSITIONS, Positions
 
 STATISTICS = ("mean", "mean_abs", "std", "firing_rate")
+#: the running sums each statistic reads
+NEEDS = {"mean": ("sum",), "mean_abs": ("sum_abs",), "std": ("sum", "sum_sq"), "firing_rate": ("fires",)}
+SUMS = ("sum", "sum_sq", "sum_abs", "fires")
 
 
 @dataclass
@@ -70,29 +73,44 @@ class ActivationStats(ScorerParams):
         check_choice("positions", self.positions, POSITIONS)
 
     def accumulate(
-        self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32
+        self,
+        model,
+        task: Task,
+        *,
+        unit: str = DEFAULT_UNIT,
+        batch_size: int = 32,
+        sums: tuple[str, ...] = SUMS,
     ) -> ActivationSums:
-        """All running sums for ``task`` (every statistic can be read from them)."""
+        """The running sums ``sums`` for ``task`` (all by default: every statistic can be read from
+        them); a sum not asked for is NaN."""
+        for name in sums:
+            check_choice("running sum", name, SUMS)
         info = ModelInfo.of(model)
         acts = info.hook_names(unit)
-        gates = info.hook_names("hook_pre")
+        gates = info.hook_names("hook_pre") if "fires" in sums else []
         zeros = torch.zeros(info.shape, dtype=torch.float64)
-        sums = ActivationSums(zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone())
+        out = ActivationSums(
+            *(zeros.clone() if n in sums else torch.full_like(zeros, torch.nan) for n in SUMS)
+        )
         with_answers = self.positions in ("answer", "all")
         for batch, store in stream_activations(
             model, task, sorted(set(acts + gates)), batch_size, with_answers
         ):
             mask = batch.position_mask(self.positions).to(store[acts[0]].device)
-            for layer, (a_name, g_name) in enumerate(zip(acts, gates, strict=True)):
+            for layer, a_name in enumerate(acts):
                 # selected tokens only; one batch's sums in float32, the running sums in float64
-                a = store[a_name][mask].float()  # [tokens, neuron]
-                sums.sum[layer] += a.sum(0).double().cpu()
-                sums.sum_sq[layer] += (a * a).sum(0).double().cpu()
-                sums.sum_abs[layer] += a.abs().sum(0).double().cpu()
-                sums.fires[layer] += (store[g_name][mask] > 0).sum(0).double().cpu()
-            sums.n_tokens += int(mask.sum())
-            sums.n_prompts += batch.size
-        return sums
+                a = store[a_name][mask].float() if set(sums) - {"fires"} else None  # [tokens, neuron]
+                if "sum" in sums:
+                    out.sum[layer] += a.sum(0).double().cpu()
+                if "sum_sq" in sums:
+                    out.sum_sq[layer] += (a * a).sum(0).double().cpu()
+                if "sum_abs" in sums:
+                    out.sum_abs[layer] += a.abs().sum(0).double().cpu()
+                if "fires" in sums:
+                    out.fires[layer] += (store[gates[layer]][mask] > 0).sum(0).double().cpu()
+            out.n_tokens += int(mask.sum())
+            out.n_prompts += batch.size
+        return out
 
     def attribute(self, model, task: Task, *, unit: str = DEFAULT_UNIT, batch_size: int = 32) -> NeuronScores:
         """Score every MLP neuron of ``model`` by the statistic over ``task``'s tokens.
@@ -120,7 +138,7 @@ class ActivationStats(ScorerParams):
             >>> bool(((scores.values >= 0) & (scores.values <= 1)).all())
             True
         """
-        sums = self.accumulate(model, task, unit=unit, batch_size=batch_size)
+        sums = self.accumulate(model, task, unit=unit, batch_size=batch_size, sums=NEEDS[self.statistic])
         reduction = "none" if self.statistic == "std" else "mean"
         return make_scores(
             self, model, task, sums.statistic(self.statistic), unit, sums.n_prompts, sums.n_tokens, reduction

@@ -26,6 +26,7 @@ from tasklens.models.shortcuts import (
     check_shortcut,
     final_readout,
     mlp_write_change,
+    post_mlp_norm,
     readout_allowed,
     shortcut_allowed,
 )
@@ -106,12 +107,19 @@ class ExactAblation(PatchingOptions, ScorerParams):
         # further transformer blocks (checked against the model once, see tasklens.models.shortcuts)
         readout = readout_allowed(model)
         analytic_last = unit == "hook_post" and readout and shortcut_allowed(model, "analytic_last_layer")
-        last_names = _last_layer_names(info, last)
+        # an inner layer's change reaches the next block's input only through its write to the
+        # residual stream: the blocks after it are replayed from there (checked once, likewise)
+        analytic_inner = (
+            self.replay and unit == "hook_post" and readout and shortcut_allowed(model, "analytic_write")
+        )
+        inner = [layer for layer in range(last) if analytic_inner and len(per_layer[layer])]
+        recorded = [names[last], *_last_layer_names(info, last)]
+        recorded += [n for layer in inner for n in (names[layer], info.mlp_output_name(layer))]
         bar = tqdm(total=len(batches) * int(tested.sum()), desc="exact ablation", disable=not self.progress)
         for batch, c_batch in zip(batches, c_batches, strict=True):
             tokens = batch.tokens.to(device)
             with capture_block_inputs(model) as block_inputs:
-                logits, cache = model.run_with_cache(tokens, names_filter=[names[last], *last_names])
+                logits, cache = model.run_with_cache(tokens, names_filter=recorded)
             clean_metric = metric(logits, batch)
             c_acts = None
             if c_batch is not None:
@@ -130,9 +138,19 @@ class ExactAblation(PatchingOptions, ScorerParams):
                         analytic_last = self._check_last_layer(
                             model, batch, tokens, cache, name, neurons, fill, metric, block_inputs
                         )
+                    write = analytic_inner and layer in inner and layer + 1 in block_inputs
+                    if write:
+                        write = analytic_inner = self._check_inner_layer(
+                            model, batch, tokens, cache, layer, neurons, fill, metric, block_inputs
+                        )
+                    replaced = None
                     if analytic_last and layer == last:
                         replaced = self._last_layer(model, batch, cache, name, neurons, fill, metric)
-                    else:
+                    elif write:
+                        replaced = self._inner_layer(
+                            model, batch, cache, layer, neurons, fill, metric, block_inputs
+                        )
+                    if replaced is None:
                         replaced = self._run_copies(
                             model, batch, tokens, name, neurons, fill, metric, block_inputs, layer
                         )
@@ -161,27 +179,71 @@ class ExactAblation(PatchingOptions, ScorerParams):
 
         return check_shortcut(model, "analytic_last_layer", difference)
 
+    def _check_inner_layer(
+        self, model, batch, tokens, cache, layer: int, neurons: Tensor, fill, metric, block_inputs
+    ) -> bool:
+        """Once per model: an inner layer's write added to the next block's input against the
+        replay from the layer's own block (two neurons)."""
+
+        def difference() -> float:
+            few = neurons[:2]
+            part = None if fill is None else fill[..., :2]
+            analytic = self._inner_layer(model, batch, cache, layer, few, part, metric, block_inputs)
+            name = ModelInfo.of(model).hook_name(layer)
+            run = self._run_copies(model, batch, tokens, name, few, part, metric, block_inputs, layer)
+            return float((analytic - run).abs().max())
+
+        return check_shortcut(model, "analytic_write", difference)
+
     @staticmethod
-    def _last_layer(model, batch, cache, name: str, neurons: Tensor, fill, metric) -> Tensor:
-        """Exact metric per prompt and last-layer neuron, from the final residual stream: the
-        change of the down projection's output goes through the block's own post-MLP norm."""
-        act = cache[name][:, :, neurons]  # [batch, pos, copies]
+    def _write_change(model, cache, layer: int, neurons: Tensor, fill) -> Tensor:
+        """``[batch, copies, pos, d_model]``: the change of layer ``layer``'s write to the residual
+        stream when copy c has neuron c replaced; the change of the down projection's output goes
+        through the block's own post-MLP norm."""
+        info = ModelInfo.of(model)
+        act = cache[info.hook_name(layer)][:, :, neurons]  # [batch, pos, copies]
         if fill is None:
             new = torch.zeros_like(act)
         elif fill.ndim == 1:
             new = fill.to(act.dtype).expand_as(act)
         else:
             new = fill.to(act.dtype)
+        w_out = mlp_weight(model, layer, "W_out")[neurons.to(act.device)]  # [copies, d_model]
+        step = (new - act).permute(0, 2, 1)[..., None] * w_out[None, :, None, :]
+        if post_mlp_norm(model, layer) is None:
+            return step  # the write is the down projection's output itself
+        raw = cache[info.mlp_output_name(layer)][:, None]  # [batch, 1, pos, d_model]
+        return mlp_write_change(model, layer, raw.expand_as(step), raw + step)
+
+    @classmethod
+    def _last_layer(cls, model, batch, cache, name: str, neurons: Tensor, fill, metric) -> Tensor:
+        """Exact metric per prompt and last-layer neuron, from the final residual stream."""
         info = ModelInfo.of(model)
         last = info.n_layers - 1
-        raw_name, resid_name = _last_layer_names(info, last)
-        w_out = mlp_weight(model, last, "W_out")[neurons.to(act.device)]  # [copies, d_model]
-        raw = cache[raw_name][:, None]  # [batch, 1, pos, d_model]
-        new_raw = raw + (new - act).permute(0, 2, 1)[..., None] * w_out[None, :, None, :]
-        change = mlp_write_change(model, last, raw.expand_as(new_raw), new_raw)
-        resid = cache[resid_name][:, None] + change
+        resid = cache[_last_layer_names(info, last)[1]][:, None] + cls._write_change(
+            model, cache, last, neurons, fill
+        )
         logits = final_readout(model, resid.flatten(0, 1))
         return metric(logits, _repeat(batch, len(neurons))).view(batch.size, len(neurons))
+
+    @classmethod
+    def _inner_layer(
+        cls, model, batch, cache, layer: int, neurons: Tensor, fill, metric, block_inputs
+    ) -> Tensor | None:
+        """Exact metric per prompt and neuron of inner layer ``layer``: its write's change added to
+        the clean input of block ``layer + 1``, then the blocks after it replayed (None where the
+        blocks cannot be called alone)."""
+        args, kwargs = block_inputs[layer + 1]
+        clean = args[0] if args else kwargs.get("hidden_states")
+        hidden = (clean[:, None] + cls._write_change(model, cache, layer, neurons, fill)).flatten(0, 1)
+        start = int(batch.prompt_lengths.min()) - 1
+        logits = replay_blocks(model, block_inputs, layer + 1, len(neurons), start, hidden)
+        if logits is None:
+            return None
+        trimmed = Batch(
+            batch.tokens[:, start:], batch.prompt_lengths - start, batch.lengths - start, batch.indices
+        )
+        return metric(logits, _repeat(trimmed, len(neurons))).view(batch.size, len(neurons))
 
     def _run_copies(
         self, model, batch, tokens, name: str, neurons: Tensor, fill, metric, block_inputs, layer: int
@@ -362,21 +424,24 @@ def _expand(value: Any, batch: int, n: int) -> Any:
     return value
 
 
-def replay_blocks(model, block_inputs, layer: int, n_copies: int, start: int) -> Tensor | None:
+def replay_blocks(
+    model, block_inputs, layer: int, n_copies: int, start: int, hidden: Tensor | None = None
+) -> Tensor | None:
     """Logits from running blocks ``layer..L-1`` on ``n_copies`` copies of each prompt.
 
     The inputs recorded for block ``layer`` (its hidden states, attention mask and
-    position embeddings) are repeated per copy; the final norm and unembedding
-    run on positions ``start:`` only. Returns None when the blocks do not accept
-    being called this way (the caller then runs full forward passes).
+    position embeddings) are repeated per copy (``hidden``: the copies' own hidden states,
+    row ``b * n_copies + c``); the final norm and unembedding run on positions ``start:`` only.
+    Returns None when the blocks do not accept being called this way (the caller then runs
+    full forward passes).
     """
     args, kwargs = block_inputs[layer]
-    hidden = args[0] if args else kwargs.get("hidden_states")
-    if not isinstance(hidden, Tensor):
+    recorded = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(recorded, Tensor):
         return None
-    batch = hidden.shape[0]
+    batch = recorded.shape[0]
     try:
-        hidden = hidden.repeat_interleave(n_copies, dim=0)
+        hidden = recorded.repeat_interleave(n_copies, dim=0) if hidden is None else hidden
         for i in range(layer, len(model.blocks)):
             args_i, kwargs_i = block_inputs[i]
             kwargs_i = {k: _expand(v, batch, n_copies) for k, v in kwargs_i.items()}

@@ -83,7 +83,9 @@ def baseline_inputs(
         clean, corrupt = TokenizedTask.for_model(task, model), None
     mean = None
     if baseline == "mean":
-        sums = ActivationStats("mean", "all").accumulate(model, task, unit=unit, batch_size=batch_size)
+        sums = ActivationStats("mean", "all").accumulate(
+            model, task, unit=unit, batch_size=batch_size, sums=("sum",)
+        )
         mean = sums.statistic("mean").float()
     return clean, corrupt, mean
 

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -104,11 +105,18 @@ class TokenizedTask:
         return len(self.prompt_ids)
 
     def batches(
-        self, batch_size: int, with_answers: bool = True, by_length: bool = False, sort: bool = False
+        self,
+        batch_size: int,
+        with_answers: bool = True,
+        by_length: bool = False,
+        sort: bool = False,
+        packed: bool = False,
     ) -> Iterator[Batch]:
         """Right-padded batches in task order; with ``sort``, of sequences sorted by length
         (little padding; `Batch.indices` says which prompts each holds); with ``by_length``,
-        batches of equal-length sequences (no padding), shortest first."""
+        batches of equal-length sequences (no padding), shortest first; with ``packed``, sorted
+        sequences cut into the batches of at most ``batch_size`` that hold the fewest tokens,
+        padding included, counting each batch as `PACKING_OVERHEAD` tokens more."""
         if batch_size < 1:
             raise TasklensError(f"batch_size must be at least 1, got {batch_size}")
         lengths = [
@@ -116,6 +124,12 @@ class TokenizedTask:
             for p, a in zip(self.prompt_ids, self.answer_ids, strict=True)
         ]
         groups = [sorted(range(len(self)), key=lengths.__getitem__) if sort else list(range(len(self)))]
+        if packed:
+            order = sorted(range(len(self)), key=lengths.__getitem__)
+            cuts = _packing([lengths[i] for i in order], batch_size)
+            for start, stop in pairwise(cuts):
+                yield self._batch(order[start:stop], with_answers)
+            return
         if by_length:
             same: dict[int, list[int]] = {}
             for i, n in enumerate(lengths):
@@ -140,6 +154,27 @@ class TokenizedTask:
             self.pad_id,
             idx,
         )
+
+
+#: what a forward pass costs beyond its tokens, in tokens (`TokenizedTask.batches` with ``packed``)
+PACKING_OVERHEAD = 64
+
+
+def _packing(lengths: list[int], batch_size: int) -> list[int]:
+    """The cuts ``0 = c_0 < ... < c_n = len(lengths)`` of ascending ``lengths`` into batches of at
+    most ``batch_size`` with the fewest padded tokens plus `PACKING_OVERHEAD` per batch."""
+    n = len(lengths)
+    best, cut = [0] + [None] * n, [0] * (n + 1)
+    for stop in range(1, n + 1):
+        for start in range(max(0, stop - batch_size), stop):
+            cost = best[start] + (stop - start) * lengths[stop - 1] + PACKING_OVERHEAD
+            if best[stop] is None or cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    cuts, at = [n], n
+    while at:
+        at = cut[at]
+        cuts.append(at)
+    return cuts[::-1] if n else [0]
 
 
 #: (task, tokenizer, TokenizedTask) by their ids; the objects are kept so an id is not reused

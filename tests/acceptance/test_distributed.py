@@ -57,6 +57,32 @@ def test_two_ranks_equal_one_process(tmp_path):
     assert single["exact_ablation"].count_nonzero() == 4  # only the four chosen neurons were ablated
 
 
+def test_two_ranks_share_the_random_sets_and_equal_one_process(tmp_path):
+    """The random sets (not the prompts) shared between two ranks, sequential stopping, the
+    at_stake gate and two random sets per forward: every field of every rank's result is the
+    one process's, to the bit; the journal holds every random set either rank evaluated."""
+    import json
+
+    sys.path.insert(0, str(WORKER.parent))
+    from distributed_worker import matrix
+
+    done = launch(tmp_path, "matrix")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"matrix{r}.json").read_text()) for r in (0, 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = json.loads(json.dumps(matrix(load_model("organism"))))
+    finally:
+        torch.set_num_threads(threads)
+    assert ranks[0] == single and ranks[1] == single
+    runs = single["logprob"]["control_values"]
+    drawn = {(s, r) for s, r in zip(runs["set"], runs["run"], strict=True)}
+    assert len({r for s, r in drawn if s == "addition"}) == 15  # at stake: every random set
+    assert len({r for s, r in drawn if s == "continent_of"}) < 5  # stopped after 2 exceedances
+    assert len(list((tmp_path / "journal").glob("*/run_*.safetensors"))) >= len(drawn)
+
+
 def test_a_dead_rank_stops_the_run_in_bounded_time(tmp_path):
     start = time.perf_counter()
     done = launch(tmp_path, "die", timeout=180)

@@ -188,3 +188,32 @@ def test_cgvst_analysis_reduced(tmp_path):
     assert list(pd.read_csv(tmp_path / "stability.csv").task) == ["continent_of", "sentiment"]
     effects = pd.read_csv(tmp_path / "held_out_effect.csv")
     assert set(effects["sample"]) == {"found_on", "held_out"} and effects.random_change.notna().all()
+
+
+def test_bfloat16_random_sets_keep_the_verdicts_of_a_ladder_stage_subset(smollm2):
+    """The 1 % gradient sets of two relations on known facts, random sets on the own task with the
+    ladder's sequential stop (`analyses/ladder.py`): both tests give every set the same verdict
+    with the random sets in bfloat16 as in float32, on both metrics."""
+    from tasklens.analysis.matrix import evaluation_matrices
+    from tasklens.models.precision import TOLERANCE
+
+    names = ("continent_of", "country_language")
+    detection = {n: load_for_model(smollm2, n, "detection", asked=60, n=16, seed=2) for n in names}
+    tasks = [load_for_model(smollm2, n, "evaluation", asked=60, n=24, seed=2) for n in names]
+    sets = [
+        top_percent(GradientAttribution().attribute(smollm2, t), 1.0).renamed(n) for n, t in detection.items()
+    ]
+    kwargs = dict(controls_on="own", stop_after=5, batch_size=32)
+    full = evaluation_matrices(smollm2, sets, tasks, ("exact_match", "logprob"), 39, **kwargs)
+    reduced = evaluation_matrices(
+        smollm2, sets, tasks, ("exact_match", "logprob"), 39, precision="bfloat16", **kwargs
+    )
+    for metric in full:
+        for test in ("against_random", "specificity"):
+            ours, theirs = getattr(reduced[metric], test)(), getattr(full[metric], test)()
+            assert ours["verdict"].to_dict() == theirs["verdict"].to_dict(), (metric, test)
+    runs = ["set", "run", "task", "prompt"]
+    both = full["logprob"].control_prompt_values.merge(
+        reduced["logprob"].control_prompt_values, on=runs, suffixes=("", "_bf16")
+    )
+    assert len(both) and (both["value"] - both["value_bf16"]).abs().max() <= TOLERANCE["logprob"]

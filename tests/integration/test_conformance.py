@@ -79,6 +79,7 @@ def test_exact_ablation_at_every_layer(pair):
         warnings.simplefilter("error", TasklensWarning)
         scores = ExactAblation(only=tested).attribute(model, task, batch_size=2)
     assert model.__dict__["_tasklens_shortcuts"]["analytic_last_layer"] is True
+    assert model.__dict__["_tasklens_shortcuts"]["analytic_write"] is True
     worst, clean = 0.0, _plain_clean(plain, ids)
     for layer, neuron in tested.pairs():
         reference = _plain_drops(plain, ids, layer, neuron, clean)

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
+import tasklens.analysis.engine
 import tasklens.analysis.matrix
 from tasklens.analysis.matrix import evaluation_matrices, evaluation_matrix
 from tasklens.data.neurons import NeuronSet
@@ -25,6 +26,7 @@ def evaluations(monkeypatch):
         return evaluate(model, task, *args)
 
     monkeypatch.setattr(tasklens.analysis.matrix, "evaluate_metrics", counted)
+    monkeypatch.setattr(tasklens.analysis.engine, "evaluate_metrics", counted)  # the random sets
     return calls
 
 

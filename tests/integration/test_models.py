@@ -277,3 +277,41 @@ def test_a_model_whose_mlp_tasklens_cannot_find_is_named(organism):
     for not_a_model in (None, "organism", torch.zeros(3)):
         with pytest.raises(TasklensError, match=r"Expected a model loaded with tasklens\.load_model"):
             ModelInfo.of(not_a_model)
+
+
+def test_lean_norms_give_the_bridges_own_outputs_and_keep_every_hook(organism):
+    """Each norm bridge runs the wrapped norm alone while no hook watches it: the same logits to the
+    bit as the bridge's own forward (which computes the norm twice), gradients included; a hook on
+    hook_scale or hook_normalized (run_with_cache, an edit) takes the bridge's own path again."""
+    from transformer_lens.model_bridge.generalized_components.normalization import NormalizationBridge
+
+    from tasklens.models.lean import lean_norms
+
+    norms = [m for m in organism.modules() if isinstance(m, NormalizationBridge)]
+    assert norms and all("forward" in m.__dict__ for m in norms) and lean_norms(organism) == 0
+    tokens = torch.tensor([[1, 5, 7, 9, 11, 13]])
+    weight = organism.blocks[1].ln2.original_component.weight
+
+    def gradient() -> torch.Tensor:
+        (grad,) = torch.autograd.grad(organism(tokens)[0, -1].logsumexp(-1), weight)
+        return grad
+
+    lean = {id(m): m.__dict__.pop("forward") for m in norms}
+    try:
+        own, own_grad = organism(tokens), gradient()
+        _, own_cache = organism.run_with_cache(tokens, names_filter=lambda n: "hook_scale" in n)
+    finally:
+        for m in norms:
+            m.__dict__["forward"] = lean[id(m)]
+    assert torch.equal(organism(tokens), own) and torch.equal(gradient(), own_grad)
+    _, cache = organism.run_with_cache(tokens, names_filter=lambda n: "hook_scale" in n)
+    assert set(cache.keys()) == set(own_cache.keys()) and len(cache) == len(norms)
+    for name in cache:
+        assert torch.equal(cache[name], own_cache[name])
+
+    def double(act, hook):
+        return act * 2
+
+    with organism.hooks(fwd_hooks=[("blocks.1.ln2.hook_normalized", double)]):
+        edited = organism(tokens)
+    assert not torch.allclose(edited, own)  # the edit went through the bridge's own path

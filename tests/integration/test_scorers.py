@@ -172,6 +172,12 @@ def test_activation_stats_stream_matches_one_cache(organism, capitals):
         count += len(ids) + len(ans)
     torch.testing.assert_close(streamed.statistic("mean")[2].float(), total / count, rtol=1e-4, atol=1e-6)
     assert streamed.n_tokens == count
+    # a scorer accumulates only the sums its statistic reads: the same values, the others NaN
+    only = ActivationStats("mean", "all").accumulate(organism, task, batch_size=2, sums=("sum",))
+    assert torch.equal(only.sum, streamed.sum) and only.sum_sq.isnan().all() and only.fires.isnan().all()
+    for statistic in ("mean", "mean_abs", "std", "firing_rate"):
+        scores = ActivationStats(statistic, "all").attribute(organism, task, batch_size=2).values
+        assert torch.equal(scores, streamed.statistic(statistic).float()), statistic
 
 
 def test_average_precision_matches_a_direct_computation():

@@ -52,6 +52,7 @@ def test_toml_values_of_the_wrong_type_are_refused(tmp_path, line, problem):
             {"controls": 10, "at_stake": 5},
             r"at_stake must be 0 \(as many as the verdicts need\) or at least controls \(10\), got 5",
         ),
+        ({"random_precision": "float16"}, "Unknown random_precision 'float16'"),
         ({"max_prompts": 0}, "max_prompts must be at least 1"),
         ({"max_prompts": -1}, "max_prompts must be at least 1"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
