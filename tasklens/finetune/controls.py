@@ -329,18 +329,22 @@ class ControlledContinual:
         lr: float,
         name: str,
         progress: Callable[[str], None] | None = None,
+        every_task: bool = True,
     ) -> pd.DataFrame:
         """Each task of ``trained`` fine-tuned alone from the base model (its neurons, or every
-        parameter for ``"full"``) once per seed, every task of ``test`` evaluated after it: rows like
-        `cell_rows` with method `ALONE`, ``neurons`` ``name``, order ``""`` and stage 1."""
+        parameter for ``"full"``) once per seed, every task of ``test`` evaluated after it (only the
+        trained one without ``every_task``): rows like `cell_rows` with method `ALONE`, ``neurons``
+        ``name``, order ``""`` and stage 1."""
         say = progress or (lambda text: None)
         rows = []
         for seed in self.seeds:
             for task, chosen in trained.items():
                 start = time.perf_counter()
                 with FinetuneRun(model, train[task], chosen, self.config(lr, seed)).train():
+                    evaluated = test if every_task else {task: test[task]}
                     values = {
-                        t: prompt_values(model, p, self.metric, self.eval_batch_size) for t, p in test.items()
+                        t: prompt_values(model, p, self.metric, self.eval_batch_size)
+                        for t, p in evaluated.items()
                     }
                 self.seconds[f"alone, {name}"] = (
                     self.seconds.get(f"alone, {name}", 0.0) + time.perf_counter() - start

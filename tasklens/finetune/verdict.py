@@ -42,6 +42,9 @@ POWER = 0.8
 WHAT = "supported"
 #: the paper's gap between NCFT and SeqFT (Llama-2-7B, standard benchmark: 71.3 vs 47.1 CL)
 PAPER_GAP = 71.3 - 47.1
+#: the fewest tasks the interval of a transfer correlation resamples (with fewer, most resamples
+#: repeat a task and leave too few distinct pairs to rank)
+MIN_BOOTSTRAP_TASKS = 5
 #: resamples of the relabelling test when T! is larger, and of the bootstrap over tasks
 N_RESAMPLES = 9999
 
@@ -167,7 +170,12 @@ def pair_matrices(
 
 
 def transfer_correlation(
-    pairs: pd.DataFrame, measure: str, transfer: str = "transfer", alpha: float = ALPHA, seed: int = 0
+    pairs: pd.DataFrame,
+    measure: str,
+    transfer: str = "transfer",
+    alpha: float = ALPHA,
+    seed: int = 0,
+    n_boot: int = 2000,
 ) -> dict:
     """Does ``measure`` (the overlap or parameter similarity of two tasks' neurons) predict the
     ``transfer`` from one task to the other? Spearman's rho over the ordered pairs, a one-sided
@@ -176,9 +184,11 @@ def transfer_correlation(
     Every ordered pair of the tasks must have both values.
 
     Returns:
-        ``value`` (rho), ``low`` / ``high`` (percentile bootstrap resampling the tasks), ``p_value``,
+        ``value`` (rho), ``low`` / ``high`` (percentile bootstrap resampling the tasks; NaN with
+        fewer than `MIN_BOOTSTRAP_TASKS` tasks), ``p_value``,
         ``n_null`` (relabellings), ``p_floor``, ``n_tasks``, ``n_pairs`` and ``detectable``: the rho
         the test detects with 80 % power (normal approximation to the relabelling null).
+        ``n_boot=0`` skips the interval (NaN).
 
     >>> tasks = list("abcdef")
     >>> rows = [(a, b, i + j, i + j) for i, a in enumerate(tasks) for j, b in enumerate(tasks) if a != b]
@@ -217,7 +227,7 @@ def transfer_correlation(
     rho = float(statistic(np.arange(t)))
     rng = np.random.default_rng(seed)
     drawn = []
-    for _ in range(2000):
+    for _ in range(n_boot if t >= MIN_BOOTSTRAP_TASKS else 0):
         pick = rng.integers(0, t, t)
         keep = pick[:, None] != pick[None, :]
         bx, by = x[pick[:, None], pick[None, :]][keep], y[pick[:, None], pick[None, :]][keep]
@@ -388,7 +398,10 @@ def claims_of(
             )  # fmt: skip
     if pairs is not None and len(pairs):
         for measure in measures:
-            test = transfer_correlation(pairs, measure, alpha=alpha)
+            try:
+                test = transfer_correlation(pairs, measure, alpha=alpha)
+            except TasklensError as error:  # e.g. a similarity undefined for some pair
+                test = {"p_value": math.nan, "reason": str(error).split(";")[0]}
             rows.append(
                 {"claim": f"{measure} of two tasks' neurons predicts transfer", "outcome": "transfer",
                  "test": "task relabelling", "compared": "relabelled tasks", **test}
