@@ -124,6 +124,8 @@ def against_seqft(neurons: np.ndarray, seqft: np.ndarray, better: int = 1, alpha
     diff = better * (neurons - seqft)
     if np.ptp(diff) == 0 and diff.size and diff[0] == 0:
         p, flips = 1.0, 2**diff.size
+    elif diff.size == 1:  # two flips: the observed sign and its opposite
+        p, flips = (0.5 if diff[0] > 0 else 1.0), 2
     else:
         test = stats.permutation_test(
             (better * neurons, better * seqft),
