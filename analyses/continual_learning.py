@@ -17,8 +17,8 @@ neurons found by |a * dL/da| (top ``--percent``) on its training prompts:
   (``--correction``, over the tests of findings.md), each saying "underpowered" and the flag that
   would give it power where it lacks it.
 
-``--summary`` adjusts the tests of several results folders together (default: the organism's
-and SmolLM2's in analyses/results) and writes the tables of docs/finetuning.md and the README.
+``--summary`` adjusts the tests of several results folders together (default: SmolLM2's
+and the organism's in analyses/results) and writes the tables of docs/finetuning.md and the README.
 
     python analyses/continual_learning.py [--model organism] [--out runs/continual_learning]
     python analyses/continual_learning.py --summary
@@ -51,7 +51,7 @@ TASKS = ["continent_code", "currency_code", "subtraction", "smaller_number"]
 #: the similarity measures whose prediction of transfer is tested
 MEASURES = ("jaccard", "mean_similarity", "exclusive_similarity")
 #: what --summary adjusts together by default (docs/finetuning.md's results)
-RESULTS = [ROOT / "organism" / "continual_learning", ROOT / "smollm2" / "continual_learning"]
+RESULTS = [ROOT / "smollm2" / "continual_learning", ROOT / "organism" / "continual_learning"]
 SUMMARY = ROOT / "summary" / "continual_learning"
 PAGE = "docs/finetuning.md"
 MODEL_NAMES = {"organism": "organism", "smollm2-135m": "SmolLM2-135M"}
@@ -295,6 +295,19 @@ def _seconds(folder: Path) -> float:
     return float(pd.read_csv(timings).seconds.sum()) if timings.is_file() else math.nan
 
 
+def _command(config: dict) -> str:
+    command = config["command"]
+    return (
+        f"`python {command}` (in analyses/)"
+        if command.startswith("continual_learning.py")
+        else f"`{command}`"
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return "wall time not recorded" if not math.isfinite(seconds) else f"{seconds / 60:.0f} min wall time"
+
+
 def docs_tables(tests: pd.DataFrame, conditions: pd.DataFrame, ceilings: dict, configs: dict) -> str:
     """docs/finetuning.md's tables: per model, each condition's outcomes, then every claim."""
     lines = []
@@ -303,8 +316,8 @@ def docs_tables(tests: pd.DataFrame, conditions: pd.DataFrame, ceilings: dict, c
         lines += [
             f"#### {label}: conditions",
             "",
-            f"`{config['command']}` ({config['date']}); points, mean [95 % interval over seeds, draws "
-            "and test prompts].",
+            f"{_command(config)}, {config['date']}, {_minutes(config['seconds'])}; points, mean [95 % "
+            "interval over seeds, draws and test prompts].",
             "",
             "| condition | " + " | ".join(OUTCOME_NAMES[o] for o in OUTCOMES) + " |",
             "|---|" + "---|" * len(OUTCOMES),
