@@ -111,7 +111,7 @@ def parse_arguments():
         "--transfer-tasks", nargs="*", help="tasks fine-tuned alone for transfer (default: --tasks)"
     )
     parser.add_argument("--percent", type=float, default=5.0, help="task neurons, %% of all")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
         "--lrs", nargs="*", type=float, default=[3e-3, 1e-2, 3e-2], help="the learning-rate grid"

@@ -119,7 +119,7 @@ def test_fewer_than_twenty_draws_never_pass_and_say_so():
 
 def test_against_seqft_keeps_its_level_and_finds_the_papers_gap():
     rng = np.random.default_rng(3)
-    n, seeds = 2000, 6
+    n, seeds = 1000, 6
     seed_effect = rng.normal(0, 5, size=(n, seeds))  # shared by both methods of a seed
     seqft = 45 + seed_effect + rng.normal(0, 6, size=(n, seeds))
     null = 45 + seed_effect + rng.normal(0, 6, size=(n, seeds))
@@ -201,7 +201,7 @@ def test_a_page_of_nulls_keeps_its_error_rate_and_a_planted_page_passes():
     """Pages of eight claims against 199 random draws, under Benjamini-Hochberg: null pages call
     something "supported" at most at the nominal rate; planted claims are found."""
     rng = np.random.default_rng(7)
-    n_pages, claims, draws = 300, 8, 199
+    n_pages, claims, draws = 200, 8, 199
 
     def page(shift: float) -> pd.DataFrame:
         sims = simulate_outcomes(rng, claims, 1 + draws, 2, shift)
