@@ -9,15 +9,28 @@
   task neurons vs random neurons vs zero-shot, and real transfer between tasks.
 - `continual_learning`: SeqFT, NCFT and W-NCFT over a task sequence, with the
   accuracy matrix a[i, j], CL and FG.
+- `ControlledContinual`: NCFT and W-NCFT on the task neurons against random neurons of the same
+  per-layer counts, SeqFT and each task alone, over seeds, each at the learning rate one search
+  picked; `Outcomes`: average accuracy, forgetting and forward transfer with intervals over seeds
+  and prompts; `tasklens.finetune.verdict`: the tests and a page's verdicts.
 - `load_finetune_task`: tasks the organism never saw (a low start), and built-in ones.
 """
 
 from tasklens.finetune.config import FinetuneConfig
-from tasklens.finetune.continual import METHODS, ContinualResult, continual_learning, summary_table
+from tasklens.finetune.continual import (
+    METHODS,
+    ContinualResult,
+    SequenceValues,
+    continual_learning,
+    run_sequence,
+    summary_table,
+)
+from tasklens.finetune.controls import ControlledContinual, LearningRates, held_out, random_sets
 from tasklens.finetune.deltas import NeuronDeltas
-from tasklens.finetune.evaluation import accuracies, mixed_accuracy
+from tasklens.finetune.evaluation import accuracies, mixed_accuracy, mixed_values, prompt_values
 from tasklens.finetune.full import FullParameters, preserved
 from tasklens.finetune.locate import task_neurons
+from tasklens.finetune.outcomes import OUTCOMES, Outcomes, sequence_outcomes
 from tasklens.finetune.routing import TaskRouter
 from tasklens.finetune.tasks import load_finetune_task, new_task_names
 from tasklens.finetune.trainer import FULL, FinetuneRun, finetune
@@ -33,22 +46,33 @@ from tasklens.finetune.transfer import (
 __all__ = [
     "FULL",
     "METHODS",
+    "OUTCOMES",
     "SCOPES",
     "ContinualResult",
+    "ControlledContinual",
     "FinetuneConfig",
     "FinetuneRun",
     "FullParameters",
+    "LearningRates",
     "NeuronDeltas",
+    "Outcomes",
+    "SequenceValues",
     "SingleTaskRuns",
     "TaskRouter",
     "accuracies",
     "continual_learning",
     "fine_tuning_table",
     "finetune",
+    "held_out",
     "load_finetune_task",
     "mixed_accuracy",
+    "mixed_values",
     "new_task_names",
     "preserved",
+    "prompt_values",
+    "random_sets",
+    "run_sequence",
+    "sequence_outcomes",
     "single_task_runs",
     "summary_table",
     "task_neurons",

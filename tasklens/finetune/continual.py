@@ -25,13 +25,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 
 from tasklens.data.neurons import NeuronSet
 from tasklens.errors import TasklensError, check_choice
 from tasklens.finetune.config import FinetuneConfig
-from tasklens.finetune.evaluation import DEFAULT_METRIC, accuracies, mixed_accuracy
+from tasklens.finetune.evaluation import DEFAULT_METRIC, accuracies, mixed_values, prompt_values
 from tasklens.finetune.full import preserved
 from tasklens.finetune.routing import TaskRouter, batch_features, task_features
 from tasklens.finetune.trainer import FULL, FinetuneRun
@@ -198,126 +199,162 @@ def continual_learning(
         zero_shot = accuracies(model, evaluated, metric, batch_size)
     say = progress or (lambda text: None)
     results = []
+    runs = []
     if "SeqFT" in methods:
-        start = time.perf_counter()
-        columns = []
-        with preserved(model):
-            for task in order:
-                FinetuneRun(model, train[task], FULL, configs.get("full"), restorable=False).train()
-                columns.append(accuracies(model, evaluated, metric, batch_size))
-                say(f"SeqFT after {task}: " + ", ".join(f"{k} {v:.2f}" for k, v in columns[-1].items()))
-        results.append(
-            ContinualResult(
-                "SeqFT",
-                list(order),
-                _matrix(order, columns),
-                _alone(alone, "full"),
-                dict(zero_shot),
-                time.perf_counter() - start,
-            )
-        )
-    if "NCFT" in methods or "W-NCFT" in methods:
-        results.extend(
-            _neuron_sequence(
-                model,
-                order,
-                train,
-                evaluated,
-                neurons,
-                alone,
-                configs.get("neurons"),
-                methods,
-                router,
-                metric,
-                batch_size,
-                dict(zero_shot),
-                say,
-            )
-        )
-    return results
-
-
-def _neuron_sequence(
-    model,
-    order,
-    train,
-    evaluated,
-    neurons,
-    alone,
-    config,
-    methods,
-    router,
-    metric,
-    batch_size,
-    zero_shot,
-    say,
-) -> list[ContinualResult]:
-    runs: list[FinetuneRun] = []
-    ncft, wncft = [], []
-    seconds = {"NCFT": 0.0, "W-NCFT": 0.0}
-    features = {}
-    if "W-NCFT" in methods:  # the base model's features of the test prompts, computed once
-        start = time.perf_counter()
-        features = {name: task_features(model, task, batch_size) for name, task in evaluated.items()}
-        seconds["W-NCFT"] += time.perf_counter() - start
-    try:
-        for j, task in enumerate(order):
-            start = time.perf_counter()
-            runs.append(FinetuneRun(model, train[task], neurons[task], config).train().merge())
-            trained = time.perf_counter() - start
-            seconds["NCFT"] += trained
-            seconds["W-NCFT"] += trained
-            if "NCFT" in methods:
-                start = time.perf_counter()
-                ncft.append(accuracies(model, evaluated, metric, batch_size))
-                seconds["NCFT"] += time.perf_counter() - start
-                say(f"NCFT after {task}: " + ", ".join(f"{k} {v:.2f}" for k, v in ncft[-1].items()))
-            if "W-NCFT" in methods:
-                start = time.perf_counter()
-                wncft.append(
-                    _routed_column(
-                        model, runs, order[: j + 1], evaluated, features, router, metric, batch_size
-                    )
-                )
-                seconds["W-NCFT"] += time.perf_counter() - start
-                say(f"W-NCFT after {task}: " + ", ".join(f"{k} {v:.2f}" for k, v in wncft[-1].items()))
-    finally:
-        for run in reversed(runs):
-            run.restore()
-    out = []
-    for method, columns in (("NCFT", ncft), ("W-NCFT", wncft)):
-        if method in methods:
-            out.append(
+        runs.append((FULL, ("SeqFT",), "full"))
+    neuron_methods = tuple(m for m in ("NCFT", "W-NCFT") if m in methods)
+    if neuron_methods:
+        runs.append((neurons, neuron_methods, "neurons"))
+    for trained, chosen, scope in runs:
+        sequence = run_sequence(
+            model, order, train, evaluated, trained, configs.get(scope), chosen, router, metric, batch_size,
+            progress=say,
+        )  # fmt: skip
+        for method in chosen:
+            columns = [
+                {task: float(sequence.values[method][(j, task)].mean()) for task in order}
+                for j in range(1, len(order) + 1)
+            ]
+            results.append(
                 ContinualResult(
                     method,
                     list(order),
                     _matrix(order, columns),
-                    _alone(alone, "neurons"),
-                    zero_shot,
-                    seconds[method],
+                    _alone(alone, scope),
+                    dict(zero_shot),
+                    sequence.seconds[method],
                 )
             )
-    return out
+    return results
 
 
-def _routed_column(model, runs, seen, evaluated, features, router, metric, batch_size) -> dict[str, float]:
-    """Accuracy on every task with W-NCFT's per-input mixture of the stages learned so far
-    (``features``: per task, the base model's feature of each test prompt)."""
-    for run in reversed(runs):
-        run.restore()
-    try:
-        deltas = [run.trainable for run in runs]
-        out = {}
+@dataclass
+class SequenceValues:
+    """Per-prompt results of one task sequence.
+
+    Attributes:
+        order: the task sequence.
+        values: per method, ``(stage, task) -> [prompt]`` values of the metric on that task's
+            held-out prompts after stage ``stage`` (1-based; the stage trained ``order[stage - 1]``);
+            only the cells asked for.
+        seconds: per method, training and evaluation wall time (the training of NCFT and
+            W-NCFT, which share it, counts for both).
+    """
+
+    order: list[str]
+    values: dict[str, dict[tuple[int, str], np.ndarray]]
+    seconds: dict[str, float]
+
+
+def all_cells(stage: int, task: str) -> bool:
+    return True
+
+
+def run_sequence(
+    model,
+    order: Sequence[str],
+    train: Mapping[str, Task],
+    evaluated: Mapping[str, Task],
+    trained: Mapping[str, NeuronSet] | str,
+    config: FinetuneConfig | None,
+    methods: Sequence[str],
+    router: TaskRouter | None = None,
+    metric: str = DEFAULT_METRIC,
+    batch_size: int = 64,
+    cells: Callable[[int, str], bool] = all_cells,
+    features: Mapping[str, torch.Tensor] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> SequenceValues:
+    """Train the tasks of ``order`` one after the other and evaluate after each stage; the model
+    is restored afterwards.
+
+    Args:
+        trained: ``"full"`` (every parameter: SeqFT) or, per task, the neurons trained at its
+            stage (NCFT, and W-NCFT's per-task deltas).
+        config: hyperparameters of every stage.
+        methods: ``("SeqFT",)`` for ``"full"``; any of ``"NCFT"``, ``"W-NCFT"`` for neuron sets
+            (one training serves both).
+        evaluated: per task, the prompts evaluated.
+        cells: ``cells(stage, task)``: whether to evaluate ``task`` after ``stage`` (default all).
+        features: W-NCFT's base-model features of the evaluated prompts (computed when None).
+    """
+    say = progress or (lambda text: None)
+    full = isinstance(trained, str)
+    allowed = ("SeqFT",) if full else ("NCFT", "W-NCFT")
+    if not methods or any(m not in allowed for m in methods):
+        raise TasklensError(
+            f"A sequence training {'every parameter' if full else 'neuron sets'} runs {list(allowed)}, "
+            f"not {list(methods)}"
+        )
+    if "W-NCFT" in methods and router is None:
+        raise TasklensError("W-NCFT needs a TaskRouter fitted on the base model (TaskRouter.fit)")
+    values: dict[str, dict[tuple[int, str], np.ndarray]] = {m: {} for m in methods}
+    seconds = dict.fromkeys(methods, 0.0)
+
+    def evaluate_stage(stage: int, method: str, evaluate: Callable[[str, Task], np.ndarray]) -> None:
+        start = time.perf_counter()
         for name, task in evaluated.items():
+            if cells(stage, name):
+                values[method][(stage, name)] = evaluate(name, task)
+        seconds[method] += time.perf_counter() - start
+        shown = {k[1]: v.mean() for k, v in values[method].items() if k[0] == stage}
+        say(f"{method} after {order[stage - 1]}: " + ", ".join(f"{k} {v:.2f}" for k, v in shown.items()))
 
-            def coefficients(batch, name=name):
-                return _cumulative(router.weights(features[name][batch.indices], seen))
+    def plain(name: str, task: Task) -> np.ndarray:
+        return prompt_values(model, task, metric, batch_size)
 
-            out[name] = mixed_accuracy(model, task, deltas, coefficients, metric, batch_size)
-        return out
+    if full:
+        with preserved(model):
+            for stage, task in enumerate(order, start=1):
+                start = time.perf_counter()
+                FinetuneRun(model, train[task], FULL, config, restorable=False).train()
+                seconds["SeqFT"] += time.perf_counter() - start
+                evaluate_stage(stage, "SeqFT", plain)
+        return SequenceValues(list(order), values, seconds)
+
+    runs: list[FinetuneRun] = []
+    if "W-NCFT" in methods and features is None:
+        start = time.perf_counter()
+        features = {name: task_features(model, task, batch_size) for name, task in evaluated.items()}
+        seconds["W-NCFT"] += time.perf_counter() - start
+    try:
+        for stage, task in enumerate(order, start=1):
+            start = time.perf_counter()
+            runs.append(FinetuneRun(model, train[task], trained[task], config).train().merge())
+            for method in methods:
+                seconds[method] += time.perf_counter() - start
+            if "NCFT" in methods:
+                evaluate_stage(stage, "NCFT", plain)
+            if "W-NCFT" in methods:
+                deltas = [run.trainable for run in runs]
+                routed = _router_evaluation(
+                    model, deltas, list(order[:stage]), features, router, metric, batch_size
+                )
+                for run in reversed(runs):  # the routed mixture starts from the base model
+                    run.restore()
+                try:
+                    evaluate_stage(stage, "W-NCFT", routed)
+                finally:
+                    for run in runs:
+                        run.merge()
     finally:
-        for run in runs:
-            run.merge()
+        for run in reversed(runs):
+            run.restore()
+    return SequenceValues(list(order), values, seconds)
+
+
+def _router_evaluation(model, deltas, seen, features, router, metric, batch_size):
+    """``(name, task) -> [prompt]`` values with W-NCFT's per-input mixture of the stages ``seen``
+    (``features``: per task, the base model's feature of each evaluated prompt); the deltas
+    must not be merged while it runs."""
+
+    def routed(name: str, task: Task) -> np.ndarray:
+        def coefficients(batch):
+            return _cumulative(router.weights(features[name][batch.indices], seen))
+
+        return mixed_values(model, task, deltas, coefficients, metric, batch_size)
+
+    return routed
 
 
 def routing_accuracy(

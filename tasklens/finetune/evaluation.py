@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from tasklens.errors import TasklensError
-from tasklens.evaluation.evaluate import evaluate
+from tasklens.evaluation.evaluate import evaluate, evaluate_prompts
 from tasklens.evaluation.metrics import METRICS, is_generative
 from tasklens.finetune.deltas import NeuronDeltas
 from tasklens.finetune.objective import answer_correct
@@ -46,6 +47,17 @@ def task_accuracy(model, task: Task, metric: str = DEFAULT_METRIC, batch_size: i
     return total / len(task)
 
 
+def prompt_values(model, task: Task, metric: str = DEFAULT_METRIC, batch_size: int = 64) -> np.ndarray:
+    """``metric`` on each of the task's prompts, as the model is now (``[prompt]``, float64)."""
+    if metric != "next_token":
+        return evaluate_prompts(model, task, metric, batch_size).numpy()
+    parts = []
+    with torch.no_grad():
+        for batch in TokenizedTask.for_model(task, model).batches(batch_size):
+            parts.append(answer_correct(model, batch).double().cpu())
+    return torch.cat(parts).numpy()
+
+
 def accuracies(
     model, tasks: Mapping[str, Task], metric: str = DEFAULT_METRIC, batch_size: int = 64
 ) -> dict[str, float]:
@@ -61,7 +73,19 @@ def mixed_accuracy(
     metric: str = DEFAULT_METRIC,
     batch_size: int = 64,
 ) -> float:
-    """Mean ``metric`` with each of ``deltas`` added at a per-example weight.
+    """Mean ``metric`` with each of ``deltas`` added at a per-example weight (`mixed_values`)."""
+    return float(mixed_values(model, task, deltas, coefficients, metric, batch_size).mean())
+
+
+def mixed_values(
+    model,
+    task: Task,
+    deltas: Sequence[NeuronDeltas],
+    coefficients: Callable[[Batch], Float[Tensor, "batch n_deltas"]],
+    metric: str = DEFAULT_METRIC,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """``metric`` on each prompt with each of ``deltas`` added at a per-example weight.
 
     Args:
         deltas: unmerged neuron deltas.
@@ -76,12 +100,12 @@ def mixed_accuracy(
             "Per-input mixing (W-NCFT) is evaluated with a teacher-forced metric; use 'next_token' "
             "(greedy decoding's answer, read off one forward pass)"
         )
-    total = 0.0
+    parts = []
     with torch.no_grad():
         for batch in TokenizedTask.for_model(task, model).batches(batch_size):
             weights = coefficients(batch)
             with ExitStack() as stack:
                 for i, delta in enumerate(deltas):
                     stack.enter_context(delta.applied(weights[:, i]))
-                total += float(_batch_values(model, batch, metric).double().sum())
-    return total / len(task)
+                parts.append(_batch_values(model, batch, metric).double().cpu())
+    return torch.cat(parts).numpy()

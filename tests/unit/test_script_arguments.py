@@ -66,7 +66,17 @@ def cases():
         "give 1 <= --settled <= --controls, got 30 and 19",
     )
     yield "specificity", ["--generic-ratio", "-1"], "--generic-ratio must be a positive number, got -1"
-    yield "continual_learning", ["--lr-full", "-1"], "--lr-full must be a positive number"
+    yield "continual_learning", ["--lrs", "-1"], "--lrs must be positive numbers, got -1"
+    yield "continual_learning", ["--random-draws", "-1"], "--random-draws must be at least 0, got -1"
+    yield "continual_learning", ["--seeds", "0"], "--seeds must be at least 1, got 0"
+    yield "continual_learning", ["--transfer-tasks", "a", "nosuch"], "--transfer-tasks: unknown task 'a'"
+    yield "continual_learning", ["--tasks", "subtraction"], "--tasks needs at least two distinct tasks"
+    yield "continual_learning", ["--alpha", "2"], "alpha must be a number between 0 and 1"
+    yield (
+        "continual_learning",
+        ["--summary", "--results", "nowhere"],
+        "--results: 'nowhere' holds no cells.csv",
+    )
     yield "continual_learning", ["--methods", "nosuch"], "argument --methods: invalid choice: 'nosuch'"
 
 
