@@ -65,6 +65,8 @@ from tasklens.tasks.task import Task
 from tasklens.tasks.text import general_text
 
 ROOT = Path(__file__).resolve().parent / "results" / "ladder"
+#: where a model's stages keep every finished random set (an interrupted stage goes on from there)
+JOURNAL = "journal"
 MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 RELATIONS = ("continent_of", "country_language", "city_country")
 TASKS = (*RELATIONS, "addition")
@@ -157,8 +159,11 @@ def detectable(row) -> str:
 class Ladder:
     """The stages of one model, each written once into ``out/<stage>/``."""
 
-    def __init__(self, name: str, out: Path, scale: Scale, batch_size: int) -> None:
+    def __init__(
+        self, name: str, out: Path, scale: Scale, batch_size: int, random_precision: str = "bfloat16"
+    ) -> None:
         self.name, self.out, self.scale, self.batch_size = name, out, scale, batch_size
+        self.random_precision = random_precision
         self._model = None
         self._data: dict[str, object] = {}
         self._gradient_scores: dict[str, object] = {}
@@ -196,7 +201,8 @@ class Ladder:
             print(f"[{stage}] kept from an earlier run ({folder})", flush=True)
             return
         with atomic_dir(folder, f"the ladder stage {stage}") as tmp:
-            out = OutputDir(tmp, {"model": self.name, "stage": stage, **vars(self.scale)})
+            config = {"model": self.name, "stage": stage, **vars(self.scale)}
+            out = OutputDir(tmp, {**config, "random_precision": self.random_precision})
             started = time.perf_counter()
             with out.stage(stage):
                 getattr(self, stage)(out)
@@ -337,6 +343,8 @@ class Ladder:
                 controls_on="own",
                 stop_after=self.scale.stop_after,
                 at_stake=self.scale.controls,
+                precision=self.random_precision,
+                journal=self.out / JOURNAL / stage,
             )
             for half, half_sets in sets.items()
         }
@@ -632,6 +640,11 @@ def main() -> None:
         help="the most random sets for a set that lowers another task as much (default: SCALES entry)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--random-precision", choices=("float32", "bfloat16"), default="bfloat16",
+        help="the random sets' matrix products (float32 accumulation and metrics; the sets, the "
+        "baseline and the floor stay float32; docs/benchmarks.md)",
+    )  # fmt: skip
     parser.add_argument("--summary", action="store_true", help="write the summary of every model's results")
     parser.add_argument(
         "--retest", action="store_true",
@@ -676,7 +689,7 @@ def main() -> None:
             raise TasklensError(f"give 1 <= --settled <= --controls, got {settled} and {controls}")
         scale = replace(scale, controls=controls, settled=settled, stop_after=min(scale.stop_after, settled))
     out = check_folder_path(args.out or ROOT / args.model, "the ladder's stages")
-    ladder = Ladder(args.model, out, scale, args.batch_size)
+    ladder = Ladder(args.model, out, scale, args.batch_size, args.random_precision)
     if args.retest:
         hold_folder(out, "the ladder's stages")  # one run per model folder; a killed run's leftovers go
         for stage in args.stages or STAGES:
