@@ -208,6 +208,12 @@ def transfer_correlation(
             f"{transfer!r}; got {len(pairs)} pairs over {t} tasks"
         )
     xs = x[off]
+    if np.ptp(xs) == 0 or np.ptp(y[off]) == 0:  # Spearman's rho undefined: no p-value either
+        raise TasklensError(
+            f"The transfer correlation of {measure!r} is undefined: "
+            f"{measure if np.ptp(xs) == 0 else transfer} is the same for every pair of tasks; "
+            "train longer (--steps) or on other tasks"
+        )
 
     def statistic(labels, axis=-1):
         labels = np.asarray(labels)

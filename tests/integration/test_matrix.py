@@ -57,17 +57,24 @@ N_RANDOM = 40
 
 
 @pytest.fixture(scope="module")
-def planted(organism):
-    """An evaluation of a set only `addition` needs (its top 100 neurons by |a·dL/da|, found on
-    detection prompts) and of a random set named after `continent_of`, on held-out prompts."""
+def addition_set(organism) -> NeuronSet:
+    """The top 100 neurons of `addition` by |a·dL/da|, found on detection prompts."""
     from tasklens.scoring import GradientAttribution
-    from tasklens.selection import random_like, top_k
+    from tasklens.selection import top_k
 
     scores = GradientAttribution().attribute(organism, load_builtin("addition", "detection").head(32))
-    addition = top_k(scores, 100).renamed("addition")
-    noise = random_like(addition, seed=123).renamed("continent_of")
-    tasks = [load_builtin(n, "evaluation").head(40) for n in ("addition", "continent_of", "larger_number")]
-    return evaluation_matrix(organism, [addition, noise], tasks, n_controls=N_RANDOM)
+    return top_k(scores, 100).renamed("addition")
+
+
+@pytest.fixture(scope="module")
+def planted(organism, addition_set):
+    """An evaluation of a set only `addition` needs among these tasks and of a random set named
+    after `continent_of`, on held-out prompts."""
+    from tasklens.selection import random_like
+
+    noise = random_like(addition_set, seed=123).renamed("continent_of")
+    tasks = [load_builtin(n, "evaluation").head(40) for n in ("addition", "continent_of", "capital_of")]
+    return evaluation_matrix(organism, [addition_set, noise], tasks, n_controls=N_RANDOM)
 
 
 def test_the_specificity_test_can_pass_and_can_fail(planted):
@@ -79,6 +86,17 @@ def test_the_specificity_test_can_pass_and_can_fail(planted):
     assert table.loc["continent_of", "verdict"].startswith("not specific: continent_of falls no more")
     assert (table["n_null"] == N_RANDOM).all() and (table["n_prompts"] == 40).all()
     assert table["family"].iloc[0] == "Benjamini-Hochberg (q = 0.05) over the 2 tests of this table"
+
+
+def test_a_set_another_task_also_needs_is_preferential_not_specific(organism, addition_set):
+    """The same set on `larger_number` too, a numeric task it also lowers: not spared, so at best
+    preferential, however far the set beats its random sets on its own task."""
+    tasks = [load_builtin(n, "evaluation").head(40) for n in ("addition", "larger_number")]
+    table = evaluation_matrix(organism, [addition_set], tasks, n_controls=N_RANDOM).specificity()
+    row = table.loc["addition"]
+    assert row["verdict"].startswith("preferential: larger_number loses")
+    assert row["worst"] == "larger_number" and row["worst_effect"] > row["spare_limit"]
+    assert row["p_random"] == pytest.approx(1 / (N_RANDOM + 1)) and row["p_spared"] > 0.5
 
 
 def test_the_test_against_random_sets_can_pass_and_can_fail(planted):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from tasklens.errors import TasklensError
 from tasklens.finetune import outcomes as outcomes_module
 from tasklens.finetune import verdict as verdict_module
 from tasklens.finetune.outcomes import Outcomes, sequence_outcomes
@@ -22,6 +23,7 @@ from tasklens.finetune.verdict import (
     judge,
     seeds_needed,
     tasks_needed,
+    claims_of,
     transfer_correlation,
 )
 
@@ -192,6 +194,20 @@ def test_too_few_tasks_are_underpowered_and_name_the_flag():
     page = judge(pd.DataFrame([{**test, "test": "task relabelling"}]))
     assert page.verdict[0].startswith("underpowered: 3 tasks allow 6 relabellings")
     assert "--transfer-tasks with 4 tasks" in page.verdict[0]
+
+
+def test_a_transfer_that_never_varies_is_not_tested_rather_than_p_zero():
+    rng = np.random.default_rng(6)
+    frame = task_pairs(rng, 4).assign(transfer=0.0)
+    with pytest.raises(TasklensError, match="transfer is the same for every pair"):
+        transfer_correlation(frame, "jaccard")
+    cells, zero = simulated_cells(rng, draws=19, seeds=2, shift=0.3)
+    claims = claims_of(Outcomes(cells, zero, n_resamples=50), frame, ["jaccard"])
+    page = judge(claims, name="p")
+    row = page[page.test == "task relabelling"].iloc[0]
+    assert math.isnan(row.p_value) and math.isnan(row.p_adjusted)
+    assert row.verdict.startswith("not tested: The transfer correlation of 'jaccard' is undefined")
+    assert page.family[0].endswith(f"over the {len(page) - 1} tests of p")
 
 
 # --- a page of claims -------------------------------------------------------------------------------
