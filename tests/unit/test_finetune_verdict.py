@@ -19,11 +19,11 @@ from tasklens.finetune.outcomes import Outcomes, sequence_outcomes
 from tasklens.finetune.verdict import (
     against_random,
     against_seqft,
+    claims_of,
     draws_needed,
     judge,
     seeds_needed,
     tasks_needed,
-    claims_of,
     transfer_correlation,
 )
 
