@@ -17,8 +17,8 @@ neurons found by |a * dL/da| (top ``--percent``) on its training prompts:
   (``--correction``, over the tests of findings.md), each saying "underpowered" and the flag that
   would give it power where it lacks it.
 
-``--summary`` adjusts the tests of several results folders together (default: SmolLM2's
-and the organism's in analyses/results) and writes the tables of docs/finetuning.md and the README.
+``--summary`` adjusts the tests of several results folders together (default: `RESULTS`, the
+organism's in analyses/results) and writes the tables of docs/finetuning.md and the README.
 
     python analyses/continual_learning.py [--model organism] [--out runs/continual_learning]
     python analyses/continual_learning.py --summary
@@ -51,7 +51,7 @@ TASKS = ["continent_code", "currency_code", "subtraction", "smaller_number"]
 #: the similarity measures whose prediction of transfer is tested
 MEASURES = ("jaccard", "mean_similarity", "exclusive_similarity")
 #: what --summary adjusts together by default (docs/finetuning.md's results)
-RESULTS = [ROOT / "smollm2" / "continual_learning", ROOT / "organism" / "continual_learning"]
+RESULTS = [ROOT / "organism" / "continual_learning"]
 SUMMARY = ROOT / "summary" / "continual_learning"
 PAGE = "docs/finetuning.md"
 MODEL_NAMES = {"organism": "organism", "smollm2-135m": "SmolLM2-135M"}
